@@ -1,0 +1,103 @@
+"""Audio plumbing on the hot path: resampling, framing and level metering.
+
+Pure functions and small stateful classes, no I/O, so they are unit-tested and measured on their
+own. Everything here runs once per 20 ms frame per call, so it avoids per-sample Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Final
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+MODEL_INPUT_RATE: Final = 16000
+CHUNK_SAMPLES: Final = 512
+"""Samples per chunk sent to the model: 32 ms at 16 kHz, what Nova Sonic's samples use."""
+
+Int16Array = npt.NDArray[np.int16]
+
+
+class InboundResampler:
+    """Decoded WebRTC audio (any rate/layout, s16) -> 16 kHz mono s16 samples.
+
+    One per call: the underlying resampler keeps filter state between frames, so consecutive
+    frames join without clicks. Gaps in the RTP timeline (lost packets the jitter buffer skipped)
+    are filled with silence so the model never sees time jump.
+    """
+
+    def __init__(self, rate: int = MODEL_INPUT_RATE) -> None:
+        self.rate = rate
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        self._next_pts: int | None = None
+        self._in_rate = 0
+        self.gap_samples = 0
+
+    def process(self, frame: av.AudioFrame) -> Int16Array:
+        parts: list[Int16Array] = []
+        pts = frame.pts
+        if pts is not None and self._next_pts is not None and frame.sample_rate == self._in_rate:
+            gap = pts - self._next_pts
+            # Fill gaps up to 2 s; a larger jump is a timeline reset, not lost audio.
+            if 0 < gap <= 2 * frame.sample_rate:
+                fill = gap * self.rate // frame.sample_rate
+                self.gap_samples += fill
+                parts.append(np.zeros(fill, dtype=np.int16))
+        if pts is not None:
+            self._next_pts = pts + frame.samples
+            self._in_rate = frame.sample_rate
+        for out in self._resampler.resample(frame):
+            parts.append(out.to_ndarray().reshape(-1).astype(np.int16, copy=False))
+        if not parts:
+            return np.zeros(0, dtype=np.int16)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class Chunker:
+    """Re-frames a stream of samples into fixed-size chunks (bytes), keeping the remainder."""
+
+    def __init__(self, samples: int = CHUNK_SAMPLES) -> None:
+        self.samples = samples
+        self._nbytes = samples * 2
+        self._buf = bytearray()
+
+    def push(self, pcm: Int16Array | bytes) -> list[bytes]:
+        self._buf += pcm if isinstance(pcm, bytes) else pcm.tobytes()
+        out: list[bytes] = []
+        n = self._nbytes
+        while len(self._buf) >= n:
+            out.append(bytes(self._buf[:n]))
+            del self._buf[:n]
+        return out
+
+    @property
+    def pending_samples(self) -> int:
+        return len(self._buf) // 2
+
+
+def rms(pcm: Int16Array) -> float:
+    """Root mean square of int16 samples, in sample units (0..32767)."""
+    if pcm.size == 0:
+        return 0.0
+    x = pcm.astype(np.float32)
+    return float(np.sqrt(np.dot(x, x) / x.size))
+
+
+def dbfs(pcm: Int16Array) -> float:
+    """Level in dB relative to full scale; -127 for digital silence."""
+    value = rms(pcm)
+    return -127.0 if value <= 0 else max(-127.0, 20.0 * math.log10(value / 32768.0))
+
+
+def pcm_frame(pcm: bytes, rate: int, pts: int) -> av.AudioFrame:
+    """A mono s16 AudioFrame over raw PCM bytes, with pts in samples (time base 1/rate)."""
+    samples = len(pcm) // 2
+    frame = av.AudioFrame(format="s16", layout="mono", samples=samples)
+    frame.planes[0].update(pcm)
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, rate)
+    return frame

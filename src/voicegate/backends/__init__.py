@@ -1,0 +1,62 @@
+"""Speech backends behind one interface (see base.py), and the choice between them."""
+
+from __future__ import annotations
+
+from voicegate.backends.base import Backend
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run here (a missing extra, missing credentials)."""
+
+
+def make_backend(name: str) -> tuple[Backend, str]:
+    """The backend for ``--backend NAME`` and a sentence saying why it was chosen."""
+    if name == "echo":
+        from voicegate.backends.echo import EchoBackend
+
+        return EchoBackend(), "echo backend requested"
+    if name == "local":
+        return _local(), "local backend requested"
+    if name == "bedrock":
+        return _bedrock(), "bedrock backend requested"
+    if name == "auto":
+        try:
+            from voicegate.backends.bedrock import credentials_status
+        except ImportError:
+            ok, why = False, "the bedrock extra is not installed"
+        else:
+            ok, why = credentials_status()
+        if ok:
+            return _bedrock(), f"auto: using bedrock because {why}"
+        try:
+            return _local(), f"auto: using the embedded local backend because {why}"
+        except BackendUnavailable as exc:
+            from voicegate.backends.echo import EchoBackend
+
+            return EchoBackend(), f"auto: using echo because {why} and {exc}"
+    raise BackendUnavailable(f"unknown backend {name!r}")
+
+
+def _local() -> Backend:
+    try:
+        from voicegate.backends.local import LocalBackend
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the local backend needs the 'local' extra (pip install 'voicegate[local]'): {exc}"
+        ) from exc
+    return LocalBackend()
+
+
+def _bedrock() -> Backend:
+    try:
+        from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the bedrock backend needs the 'bedrock' extra (pip install 'voicegate[bedrock]'): "
+            f"{exc}"
+        ) from exc
+    settings = BedrockSettings.from_env()
+    problems = settings.validate()
+    if problems:
+        raise BackendUnavailable("invalid bedrock settings: " + "; ".join(problems))
+    return BedrockBackend(settings)

@@ -1,0 +1,99 @@
+"""The one interface every speech backend implements, and its typed errors.
+
+A backend opens *streams*; one stream is one Nova Sonic session: the conversation sends
+``sonic`` input events into it and iterates its output events. Bedrock, the embedded offline
+brain and the echo brain all look the same from above, so the conversation layer never knows
+which one it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from voicegate.sonic import InputEvent, OutputEvent
+
+
+class BackendError(Exception):
+    """A failure of the speech backend. ``kind`` is a stable label for metrics and the browser."""
+
+    kind = "backend_error"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelTimeout(BackendError):
+    """The session hit its time limit (Bedrock: ModelTimeoutException, about 8 minutes)."""
+
+    kind = "model_timeout"
+    retryable = True
+
+
+class Throttled(BackendError):
+    kind = "throttled"
+    retryable = True
+
+
+class ServiceUnavailable(BackendError):
+    kind = "service_unavailable"
+    retryable = True
+
+
+class InternalServerError(BackendError):
+    kind = "internal_server_error"
+    retryable = True
+
+
+class ModelStreamError(BackendError):
+    kind = "model_stream_error"
+    retryable = True
+
+
+class ValidationFailed(BackendError):
+    """The backend refused an event. Some Bedrock messages here are transient (code 531)."""
+
+    kind = "validation"
+
+
+class AccessDenied(BackendError):
+    kind = "access_denied"
+
+
+class StreamLost(BackendError):
+    """The stream ended without an orderly close (reset, connection loss, send timeout)."""
+
+    kind = "stream_lost"
+    retryable = True
+
+
+class BackendStream(Protocol):
+    """One open session with a speech model."""
+
+    async def send(self, event: InputEvent) -> None:
+        """Send one input event. Raises BackendError (StreamLost once the stream is dead)."""
+        ...
+
+    def events(self) -> AsyncIterator[OutputEvent]:
+        """Output events in order. Ends on an orderly close; raises BackendError on failure."""
+        ...
+
+    async def close(self) -> None:
+        """Release the stream. Never hangs, never raises."""
+        ...
+
+
+class Backend(Protocol):
+    """A factory of streams; one instance per process, shared by all calls."""
+
+    name: str
+
+    async def open(self) -> BackendStream:
+        """Open a new session stream. Raises BackendError when that is impossible."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release process-wide resources (models, connection pools)."""
+        ...

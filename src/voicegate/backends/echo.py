@@ -1,0 +1,125 @@
+"""The echo brain: no models, plays each user turn back. For quick tests and small machines.
+
+Turn-taking uses a cheap energy VAD with an adaptive noise floor (good for a quiet room or a
+headset; it is not robust to noise, which is why the ``local`` brain uses Silero instead). The
+transcript is a placeholder that says how much speech was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Final
+
+import numpy as np
+
+from voicegate.backends.base import BackendStream
+from voicegate.backends.inprocess import InProcessStream
+
+CHUNK_SECONDS: Final = 0.032
+START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn
+END_SILENCE_S: Final = 0.6  # this much non-speech ends it
+PRE_ROLL_S: Final = 0.3
+MAX_TURN_S: Final = 15.0
+OUT_CHUNK_S: Final = 0.1
+
+
+class EnergyVad:
+    """Speech/non-speech per chunk from level above a tracked noise floor."""
+
+    def __init__(self, margin_db: float = 12.0, absolute_floor_db: float = -50.0) -> None:
+        self.floor_db = -70.0
+        self.margin_db = margin_db
+        self.absolute_floor_db = absolute_floor_db
+
+    def is_speech(self, pcm: np.ndarray) -> bool:
+        x = pcm.astype(np.float32)
+        level = float(np.dot(x, x) / max(1, x.size))
+        db = -127.0 if level <= 0 else 10.0 * math.log10(level / (32768.0**2))
+        speech = db > max(self.floor_db + self.margin_db, self.absolute_floor_db)
+        # Track the floor: fall fast to quieter levels, rise slowly (so speech doesn't lift it).
+        if db < self.floor_db:
+            self.floor_db = 0.7 * self.floor_db + 0.3 * db
+        elif not speech:
+            self.floor_db += 0.05 * (db - self.floor_db)
+        return speech
+
+
+class EchoStream(InProcessStream):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vad = EnergyVad()
+        self._rate = 16000
+        self._pre: list[bytes] = []
+        self._turn: list[bytes] = []
+        self._run = 0  # consecutive speech chunks
+        self._silence_s = 0.0
+        self._in_turn = False
+        self._reply_until = 0.0  # loop time when the last reply finishes playing
+        self._reply_audio_id: str | None = None
+        self._turns = 0
+
+    async def on_audio(self, pcm: bytes) -> None:
+        samples = np.frombuffer(pcm, dtype=np.int16)
+        seconds = samples.size / self._rate
+        speech = self.vad.is_speech(samples)
+        if not self._in_turn:
+            self._pre.append(pcm)
+            while len(self._pre) > 1 and sum(len(p) for p in self._pre) > PRE_ROLL_S * self._rate * 2:
+                self._pre.pop(0)
+            self._run = self._run + 1 if speech else 0
+            if self._run >= START_CHUNKS:
+                self._in_turn = True
+                self._turn = list(self._pre)
+                self._pre = []
+                self._silence_s = 0.0
+                loop = asyncio.get_running_loop()
+                if loop.time() < self._reply_until:
+                    self._reply_until = 0.0
+                    await self.emit_interrupted(self._reply_audio_id)
+                    await self.end_completion("INTERRUPTED")
+            return
+        self._turn.append(pcm)
+        self._silence_s = 0.0 if speech else self._silence_s + seconds
+        turn_s = sum(len(p) for p in self._turn) / 2 / self._rate
+        if self._silence_s >= END_SILENCE_S or turn_s >= MAX_TURN_S:
+            self._in_turn = False
+            self._run = 0
+            audio = b"".join(self._turn)
+            self._turn = []
+            await self._reply(audio)
+
+    async def _reply(self, audio16: bytes) -> None:
+        self._turns += 1
+        samples = np.frombuffer(audio16, dtype=np.int16)
+        seconds = samples.size / self._rate
+        await self.emit_text("USER", f"(echo turn {self._turns}: {seconds:.1f} s of speech)")
+        await self.emit_text("ASSISTANT", "Here is what you said.", stage="SPECULATIVE")
+        out = _resample_linear(samples, self._rate, self.output_rate)
+        cid = await self.begin_audio()
+        self._reply_audio_id = cid
+        self._reply_until = asyncio.get_running_loop().time() + out.size / self.output_rate
+        step = int(OUT_CHUNK_S * self.output_rate)
+        for i in range(0, out.size, step):
+            await self.emit_audio(cid, out[i : i + step].tobytes())
+        await self.end_audio(cid)
+        await self.emit_text("ASSISTANT", "Here is what you said.", stage="FINAL")
+        await self.end_completion()
+
+
+def _resample_linear(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    if src == dst or x.size == 0:
+        return x.astype(np.int16)
+    n = int(round(x.size * dst / src))
+    t = np.linspace(0, x.size - 1, n, dtype=np.float64)
+    return np.interp(t, np.arange(x.size), x.astype(np.float32)).astype(np.int16)
+
+
+class EchoBackend:
+    name = "echo"
+
+    async def open(self) -> BackendStream:
+        return EchoStream()
+
+    async def aclose(self) -> None:
+        return None

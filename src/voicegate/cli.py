@@ -1,0 +1,103 @@
+"""The ``voicegate`` command: ``serve`` runs the gateway, ``standin`` the Bedrock stand-in."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from voicegate import __version__
+
+if TYPE_CHECKING:
+    from voicegate.backends.base import Backend
+    from voicegate.config import ServeConfig
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from voicegate import config as cfg
+    from voicegate import logs
+
+    try:
+        conf = cfg.resolve(args)
+    except cfg.ConfigError as exc:
+        print(f"voicegate: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(conf.log_format, conf.log_level)
+    from voicegate.backends import BackendUnavailable, make_backend
+
+    try:
+        backend, why = make_backend(conf.backend)
+    except BackendUnavailable as exc:
+        print(f"voicegate: {exc}", file=sys.stderr)
+        return 2
+    structlog.get_logger("voicegate").info("backend_selected", backend=backend.name, why=why)
+    return asyncio.run(_run_server(conf, backend))
+
+
+async def _run_server(conf: ServeConfig, backend: Backend) -> int:
+    from aiohttp import web
+
+    from voicegate import ice
+    from voicegate.signaling import create_app
+
+    log = structlog.get_logger("voicegate")
+    ice.configure_host_addresses(list(conf.ice_addresses) or ice.default_host_addresses(conf.host))
+    warm = getattr(backend, "warm", None)
+    if warm is not None:
+        await warm()
+    app = create_app(conf, backend)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, conf.host, conf.port)
+    await site.start()
+    port = conf.port
+    # aiohttp exposes no public way to learn the port picked for --port 0.
+    sockets = getattr(site._server, "sockets", None)
+    if sockets:
+        port = sockets[0].getsockname()[1]
+    url = f"http://{conf.host}:{port}"
+    log.info("listening", url=url, backend=backend.name)
+    print(f"voicegate {__version__} listening on {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting_down")
+    await runner.cleanup()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from voicegate import config as cfg
+
+    parser = argparse.ArgumentParser(
+        prog="voicegate",
+        description="Self-hosted WebRTC gateway between browsers and Amazon Nova Sonic.",
+    )
+    parser.add_argument("--version", action="version", version=f"voicegate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (signaling, media, web page)")
+    cfg.add_arguments(serve)
+    serve.set_defaults(func=_serve)
+    try:
+        from voicegate.standin.cli import add_parser as add_standin
+    except ImportError:
+        pass
+    else:
+        add_standin(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result

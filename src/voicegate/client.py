@@ -1,0 +1,226 @@
+"""A headless voicegate caller: a real aiortc peer that speaks a WAV and records the answer.
+
+Used by the integration tests, the benchmarks and ``voicegate call`` (a smoke check for a
+deployment). It behaves like the web page: it opens the ``rtvi`` data channel before the offer,
+sends ``client-ready``, plays its audio as a paced 48 kHz track, and keeps every data-channel
+message and every received audio frame (with its arrival time) for inspection. It decodes what
+arrives at once and adds no receive buffer of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+RATE: Final = 48000
+FRAME: Final = 960  # 20 ms at 48 kHz
+
+
+def load_wav(path: str | Path, rate: int = RATE) -> np.ndarray:
+    """A WAV file as mono int16 at ``rate`` (resampled with libswresample)."""
+    with wave.open(str(path), "rb") as w:
+        channels, width, src_rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+        raw = w.readframes(w.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: only 16-bit WAV files are supported")
+    data = np.frombuffer(raw, dtype=np.int16).reshape(-1, channels).mean(axis=1).astype(np.int16)
+    if src_rate == rate:
+        return data
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = src_rate
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.int16) if out else np.zeros(0, dtype=np.int16)
+
+
+class PcmTrack(MediaStreamTrack):
+    """Plays queued 48 kHz mono PCM in paced 20 ms frames, silence when the queue is empty."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: list[np.ndarray] = []
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._start: float | None = None
+        self._n = 0
+        self.sent_at: dict[int, float] = {}  # frame index -> loop time it was handed over
+        self.record_send_times = False
+
+    def play(self, pcm: np.ndarray) -> None:
+        self._queue.append(pcm.astype(np.int16))
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._pending.size == 0
+
+    def _next_pcm(self) -> np.ndarray:
+        while self._pending.size < FRAME and self._queue:
+            self._pending = np.concatenate([self._pending, self._queue.pop(0)])
+        if self._pending.size == 0:
+            return np.zeros(FRAME, dtype=np.int16)
+        out, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+        if out.size < FRAME:
+            out = np.concatenate([out, np.zeros(FRAME - out.size, dtype=np.int16)])
+        return out
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            delay = self._start + self._n * 0.02 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        pcm = self._next_pcm()
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._n * FRAME
+        frame.time_base = Fraction(1, RATE)
+        if self.record_send_times:
+            self.sent_at[self._n] = loop.time()
+        self._n += 1
+        return frame
+
+
+@dataclass
+class ReceivedAudio:
+    frames: list[np.ndarray] = field(default_factory=list)  # mono int16 at 48 kHz
+    arrival: list[float] = field(default_factory=list)  # loop time of each frame
+
+    def pcm(self) -> np.ndarray:
+        return np.concatenate(self.frames) if self.frames else np.zeros(0, dtype=np.int16)
+
+    def rms_after(self, t0: float) -> float:
+        parts = [f for f, t in zip(self.frames, self.arrival, strict=True) if t >= t0]
+        if not parts:
+            return 0.0
+        x = np.concatenate(parts).astype(np.float64)
+        return float(np.sqrt(np.mean(x * x)))
+
+    def speech_seconds(self, threshold: float = 500.0) -> float:
+        """Seconds of received frames whose RMS is above ``threshold``."""
+        n = 0
+        for f in self.frames:
+            x = f.astype(np.float64)
+            if np.sqrt(np.mean(x * x)) > threshold:
+                n += 1
+        return n * 0.02
+
+
+class CallClient:
+    def __init__(self, base_url: str, ice_servers: list[Any] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
+        self.mic = PcmTrack()
+        self.audio = ReceivedAudio()
+        self.messages: list[dict[str, Any]] = []
+        self.pc_id = ""
+        self._message_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channel = self.pc.createDataChannel("rtvi", ordered=True)
+        self._channel.on("open", self._on_open)
+        self._channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+
+    def _on_open(self) -> None:
+        self._channel.send(
+            json.dumps(
+                {
+                    "label": "rtvi-ai",
+                    "type": "client-ready",
+                    "id": uuid.uuid4().hex[:8],
+                    "data": {"version": "1.0.0", "about": {"library": "voicegate-client"}},
+                }
+            )
+        )
+
+    def _on_message(self, raw: str | bytes) -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            msg = json.loads(raw)
+            if isinstance(msg, dict):
+                msg["_t"] = time.monotonic()
+                self.messages.append(msg)
+                self._message_event.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._tasks.append(asyncio.ensure_future(self._record(track)))
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = loop.time()
+                for out in resampler.resample(frame):
+                    self.audio.frames.append(out.to_ndarray().reshape(-1).copy())
+                    self.audio.arrival.append(now)
+
+    async def connect(self, session: aiohttp.ClientSession | None = None) -> dict[str, Any]:
+        self.pc.addTrack(self.mic)
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        own = session is None
+        http = session or aiohttp.ClientSession()
+        try:
+            async with http.post(f"{self.base_url}/api/offer", json=body) as resp:
+                answer = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"offer refused: {resp.status} {answer}")
+        finally:
+            if own:
+                await http.close()
+        self.pc_id = answer["pc_id"]
+        await self.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
+        )
+        return dict(answer)
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == type_]
+
+    async def wait_for(self, type_: str, timeout: float, predicate: Any = None) -> dict[str, Any]:
+        """The first message of ``type_`` (matching ``predicate``), waiting up to ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for msg in self.messages:
+                    if msg.get("type") == type_ and (predicate is None or predicate(msg)):
+                        return msg
+                self._message_event.clear()
+                await self._message_event.wait()
+
+    async def hangup(self, session: aiohttp.ClientSession | None = None) -> int:
+        own = session is None
+        http = session or aiohttp.ClientSession()
+        try:
+            async with http.delete(f"{self.base_url}/api/sessions/{self.pc_id}") as resp:
+                return resp.status
+        finally:
+            if own:
+                await http.close()
+
+    async def close(self) -> None:
+        self.mic.stop()
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

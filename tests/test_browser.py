@@ -1,0 +1,158 @@
+"""Real-browser end to end: headless Debian chromium loads web/, talks to voicegate, hangs up.
+
+The microphone is Chromium's fake capture device fed from an espeak-ng WAV; the page runs with
+``?raw=1`` so the browser's echo cancellation and gain control leave that speech alone. What the
+user would see is asserted from the DOM (transcript lines, state line, error box); that the bot's
+audio really arrived is asserted from the page's own WebAudio analyser on the remote track.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from browser_util import Server, chromium, make_speech_wav, require_browser, running_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+SPOKEN = "Hello. What time is it?"
+# Peak RMS (full scale = 1.0) the bot meter must exceed. Silence and comfort noise stay far below;
+# spoken audio through Opus reaches roughly 0.05-0.3.
+BOT_RMS_FLOOR = 0.02
+CONNECT_TIMEOUT_MS = 30_000
+TURN_TIMEOUT_MS = 90_000  # local backend on a shared 2-core box: ASR + TTS of one short turn
+
+BACKENDS = [
+    pytest.param("echo", id="echo"),
+    pytest.param("local", id="local", marks=pytest.mark.local),
+]
+
+USER_LINE = "#transcript .line.user .said"
+BOT_LINE = "#transcript .line.bot .said"
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_browser()
+    return make_speech_wav(tmp_path_factory.mktemp("speech"), SPOKEN)
+
+
+@pytest.fixture
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Server]:
+    require_browser()
+    async with running_server(request.param, tmp_path) as srv:
+        yield srv
+
+
+async def texts(page: Any, selector: str) -> list[str]:
+    async with asyncio.timeout(10):
+        found: list[str] = await page.eval_on_selector_all(
+            selector, "els => els.map(e => e.textContent.trim()).filter(Boolean)"
+        )
+    return found
+
+
+async def wait_js(page: Any, expression: str, timeout_ms: int, what: str, server: Server) -> None:
+    """wait_for_function under a Playwright and an asyncio deadline, failing with a snapshot."""
+    try:
+        async with asyncio.timeout(timeout_ms / 1000 + 5):
+            await page.wait_for_function(expression, timeout=timeout_ms, polling=100)
+    except Exception as exc:  # Playwright's TimeoutError or ours; both mean the same here
+        async with asyncio.timeout(10):
+            snapshot = await page.evaluate(
+                "() => ({state: vg.state, connected: vg.connected, errors: vg.errors,"
+                " transcript: vg.transcript, stats: vg.stats, botPeak: vg.botPeak,"
+                " events: vg.events.map(e => e.type)})"
+            )
+        raise AssertionError(
+            f"timed out waiting for {what}: {type(exc).__name__}\npage: {snapshot}\n"
+            f"server log:\n{server.log_tail()}"
+        ) from None
+
+
+@pytest.mark.parametrize("server", BACKENDS, indirect=True)
+async def test_spoken_call_through_the_page(server: Server, speech_wav: Path) -> None:
+    async with chromium(speech_wav) as ctx:
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        async with asyncio.timeout(30):
+            await page.goto(f"{server.base}/?raw=1", timeout=30_000)
+        assert (await page.text_content("#state", timeout=10_000)) == "idle"
+        assert await page.is_disabled("#hangup", timeout=10_000)
+
+        async with asyncio.timeout(10):
+            await page.click("#connect", timeout=10_000)
+        await wait_js(
+            page, "vg.connected && vg.botReady", CONNECT_TIMEOUT_MS, "connect + bot-ready", server
+        )
+        assert await server.sessions() == 1
+
+        # The whole turn: the user's words come back as a final user line, the bot answers.
+        await wait_js(
+            page,
+            f"document.querySelector({USER_LINE!r})?.textContent.trim()"
+            f" && document.querySelector({BOT_LINE!r})?.textContent.trim()",
+            TURN_TIMEOUT_MS,
+            "a user and a bot transcript line",
+            server,
+        )
+        await wait_js(
+            page, f"vg.botPeak > {BOT_RMS_FLOOR}", TURN_TIMEOUT_MS, "bot audio energy", server
+        )
+        await wait_js(page, "vg.state === 'listening'", TURN_TIMEOUT_MS, "end of bot turn", server)
+
+        user_lines = await texts(page, USER_LINE)
+        bot_lines = await texts(page, BOT_LINE)
+        async with asyncio.timeout(10):
+            vg = await page.evaluate(
+                "() => ({events: vg.events.map(e => e.type), stats: vg.stats,"
+                " botPeak: vg.botPeak, micPeak: vg.micPeak, errors: vg.errors})"
+            )
+        assert vg["errors"] == [], vg["errors"]
+        if server.backend == "local":
+            # Whisper heard the words, and the reply came through the real get_current_time tool.
+            assert "time" in " ".join(user_lines).lower(), user_lines
+            assert re.search(r"\d", " ".join(bot_lines)), bot_lines
+        else:
+            assert re.search(r"echo turn 1\b", user_lines[0]), user_lines
+        for kind in ("user-stopped-speaking", "bot-started-speaking", "bot-stopped-speaking"):
+            assert kind in vg["events"], vg["events"]
+        # The fake microphone really played into the call, over a host pair on loopback.
+        assert vg["micPeak"] > 0.01, vg
+        assert vg["stats"]["localCandidateType"] == "host", vg["stats"]
+        assert vg["stats"]["packetsReceived"] > 0, vg["stats"]
+        assert vg["stats"]["packetsSent"] > 0, vg["stats"]
+
+        async with asyncio.timeout(10):
+            await page.click("#hangup", timeout=10_000)
+        await wait_js(page, "vg.lastHangupStatus !== null", 15_000, "DELETE answer", server)
+        async with asyncio.timeout(10):
+            status = await page.evaluate("vg.lastHangupStatus")
+        assert status == 204, status
+        assert (await page.text_content("#state", timeout=10_000)) == "idle"
+        assert await page.is_enabled("#connect", timeout=10_000)
+        await server.wait_sessions(0)
+        assert not [c for c in console if c.startswith("error")], console
+
+
+@pytest.mark.parametrize("server", [pytest.param("echo", id="echo")], indirect=True)
+async def test_unreachable_server_is_reported(server: Server, speech_wav: Path) -> None:
+    async with chromium(speech_wav) as ctx:
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        async with asyncio.timeout(30):
+            await page.goto(f"{server.base}/?raw=1", timeout=30_000)
+        server.stop()  # the page is loaded; now the server goes away
+        async with asyncio.timeout(10):
+            await page.click("#connect", timeout=10_000)
+        await wait_js(page, "vg.errors.length > 0", 20_000, "an error message", server)
+        error = await page.text_content("#error", timeout=10_000)
+        assert error is not None and "unreachable" in error, error
+        assert await page.is_visible("#error", timeout=10_000)
+        assert (await page.text_content("#state", timeout=10_000)) == "idle"
+        assert await page.is_enabled("#connect", timeout=10_000)
