@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import wave
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -37,7 +38,6 @@ CHROMIUM_ARGS: tuple[str, ...] = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     # Without it Chromium gathers no ICE candidate at all where only the loopback interface exists.
     "--allow-loopback-in-peer-connection",
@@ -72,27 +72,27 @@ def require_tool(name: str) -> str:
     return path
 
 
-def make_speech_wav(
-    directory: Path, text: str, lead_s: float = 1.5, tail_s: float = 2.0, rate: int = 48000
-) -> Path:
-    """A spoken WAV, 16-bit mono, with silence around it.
+def make_speech_wav(directory: Path, text: str, lead_s: float = 1.5, tail_s: float = 2.0) -> Path:
+    """A spoken WAV (espeak-ng's own 16-bit mono; Chromium resamples it) with silence around it.
 
     The lead-in covers the time between getUserMedia (when Chromium starts reading the file) and
     the moment ICE and DTLS are up; the tail lets the server's VAD see the end of the turn.
     """
     espeak = require_tool("espeak-ng")
-    sox = require_tool("sox")
     raw = directory / "speech-raw.wav"
     out = directory / "speech.wav"
     subprocess.run(
         [espeak, "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True, timeout=60
     )
-    subprocess.run(
-        [sox, str(raw), "-b", "16", "-c", "1", "-r", str(rate), str(out),
-         "pad", str(lead_s), str(tail_s)],
-        check=True,
-        timeout=60,
-    )  # fmt: skip
+    with wave.open(str(raw), "rb") as w:
+        rate = w.getframerate()
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2), "espeak-ng wrote no 16-bit mono"
+        speech = w.readframes(w.getnframes())
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * int(lead_s * rate)) + speech + bytes(2 * int(tail_s * rate)))
     return out
 
 
@@ -212,17 +212,22 @@ async def running_server(
 
 @contextlib.asynccontextmanager
 async def chromium(
-    mic_wav: Path | None, extra_args: Sequence[str] = (), loop_mic: bool = False
+    mic_wav: Path | None,
+    extra_args: Sequence[str] = (),
+    loop_mic: bool = False,
+    allow_mic: bool = True,
 ) -> AsyncIterator[Any]:
     """A fresh headless Debian chromium profile (Playwright BrowserContext) with a fake mic.
 
     ``--mute-audio`` (a Playwright default) is dropped so the page's audio graph really runs.
-    ``%noloop`` stops Chromium replaying the WAV, so one utterance gives one turn.
+    ``%noloop`` stops Chromium replaying the WAV, so one utterance gives one turn. With
+    ``allow_mic=False`` the microphone permission prompt is answered "deny", as a user would.
     """
     require_browser()
     from playwright.async_api import async_playwright
 
     args = list(CHROMIUM_ARGS)
+    args.append("--use-fake-ui-for-media-stream" if allow_mic else "--deny-permission-prompts")
     if mic_wav is not None:
         args.append(f"--use-file-for-fake-audio-capture={mic_wav}{'' if loop_mic else '%noloop'}")
     args.extend(extra_args)

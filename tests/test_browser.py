@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from browser_util import Server, chromium, make_speech_wav, require_browser, running_server
+from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -37,7 +37,7 @@ BOT_LINE = "#transcript .line.bot .said"
 
 
 @pytest.fixture(scope="module")
-def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def spoken_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_browser()
     return make_speech_wav(tmp_path_factory.mktemp("speech"), SPOKEN)
 
@@ -76,8 +76,8 @@ async def wait_js(page: Any, expression: str, timeout_ms: int, what: str, server
 
 
 @pytest.mark.parametrize("server", BACKENDS, indirect=True)
-async def test_spoken_call_through_the_page(server: Server, speech_wav: Path) -> None:
-    async with chromium(speech_wav) as ctx:
+async def test_spoken_call_through_the_page(server: Server, spoken_wav: Path) -> None:
+    async with chromium(spoken_wav) as ctx:
         page = ctx.pages[0] if ctx.pages else await ctx.new_page()
         console: list[str] = []
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
@@ -119,6 +119,7 @@ async def test_spoken_call_through_the_page(server: Server, speech_wav: Path) ->
             # Whisper heard the words, and the reply came through the real get_current_time tool.
             assert "time" in " ".join(user_lines).lower(), user_lines
             assert re.search(r"\d", " ".join(bot_lines)), bot_lines
+            assert "llm-function-call" in vg["events"], vg["events"]
         else:
             assert re.search(r"echo turn 1\b", user_lines[0]), user_lines
         for kind in ("user-stopped-speaking", "bot-started-speaking", "bot-stopped-speaking"):
@@ -142,8 +143,8 @@ async def test_spoken_call_through_the_page(server: Server, speech_wav: Path) ->
 
 
 @pytest.mark.parametrize("server", [pytest.param("echo", id="echo")], indirect=True)
-async def test_unreachable_server_is_reported(server: Server, speech_wav: Path) -> None:
-    async with chromium(speech_wav) as ctx:
+async def test_unreachable_server_is_reported(server: Server, spoken_wav: Path) -> None:
+    async with chromium(spoken_wav) as ctx:
         page = ctx.pages[0] if ctx.pages else await ctx.new_page()
         async with asyncio.timeout(30):
             await page.goto(f"{server.base}/?raw=1", timeout=30_000)
@@ -156,3 +157,60 @@ async def test_unreachable_server_is_reported(server: Server, speech_wav: Path) 
         assert await page.is_visible("#error", timeout=10_000)
         assert (await page.text_content("#state", timeout=10_000)) == "idle"
         assert await page.is_enabled("#connect", timeout=10_000)
+
+
+@pytest.mark.parametrize("server", [pytest.param("echo", id="echo")], indirect=True)
+async def test_denied_microphone_is_reported(server: Server) -> None:
+    async with chromium(None, allow_mic=False) as ctx:
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        async with asyncio.timeout(30):
+            await page.goto(f"{server.base}/?raw=1", timeout=30_000)
+        async with asyncio.timeout(10):
+            await page.click("#connect", timeout=10_000)
+        await wait_js(page, "vg.errors.length > 0", 20_000, "an error message", server)
+        error = await page.text_content("#error", timeout=10_000)
+        assert error is not None and "Microphone access was denied" in error, error
+        assert (await page.text_content("#state", timeout=10_000)) == "idle"
+        assert await server.sessions() == 0
+
+
+LIMITED = ["--max-sessions", "1", "--max-call-seconds", "8"]
+
+
+@pytest.fixture
+async def limited_server(tmp_path: Path) -> AsyncIterator[Server]:
+    require_browser()
+    async with running_server("echo", tmp_path, LIMITED) as srv:
+        yield srv
+
+
+async def test_refusal_and_fatal_server_error_are_reported(
+    limited_server: Server, spoken_wav: Path
+) -> None:
+    """A 503 from the server shows its JSON reason; a fatal data-channel error ends the call."""
+    server = limited_server
+    async with chromium(spoken_wav) as ctx:
+        first = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        second = await ctx.new_page()
+        for page in (first, second):
+            async with asyncio.timeout(30):
+                await page.goto(f"{server.base}/?raw=1", timeout=30_000)
+        async with asyncio.timeout(10):
+            await first.click("#connect", timeout=10_000)
+        await wait_js(first, "vg.connected", CONNECT_TIMEOUT_MS, "the first call", server)
+
+        async with asyncio.timeout(10):
+            await second.click("#connect", timeout=10_000)
+        await wait_js(second, "vg.errors.length > 0", 20_000, "the refusal", server)
+        error = await second.text_content("#error", timeout=10_000)
+        assert error is not None and "HTTP 503" in error, error
+        assert "limit of 1 concurrent calls" in error, error
+        assert (await second.text_content("#state", timeout=10_000)) == "idle"
+
+        # The first call hits --max-call-seconds: the server says so (fatal) and hangs up.
+        await wait_js(first, "vg.errors.length > 0", 30_000, "the max-duration error", server)
+        error = await first.text_content("#error", timeout=10_000)
+        assert error is not None and "maximum duration" in error, error
+        await wait_js(first, "vg.state === 'idle'", 10_000, "the page back to idle", server)
+        assert await first.is_enabled("#connect", timeout=10_000)
+        await server.wait_sessions(0)

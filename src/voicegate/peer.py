@@ -27,6 +27,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import sdp
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from voicegate import rtvi
@@ -131,9 +132,17 @@ class PeerSession:
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
+            # aiortc's parser reports malformed SDP with bare asserts and assorted exceptions;
+            # parse first so that any of them becomes a clear 400, not a 500.
+            parsed = sdp.SessionDescription.parse(offer.sdp)
+        except Exception as exc:
+            raise OfferError(f"the offer SDP could not be parsed ({type(exc).__name__})") from exc
+        if not any(m.kind == "audio" for m in parsed.media):
+            raise OfferError("the offer has no audio section (m=audio)")
+        try:
             await pc.setRemoteDescription(offer)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise OfferError(f"the offer SDP could not be used: {exc}") from exc
+        except (ValueError, TypeError, KeyError, IndexError, AssertionError) as exc:
+            raise OfferError(f"the offer SDP could not be used: {exc or type(exc).__name__}") from exc
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
         if not audio:
             raise OfferError("the offer has no audio transceiver")

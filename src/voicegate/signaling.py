@@ -126,6 +126,16 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(Path(request.app[CONFIG].web_dir) / "index.html")
 
 
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """Files of web/ under /static/. aiohttp's own static route answers a missing file with a
+    non-JSON 404 from inside the response, where no middleware can see it, hence this."""
+    root = Path(request.app[CONFIG].web_dir).resolve()
+    target = (root / request.match_info["path"]).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise ApiError(404, f"no file {request.path}")
+    return web.FileResponse(target)
+
+
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
     return web.json_response(
@@ -246,7 +256,7 @@ async def patch_offer(request: web.Request) -> web.Response:
             raise ApiError(400, f"candidates[{i}].sdp_mline_index must be an integer")
         try:
             candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError, KeyError):
+        except (ValueError, IndexError, KeyError, AssertionError):  # aiortc asserts on junk
             raise ApiError(400, f"candidates[{i}].candidate is not an ICE candidate") from None
         candidate.sdpMid = mid
         candidate.sdpMLineIndex = index
@@ -305,6 +315,6 @@ def create_app(
     app.router.add_post("/api/offer", post_offer)
     app.router.add_patch("/api/offer", patch_offer)
     app.router.add_delete("/api/sessions/{pc_id}", delete_session)
-    app.router.add_static("/static/", config.web_dir, follow_symlinks=False)
+    app.router.add_get("/static/{path:.+}", static_file)
     app.on_shutdown.append(_shutdown)
     return app

@@ -149,6 +149,12 @@ class BotocoreIdentityResolver:
                 return identity
         return await self._refresh()
 
+    async def settle(self) -> None:
+        """Wait for an in-flight background refresh to finish (shutdown and tests)."""
+        task = self._refresh_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
     async def invalidate(self) -> None:
         """Forget the cached identity; the next signature re-reads botocore."""
         self._identity = None
@@ -178,7 +184,7 @@ class BotocoreIdentityResolver:
     async def _refresh(self) -> AWSCredentialsIdentity:
         # shield: a send() timing out must not cancel a refresh other signers are waiting on.
         identity = await asyncio.shield(self._start_refresh())
-        if identity.is_expired:
+        if self._remaining(identity) <= 0:
             raise SmithyIdentityError(
                 f"AWS credentials from {self.method} expired and could not be refreshed"
             )

@@ -189,9 +189,10 @@ def time_reply(result_json: str) -> str:
         spoken = result.get("spoken") or result.get("time")
         if isinstance(spoken, str) and spoken:
             zone = result.get("timezone")
-            where = f" {zone}" if isinstance(zone, str) and zone and zone != "UTC" else ""
-            suffix = " UTC" if zone == "UTC" else ""
-            return f"It is {spoken}{suffix}{where}."
+            # "in UTC", not "p.m. UTC.": a capital after "p.m." would start a new sentence.
+            place = zone.rsplit("/", 1)[-1].replace("_", " ") if isinstance(zone, str) else ""
+            where = f" in {place}" if place else ""
+            return f"It is {spoken}{where}."
     return "Sorry, I could not get the time."
 
 
@@ -302,6 +303,7 @@ class LocalStream(InProcessStream):
         return turn
 
     async def _speech_started(self) -> None:
+        return
         turn = self._turn
         if turn is not None and turn.running:
             self._cancel_turn()

@@ -1,0 +1,125 @@
+"""``voicegate standin``: run the Bedrock stand-in until interrupted.
+
+On start it prints, on stdout, ``KEY=VALUE`` lines a person can paste into a shell and a program
+can parse (lines starting with ``#`` are comments); logs go to stderr::
+
+    AWS_ENDPOINT_URL_BEDROCK_RUNTIME=https://127.0.0.1:8443
+    SSL_CERT_FILE=/abs/path/standin-ca.pem
+    AWS_ACCESS_KEY_ID=AKIDVOICEGATESTANDIN
+    AWS_SECRET_ACCESS_KEY=...
+    AWS_REGION=us-east-1
+    # voicegate stand-in ready (brain=scripted)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from voicegate.standin.brains import BRAINS, BrainUnavailable, Scenario
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _scenario(text: str) -> str:
+    try:
+        Scenario.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``standin`` subcommand to an argparse subparsers object."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "standin",
+        help="run a local stand-in for Bedrock's Nova Sonic stream (HTTP/2 + TLS, SigV4)",
+        description=(
+            "Serve Bedrock's InvokeModelWithBidirectionalStream on 127.0.0.1 with a test CA, "
+            "so the real AWS SDK (voicegate serve --backend bedrock) can run without AWS. "
+            "Signatures are verified against AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY when set, "
+            "else against the documented test keys."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8443, help="TCP port, 0 picks a free one")
+    p.add_argument(
+        "--cert-dir", required=True, help="directory for the test CA and server certificate"
+    )
+    p.add_argument("--brain", choices=BRAINS, default="scripted", help="who answers")
+    p.add_argument(
+        "--session-limit",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="end every session after this long with ModelTimeoutException (Bedrock: ~480)",
+    )
+    p.add_argument(
+        "--scenario",
+        type=_scenario,
+        default="reply",
+        help="scripted brain's scenario when the system prompt names none (default reply)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="end a stream that sends nothing for this long (default 60)",
+    )
+    p.add_argument("--max-sessions", type=int, default=64, help="concurrent sessions (429 above)")
+    p.add_argument("--region", default="us-east-1", help="region printed for clients")
+    p.add_argument("--log-level", default="info", help="log level (stderr)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from voicegate import logs
+
+    logs.configure("auto", args.log_level)
+    try:
+        return asyncio.run(_main(args))
+    except BrainUnavailable as exc:
+        print(f"voicegate standin: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"voicegate standin: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from voicegate.standin.server import StandIn
+
+    standin = StandIn(
+        args.brain,
+        args.cert_dir,
+        host=args.host,
+        port=args.port,
+        session_limit=args.session_limit,
+        scenario=args.scenario,
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+    )
+    await standin.start()
+    try:
+        for key, value in standin.client_env(args.region).items():
+            print(f"{key}={value}")
+        print(f"# voicegate stand-in ready (brain={args.brain})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await standin.stop()
+    return 0

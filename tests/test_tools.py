@@ -1,0 +1,79 @@
+"""The tool registry: sync and async tools, errors and timeouts become error results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from voicegate.tools import Tool, ToolRegistry, calculate, default_tools
+
+
+async def test_example_tools() -> None:
+    reg = default_tools()
+    assert {s.name for s in reg.specs()} == {"get_current_time", "calculate"}
+    text, ok = await reg.run("get_current_time", '{"timezone": "UTC"}')
+    assert ok and json.loads(text)["timezone"] == "UTC"
+    text, ok = await reg.run("calculate", '{"expression": "(2 + 3) * 4 ** 2"}')
+    assert ok and json.loads(text)["result"] == 80
+
+
+async def test_failures_become_error_results() -> None:
+    reg = default_tools()
+
+    async def slow() -> str:
+        await asyncio.sleep(10)
+        return "late"
+
+    def blocking() -> str:
+        time.sleep(0.2)
+        return "done"
+
+    reg.add(Tool("slow", "", {"type": "object"}, slow, timeout=0.05))
+    reg.add(Tool("blocking", "", {"type": "object"}, blocking, timeout=5))
+    cases = {
+        ("nope", "{}"): "unknown tool",
+        ("calculate", "not json"): "not valid JSON",
+        ("calculate", "[1]"): "JSON object",
+        ("calculate", '{"expression": "__import__(\\"os\\")"}'): "failed",
+        ("calculate", '{"wrong": 1}'): "bad arguments",
+        ("get_current_time", '{"timezone": "Mars/Olympus"}'): "unknown timezone",
+        ("slow", "{}"): "did not finish",
+    }
+    for (name, args), needle in cases.items():
+        text, ok = await reg.run(name, args)
+        assert not ok and needle in json.loads(text)["error"], (name, text)
+    # A blocking tool runs in a thread: the loop keeps turning meanwhile.
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.ensure_future(ticker())
+    text, ok = await reg.run("blocking", "{}")
+    task.cancel()
+    assert ok and json.loads(text) == "done" and ticks >= 5
+
+
+def test_registration_rules() -> None:
+    reg = ToolRegistry()
+    with pytest.raises(ValueError):
+        reg.add(Tool("Bad-Name", "", {"type": "object"}, lambda: 1))
+    with pytest.raises(ValueError):
+        reg.add(Tool("ok_name", "", {"type": "string"}, lambda: 1))
+
+    @reg.tool(description="adds")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert "add" in reg
+
+
+def test_calculate_refuses_huge_powers() -> None:
+    with pytest.raises(ValueError):
+        calculate("9 ** 999999")
