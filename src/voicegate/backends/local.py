@@ -303,7 +303,6 @@ class LocalStream(InProcessStream):
         return turn
 
     async def _speech_started(self) -> None:
-        return
         turn = self._turn
         if turn is not None and turn.running:
             self._cancel_turn()

@@ -1,0 +1,184 @@
+"""The conversation layer against small in-process brains: setup order, continuous audio,
+barge-in, tool round trips, failures and orderly close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from voicegate.backends.base import BackendStream, Throttled
+from voicegate.backends.inprocess import InProcessStream
+from voicegate.conversation import (
+    BotInterrupted,
+    BotText,
+    Conversation,
+    ConversationEnded,
+    ConversationError,
+    ConversationEvent,
+    ConversationSettings,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from voicegate.sonic import ContentEnd, InputEvent, PromptEnd, SessionEnd
+from voicegate.tools import default_tools
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.audio = bytearray()
+        self.flushes = 0
+        self.events: list[ConversationEvent] = []
+        self.changed = asyncio.Event()
+
+    def on_audio(self, pcm: bytes) -> None:
+        self.audio += pcm
+
+    def on_flush(self) -> int:
+        self.flushes += 1
+        dropped = len(self.audio) // 2
+        self.audio.clear()
+        return dropped
+
+    def on_event(self, event: ConversationEvent) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    async def wait(self, kind: type, timeout: float = 5.0) -> ConversationEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for e in self.events:
+                    if isinstance(e, kind):
+                        return e
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class Recorder(InProcessStream):
+    """Keeps every input event (grammar is checked by the base class)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[InputEvent] = []
+        self.audio_chunks = 0
+
+    async def send(self, event: InputEvent) -> None:
+        self.inputs.append(event)
+        await super().send(event)
+
+    async def on_audio(self, pcm: bytes) -> None:
+        self.audio_chunks += 1
+
+
+class OneBackend:
+    name = "test"
+
+    def __init__(self, stream: InProcessStream) -> None:
+        self.stream = stream
+
+    async def open(self) -> BackendStream:
+        return self.stream
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _start(stream: InProcessStream) -> tuple[Conversation, Listener]:
+    listener = Listener()
+    conv = Conversation(OneBackend(stream), ConversationSettings(), default_tools(), listener)
+    await conv.start()
+    return conv, listener
+
+
+async def test_setup_then_silence_keeps_the_model_fed_then_orderly_close() -> None:
+    brain = Recorder()
+    conv, _ = await _start(brain)
+    assert brain.prompt is not None and {t.name for t in brain.prompt.tools} >= {"calculate"}
+    assert brain.system_prompt == ConversationSettings().system_prompt
+    # Nobody supplies audio for half a second: the conversation sends silence by itself.
+    await asyncio.sleep(0.5)
+    assert brain.audio_chunks >= 10
+    conv.send_audio(b"\x01\x00" * 512)
+    await asyncio.sleep(0.05)
+    await conv.close()
+    tail = [type(e) for e in brain.inputs[-3:]]
+    assert tail == [ContentEnd, PromptEnd, SessionEnd]
+    assert conv.stats.audio_chunks_sent == 1
+    assert conv.end_reason == "closed"
+
+
+class ToolBrain(InProcessStream):
+    async def on_audio_start(self) -> None:
+        self.spawn(self._ask())
+
+    async def _ask(self) -> None:
+        await self.emit_tool_use("calculate", {"expression": "6 * 7"})
+
+    async def on_tool_result(self, tool_use_id: str, content: str) -> None:
+        await self.emit_text("ASSISTANT", f"The answer is {json.loads(content)['result']}.")
+        await self.end_completion()
+
+
+async def test_tool_round_trip() -> None:
+    conv, listener = await _start(ToolBrain())
+    started = await listener.wait(ToolCallStarted)
+    assert isinstance(started, ToolCallStarted) and started.name == "calculate"
+    done = await listener.wait(ToolCallFinished)
+    assert isinstance(done, ToolCallFinished) and done.ok
+    text = await listener.wait(BotText)
+    assert isinstance(text, BotText) and "42" in text.text
+    await conv.close()
+
+
+class BargeBrain(InProcessStream):
+    async def on_audio_start(self) -> None:
+        self.spawn(self._talk())
+
+    async def _talk(self) -> None:
+        self.cid = await self.begin_audio()
+        await self.emit_audio(self.cid, b"\x10\x00" * 24000)
+        await asyncio.sleep(0.05)
+        # Both of Nova Sonic's signals, then late audio for the interrupted content.
+        await self.emit_interrupted(self.cid)
+        await self.emit_audio(self.cid, b"\x10\x00" * 2400)
+        await self.end_completion("INTERRUPTED")
+        cid2 = await self.begin_audio()
+        await self.emit_audio(cid2, b"\x20\x00" * 480)
+        await self.end_audio(cid2)
+
+
+async def test_barge_in_flushes_once_and_drops_late_audio() -> None:
+    conv, listener = await _start(BargeBrain())
+    event = await listener.wait(BotInterrupted)
+    assert isinstance(event, BotInterrupted) and event.dropped_samples == 24000
+    await asyncio.sleep(0.1)
+    assert listener.flushes == 1
+    assert bytes(listener.audio) == b"\x20\x00" * 480  # only the next turn's audio
+    assert conv.stats.barge_ins == 1
+    assert not any(isinstance(e, BotText) and "interrupted" in e.text for e in listener.events)
+    await conv.close()
+
+
+class FailingBrain(InProcessStream):
+    async def on_audio_start(self) -> None:
+        await self.fail(Throttled("Too many requests"))
+
+
+async def test_backend_failure_is_reported_and_ends_the_conversation() -> None:
+    conv, listener = await _start(FailingBrain())
+    err = await listener.wait(ConversationError)
+    assert isinstance(err, ConversationError) and err.kind == "throttled" and err.fatal
+    ended = await listener.wait(ConversationEnded)
+    assert isinstance(ended, ConversationEnded) and ended.reason == "error:throttled"
+    await conv.close()
+
+
+async def test_grammar_violation_surfaces_as_validation_error() -> None:
+    brain = Recorder()
+    conv, listener = await _start(brain)
+    # Opening a second audio content is refused, like Bedrock does.
+    from voicegate.sonic import AudioContentStart
+
+    await conv._send(AudioContentStart(conv.prompt_name, "second"))
+    err = await listener.wait(ConversationError)
+    assert isinstance(err, ConversationError) and err.kind == "validation"
+    await conv.close()
