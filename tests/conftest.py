@@ -37,7 +37,9 @@ def _loopback_ice() -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_server(backend: Backend, **overrides: Any) -> AsyncIterator[tuple[str, web.Application]]:
+async def running_server(
+    backend: Backend, **overrides: Any
+) -> AsyncIterator[tuple[str, web.Application]]:
     base = resolve(None, env={})
     values = {f: getattr(base, f) for f in ServeConfig.__dataclass_fields__}
     values.update(overrides)
@@ -65,7 +67,7 @@ def espeak() -> str:
 
 @pytest.fixture(scope="session")
 def speech_wav(espeak: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Speak ``text`` with espeak-ng into a WAV (with 0.3 s lead-in and 1.2 s of trailing silence)."""
+    """Speak ``text`` with espeak-ng into a WAV (0.3 s lead-in, 1.2 s of trailing silence)."""
     cache: dict[str, Path] = {}
 
     def make(text: str) -> Path:

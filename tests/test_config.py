@@ -23,7 +23,11 @@ def test_defaults() -> None:
 
 
 def test_env_and_flag_precedence() -> None:
-    env = {"VOICEGATE_PORT": "9000", "VOICEGATE_BACKEND": "echo", "VOICEGATE_ICE_ADDRESSES": "127.0.0.1, ::1"}
+    env = {
+        "VOICEGATE_PORT": "9000",
+        "VOICEGATE_BACKEND": "echo",
+        "VOICEGATE_ICE_ADDRESSES": "127.0.0.1, ::1",
+    }
     c = config.resolve(_args(), env=env)
     assert c.port == 9000 and c.backend == "echo" and c.ice_addresses == ("127.0.0.1", "::1")
     c = config.resolve(_args("--port", "9100"), env=env)
@@ -31,8 +35,13 @@ def test_env_and_flag_precedence() -> None:
 
 
 def test_all_problems_listed() -> None:
-    env = {"VOICEGATE_PORT": "http", "VOICEGATE_MAX_SESSIONS": "0", "VOICEGATE_BACKEND": "gpt",
-           "VOICEGATE_ENDPOINTING": "FAST", "VOICEGATE_ICE_ADDRESSES": "eth0"}
+    env = {
+        "VOICEGATE_PORT": "http",
+        "VOICEGATE_MAX_SESSIONS": "0",
+        "VOICEGATE_BACKEND": "gpt",
+        "VOICEGATE_ENDPOINTING": "FAST",
+        "VOICEGATE_ICE_ADDRESSES": "eth0",
+    }
     with pytest.raises(config.ConfigError) as err:
         config.resolve(_args(), env=env)
     text = str(err.value)

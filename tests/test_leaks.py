@@ -36,11 +36,11 @@ async def _one_call(url: str, hangup_by_delete: bool) -> None:
         async with asyncio.timeout(20):
             await client.connect()
             await client.wait_for("bot-ready", 10)
-            tone = (8000 * np.sin(np.arange(48000 * 0.4) * 2 * np.pi * 300 / 48000)).astype(np.int16)
+            tone = (8000 * np.sin(np.arange(48000 * 0.4) * 2 * np.pi * 300 / 48000)).astype(
+                np.int16
+            )
             client.mic.play(tone)
-            n = len(client.audio.frames)
-            while len(client.audio.frames) < n + 10:
-                await asyncio.sleep(0.02)
+            await client.wait_frames(10, 5)
             if hangup_by_delete:
                 assert await client.hangup() == 204
     finally:
@@ -60,8 +60,8 @@ async def test_twenty_calls_leave_nothing_behind() -> None:
             # Half end with DELETE, half by the client just closing its peer connection.
             await _one_call(url, hangup_by_delete=i % 2 == 0)
         async with asyncio.timeout(15):
-            while app[SESSIONS]:
-                await asyncio.sleep(0.05)
+            for session in list(app[SESSIONS].values()):
+                await session.closed.wait()
         await _settle()
         assert len(asyncio.all_tasks()) <= tasks0, [t.get_coro() for t in asyncio.all_tasks()]
         assert _call_threads() == threads0

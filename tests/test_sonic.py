@@ -100,11 +100,22 @@ BAD_INPUTS: list[Any] = [
     {"event": {"a": {}, "b": {}}},
     {"event": {"nope": {}}},
     {"event": {"promptStart": {"promptName": "p"}}},
-    {"event": {"promptStart": {"promptName": "p", "audioOutputConfiguration": {"sampleRateHertz": 44100}}}},
+    {
+        "event": {
+            "promptStart": {
+                "promptName": "p",
+                "audioOutputConfiguration": {"sampleRateHertz": 44100},
+            }
+        }
+    },
     {"event": {"sessionStart": {"inferenceConfiguration": {"topP": 2}}}},
     {"event": {"sessionStart": {"turnDetectionConfiguration": {"endpointingSensitivity": "X"}}}},
     {"event": {"contentStart": {"promptName": "p", "contentName": "c", "type": "VIDEO"}}},
-    {"event": {"contentStart": {"promptName": "p", "contentName": "c", "type": "TEXT", "role": "BOT"}}},
+    {
+        "event": {
+            "contentStart": {"promptName": "p", "contentName": "c", "type": "TEXT", "role": "BOT"}
+        }
+    },
     {"event": {"audioInput": {"promptName": "p", "contentName": "c", "content": "!!"}}},
     {"event": {"textInput": {"promptName": "p", "contentName": "c", "content": 5}}},
     {"event": {"contentEnd": {"promptName": "p"}}},
@@ -119,8 +130,12 @@ def test_invalid_inputs_are_refused(obj: Any) -> None:
 
 @given(st.binary(max_size=4096).filter(lambda b: len(b) % 2 == 0), st.text(max_size=40))
 def test_audio_and_text_round_trip_any_payload(pcm: bytes, text: str) -> None:
-    assert sonic.decode_input(sonic.encode_input(AudioInput("p", "a", pcm))) == AudioInput("p", "a", pcm)
-    assert sonic.decode_input(sonic.encode_input(TextInput("p", "c", text))) == TextInput("p", "c", text)
+    assert sonic.decode_input(sonic.encode_input(AudioInput("p", "a", pcm))) == AudioInput(
+        "p", "a", pcm
+    )
+    assert sonic.decode_input(sonic.encode_input(TextInput("p", "c", text))) == TextInput(
+        "p", "c", text
+    )
 
 
 def test_interruption_marker() -> None:

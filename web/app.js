@@ -542,7 +542,7 @@ function updateMeters(c) {
   const mic = rmsOf(c.micAnalyser);
   const bot = rmsOf(c.botAnalyser);
   vg.micPeak = Math.max(vg.micPeak, mic);
-  vg.botPeak = Math.max(vg.botPeak, 0);
+  vg.botPeak = Math.max(vg.botPeak, bot);
   ui.micMeter.value = meterLevel(mic);
   ui.botMeter.value = meterLevel(bot);
 }

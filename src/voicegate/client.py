@@ -134,6 +134,7 @@ class CallClient:
         self.messages: list[dict[str, Any]] = []
         self.pc_id = ""
         self._message_event = asyncio.Event()
+        self._frame_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._channel = self.pc.createDataChannel("rtvi", ordered=True)
         self._channel.on("open", self._on_open)
@@ -169,10 +170,13 @@ class CallClient:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
+                if not isinstance(frame, av.AudioFrame):
+                    continue
                 now = loop.time()
                 for out in resampler.resample(frame):
                     self.audio.frames.append(out.to_ndarray().reshape(-1).copy())
                     self.audio.arrival.append(now)
+                self._frame_event.set()
 
     async def connect(self, session: aiohttp.ClientSession | None = None) -> dict[str, Any]:
         self.pc.addTrack(self.mic)
@@ -207,6 +211,14 @@ class CallClient:
                         return msg
                 self._message_event.clear()
                 await self._message_event.wait()
+
+    async def wait_frames(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` more audio frames than now have been received."""
+        target = len(self.audio.frames) + count
+        async with asyncio.timeout(timeout):
+            while len(self.audio.frames) < target:
+                self._frame_event.clear()
+                await self._frame_event.wait()
 
     async def hangup(self, session: aiohttp.ClientSession | None = None) -> int:
         own = session is None

@@ -45,6 +45,9 @@ class ServeConfig:
     system_prompt: str = ""
     voice: str = "matthew"
     endpointing: str = ""
+    model_id: str = "amazon.nova-2-sonic-v1:0"
+    region: str = ""
+    bedrock_endpoint: str = ""
     ice_addresses: tuple[str, ...] = ()
     log_format: str = "auto"
     log_level: str = "info"
@@ -76,6 +79,12 @@ OPTIONS: Final = (
     _Opt("system_prompt", "system prompt for the model"),
     _Opt("voice", "Nova Sonic voice id (default matthew)"),
     _Opt("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
+    _Opt("model_id", "Bedrock model id (default amazon.nova-2-sonic-v1:0; v1 supported)"),
+    _Opt("region", "AWS region for Bedrock (default: AWS_REGION, the profile's, else us-east-1)"),
+    _Opt(
+        "bedrock_endpoint",
+        "Bedrock runtime endpoint URL (default: AWS_ENDPOINT_URL_BEDROCK_RUNTIME or the region's)",
+    ),
     _Opt(
         "ice_addresses",
         "local address to offer as ICE host candidate (repeatable; default: 127.0.0.1 when "
@@ -83,8 +92,11 @@ OPTIONS: Final = (
         repeat=True,
         metavar="ADDR",
     ),
-    _Opt("log_format", "log format: auto (pretty on a terminal, else JSON), json, console",
-         choices=LOG_FORMATS),
+    _Opt(
+        "log_format",
+        "log format: auto (pretty on a terminal, else JSON), json, console",
+        choices=LOG_FORMATS,
+    ),
     _Opt("log_level", "log level: debug, info, warning, error"),
 )
 

@@ -316,9 +316,7 @@ class MessageDecoder:
                     if len(self._buf) < PRELUDE_LENGTH:
                         break
                     with memoryview(self._buf) as view:
-                        self._need, self._headers_len = _check_prelude(
-                            view, self.max_message_size
-                        )
+                        self._need, self._headers_len = _check_prelude(view, self.max_message_size)
                 if len(self._buf) < self._need:
                     break
                 with memoryview(self._buf) as view:

@@ -20,7 +20,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         else structlog.processors.JSONRenderer()
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s"
+    )
     # aiortc/aioice are chatty at INFO; their warnings still come through.
     for name in ("aioice", "aiortc", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)

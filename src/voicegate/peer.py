@@ -25,9 +25,9 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
+    sdp,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc import sdp
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from voicegate import rtvi
@@ -142,7 +142,9 @@ class PeerSession:
         try:
             await pc.setRemoteDescription(offer)
         except (ValueError, TypeError, KeyError, IndexError, AssertionError) as exc:
-            raise OfferError(f"the offer SDP could not be used: {exc or type(exc).__name__}") from exc
+            raise OfferError(
+                f"the offer SDP could not be used: {exc or type(exc).__name__}"
+            ) from exc
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
         if not audio:
             raise OfferError("the offer has no audio transceiver")

@@ -131,7 +131,9 @@ class PlayoutTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         pcm = self._take()
-        frame = pcm_frame(pcm if pcm is not None else self._silence, self.rate, self._n * self.frame_samples)
+        frame = pcm_frame(
+            pcm if pcm is not None else self._silence, self.rate, self._n * self.frame_samples
+        )
         self._n += 1
         if pcm is not None:
             self.frames_audio += 1

@@ -129,11 +129,18 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def static_file(request: web.Request) -> web.StreamResponse:
     """Files of web/ under /static/. aiohttp's own static route answers a missing file with a
     non-JSON 404 from inside the response, where no middleware can see it, hence this."""
-    root = Path(request.app[CONFIG].web_dir).resolve()
-    target = (root / request.match_info["path"]).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
+    target = await asyncio.to_thread(
+        _locate, request.app[CONFIG].web_dir, request.match_info["path"]
+    )
+    if target is None:
         raise ApiError(404, f"no file {request.path}")
     return web.FileResponse(target)
+
+
+def _locate(web_dir: str, relative: str) -> Path | None:
+    root = Path(web_dir).resolve()
+    target = (root / relative).resolve()
+    return target if target.is_relative_to(root) and target.is_file() else None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -113,8 +113,7 @@ def canonical_uri(path: str) -> str:
 
 def canonical_query(query: str) -> str:
     pairs = [
-        (quote(k, safe=""), quote(v, safe=""))
-        for k, v in parse_qsl(query, keep_blank_values=True)
+        (quote(k, safe=""), quote(v, safe="")) for k, v in parse_qsl(query, keep_blank_values=True)
     ]
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
 
@@ -227,9 +226,7 @@ def verify_request(
     """
     value = headers.get("authorization")
     if not value:
-        raise SignatureError(
-            "MissingAuthenticationTokenException", "Missing Authentication Token"
-        )
+        raise SignatureError("MissingAuthenticationTokenException", "Missing Authentication Token")
     auth = parse_authorization(value)
     if auth.access_key != credentials.access_key:
         raise SignatureError(
@@ -289,9 +286,7 @@ def verify_request(
     ).hexdigest()
     if not hmac.compare_digest(expected, auth.signature):
         raise SignatureError("InvalidSignatureException", MISMATCH_MESSAGE)
-    return SeedVerified(
-        auth.access_key, auth.region, auth.service, amz_date, auth.signature, token
-    )
+    return SeedVerified(auth.access_key, auth.region, auth.service, amz_date, auth.signature, token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +369,11 @@ class EventVerifier:
             raise SignatureError("InvalidSignatureException", "event after the end frame")
         date = envelope.headers.get(":date")
         sig = envelope.headers.get(":chunk-signature")
-        if not isinstance(date, datetime) or not isinstance(sig, bytes) or len(envelope.headers) != 2:
+        if (
+            not isinstance(date, datetime)
+            or not isinstance(sig, bytes)
+            or len(envelope.headers) != 2
+        ):
             self._broken = True
             raise SignatureError(
                 "InvalidSignatureException",

@@ -450,8 +450,9 @@ def decode_input(obj: Any) -> InputEvent:
                 raise SonicProtocolError("promptStart.audioOutputConfiguration is required")
             rate = audio.get("sampleRateHertz")
             if rate not in OUTPUT_RATES:
+                rates = sorted(OUTPUT_RATES)
                 raise SonicProtocolError(
-                    f"audioOutputConfiguration.sampleRateHertz must be one of {sorted(OUTPUT_RATES)}"
+                    f"audioOutputConfiguration.sampleRateHertz must be one of {rates}"
                 )
             if audio.get("sampleSizeBits", 16) != 16 or audio.get("channelCount", 1) != 1:
                 raise SonicProtocolError("audio output must be 16-bit mono")
@@ -511,16 +512,22 @@ def decode_input(obj: Any) -> InputEvent:
             if ctype == "TOOL":
                 cfg = body.get("toolResultInputConfiguration")
                 if not isinstance(cfg, dict):
-                    raise SonicProtocolError("contentStart.toolResultInputConfiguration is required")
+                    raise SonicProtocolError(
+                        "contentStart.toolResultInputConfiguration is required"
+                    )
                 return ToolResultContentStart(
-                    prompt_name, content_name, _str(cfg, "toolUseId", "toolResultInputConfiguration")
+                    prompt_name,
+                    content_name,
+                    _str(cfg, "toolUseId", "toolResultInputConfiguration"),
                 )
             raise SonicProtocolError("contentStart.type must be TEXT, AUDIO or TOOL")
         case "textInput":
             content = body.get("content")
             if not isinstance(content, str):
                 raise SonicProtocolError("textInput.content must be a string")
-            return TextInput(_str(body, "promptName", name), _str(body, "contentName", name), content)
+            return TextInput(
+                _str(body, "promptName", name), _str(body, "contentName", name), content
+            )
         case "audioInput":
             return AudioInput(
                 _str(body, "promptName", name),
@@ -531,7 +538,9 @@ def decode_input(obj: Any) -> InputEvent:
             content = body.get("content")
             if not isinstance(content, str):
                 raise SonicProtocolError("toolResult.content must be a string")
-            return ToolResult(_str(body, "promptName", name), _str(body, "contentName", name), content)
+            return ToolResult(
+                _str(body, "promptName", name), _str(body, "contentName", name), content
+            )
         case "contentEnd":
             return ContentEnd(_str(body, "promptName", name), _str(body, "contentName", name))
         case "promptEnd":
@@ -608,7 +617,9 @@ def encode_output(event: OutputEvent) -> dict[str, Any]:
 
 
 def _ids(body: dict[str, Any]) -> Ids:
-    return Ids(_opt_str(body, "sessionId"), _opt_str(body, "promptName"), _opt_str(body, "completionId"))
+    return Ids(
+        _opt_str(body, "sessionId"), _opt_str(body, "promptName"), _opt_str(body, "completionId")
+    )
 
 
 def _stage(body: dict[str, Any]) -> str | None:

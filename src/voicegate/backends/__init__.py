@@ -9,8 +9,11 @@ class BackendUnavailable(RuntimeError):
     """The chosen backend cannot run here (a missing extra, missing credentials)."""
 
 
-def make_backend(name: str) -> tuple[Backend, str]:
+def make_backend(
+    name: str, model_id: str = "", region: str = "", endpoint: str = ""
+) -> tuple[Backend, str]:
     """The backend for ``--backend NAME`` and a sentence saying why it was chosen."""
+    bedrock = {"model_id": model_id, "region": region, "endpoint": endpoint}
     if name == "echo":
         from voicegate.backends.echo import EchoBackend
 
@@ -18,7 +21,7 @@ def make_backend(name: str) -> tuple[Backend, str]:
     if name == "local":
         return _local(), "local backend requested"
     if name == "bedrock":
-        return _bedrock(), "bedrock backend requested"
+        return _bedrock(**bedrock), "bedrock backend requested"
     if name == "auto":
         try:
             from voicegate.backends.bedrock import credentials_status
@@ -27,7 +30,7 @@ def make_backend(name: str) -> tuple[Backend, str]:
         else:
             ok, why = credentials_status()
         if ok:
-            return _bedrock(), f"auto: using bedrock because {why}"
+            return _bedrock(**bedrock), f"auto: using bedrock because {why}"
         try:
             return _local(), f"auto: using the embedded local backend because {why}"
         except BackendUnavailable as exc:
@@ -47,7 +50,7 @@ def _local() -> Backend:
     return LocalBackend()
 
 
-def _bedrock() -> Backend:
+def _bedrock(model_id: str, region: str, endpoint: str) -> Backend:
     try:
         from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
     except ImportError as exc:
@@ -55,7 +58,14 @@ def _bedrock() -> Backend:
             f"the bedrock backend needs the 'bedrock' extra (pip install 'voicegate[bedrock]'): "
             f"{exc}"
         ) from exc
-    settings = BedrockSettings.from_env()
+    overrides: dict[str, str] = {}
+    if model_id:
+        overrides["model_id"] = model_id
+    if region:
+        overrides["region"] = region
+    if endpoint:
+        overrides["endpoint"] = endpoint
+    settings = BedrockSettings(**overrides)  # type: ignore[arg-type]
     problems = settings.validate()
     if problems:
         raise BackendUnavailable("invalid bedrock settings: " + "; ".join(problems))

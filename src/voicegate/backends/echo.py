@@ -65,7 +65,9 @@ class EchoStream(InProcessStream):
         speech = self.vad.is_speech(samples)
         if not self._in_turn:
             self._pre.append(pcm)
-            while len(self._pre) > 1 and sum(len(p) for p in self._pre) > PRE_ROLL_S * self._rate * 2:
+            while (
+                len(self._pre) > 1 and sum(len(p) for p in self._pre) > PRE_ROLL_S * self._rate * 2
+            ):
                 self._pre.pop(0)
             self._run = self._run + 1 if speech else 0
             if self._run >= START_CHUNKS:

@@ -42,10 +42,10 @@ from voicegate.sonic import (
     StopReason,
     TextContentStart,
     TextInput,
+    TextOutput,
     ToolResult,
     ToolResultContentStart,
     ToolSpec,
-    TextOutput,
     ToolUse,
 )
 
@@ -169,7 +169,9 @@ class InProcessStream:
 
     @property
     def ids(self) -> Ids:
-        return Ids(self.session_id, self.prompt.prompt_name if self.prompt else "", self.completion_id)
+        return Ids(
+            self.session_id, self.prompt.prompt_name if self.prompt else "", self.completion_id
+        )
 
     @property
     def output_rate(self) -> int:

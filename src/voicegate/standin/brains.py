@@ -18,6 +18,7 @@ never wall-clock time, so tests are deterministic however slow the machine is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from functools import lru_cache
 from typing import Any, Final, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from voicegate.backends.base import (
     BackendError,
@@ -307,10 +307,9 @@ class ScriptedBrain(InProcessStream):
         await self.fail(cls(message))
 
     def _queue_turn(self, speech_s: float) -> None:
-        try:
+        # A user who talks faster than the script answers loses turns, like a busy model.
+        with contextlib.suppress(asyncio.QueueFull):
             self._turn_queue.put_nowait(speech_s)
-        except asyncio.QueueFull:
-            pass  # the user talks faster than the script answers: drop, like a busy model
 
     async def _worker(self) -> None:
         while True:
@@ -332,7 +331,9 @@ class ScriptedBrain(InProcessStream):
         if name is None:
             if not self.tools:
                 raise ValidationFailed("stand-in scenario tool: promptStart declared no tools")
-            name = "get_current_time" if "get_current_time" in self.tools else next(iter(self.tools))
+            name = (
+                "get_current_time" if "get_current_time" in self.tools else next(iter(self.tools))
+            )
         if name not in self.tools:
             raise ValidationFailed(f"stand-in scenario tool: {name!r} is not in promptStart")
         await self.emit_text("USER", f"Please use the {name} tool.")
@@ -451,6 +452,10 @@ BRAINS: Final = ("scripted", "echo", "local")
 class BrainFactory(Protocol):
     name: str
 
+    async def warm(self) -> None:
+        """Load what the brain needs before the server accepts calls."""
+        ...
+
     async def open(self) -> InProcessStream: ...
 
     async def aclose(self) -> None: ...
@@ -465,6 +470,9 @@ class ScriptedFactory:
     async def open(self) -> InProcessStream:
         return ScriptedBrain(self.default)
 
+    async def warm(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -474,6 +482,9 @@ class EchoFactory:
 
     async def open(self) -> InProcessStream:
         return EchoBrain()
+
+    async def warm(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None
@@ -496,6 +507,11 @@ class LocalFactory:
         if backend_cls is None:
             raise BrainUnavailable("voicegate.backends.local has no LocalBackend")
         self._backend: Any = backend_cls()
+
+    async def warm(self) -> None:
+        warm = getattr(self._backend, "warm", None)
+        if warm is not None:
+            await warm()
 
     async def open(self) -> InProcessStream:
         stream = await self._backend.open()

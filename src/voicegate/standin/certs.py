@@ -61,9 +61,7 @@ def _usable(paths: CertPaths) -> bool:
     try:
         ca = x509.load_pem_x509_certificate(paths.ca_file.read_bytes())
         chain = x509.load_pem_x509_certificates(paths.server_file.read_bytes())
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            str(paths.server_file)
-        )
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(paths.server_file))
     except (OSError, ValueError, ssl.SSLError):
         return False
     leaf = chain[0]

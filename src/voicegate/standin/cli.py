@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"voicegate standin: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"voicegate standin: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(
+            f"voicegate standin: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
         return 2
 
 

@@ -151,9 +151,7 @@ def event_message(event: OutputEvent) -> bytes:
 
 
 def known_model(model_id: str) -> bool:
-    return any(
-        model_id.startswith(p) and model_id[len(p) :] in MODELS for p in PROFILE_PREFIXES
-    )
+    return any(model_id.startswith(p) and model_id[len(p) :] in MODELS for p in PROFILE_PREFIXES)
 
 
 def credentials_from_env() -> Credentials:
@@ -197,6 +195,9 @@ class SessionRecord:
     error: str | None = None
     client_ended: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the output side ended (END_STREAM, exception, reset or loss)."""
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when both sides are over (the client's input ended too, or the stream died)."""
 
     def input_names(self) -> list[str]:
         return [next(iter(e)) for e in self.events]
@@ -268,8 +269,14 @@ class _Session:
         self.tasks.append(loop.create_task(self._output()))
         if session_limit is not None:
             self.tasks.append(loop.create_task(self._limit(session_limit)))
+        for task in self.tasks[:2]:
+            task.add_done_callback(self._side_done)
 
     # -- input ------------------------------------------------------------------------------
+
+    def _side_done(self, _task: asyncio.Task[None]) -> None:
+        if all(t.done() for t in self.tasks[:2]):
+            self.record.closed.set()
 
     async def _input(self) -> None:
         idle = self.cx.server.idle_timeout
@@ -544,9 +551,7 @@ class _Connection:
         try:
             seed = verify_request(server.credentials, "POST", path, query, headers)
         except SignatureError as exc:
-            self._reject(
-                stream_id, 403, "AccessDeniedException", exc.message, path, code=exc.code
-            )
+            self._reject(stream_id, 403, "AccessDeniedException", exc.message, path, code=exc.code)
             return
         model_id = unquote(match.group(1))
         if not known_model(model_id):
@@ -588,9 +593,9 @@ class _Connection:
             brain=server.factory.name,
         )
         server.sessions.append(record)
-        session = _Session(self, stream_id, record, brain, EventVerifier(
-            server.credentials.secret_key, seed
-        ))
+        session = _Session(
+            self, stream_id, record, brain, EventVerifier(server.credentials.secret_key, seed)
+        )
         self.sessions[stream_id] = session
         server.active_sessions += 1
         self.h2.send_headers(
@@ -718,8 +723,8 @@ class _Connection:
 class StandIn:
     """The stand-in as an async context manager (binds ``port`` 0 by default)::
 
-        async with StandIn(brain="scripted", cert_dir=tmp_path) as s:
-            s.endpoint, s.ca_file, s.access_key, s.secret_key, s.sessions
+    async with StandIn(brain="scripted", cert_dir=tmp_path) as s:
+        s.endpoint, s.ca_file, s.access_key, s.secret_key, s.sessions
     """
 
     def __init__(
@@ -779,6 +784,7 @@ class StandIn:
         return env
 
     async def start(self) -> None:
+        await self.factory.warm()
         paths = ensure_certs(self.cert_dir)
         self.ca_file = paths.ca_file
         self._server = await asyncio.start_server(

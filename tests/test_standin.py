@@ -1,0 +1,647 @@
+"""The Bedrock stand-in driven by the real AWS SDK (aws_sdk_bedrock_runtime 0.12, CRT over h2).
+
+Every SDK test runs inside ``asyncio.timeout``; after a server reset the SDK's writer is closed
+without flushing (nova-sonic.md 6.6), since its ``close()`` would otherwise hang forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from voicegate import sonic
+from voicegate.sigv4 import Credentials
+from voicegate.standin import StandIn
+from voicegate.standin.brains import LinearResampler
+
+aws = pytest.importorskip("aws_sdk_bedrock_runtime")
+pytestmark = pytest.mark.bedrock
+
+from aws_sdk_bedrock_runtime import models as m  # noqa: E402
+from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient  # noqa: E402
+from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig  # noqa: E402
+from smithy_aws_core.identity import AWSCredentialsIdentity  # noqa: E402
+from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig  # noqa: E402
+
+NOVA2 = "amazon.nova-2-sonic-v1:0"
+P = "prompt-1"
+AUDIO = "audio-1"
+CHUNK = 512  # samples, 32 ms at 16 kHz
+TIMEOUT = 30
+
+
+def tone(samples: int = CHUNK, amp: float = 8000.0, freq: float = 300.0) -> bytes:
+    t = np.arange(samples) / 16000
+    return (amp * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes()
+
+
+SILENCE = bytes(2 * CHUNK)
+
+
+class Call:
+    """One SDK stream, with output collected by a background receive task."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.events: list[sonic.OutputEvent] = []
+        self.error: BaseException | None = None
+        self.ended = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._receiver: asyncio.Task[None] | None = None
+
+    async def send(self, event: sonic.InputEvent) -> None:
+        await self.send_bytes(json.dumps(sonic.encode_input(event)).encode())
+
+    async def send_bytes(self, data: bytes) -> None:
+        chunk = m.InvokeModelWithBidirectionalStreamInputChunk(
+            value=m.BidirectionalInputPayloadPart(bytes_=data)
+        )
+        async with asyncio.timeout(5):
+            await self.stream.input_stream.send(chunk)
+
+    async def start(self) -> None:
+        """Await the response headers (raises a modelled pre-stream error) and start reading."""
+        _, receiver = await self.stream.await_output()
+        self._receiver = asyncio.create_task(self._receive(receiver))
+
+    async def _receive(self, receiver: Any) -> None:
+        try:
+            while True:
+                out = await receiver.receive()
+                if out is None:
+                    return
+                self.events.append(sonic.decode_output(json.loads(out.value.bytes_)))
+                self._arrived.set()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+            self._arrived.set()
+
+    async def wait_for(self, pred: Callable[[sonic.OutputEvent], bool]) -> sonic.OutputEvent:
+        """The first collected event matching ``pred`` (waits for it; fails if output ends)."""
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if pred(event):
+                    return event
+            seen = len(self.events)
+            if self.ended.is_set():
+                raise AssertionError(f"output ended ({self.error!r}) before the expected event")
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def setup(self, system: str, tools: tuple[sonic.ToolSpec, ...] = ()) -> None:
+        await self.send(sonic.SessionStart())
+        await self.send(sonic.PromptStart(P, tools=tools))
+        await self.send(sonic.TextContentStart(P, "system", "SYSTEM"))
+        await self.send(sonic.TextInput(P, "system", system))
+        await self.send(sonic.ContentEnd(P, "system"))
+        await self.send(sonic.AudioContentStart(P, AUDIO))
+
+    async def audio(self, pcm: bytes, chunks: int = 1) -> None:
+        for _ in range(chunks):
+            await self.send(sonic.AudioInput(P, AUDIO, pcm))
+
+    async def utterance(self, speech_chunks: int = 10, silence_chunks: int = 12) -> None:
+        await self.audio(tone(), speech_chunks)
+        await self.audio(SILENCE, silence_chunks)
+
+    async def finish(self) -> None:
+        """The orderly close production code does, then wait for the end of the output."""
+        await self.send(sonic.ContentEnd(P, AUDIO))
+        await self.send(sonic.PromptEnd(P))
+        await self.send(sonic.SessionEnd())
+        async with asyncio.timeout(5):
+            await self.stream.input_stream.close()
+            await self.ended.wait()
+
+    async def abort(self) -> None:
+        """Tear down a stream the server killed, without the SDK's hanging close().
+
+        Workaround for the SDK blocking forever in input_stream.close() after RST_STREAM
+        (nova-sonic.md 6.6; related: aws/aws-sdk-python#13): close the body provider unflushed.
+        """
+        writer = getattr(self.stream.input_stream, "_writer", None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.close(flush=False)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await self.stream.input_stream.close()
+        if self._receiver is not None:
+            self._receiver.cancel()
+            with contextlib.suppress(BaseException):
+                await self._receiver
+
+    def of(self, cls: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def texts(self, role: str) -> list[str]:
+        return [e.content for e in self.of(sonic.TextOutput) if e.role == role]
+
+
+Opener = Callable[..., Awaitable[Call]]
+
+
+@pytest.fixture
+async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
+    async with StandIn("scripted", tmp_path / "certs") as s:
+        yield s
+
+
+def make_opener(s: StandIn, monkeypatch: pytest.MonkeyPatch) -> Opener:
+    # The CRT transport reads the trust store when it is created (nova-sonic.md 6.5).
+    monkeypatch.setenv("SSL_CERT_FILE", str(s.ca_file))
+
+    async def open_call(
+        model_id: str = NOVA2,
+        secret: str | None = None,
+        access_key: str | None = None,
+        resolver: Any = None,
+        session_token: str | None = None,
+    ) -> Call:
+        overrides: dict[str, Any] = {
+            "region": "us-east-1",
+            "endpoint_uri": s.endpoint,
+            "transport": AWSCRTHTTPClient(
+                client_config=AWSCRTHTTPClientConfig(force_http_2=True)
+            ),
+        }
+        if resolver is not None:
+            overrides["aws_credentials_identity_resolver"] = resolver
+        else:
+            overrides["aws_access_key_id"] = access_key or s.access_key
+            overrides["aws_secret_access_key"] = secret or s.secret_key
+            if session_token is not None:
+                overrides["aws_session_token"] = session_token
+        config = await AsyncBedrockRuntimeConfig.resolve(**overrides)
+        client = AsyncBedrockRuntimeClient(config=config)
+        stream = await client.invoke_model_with_bidirectional_stream(
+            m.InvokeModelWithBidirectionalStreamOperationInput(model_id=model_id)
+        )
+        return Call(stream)
+
+    return open_call
+
+
+@pytest.fixture
+def open_call(standin: StandIn, monkeypatch: pytest.MonkeyPatch) -> Opener:
+    return make_opener(standin, monkeypatch)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversation
+# --------------------------------------------------------------------------------------------
+
+
+async def test_full_session_two_turns(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        await call.setup("You are terse. scenario:reply")
+        await call.start()
+        for turn in (1, 2):
+            await call.utterance()
+            await call.wait_for(
+                lambda e: isinstance(e, sonic.CompletionEnd) and e.stop_reason == "END_TURN"
+            )
+            assert len(call.of(sonic.CompletionEnd)) == turn
+            await call.audio(SILENCE, 3)
+        await call.finish()
+
+    assert call.error is None
+    users = call.texts("USER")
+    assert len(users) == 2 and all("s of speech" in u for u in users)
+    starts = call.of(sonic.OutputContentStart)
+    stages = [(s.role, s.generation_stage) for s in starts if s.type == "TEXT"]
+    assert stages == [("USER", "FINAL"), ("ASSISTANT", "SPECULATIVE"), ("ASSISTANT", "FINAL")] * 2
+    assert call.texts("ASSISTANT")[0] == call.texts("ASSISTANT")[1]  # speculative == final
+    audio = b"".join(e.content for e in call.of(sonic.AudioOutput))
+    assert len(audio) == 2 * 2 * 24000  # two replies of 1 s of 24 kHz s16le
+    assert np.abs(np.frombuffer(audio, "<i2")).max() > 1000  # not silence
+    assert {s.sample_rate for s in starts if s.type == "AUDIO"} == {24000}
+    assert len(call.of(sonic.UsageEvent)) == 2
+
+    record = standin.sessions[0]
+    async with asyncio.timeout(5):
+        await record.closed.wait()
+    assert record.outcome == "completed"
+    assert record.model_id == NOVA2 and record.region == "us-east-1"
+    assert record.end_frame  # SDK 0.12 signs an empty end frame
+    assert record.signatures_verified == record.envelopes > 0
+    assert record.audio_chunks == 2 * 22 + 3 * 2
+    assert record.audio_bytes == record.audio_chunks * 2 * CHUNK
+    assert record.input_names() == [
+        "sessionStart",
+        "promptStart",
+        "contentStart",
+        "textInput",
+        "contentEnd",
+        "contentStart",
+        "audioInput",
+        "contentEnd",
+        "promptEnd",
+        "sessionEnd",
+    ]
+    assert record.events[6]["audioInput"]["chunks"] == record.audio_chunks
+    assert record.scenario == "reply"
+    assert record.output_counts["AudioOutput"] == len(call.of(sonic.AudioOutput))
+
+
+async def test_greet_replies_without_speech(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call(model_id="us.amazon.nova-sonic-v1:0")
+        await call.setup("scenario:reply:greet")
+        await call.start()
+        await call.audio(SILENCE)
+        await call.wait_for(lambda e: isinstance(e, sonic.CompletionEnd))
+        await call.finish()
+    assert call.of(sonic.AudioOutput)
+    assert standin.sessions[0].model_id == "us.amazon.nova-sonic-v1:0"
+
+
+async def test_silence_gets_no_reply(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call(model_id="global.amazon.nova-2-sonic-v1:0")
+        await call.setup("scenario:reply")
+        await call.start()
+        await call.audio(SILENCE, 30)
+        await call.finish()
+    assert call.events == [] and call.error is None
+
+
+async def test_session_token_is_signed_and_accepted(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call(session_token="FQoGZXIvYXdzEXAMPLETOKEN")
+        await call.setup("scenario:reply:greet")
+        await call.start()
+        await call.audio(SILENCE)
+        await call.wait_for(lambda e: isinstance(e, sonic.CompletionEnd))
+        await call.finish()
+    assert standin.sessions[0].session_token
+
+
+async def test_barge_in(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        await call.setup("scenario:barge_in")
+        await call.start()
+        await call.utterance()
+        await call.wait_for(lambda e: isinstance(e, sonic.AudioOutput))
+        await call.audio(SILENCE, 5)
+        before = len(call.of(sonic.AudioOutput))
+        await call.audio(tone(), 3)  # the user talks over the reply
+        marker = await call.wait_for(
+            lambda e: isinstance(e, sonic.TextOutput) and sonic.is_interruption_marker(e.content)
+        )
+        end = await call.wait_for(
+            lambda e: isinstance(e, sonic.OutputContentEnd) and e.type == "AUDIO"
+        )
+        await call.audio(SILENCE, 12)  # ... finishes the new utterance, which is answered
+        await call.wait_for(lambda e: isinstance(e, sonic.CompletionEnd) and e.stop_reason == "END_TURN")
+        await call.finish()
+
+    assert isinstance(marker, sonic.TextOutput) and marker.role == "ASSISTANT"
+    assert isinstance(end, sonic.OutputContentEnd) and end.stop_reason == "INTERRUPTED"
+    first_reply = call.events[: call.events.index(end)]
+    audio_s = sum(len(e.content) for e in first_reply if isinstance(e, sonic.AudioOutput)) / 48000
+    assert before > 0
+    assert audio_s < 3.0  # paced by the user's audio: far from the 10 s the reply would last
+    assert call.of(sonic.CompletionEnd)[0].stop_reason == "INTERRUPTED"
+
+
+async def test_tool_round_trip(standin: StandIn, open_call: Opener) -> None:
+    tools = (
+        sonic.ToolSpec("get_current_time", "Current time", {"type": "object", "properties": {}}),
+    )
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        await call.setup("scenario:tool", tools)
+        await call.start()
+        await call.utterance()
+        use = await call.wait_for(lambda e: isinstance(e, sonic.ToolUse))
+        assert isinstance(use, sonic.ToolUse) and use.tool_name == "get_current_time"
+        assert json.loads(use.content) == {"timezone": "UTC"}
+        result = json.dumps({"time": "12:34 UTC"})
+        await call.send(sonic.ToolResultContentStart(P, "tool-1", use.tool_use_id))
+        await call.send(sonic.ToolResult(P, "tool-1", result))
+        await call.send(sonic.ContentEnd(P, "tool-1"))
+        await call.audio(SILENCE, 2)
+        await call.wait_for(lambda e: isinstance(e, sonic.CompletionEnd))
+        await call.finish()
+    tool_end = [e for e in call.of(sonic.OutputContentEnd) if e.type == "TOOL"]
+    assert [e.stop_reason for e in tool_end] == ["TOOL_USE"]
+    assert any("12:34 UTC" in t for t in call.texts("ASSISTANT"))
+    assert call.of(sonic.AudioOutput)
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals
+# --------------------------------------------------------------------------------------------
+
+
+async def _refused(call: Call) -> BaseException:
+    try:
+        with pytest.raises(Exception) as info:
+            await call.start()
+    finally:
+        await call.abort()
+    return info.value
+
+
+async def test_wrong_secret_is_refused(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call(secret="not-the-secret")
+        error = await _refused(call)
+    assert isinstance(error, m.AccessDeniedException)
+    assert "signature we calculated does not match" in str(error)
+    assert standin.sessions == type(standin.sessions)()
+    assert standin.rejections[0].status == 403
+
+
+async def test_unknown_access_key_is_refused(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call(access_key="AKIDSOMEONEELSE")
+        error = await _refused(call)
+    assert isinstance(error, m.AccessDeniedException)
+    assert "security token" in str(error)
+
+
+async def test_unknown_model_is_not_found(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call(model_id="amazon.titan-text-v1")
+        error = await _refused(call)
+    assert isinstance(error, m.ResourceNotFoundException)
+    assert standin.rejections[0].status == 404
+
+
+class _RotatingResolver:
+    """Correct credentials for the request, a different secret from event ``n`` on: the
+    SDK re-resolves the identity per event, so this breaks the signature chain mid-stream."""
+
+    def __init__(self, standin: StandIn, good: int) -> None:
+        self.standin = standin
+        self.calls = 0
+        self.good = good
+
+    async def get_identity(self, *, properties: Any) -> AWSCredentialsIdentity:
+        self.calls += 1
+        secret = self.standin.secret_key if self.calls <= self.good else "rotated-secret"
+        return AWSCredentialsIdentity(
+            access_key_id=self.standin.access_key, secret_access_key=secret
+        )
+
+
+async def test_broken_chain_is_refused_mid_stream(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        # call 1 signs the request, calls 2-4 the first three events, then the key changes.
+        call = await open_call(resolver=_RotatingResolver(standin, good=4))
+        try:
+            await call.setup("scenario:reply")
+            await call.start()
+            await call.audio(SILENCE, 3)
+            await call.ended.wait()
+        finally:
+            await call.abort()
+    assert isinstance(call.error, m.ValidationException)
+    assert "signature" in str(call.error)
+    record = standin.sessions[0]
+    assert record.signatures_verified == 3
+    assert record.outcome == "exception:validationException"
+
+
+EXCEPTIONS = {
+    "validation": m.ValidationException,
+    "throttling": m.ThrottlingException,
+    "model_timeout": m.ModelTimeoutException,
+    "internal_server": m.InternalServerException,
+    "service_unavailable": m.ServiceUnavailableException,
+    "model_stream_error": m.ModelStreamErrorException,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXCEPTIONS))
+async def test_exception_scenarios(standin: StandIn, open_call: Opener, kind: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        try:
+            await call.setup(f"scenario:exception:{kind}:4")
+            await call.start()
+            await call.audio(SILENCE, 4)
+            await call.ended.wait()
+            # Bedrock ignores input after an exception: sending still succeeds.
+            await call.audio(SILENCE, 2)
+        finally:
+            await call.abort()
+    assert type(call.error) is EXCEPTIONS[kind]
+    assert standin.sessions[0].audio_chunks >= 4
+    if kind == "model_stream_error":
+        assert call.error.original_status_code == 500  # type: ignore[attr-defined]
+
+
+async def test_grammar_violation_is_a_validation_exception(
+    standin: StandIn, open_call: Opener
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        try:
+            await call.send(sonic.SessionStart())
+            await call.send(sonic.AudioInput(P, AUDIO, SILENCE))  # before promptStart
+            await call.start()
+            await call.ended.wait()
+        finally:
+            await call.abort()
+    assert isinstance(call.error, m.ValidationException)
+
+
+async def test_malformed_event_is_a_validation_exception(
+    standin: StandIn, open_call: Opener
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        try:
+            await call.send(sonic.SessionStart())
+            bad = sonic.encode_input(sonic.PromptStart(P))
+            bad["event"]["promptStart"]["audioOutputConfiguration"]["sampleRateHertz"] = 44100
+            await call.send_bytes(json.dumps(bad).encode())
+            await call.start()
+            await call.ended.wait()
+        finally:
+            await call.abort()
+    assert isinstance(call.error, m.ValidationException)
+    assert "sampleRateHertz" in str(call.error)
+
+
+async def test_oversized_event_is_refused(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        try:
+            await call.send(sonic.SessionStart())
+            await call.send_bytes(b" " * 1_000_001)
+            await call.start()
+            await call.ended.wait()
+        finally:
+            await call.abort()
+    assert isinstance(call.error, m.ValidationException)
+    assert "1000000" in str(call.error)
+
+
+# --------------------------------------------------------------------------------------------
+# Stream death, limits
+# --------------------------------------------------------------------------------------------
+
+
+async def test_reset_ends_the_stream(standin: StandIn, open_call: Opener) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        call = await open_call()
+        try:
+            await call.setup("scenario:reset")
+            await call.start()
+            await call.utterance()
+            await call.ended.wait()
+        finally:
+            await call.abort()
+    # SDK 0.12 reports RST_STREAM like a clean end (nova-sonic.md 2.5): no completionEnd came.
+    assert call.of(sonic.AudioOutput) or call.error is not None
+    assert not call.of(sonic.CompletionEnd)
+    assert standin.sessions[0].outcome == "reset"
+
+
+async def test_session_limit_is_a_model_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with StandIn("scripted", tmp_path, session_limit=0.5) as s:
+        open_call = make_opener(s, monkeypatch)
+        async with asyncio.timeout(TIMEOUT):
+            call = await open_call()
+            try:
+                await call.setup("scenario:reply")
+                await call.start()
+                while not call.ended.is_set():  # keep streaming audio like a real client
+                    await call.audio(SILENCE)
+                    await asyncio.wait({asyncio.ensure_future(call.ended.wait())}, timeout=0.032)
+            finally:
+                await call.abort()
+    assert isinstance(call.error, m.ModelTimeoutException)
+    assert "Model has timed out" in str(call.error)
+
+
+async def test_idle_stream_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with StandIn("scripted", tmp_path, idle_timeout=0.5) as s:
+        open_call = make_opener(s, monkeypatch)
+        async with asyncio.timeout(TIMEOUT):
+            call = await open_call()
+            try:
+                await call.send(sonic.SessionStart())
+                await call.start()
+                await call.ended.wait()
+            finally:
+                await call.abort()
+    assert isinstance(call.error, m.ValidationException)
+    assert "Timed out waiting for input" in str(call.error)
+
+
+async def test_max_sessions_throttles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with StandIn("scripted", tmp_path, max_sessions=1) as s:
+        open_call = make_opener(s, monkeypatch)
+        async with asyncio.timeout(TIMEOUT):
+            first = await open_call()
+            await first.setup("scenario:reply")
+            await first.start()
+            second = await open_call()
+            error = await _refused(second)
+            await first.finish()
+    assert isinstance(error, m.ThrottlingException)
+
+
+# --------------------------------------------------------------------------------------------
+# Echo brain
+# --------------------------------------------------------------------------------------------
+
+
+async def test_echo_returns_each_chunk_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with StandIn("echo", tmp_path) as s:
+        open_call = make_opener(s, monkeypatch)
+        sent = [tone(freq=200.0 + 50 * i) for i in range(6)]
+        async with asyncio.timeout(TIMEOUT):
+            call = await open_call()
+            await call.setup("anything")
+            await call.start()
+            for i, pcm in enumerate(sent, start=1):
+                await call.audio(pcm)
+                # each chunk is answered before the next one is sent: no turn-taking
+                await call.wait_for(
+                    lambda e, i=i: isinstance(e, sonic.AudioOutput)
+                    and len(call.of(sonic.AudioOutput)) >= i
+                )
+            await call.finish()
+    outs = call.of(sonic.AudioOutput)
+    assert len(outs) == len(sent)
+    resampler = LinearResampler(16000, 24000)
+    for pcm, out in zip(sent, outs, strict=True):
+        assert out.content == resampler.process(pcm)
+        assert len(out.content) == 2 * CHUNK * 3 // 2
+    kinds = [type(e).__name__ for e in call.events]
+    assert kinds[:2] == ["CompletionStart", "OutputContentStart"]
+    assert kinds[-2:] == ["OutputContentEnd", "CompletionEnd"]
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_prints_endpoint_ca_and_keys(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_ACCESS_KEY_ID"] = "AKIDFROMENV"
+    env["AWS_SECRET_ACCESS_KEY"] = "secret-from-env"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voicegate", "standin", "--port", "0", "--cert-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        values: dict[str, str] = {}
+        for line in proc.stdout:
+            if line.startswith("#"):
+                break
+            key, _, value = line.strip().partition("=")
+            values[key] = value
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert values["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"].startswith("https://127.0.0.1:")
+    assert not values["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"].endswith(":0")
+    ca = Path(values["SSL_CERT_FILE"])
+    assert ca.is_absolute() and ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert values["AWS_ACCESS_KEY_ID"] == "AKIDFROMENV"
+    assert values["AWS_SECRET_ACCESS_KEY"] == "secret-from-env"
+
+
+def test_default_keys_are_the_documented_test_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    s = StandIn("scripted", tmp_path)
+    assert s.credentials == Credentials(
+        "AKIDVOICEGATESTANDIN", "voicegate-standin-test-secret-key-not-for-aws"
+    )
