@@ -176,7 +176,7 @@ def start_standin(cert_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]
         "from voicegate.standin.server import StandIn\n"
         "async def main():\n"
         f"    async with StandIn(brain='echo', cert_dir={str(cert_dir)!r}) as s:\n"
-        "        print(json.dumps({'endpoint': s.endpoint, 'ca_file': str(s.ca_file),\n"
+        "        print('STANDIN', json.dumps({'endpoint': s.endpoint, 'ca_file': str(s.ca_file),\n"
         "                          'access_key': s.access_key, 'secret_key': s.secret_key}),\n"
         "              flush=True)\n"
         "        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)\n"
@@ -190,11 +190,14 @@ def start_standin(cert_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise RuntimeError("the stand-in did not start")
-    return proc, json.loads(line)
+    for _ in range(100):  # its log lines share stdout; the details are marked
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("STANDIN "):
+            return proc, json.loads(line.removeprefix("STANDIN "))
+    proc.kill()
+    raise RuntimeError("the stand-in did not start")
 
 
 async def _one_call(backend: BedrockBackend, seconds: float, start_at: float) -> BedrockStream:
@@ -238,6 +241,27 @@ async def _one_call(backend: BedrockBackend, seconds: float, start_at: float) ->
     return stream
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name of this process (Linux /proc), to split out CRT's threads."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kind = "CRT threads" if name.startswith("Aws") else "Python threads"
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 async def e2e(seconds: float, calls: int, standin: dict[str, str]) -> dict[str, float]:
     os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = standin["endpoint"]
     os.environ["SSL_CERT_FILE"] = standin["ca_file"]
@@ -251,12 +275,14 @@ async def e2e(seconds: float, calls: int, standin: dict[str, str]) -> dict[str, 
         loop = asyncio.get_running_loop()
         start_at = loop.time() + 0.2
         cpu0 = time.process_time()
+        threads0 = _thread_cpu()
         wall0 = time.perf_counter()
         streams = await asyncio.gather(
             *(_one_call(backend, seconds, start_at + i * CHUNK_S / calls) for i in range(calls))
         )
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
+        threads = {k: v - threads0.get(k, 0.0) for k, v in _thread_cpu().items()}
     finally:
         await backend.aclose()
     events = sum(s.stats.events_sent for s in streams)
@@ -269,6 +295,10 @@ async def e2e(seconds: float, calls: int, standin: dict[str, str]) -> dict[str, 
         "process CPU s": cpu,
         "CPU s per call-second": cpu / call_seconds,
         "CPU % of one core per call": 100 * cpu / call_seconds,
+        **{
+            f"  {kind} CPU s per call-second": value / call_seconds
+            for kind, value in sorted(threads.items())
+        },
         "events sent per call-second": events / call_seconds,
         "events received per call-second": received / call_seconds,
         "counted encode us/event": 1e6 * sum(s.stats.encode_cpu_s for s in streams) / events,

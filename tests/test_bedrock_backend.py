@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from voicegate.backends.bedrock_credentials import (  # noqa: E402
     BotocoreIdentityResolver,
     credentials_status,
 )
+
+pytestmark = pytest.mark.bedrock
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
@@ -343,3 +345,444 @@ async def test_open_without_credentials_is_access_denied(clean_aws_env: Path) ->
                 await backend.open()
     finally:
         await backend.aclose()
+
+
+# --------------------------------------------------------------------------------------------
+# The real SDK against the stand-in
+# --------------------------------------------------------------------------------------------
+
+standin_server = pytest.importorskip("voicegate.standin.server")
+
+from voicegate.sonic import (  # noqa: E402
+    INTERRUPTED_MARKER,
+    AudioContentStart,
+    AudioInput,
+    AudioOutput,
+    CompletionEnd,
+    ContentEnd,
+    OutputContentEnd,
+    OutputContentStart,
+    OutputEvent,
+    PromptEnd,
+    PromptStart,
+    SessionEnd,
+    SessionStart,
+    TextContentStart,
+    TextInput,
+    TextOutput,
+    ToolResult,
+    ToolResultContentStart,
+    ToolUse,
+    UsageEvent,
+)
+from voicegate.tools import default_tools  # noqa: E402
+
+StandIn = standin_server.StandIn
+CHUNK = 1024  # 32 ms of 16 kHz s16le, what the conversation layer sends
+SILENCE = b"\0" * CHUNK
+HANG_GUARD = 15.0
+"""Seconds after which a test declares a hang; never a speed assertion."""
+
+
+def _speech(seconds: float) -> list[bytes]:
+    from voicegate.standin.brains import speech_like
+
+    pcm = speech_like(16000, seconds)
+    return [pcm[i : i + CHUNK].ljust(CHUNK, b"\0") for i in range(0, len(pcm), CHUNK)]
+
+
+@pytest.fixture(scope="module")
+def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("standin-certs")
+
+
+def _point_at(s: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s.client_env().items():
+        monkeypatch.setenv(name, value)
+
+
+def _settings(**kwargs: Any) -> BedrockSettings:
+    values: dict[str, Any] = {
+        "region": "us-east-1",
+        "send_timeout": 3.0,
+        "open_timeout": 10.0,
+        "close_timeout": 1.0,
+    }
+    values.update(kwargs)
+    return BedrockSettings(**values)
+
+
+class Call:
+    """Drives one stream like the conversation layer and records every output event."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.events: list[OutputEvent] = []
+        self.error: BaseException | None = None
+        self.ended = False
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._consume())
+        self.sent_audio = 0
+
+    async def _consume(self) -> None:
+        try:
+            async for event in self.stream.events():
+                async with self._changed:
+                    self.events.append(event)
+                    self._changed.notify_all()
+        except base.BackendError as exc:
+            self.error = exc
+        finally:
+            async with self._changed:
+                self.ended = True
+                self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[list[OutputEvent]], bool]) -> None:
+        async with asyncio.timeout(HANG_GUARD), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.events) or self.ended)
+        assert predicate(self.events), f"stream ended first: {self.error!r}"
+
+    async def wait_end(self) -> None:
+        async with asyncio.timeout(HANG_GUARD):
+            await self._task
+
+    async def start(self, scenario: str, tools: Any = ()) -> None:
+        await self.stream.send(SessionStart(endpointing_sensitivity="MEDIUM"))
+        await self.stream.send(PromptStart("p", tools=tuple(tools)))
+        await self.stream.send(TextContentStart("p", "sys", "SYSTEM"))
+        await self.stream.send(TextInput("p", "sys", f"You are a test. scenario:{scenario}"))
+        await self.stream.send(ContentEnd("p", "sys"))
+        await self.stream.send(AudioContentStart("p", "mic"))
+
+    async def audio(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            await self.stream.send(AudioInput("p", "mic", chunk))
+            self.sent_audio += len(chunk)
+
+    async def finish(self) -> None:
+        await self.stream.send(ContentEnd("p", "mic"))
+        await self.stream.send(PromptEnd("p"))
+        await self.stream.send(SessionEnd())
+
+    def texts(self, role: str) -> list[str]:
+        return [e.content for e in self.events if isinstance(e, TextOutput) and e.role == role]
+
+    def audio_out(self) -> int:
+        return sum(len(e.content) for e in self.events if isinstance(e, AudioOutput))
+
+
+@pytest.fixture
+async def standin(
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Any]:
+    async with StandIn(brain="scripted", cert_dir=cert_dir) as s:
+        _point_at(s, monkeypatch)
+        yield s
+
+
+@pytest.fixture
+async def backend(standin: Any) -> AsyncIterator[BedrockBackend]:
+    b = BedrockBackend(_settings())
+    try:
+        yield b
+    finally:
+        async with asyncio.timeout(HANG_GUARD):
+            await b.aclose()
+
+
+async def _open(backend: BedrockBackend) -> Call:
+    async with asyncio.timeout(HANG_GUARD):
+        return Call(await backend.open())
+
+
+async def test_full_conversation(standin: Any, backend: BedrockBackend) -> None:
+    call = await _open(backend)
+    await call.start("reply")
+    await call.audio(_speech(0.4) + [SILENCE] * 12)
+    await call.wait_for(lambda evs: any(isinstance(e, CompletionEnd) for e in evs))
+    await call.finish()
+    await call.wait_end()
+    assert call.error is None
+
+    user = call.texts("USER")
+    assistant = call.texts("ASSISTANT")
+    assert len(user) == 1 and "heard" in user[0]
+    assert len(assistant) == 2  # speculative, then final
+    assert all("Hello from the voicegate stand-in" in t for t in assistant)
+    stages = [e.generation_stage for e in call.events if isinstance(e, OutputContentStart)]
+    assert "SPECULATIVE" in stages and "FINAL" in stages
+    assert call.audio_out() == 48000  # one second of 24 kHz s16le
+    audio_ends = [e for e in call.events if isinstance(e, OutputContentEnd) and e.type == "AUDIO"]
+    assert [e.stop_reason for e in audio_ends] == ["END_TURN"]
+    assert any(isinstance(e, UsageEvent) and e.total_tokens > 0 for e in call.events)
+
+    stats = call.stream.stats
+    assert stats.audio_bytes_sent == call.sent_audio
+    assert stats.events_sent == 6 + call.sent_audio // CHUNK + 3
+    assert stats.audio_bytes_received == 48000
+    assert stats.events_received == len(call.events)
+    assert stats.sdk_send_cpu_s > 0 and stats.encode_cpu_s > 0
+
+    (record,) = standin.sessions
+    assert record.outcome == "completed"
+    assert record.audio_bytes == call.sent_audio
+    # Every event's chained SigV4 signature checked, then the signed empty end frame.
+    assert record.signatures_verified == record.envelopes == stats.events_sent + 1
+    assert record.end_frame and record.client_ended
+    assert record.input_names()[:5] == [
+        "sessionStart",
+        "promptStart",
+        "contentStart",
+        "textInput",
+        "contentEnd",
+    ]
+    async with asyncio.timeout(HANG_GUARD):
+        await call.stream.close()
+        assert [e async for e in call.stream.events()] == []
+    with pytest.raises(base.StreamLost):
+        await call.stream.send(AudioInput("p", "mic", SILENCE))
+
+
+async def test_barge_in_signals_arrive(standin: Any, backend: BedrockBackend) -> None:
+    call = await _open(backend)
+    await call.start("barge_in")
+    await call.audio(_speech(0.3) + [SILENCE] * 12)
+    await call.wait_for(lambda evs: any(isinstance(e, AudioOutput) for e in evs))
+    await call.audio(_speech(0.2))
+    await call.wait_for(lambda evs: any(isinstance(e, CompletionEnd) for e in evs))
+    assert INTERRUPTED_MARKER in call.texts("ASSISTANT")
+    stops = {(e.type, e.stop_reason) for e in call.events if isinstance(e, OutputContentEnd)}
+    assert ("AUDIO", "INTERRUPTED") in stops
+    ends = [e for e in call.events if isinstance(e, CompletionEnd)]
+    assert ends[-1].stop_reason == "INTERRUPTED"
+    assert 0 < call.audio_out() < 10 * 48000  # the 10 s reply was cut short
+    await call.finish()
+    await call.wait_end()
+    assert call.error is None
+
+
+async def test_tool_round_trip(standin: Any, backend: BedrockBackend) -> None:
+    tools = default_tools()
+    call = await _open(backend)
+    await call.start("tool:calculate", tools.specs())
+    await call.audio(_speech(0.3) + [SILENCE] * 12)
+    await call.wait_for(lambda evs: any(isinstance(e, ToolUse) for e in evs))
+    (use,) = [e for e in call.events if isinstance(e, ToolUse)]
+    assert use.tool_name == "calculate"
+    result, ok = await tools.run(use.tool_name, use.content)
+    assert ok and "42" in result
+    await call.stream.send(ToolResultContentStart("p", "tool-1", use.tool_use_id))
+    await call.stream.send(ToolResult("p", "tool-1", result))
+    await call.stream.send(ContentEnd("p", "tool-1"))
+    await call.wait_for(lambda evs: any(isinstance(e, CompletionEnd) for e in evs))
+    final = call.texts("ASSISTANT")[-1]
+    assert "calculate" in final and "42" in final
+    await call.finish()
+    await call.wait_end()
+    assert call.error is None
+    (record,) = standin.sessions
+    assert "toolResult" in record.input_names()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("validation", base.ValidationFailed),
+        ("throttling", base.Throttled),
+        ("model_timeout", base.ModelTimeout),
+        ("internal_server", base.InternalServerError),
+        ("service_unavailable", base.ServiceUnavailable),
+        ("model_stream_error", base.ModelStreamError),
+    ],
+)
+async def test_modelled_exceptions_become_typed_errors(
+    standin: Any, backend: BedrockBackend, kind: str, expected: type[base.BackendError]
+) -> None:
+    from voicegate.standin.brains import EXCEPTIONS
+
+    call = await _open(backend)
+    await call.start(f"exception:{kind}:2")
+    await call.audio([SILENCE] * 3)
+    await call.wait_end()
+    assert type(call.error) is expected
+    assert EXCEPTIONS[kind][1] in str(call.error)
+    assert call.stream.error is call.error
+    # The stream is known dead: sends fail at once instead of filling the SDK's buffer.
+    async with asyncio.timeout(HANG_GUARD):
+        for _ in range(40):
+            with pytest.raises(base.StreamLost):
+                await call.stream.send(AudioInput("p", "mic", SILENCE))
+        await call.stream.close()
+
+
+async def test_reset_stream_is_lost_not_ended_and_never_hangs(
+    standin: Any, backend: BedrockBackend
+) -> None:
+    call = await _open(backend)
+    await call.start("reset")
+    await call.audio(_speech(0.3) + [SILENCE] * 12)
+    await call.wait_end()
+    # SDK 0.12 reports the RST_STREAM as a clean end; the backend knows better.
+    assert isinstance(call.error, base.StreamLost)
+    assert call.error.retryable
+    assert call.audio_out() > 0
+    (record,) = standin.sessions
+    assert record.outcome == "reset"
+    # Far more than the SDK's 16-chunk buffer: without the workaround the 17th send blocks.
+    async with asyncio.timeout(HANG_GUARD):
+        for _ in range(40):
+            with pytest.raises(base.StreamLost):
+                await call.stream.send(AudioInput("p", "mic", SILENCE))
+        await call.stream.close()
+        with pytest.raises(base.StreamLost):  # the recorded failure, again
+            [e async for e in call.stream.events()]
+
+
+async def test_close_right_after_a_reset_returns(standin: Any, backend: BedrockBackend) -> None:
+    call = await _open(backend)
+    await call.start("reset")
+    await call.audio(_speech(0.3) + [SILENCE] * 12)
+    await call.wait_for(lambda evs: any(isinstance(e, AudioOutput) for e in evs))
+    async with asyncio.timeout(HANG_GUARD):
+        await call.stream.close()
+        await call.wait_end()
+
+
+async def test_wrong_secret_is_access_denied(standin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-the-stand-in-knows")
+    backend = BedrockBackend(_settings())
+    try:
+        call = await _open(backend)
+        await call.start("reply")
+        await call.wait_end()
+        assert isinstance(call.error, base.AccessDenied)
+        assert not call.error.retryable
+        assert "not-the-secret" not in str(call.error)
+        with pytest.raises(base.StreamLost):
+            await call.stream.send(AudioInput("p", "mic", SILENCE))
+        assert [r.status for r in standin.rejections] == [403]
+        assert not standin.sessions
+    finally:
+        async with asyncio.timeout(HANG_GUARD):
+            await backend.aclose()
+
+
+async def test_session_limit_is_model_timeout(
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with StandIn(brain="scripted", cert_dir=cert_dir, session_limit=0.3) as s:
+        _point_at(s, monkeypatch)
+        backend = BedrockBackend(_settings())
+        try:
+            call = await _open(backend)
+            await call.start("silent")
+            await call.audio([SILENCE] * 3)
+            await call.wait_end()
+            assert isinstance(call.error, base.ModelTimeout)
+            assert call.error.retryable
+        finally:
+            await backend.aclose()
+
+
+async def test_closing_mid_session_ends_events_quietly(
+    standin: Any, backend: BedrockBackend
+) -> None:
+    call = await _open(backend)
+    await call.start("silent")
+    await call.audio([SILENCE] * 5)
+    async with asyncio.timeout(HANG_GUARD):
+        await call.stream.close()
+        await call.wait_end()
+    assert call.error is None
+    assert standin.sessions[0].client_ended
+
+
+async def test_concurrent_calls_share_one_client(standin: Any, backend: BedrockBackend) -> None:
+    calls = [await _open(backend) for _ in range(3)]
+    for call in calls:
+        await call.start("reply:greet")
+    for call in calls:
+        await call.wait_for(lambda evs: any(isinstance(e, CompletionEnd) for e in evs))
+        await call.finish()
+    for call in calls:
+        await call.wait_end()
+        assert call.error is None
+        assert call.audio_out() == 48000
+    assert len(standin.sessions) == 3
+    assert all(r.outcome == "completed" for r in standin.sessions)
+
+
+async def test_unreachable_endpoint_is_stream_lost(
+    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    backend = BedrockBackend(_settings(endpoint=f"https://127.0.0.1:{port}"))
+    try:
+        call = await _open(backend)
+        await call.wait_end()
+        assert isinstance(call.error, base.StreamLost)
+        assert "AWS_IO_SOCKET" in str(call.error)
+        async with asyncio.timeout(HANG_GUARD):
+            for _ in range(20):
+                with pytest.raises(base.StreamLost):
+                    await call.stream.send(AudioInput("p", "mic", SILENCE))
+    finally:
+        async with asyncio.timeout(HANG_GUARD):
+            await backend.aclose()
+
+
+async def test_long_audio_stream_keeps_flowing(standin: Any, backend: BedrockBackend) -> None:
+    """Minutes-long calls send far more than one HTTP/2 window of audio (~2 KB per event)."""
+    call = await _open(backend)
+    await call.start("silent")
+    await call.audio([SILENCE] * 250)  # 8 s of audio, ~500 KB on the wire
+    await call.finish()
+    await call.wait_end()
+    assert call.error is None
+    (record,) = standin.sessions
+    assert record.audio_chunks == 250
+    assert record.signatures_verified == record.envelopes
+
+
+async def test_temporary_credentials_from_botocore_sign_the_stream(
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refreshable (assume-role style) credentials with a session token, through the bridge."""
+    from voicegate.sigv4 import Credentials as ServerCredentials
+
+    server_creds = ServerCredentials("ASIATEMPORARY", SECRET, "session-token-123")
+    async with StandIn(brain="scripted", cert_dir=cert_dir, credentials=server_creds) as s:
+        _point_at(s, monkeypatch)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            monkeypatch.delenv(name, raising=False)  # only the explicit credentials may work
+        clock = _Clock()
+        expiry = datetime.now(UTC) + timedelta(hours=1)
+        creds = RefreshableCredentials(
+            "ASIATEMPORARY",
+            SECRET,
+            "session-token-123",
+            expiry,
+            lambda: {},
+            "assume-role",
+            time_fetcher=clock,
+        )
+        backend = BedrockBackend(_settings(), credentials=creds)
+        try:
+            call = await _open(backend)
+            await call.start("reply:greet")
+            await call.wait_for(lambda evs: any(isinstance(e, CompletionEnd) for e in evs))
+            await call.finish()
+            await call.wait_end()
+            assert call.error is None
+            assert backend.credentials_expiration == expiry
+        finally:
+            await backend.aclose()
+        (record,) = s.sessions
+        assert record.session_token and record.access_key == "ASIATEMPORARY"
+        assert record.signatures_verified == record.envelopes

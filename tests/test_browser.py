@@ -9,6 +9,7 @@ audio really arrived is asserted from the page's own WebAudio analyser on the re
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -214,3 +215,102 @@ async def test_refusal_and_fatal_server_error_are_reported(
         await wait_js(first, "vg.state === 'idle'", 10_000, "the page back to idle", server)
         assert await first.is_enabled("#connect", timeout=10_000)
         await server.wait_sessions(0)
+
+
+async def test_transcript_and_state_follow_server_events(tmp_path: Path) -> None:
+    """Partial and speculative text is replaced by final text; events drive the state line.
+
+    The page is served by a real voicegate; the messages are fed through ``vg.receive``, the
+    same function the data channel calls, because a real call cannot be made to produce interim
+    user text or an interruption on cue.
+    """
+    require_browser()
+
+    def msg(type_: str, **data: Any) -> str:
+        return json.dumps({"label": "rtvi-ai", "type": type_, "id": "t", "data": data})
+
+    async with running_server("echo", tmp_path) as server, chromium(None) as ctx:
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        async with asyncio.timeout(30):
+            await page.goto(f"{server.base}/", timeout=30_000)
+
+        async def feed(raw: str) -> None:
+            async with asyncio.timeout(10):
+                await page.evaluate("raw => vg.receive(raw)", raw)
+
+        async def line(n: int) -> tuple[str, str, str]:
+            async with asyncio.timeout(10):
+                got: list[str] = await page.evaluate(
+                    """n => { const li = document.querySelectorAll('#transcript .line')[n];
+                              return [li.className, li.querySelector('.said').textContent,
+                                      li.querySelector('.pending').textContent]; }""",
+                    n,
+                )
+            return got[0], got[1], got[2]
+
+        async def state() -> str | None:
+            text: str | None = await page.text_content("#state", timeout=10_000)
+            return text
+
+        await feed(msg("user-started-speaking"))
+        assert await state() == "listening"
+        await feed(msg("user-transcription", text="what", final=False))
+        await feed(msg("user-transcription", text="what time", final=False))
+        assert await line(0) == ("line user", "", "what time")
+        await feed(msg("user-stopped-speaking"))
+        assert await state() == "thinking"
+        await feed(msg("user-transcription", text="What time is it?", final=True))
+        assert await line(0) == ("line user", "What time is it?", "")
+
+        await feed(msg("bot-llm-text", text="It is eight."))
+        await feed(msg("bot-llm-text", text="Anything else?"))
+        assert await line(1) == ("line bot", "", "It is eight. Anything else?")
+        await feed(msg("bot-started-speaking"))
+        assert await state() == "speaking"
+        await feed(msg("bot-transcription", text="It is eight."))
+        assert await line(1) == ("line bot", "It is eight.", "Anything else?")
+        # Barge-in: the unspoken rest is dropped and the line is marked.
+        await feed(msg("bot-interrupted"))
+        assert await line(1) == ("line bot interrupted", "It is eight.", "")
+        assert await state() == "listening"
+
+        # Streamed chunks (LLM-style) are all replaced by the one final sentence they spell.
+        await feed(msg("user-transcription", text="Thanks.", final=True))
+        for chunk in ("You", "'re wel", "come."):
+            await feed(msg("bot-llm-text", text=chunk))
+        await feed(msg("bot-transcription", text="You're welcome."))
+        assert await line(3) == ("line bot", "You're welcome.", "")
+        await feed(msg("bot-stopped-speaking"))
+        assert await state() == "listening"
+
+        async with asyncio.timeout(10):
+            transcript = await page.evaluate(
+                "vg.transcript.map(e => [e.role, e.text, e.final, e.interrupted])"
+            )
+        assert transcript == [
+            ["user", "What time is it?", True, False],
+            ["bot", "It is eight.", True, True],
+            ["user", "Thanks.", True, False],
+            ["bot", "You're welcome.", True, False],
+        ]
+        assert await page.is_hidden("#error", timeout=10_000)
+        await feed(msg("error", message="the model is busy", fatal=False))
+        assert await page.text_content("#error", timeout=10_000) == (
+            "Server error: the model is busy"
+        )
+
+
+@pytest.mark.parametrize("server", [pytest.param("echo", id="echo")], indirect=True)
+async def test_relay_only_without_turn_is_explained(server: Server, spoken_wav: Path) -> None:
+    """?relay=1 against a voicegate with no TURN server fails at once, saying why."""
+    async with chromium(spoken_wav) as ctx:
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        async with asyncio.timeout(30):
+            await page.goto(f"{server.base}/?raw=1&relay=1", timeout=30_000)
+        async with asyncio.timeout(10):
+            await page.click("#connect", timeout=10_000)
+        await wait_js(page, "vg.errors.length > 0", 20_000, "an error message", server)
+        error = await page.text_content("#error", timeout=10_000)
+        assert error is not None and "found no TURN relay" in error, error
+        assert (await page.text_content("#state", timeout=10_000)) == "idle"
+        assert await server.sessions() == 0

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from voicegate.backends.local import SpeechModels, load_models
-from voicegate.speech import INSTALL_HINT, SpeechModelError, missing_package
+import voicegate
+from voicegate import speech
+from voicegate.backends import BackendUnavailable
+from voicegate.backends.local import LocalBackend, SpeechModels, load_models
+from voicegate.speech import INSTALL_HINT, SpeechModelError, check_installed, missing_package
 from voicegate.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
 from voicegate.speech.tts import float_to_pcm16, resample_pcm16
 from voicegate.speech.vad import (
@@ -174,6 +180,44 @@ def test_model_digest_is_checked(tmp_path: Path) -> None:
 def test_missing_package_names_the_extra() -> None:
     message = str(missing_package("hibari-tts", ModuleNotFoundError("No module named 'hibari'")))
     assert "hibari-tts" in message and INSTALL_HINT in message
+
+
+def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_installed()  # everything of the extra is here
+    monkeypatch.setitem(speech.REQUIRED, "voicegate_test_absent_module", "absent-dist")
+    with pytest.raises(SpeechModelError, match="absent-dist") as info:
+        check_installed()
+    assert INSTALL_HINT in str(info.value)
+    with pytest.raises(BackendUnavailable, match="absent-dist"):
+        LocalBackend()
+
+
+def test_models_load_with_the_network_blocked() -> None:
+    """Nothing is ever downloaded: a fresh process with sockets disabled loads every model."""
+    code = textwrap.dedent(
+        """
+        import os, socket
+
+        def refuse(*args, **kwargs):
+            raise OSError("network access attempted while loading the offline models")
+
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        socket.getaddrinfo = refuse
+        from voicegate.backends.local import load_models
+
+        models = load_models()
+        assert os.environ["HF_HUB_OFFLINE"] == "1"
+        assert models.asr.transcribe(__import__("numpy").zeros(16000, "float32")) == ""
+        print("loaded", round(models.load_seconds, 2), round(models.rss_after_load_mb))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(voicegate.__file__).parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "loaded" in proc.stdout
 
 
 # -- TTS -------------------------------------------------------------------------------------

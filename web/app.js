@@ -14,6 +14,8 @@ const HTTP_TIMEOUT_MS = 10000;
 // Waiting for the full candidate list lets the offer go in one POST (no trickle PATCH needed);
 // the cap keeps a slow or unreachable STUN/TURN server from stalling the call forever.
 const ICE_GATHER_TIMEOUT_MS = 5000;
+// From the answer to a working media path; Chromium itself may take far longer to give up.
+const MEDIA_CONNECT_TIMEOUT_MS = 20000;
 const STATS_INTERVAL_MS = 1000;
 const METER_INTERVAL_MS = 50;
 const MAX_EVENTS = 300;
@@ -61,6 +63,8 @@ const vg = {
   botRms: () => rmsOf(call && call.botAnalyser),
   connect: () => connect(),
   hangup: () => hangup(),
+  // Feeds one data-channel message (JSON text) through the page as if the server had sent it.
+  receive: (raw) => onServerMessage(raw),
 };
 window.vg = vg;
 
@@ -159,6 +163,7 @@ async function connect() {
     stream: null,
     abort: new AbortController(),
     closed: false,
+    everConnected: false,
     pcId: null,
     // Created inside the click handler: browsers only let an AudioContext run after a gesture.
     audioCtx: new AudioContext(),
@@ -196,6 +201,14 @@ async function connect() {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc, ICE_GATHER_TIMEOUT_MS);
     check();
+    if (!/^a=candidate:/m.test(pc.localDescription.sdp)) {
+      throw new Error(
+        RELAY
+          ? "relay-only mode (?relay=1) found no TURN relay: the server announces no TURN server, " +
+            "or the browser cannot reach it."
+          : "the browser found no network address to offer (no ICE candidate).",
+      );
+    }
     const answer = await requestJson(
       "POST",
       "/api/offer",
@@ -210,6 +223,16 @@ async function connect() {
     check();
     c.timers.push(setInterval(() => updateMeters(c), METER_INTERVAL_MS));
     c.timers.push(setInterval(() => updateStats(c), STATS_INTERVAL_MS));
+    c.timers.push(
+      setTimeout(() => {
+        if (c.closed || c.everConnected) return;
+        showError(
+          `No media connection after ${MEDIA_CONNECT_TIMEOUT_MS / 1000} s. A firewall or NAT ` +
+            "may block it: the server needs a TURN relay (open the page with ?relay=1 to test it).",
+        );
+        hangup();
+      }, MEDIA_CONNECT_TIMEOUT_MS),
+    );
   } catch (err) {
     if (err instanceof Cancelled || c.closed) return;
     showError(describeError(err));
@@ -269,6 +292,7 @@ function onConnectionState(c) {
   ui.stat.connection.textContent = RELAY ? `${state} (relay only)` : state;
   if (state === "connected") {
     vg.connected = true;
+    c.everConnected = true;
     if (vg.state === "connecting") setState("listening");
   } else if (state === "failed") {
     showError(
@@ -290,7 +314,7 @@ async function hangup() {
   // Tell the server first, then tear down locally; closing the peer connection alone also ends
   // the call on the server, so a lost DELETE leaks nothing.
   const deleted = c.pcId ? deleteSession(c.pcId, false) : Promise.resolve(null);
-  for (const t of c.timers) clearInterval(t);
+  for (const t of c.timers) clearTimeout(t); // clearTimeout also clears intervals
   if (c.dc) c.dc.close();
   if (c.pc) c.pc.close();
   stopStream(c.stream);
@@ -345,7 +369,7 @@ function wireDataChannel(c) {
       }),
     );
   };
-  c.dc.onmessage = (ev) => onServerMessage(c, ev.data);
+  c.dc.onmessage = (ev) => onServerMessage(ev.data);
   c.dc.onclose = () => {
     if (c.closed) return;
     showError("The server ended the call.");
@@ -353,7 +377,7 @@ function wireDataChannel(c) {
   };
 }
 
-function onServerMessage(c, raw) {
+function onServerMessage(raw) {
   let msg;
   try {
     msg = JSON.parse(raw);

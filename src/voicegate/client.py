@@ -23,8 +23,9 @@ from typing import Any, Final
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 RATE: Final = 48000
 FRAME: Final = 960  # 20 ms at 48 kHz
@@ -126,9 +127,17 @@ class ReceivedAudio:
 
 
 class CallClient:
-    def __init__(self, base_url: str, ice_servers: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        ice_servers: list[RTCIceServer] | None = None,
+        relay_only: bool = False,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
+        config = RTCConfiguration(iceServers=ice_servers or [])
+        if relay_only:
+            config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
+        self.pc = RTCPeerConnection(config)
         self.mic = PcmTrack()
         self.audio = ReceivedAudio()
         self.messages: list[dict[str, Any]] = []
@@ -198,6 +207,24 @@ class CallClient:
             RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
         )
         return dict(answer)
+
+    def selected_candidate_types(self) -> tuple[str, str] | None:
+        """(local, remote) candidate types of the nominated ICE pair, e.g. ("relay", "host")."""
+        for transceiver in self.pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            # aiortc exposes no selected-pair API; aioice keeps it on the connection.
+            nominated = getattr(dtls.transport._connection, "_nominated", {})
+            pair = nominated.get(1)
+            if pair is not None:
+                return pair.local_candidate.type, pair.remote_candidate.type
+        return None
+
+    @staticmethod
+    def ice_servers_from_json(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
+        return [
+            RTCIceServer(urls=e["urls"], username=e.get("username"), credential=e.get("credential"))
+            for e in entries
+        ]
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == type_]

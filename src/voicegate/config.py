@@ -9,7 +9,7 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,6 +17,18 @@ from voicegate.sonic import ENDPOINTING
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+_bool.__name__ = "boolean"
 
 
 class ConfigError(ValueError):
@@ -49,6 +61,10 @@ class ServeConfig:
     region: str = ""
     bedrock_endpoint: str = ""
     ice_addresses: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = field(default="", repr=False)
+    turn_ttl: int = 3600
+    relay_only: bool = False
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -61,6 +77,8 @@ class _Opt:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     repeat: bool = False  # repeatable flag; env var is comma separated
+    flag: str | None = None  # when the flag is not the option name (e.g. --turn-url)
+    env: str | None = None
 
 
 OPTIONS: Final = (
@@ -93,6 +111,16 @@ OPTIONS: Final = (
         metavar="ADDR",
     ),
     _Opt(
+        "turn_urls",
+        "TURN/STUN URL announced to browsers (repeatable), e.g. turn:turn.example.com:3478",
+        repeat=True,
+        metavar="URL",
+        flag="--turn-url",
+    ),
+    _Opt("turn_secret", "coturn static-auth-secret used to mint TURN credentials"),
+    _Opt("turn_ttl", "lifetime of minted TURN credentials in seconds (default 3600)", int),
+    _Opt("relay_only", "server side uses only TURN relay candidates", _bool),
+    _Opt(
         "log_format",
         "log format: auto (pretty on a terminal, else JSON), json, console",
         choices=LOG_FORMATS,
@@ -101,21 +129,46 @@ OPTIONS: Final = (
 )
 
 
-def env_name(opt: str) -> str:
+def env_name(opt: str | _Opt) -> str:
+    if isinstance(opt, _Opt):
+        return opt.env or "VOICEGATE_" + opt.name.upper()
     return "VOICEGATE_" + opt.upper()
+
+
+def _flag(opt: _Opt) -> str:
+    return opt.flag or "--" + opt.name.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
-        flag = "--" + opt.name.replace("_", "-")
-        help_text = f"{opt.help} [env {env_name(opt.name)}]"
+        flag = _flag(opt)
+        help_text = f"{opt.help} [env {env_name(opt)}]"
         if opt.repeat:
             parser.add_argument(
-                flag, action="append", default=None, metavar=opt.metavar, help=help_text
+                flag,
+                dest=opt.name,
+                action="append",
+                default=None,
+                metavar=opt.metavar,
+                help=help_text,
+            )
+        elif opt.parse is _bool:
+            parser.add_argument(
+                flag,
+                dest=opt.name,
+                action="store_const",
+                const="true",
+                default=None,
+                help=help_text,
             )
         else:
             parser.add_argument(
-                flag, default=None, choices=opt.choices, metavar=opt.metavar, help=help_text
+                flag,
+                dest=opt.name,
+                default=None,
+                choices=opt.choices,
+                metavar=opt.metavar,
+                help=help_text,
             )
 
 
@@ -126,10 +179,10 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
     problems: list[str] = []
     for opt in OPTIONS:
         raw: Any = getattr(args, opt.name, None) if args is not None else None
-        source = "--" + opt.name.replace("_", "-")
-        if raw is None and env.get(env_name(opt.name)) not in (None, ""):
-            raw = env[env_name(opt.name)]
-            source = env_name(opt.name)
+        source = _flag(opt)
+        if raw is None and env.get(env_name(opt)) not in (None, ""):
+            raw = env[env_name(opt)]
+            source = env_name(opt)
             if opt.repeat:
                 raw = [part.strip() for part in raw.split(",") if part.strip()]
         if raw is None:
@@ -184,6 +237,18 @@ def validate(c: ServeConfig) -> list[str]:
             ipaddress.ip_address(address)
         except ValueError:
             problems.append(f"ice address {address!r} is not an IP address")
+    from voicegate.turn import check_url
+
+    for url in c.turn_urls:
+        problem = check_url(url)
+        if problem:
+            problems.append(f"turn url {problem}")
+    if any(u.startswith("turn") for u in c.turn_urls) and not c.turn_secret:
+        problems.append("a TURN url needs --turn-secret (coturn's static-auth-secret)")
+    if not 60 <= c.turn_ttl <= 7 * 86400:
+        problems.append(f"turn_ttl {c.turn_ttl} must be between 60 and 604800 seconds")
+    if c.relay_only and not any(u.startswith("turn") for u in c.turn_urls):
+        problems.append("relay_only needs a TURN url")
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
     return problems

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import structlog
 from aiohttp import web
-from aiortc import RTCIceServer, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from voicegate import __version__
@@ -27,6 +27,7 @@ from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.peer import OfferError, PeerOptions, PeerSession
 from voicegate.tools import ToolRegistry, default_tools
+from voicegate.turn import TurnConfig
 
 log = structlog.get_logger(__name__)
 
@@ -111,15 +112,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _ice_servers_json(servers: tuple[RTCIceServer, ...]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for server in servers:
-        entry: dict[str, Any] = {"urls": server.urls}
-        if server.username:
-            entry["username"] = server.username
-            entry["credential"] = server.credential
-        out.append(entry)
-    return out
+def turn_config(config: ServeConfig) -> TurnConfig:
+    return TurnConfig(config.turn_urls, config.turn_secret, config.turn_ttl)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -159,7 +153,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def ice_servers(request: web.Request) -> web.Response:
-    return web.json_response({"iceServers": []})
+    """ICE servers for a browser that wants relay candidates before it makes its offer."""
+    session = f"web-{uuid.uuid4().hex[:16]}"
+    return web.json_response(
+        {"iceServers": turn_config(request.app[CONFIG]).browser_servers(session)}
+    )
 
 
 async def post_offer(request: web.Request) -> web.Response:
@@ -196,12 +194,17 @@ async def post_offer(request: web.Request) -> web.Response:
             retry_after=RETRY_AFTER_S,
         )
     new_id = pc_id if pc_id is not None and restart else f"pc-{uuid.uuid4().hex}"
+    turn = turn_config(config)
     session = PeerSession(
         new_id,
         app[BACKEND],
         app[SETTINGS],
         app[TOOLS],
-        PeerOptions(max_call_seconds=config.max_call_seconds),
+        PeerOptions(
+            ice_servers=tuple(turn.server_servers(new_id)),
+            relay_only=config.relay_only,
+            max_call_seconds=config.max_call_seconds,
+        ),
         on_closed=lambda s: _forget(sessions, s),
     )
     sessions[new_id] = session  # counted against the limit from now on
@@ -228,7 +231,7 @@ async def post_offer(request: web.Request) -> web.Response:
             "sdp": answer.sdp,
             "type": answer.type,
             "pc_id": new_id,
-            "iceServers": _ice_servers_json(session.options.ice_servers),
+            "iceServers": turn.browser_servers(new_id),
         }
     )
 

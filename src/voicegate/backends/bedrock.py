@@ -31,6 +31,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import structlog
@@ -379,9 +380,13 @@ class BedrockStream:
                     self.stats.sdk_send_cpu_s += time.thread_time() - t2
                     in_sdk = False
         except TimeoutError:
+            why = (
+                "stream reset or network stuck"
+                if self._receiver is not None
+                else "Bedrock has not answered the request yet: connection or TLS setup"
+            )
             err = StreamLost(
-                f"sending to Bedrock stalled for {self._settings.send_timeout:g}s "
-                "(stream reset or network stuck)"
+                f"sending to Bedrock stalled for {self._settings.send_timeout:g}s ({why})"
             )
             await self._die(err)
             raise err from None
@@ -440,7 +445,7 @@ class BedrockStream:
             while True:
                 item = await receiver.receive()
                 if item is None:
-                    if not self._session_end_sent:
+                    if not self._session_end_sent and not self._closed:
                         # SDK 0.12 reports an RST_STREAM exactly like a clean end, so an end
                         # the client did not ask for (sessionEnd) is a lost stream.
                         terminal = StreamLost(
@@ -548,6 +553,9 @@ class BedrockStream:
             await self._abandon_input()
         elif not self._input_closed:
             await self._close_input()
+        # Buffered output is of no use after close; dropping it also unblocks a receive task
+        # waiting for queue space.
+        self._drain()
         # Give Bedrock a moment to finish the response after our END_STREAM, so the receive
         # task ends on its own instead of being cancelled inside CRT (aws/aws-sdk-python#13).
         pump = self._pump_task
@@ -569,11 +577,16 @@ class BedrockStream:
             with contextlib.suppress(Exception, TimeoutError, concurrent.futures.InvalidStateError):
                 async with asyncio.timeout(self._settings.close_timeout):
                     await receiver.close()
-        # Wake a consumer still iterating events(): buffered output is of no use after close.
+        # Wake a consumer still waiting in events() with the stream's outcome.
+        self._drain()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(self._final or _Terminal(self._dead))
+
+    def _drain(self) -> None:
         while not self._queue.empty():
-            self._queue.get_nowait()
-        if self._final is None:
-            self._queue.put_nowait(_Terminal(self._dead))
+            item = self._queue.get_nowait()
+            if isinstance(item, _Terminal) and self._final is None:
+                self._final = item
 
 
 def _input_chunk(payload: bytes) -> Any:
@@ -613,6 +626,15 @@ class BedrockBackend:
     @property
     def resolver(self) -> BotocoreIdentityResolver | None:
         return self._resolver
+
+    @property
+    def credentials_expiration(self) -> datetime | None:
+        """When the signing keys expire (None: long-term keys or not resolved yet).
+
+        Session renewal can use it to start the next session before expiry: whether Bedrock
+        accepts event signatures made with rotated keys mid-stream is unverified.
+        """
+        return self._resolver.expiration if self._resolver is not None else None
 
     async def _ensure_client(self) -> tuple[Any, BotocoreIdentityResolver]:
         async with self._setup_lock:
@@ -686,13 +708,46 @@ class BedrockBackend:
                     await client.close()
 
 
+def _retrieve_writer_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("bedrock_request_body_writer_ended", error=repr(task.exception()))
+
+
+def _transport() -> Any:
+    """The CRT HTTP client, forced to HTTP/2, that also reaps CRT's request-body writer task.
+
+    Workaround: when Bedrock ends or resets a stream while the request body is still open,
+    awscrt's per-stream writer task fails with AWS_ERROR_HTTP_STREAM_HAS_COMPLETED and nobody
+    retrieves the exception, so asyncio logs "Task exception was never retrieved" for every such
+    call (the dead-stream family of aws/aws-sdk-python#13). We attach a done-callback that
+    consumes it. ``_await_response`` and ``__deepcopy__`` are private/dunder hooks of
+    smithy-http 0.6; the SDK deep-copies its config (and so the transport) once per client.
+    """
+    from copy import deepcopy
+
+    from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig, AWSCRTHTTPResponse
+
+    class ObservedCRTHTTPClient(AWSCRTHTTPClient):
+        async def _await_response(self, stream: Any) -> AWSCRTHTTPResponse:
+            writer = getattr(stream, "_writer", None)
+            if isinstance(writer, asyncio.Task):
+                writer.add_done_callback(_retrieve_writer_result)
+            return await super()._await_response(stream)
+
+        def __deepcopy__(self, memo: Any) -> ObservedCRTHTTPClient:
+            return ObservedCRTHTTPClient(
+                eventloop=self._eventloop, client_config=deepcopy(self._config)
+            )
+
+    # The CRT transport reads its trust store (SSL_CERT_FILE / SSL_CERT_DIR) when built.
+    return ObservedCRTHTTPClient(client_config=AWSCRTHTTPClientConfig(force_http_2=True))
+
+
 async def _make_client(settings: BedrockSettings, resolver: BotocoreIdentityResolver) -> Any:
     from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient
     from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig
-    from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig
 
-    # The CRT transport reads its trust store (SSL_CERT_FILE / SSL_CERT_DIR) here, once.
-    transport = AWSCRTHTTPClient(client_config=AWSCRTHTTPClientConfig(force_http_2=True))
+    transport = _transport()
     overrides: dict[str, Any] = {
         "region": settings.region,
         "transport": transport,

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from voicegate.backends.base import BackendError
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic import UsageEvent
-from voicegate.speech import SpeechModelError
+from voicegate.speech import SpeechModelError, check_installed
 from voicegate.speech.asr import Transcriber
 from voicegate.speech.tts import Synthesizer
 from voicegate.speech.vad import (
@@ -313,16 +313,16 @@ class LocalStream(InProcessStream):
                 log.debug("turn_merged_with_next_speech")
                 return
             turn.stats.interrupted = True
-            await self._interrupt(turn.audio_cid)
+            await self._interrupt(turn.audio_cid, "generation")
         elif self._clock() < self._playing_until:
             if turn is not None:
                 turn.stats.interrupted = True
-            await self._interrupt(None)
+            await self._interrupt(None, "playback")
 
-    async def _interrupt(self, audio_cid: str | None) -> None:
+    async def _interrupt(self, audio_cid: str | None, during: str) -> None:
         self._playing_until = 0.0
         self.interruptions += 1
-        log.info("barge_in", during="generation" if audio_cid else "playback")
+        log.info("barge_in", during=during)
         await self.emit_interrupted(audio_cid)
         await self.end_completion("INTERRUPTED")
 
@@ -341,11 +341,11 @@ class LocalStream(InProcessStream):
 
     async def _run_turn(self, turn: _Turn) -> None:
         stats = turn.stats
-        self.stats.append(stats)
         started = time.perf_counter()
         text = await run_gated(self._gate, self._models.asr.transcribe, turn.audio)
         stats.asr_ms = (time.perf_counter() - started) * 1000
         stats.transcript = text
+        self.stats.append(stats)
         if not any(ch.isalnum() for ch in text):
             log.info("turn_empty", asr_ms=round(stats.asr_ms))
             return  # nothing was said: no turn (an empty USER text confuses clients)
@@ -450,6 +450,17 @@ class LocalBackend:
         clock: Clock = time.monotonic,
         tool_timeout: float = TOOL_RESULT_TIMEOUT,
     ) -> None:
+        """Cheap: checks that the extra is installed; models load in ``warm``/first ``open``.
+
+        Raises ``BackendUnavailable`` when a package is missing, so ``--backend auto`` can fall
+        back to echo and ``--backend local`` can say what to install.
+        """
+        try:
+            check_installed()
+        except SpeechModelError as exc:
+            from voicegate.backends import BackendUnavailable
+
+            raise BackendUnavailable(str(exc)) from exc
         # A decode uses two threads; more decodes than core pairs only slows all of them.
         cores = len(_available_cpus())
         self._limit = max_concurrent_decodes or max(1, cores // 2)

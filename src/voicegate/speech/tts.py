@@ -88,5 +88,9 @@ class Synthesizer:
         return resample_pcm16(float_to_pcm16(np.concatenate(parts)), SAMPLE_RATE, rate)
 
     def warm_up(self) -> None:
-        """Load the G2P (lazily built by hibari, not thread-safe to build) and warm the session."""
+        """Build what hibari builds lazily (the G2P and its out-of-vocabulary network) now.
+
+        Lazy building is not thread-safe and would land its cost on a caller's first turn.
+        """
+        _ = self._tts.g2p.oov
         self.synthesize("Ready.")

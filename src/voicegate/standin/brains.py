@@ -200,7 +200,9 @@ class LinearResampler:
         step = self.src / self.dst
         xp = np.arange(-1, x.size, dtype=np.float64)
         fp = np.concatenate(([self._last], x.astype(np.float64)))
-        count = max(0, math.ceil((x.size - 1 - self._phase) / step))
+        # Output sample k sits at input position phase + k*step, delayed by one sample so that
+        # position -1 (the previous chunk's last sample) is available; emit all k < size.
+        count = max(0, math.ceil((x.size - self._phase) / step - 1e-9))
         pos = self._phase - 1 + step * np.arange(count, dtype=np.float64)
         y = np.interp(pos, xp, fp)
         self._phase = self._phase + step * count - x.size
@@ -506,12 +508,18 @@ class LocalFactory:
         backend_cls: Any = getattr(local, "LocalBackend", None)
         if backend_cls is None:
             raise BrainUnavailable("voicegate.backends.local has no LocalBackend")
-        self._backend: Any = backend_cls()
+        try:
+            self._backend: Any = backend_cls()
+        except Exception as exc:  # BackendUnavailable: a package of the extra is missing
+            raise BrainUnavailable(f"the local brain cannot run here: {exc}") from exc
 
     async def warm(self) -> None:
         warm = getattr(self._backend, "warm", None)
         if warm is not None:
-            await warm()
+            try:
+                await warm()
+            except BackendError as exc:  # the models could not be loaded
+                raise BrainUnavailable(f"the local brain cannot run here: {exc}") from exc
 
     async def open(self) -> InProcessStream:
         stream = await self._backend.open()

@@ -30,6 +30,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
 def _scenario(text: str) -> str:
     try:
         Scenario.parse(text)
@@ -76,7 +83,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="end a stream that sends nothing for this long (default 60)",
     )
-    p.add_argument("--max-sessions", type=int, default=64, help="concurrent sessions (429 above)")
+    p.add_argument(
+        "--max-sessions", type=_positive_int, default=64, help="concurrent sessions (429 above)"
+    )
     p.add_argument("--region", default="us-east-1", help="region printed for clients")
     p.add_argument("--log-level", default="info", help="log level (stderr)")
     p.set_defaults(func=run)
@@ -111,16 +120,17 @@ async def _main(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         idle_timeout=args.idle_timeout,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     await standin.start()
     try:
+        # Printed only once listening, so a reader of these lines can connect at once.
         for key, value in standin.client_env(args.region).items():
             print(f"{key}={value}")
         print(f"# voicegate stand-in ready (brain={args.brain})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await standin.stop()

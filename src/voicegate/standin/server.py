@@ -101,10 +101,13 @@ MAX_EVENT_BYTES: Final = 1_000_000
 MAX_ENVELOPE_BYTES: Final = 1_400_000
 """Largest signed envelope accepted: a maximal event, base64'd, in JSON, framed twice."""
 MAX_LOGGED_EVENTS: Final = 2000
+MAX_LOGGED_STRING: Final = 1024
 MAX_SESSION_RECORDS: Final = 1000
+DEFAULT_WINDOW: Final = 65535
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 1024 * 1024
 MAX_STREAMS_PER_CONNECTION: Final = 100
+MAX_HEADER_LIST_SIZE: Final = 64 * 1024
 TIMEOUT_MESSAGE: Final = "Model has timed out in processing the request. Try your request again."
 IDLE_MESSAGE: Final = "Timed out waiting for input events"
 
@@ -205,7 +208,6 @@ class SessionRecord:
     def _log(self, name: str, body: dict[str, Any]) -> None:
         self.event_counts[name] += 1
         if name == "audioInput":
-            size = len(body.get("content", ""))  # base64 text; count decoded bytes elsewhere
             last = self.events[-1] if self.events else None
             if last is not None and "audioInput" in last:
                 last["audioInput"]["chunks"] += 1
@@ -214,12 +216,22 @@ class SessionRecord:
                 "promptName": body.get("promptName"),
                 "contentName": body.get("contentName"),
                 "chunks": 1,
-                "base64_chars": size,
             }
         if len(self.events) >= MAX_LOGGED_EVENTS:
             self.events_dropped += 1
             return
-        self.events.append({name: body})
+        self.events.append({name: _clip(body)})
+
+
+def _clip(value: Any) -> Any:
+    """A copy with long strings cut, so a session's log stays small whatever is sent."""
+    if isinstance(value, str) and len(value) > MAX_LOGGED_STRING:
+        return value[:MAX_LOGGED_STRING] + f"...({len(value)} chars)"
+    if isinstance(value, dict):
+        return {k: _clip(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +313,11 @@ class _Session:
                 return
             data, flow = item
             if not self.refused:
-                await self._process(data)
+                try:
+                    await self._process(data)
+                except Exception as exc:  # a stand-in bug must end the stream, not hang it
+                    log.exception("standin_input_failed", stream=self.stream_id)
+                    await self._refuse(InternalServerError(f"stand-in error: {exc!r}"))
             self.cx.ack(self.stream_id, flow)
 
     async def _process(self, data: bytes) -> None:
@@ -347,7 +363,7 @@ class _Session:
             raise SonicProtocolError(f"unsupported :content-type {ctype}")
         try:
             wrapper = json.loads(inner.payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise SonicProtocolError("the chunk payload is not JSON") from exc
         blob = wrapper.get("bytes") if isinstance(wrapper, dict) else None
         if not isinstance(blob, str):
@@ -358,13 +374,15 @@ class _Session:
             raw = base64.b64decode(blob, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise SonicProtocolError("the chunk bytes are not valid base64") from exc
+        if len(raw) > MAX_EVENT_BYTES:
+            raise SonicProtocolError(f"an event may hold at most {MAX_EVENT_BYTES} bytes")
         try:
             obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise SonicProtocolError("the event is not JSON") from exc
         event = decode_input(obj)
         name, body = next(iter(obj["event"].items()))
-        self.record._log(name, body if name != "audioInput" else dict(body))
+        self.record._log(name, body)
         if isinstance(event, AudioInput):
             self.record.audio_chunks += 1
             self.record.audio_bytes += len(event.content)
@@ -401,6 +419,8 @@ class _Session:
                 record.outcome = "reset"
                 record.error = exc.message
                 self.cx.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+                self.gone = True
+                self.tasks[0].cancel()  # nothing more will arrive on a reset stream
             except BackendError as exc:
                 record.outcome = f"exception:{exception_type(exc)}"
                 record.error = exc.message
@@ -409,6 +429,8 @@ class _Session:
             pass
         finally:
             self.output_done = True
+            for task in self.tasks[2:]:
+                task.cancel()  # the session-limit timer has nothing left to end
             record.scenario = getattr(getattr(self.brain, "scenario", None), "label", None)
             await self.brain.close()
             record.done.set()
@@ -450,7 +472,7 @@ class _Connection:
         self.h2.local_settings.update(
             {
                 SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
             }
         )
         self.h2.initiate_connection()
@@ -480,6 +502,11 @@ class _Connection:
         except (ConnectionError, ssl.SSLError, OSError):
             pass
         finally:
+            if not self.closed and not self.writer.is_closing():
+                # Going away (server stop): tell the client, best effort.
+                with contextlib.suppress(Exception):
+                    self.h2.close_connection()
+                    self.writer.write(self.h2.data_to_send())
             self.closed = True
             for session in list(self.sessions.values()):
                 session.abort("connection_lost")
@@ -606,6 +633,10 @@ class _Connection:
                 ("x-amzn-requestid", request_id),
             ],
         )
+        # Widen the stream's receive window with an explicit WINDOW_UPDATE rather than
+        # SETTINGS_INITIAL_WINDOW_SIZE: a stream opened before the client saw our SETTINGS
+        # stalled at 64 KiB with the CRT client while h2 believed the window was larger.
+        self.h2.increment_flow_control_window(STREAM_WINDOW - DEFAULT_WINDOW, stream_id)
         session.start(server.session_limit)
         session.tasks[1].add_done_callback(lambda _t: self._session_output_done(session))
         log.info("standin_session", stream=stream_id, model=model_id, request_id=request_id)

@@ -1,0 +1,192 @@
+"""TURN: minted credentials, and calls relayed through a real coturn on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiortc import RTCIceServer
+
+from tests.conftest import require, running_server
+from voicegate.backends.echo import EchoBackend
+from voicegate.client import CallClient
+from voicegate.turn import TurnConfig, mint
+
+SECRET = "test-turn-secret-Zq8"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mint_matches_the_rest_api_scheme() -> None:
+    username, credential = mint(SECRET, "pc-1", 600, now=1_000_000)
+    assert username == "1000600:pc-1"
+    expected = hmac.new(SECRET.encode(), b"1000600:pc-1", hashlib.sha1).digest()
+    assert base64.b64decode(credential) == expected
+
+
+def test_server_gets_one_udp_turn_url_browser_gets_all() -> None:
+    urls = (
+        "turns:t.example:5349?transport=tcp",
+        "turn:t.example:3478?transport=tcp",
+        "turn:t.example:3478?transport=udp",
+        "stun:t.example:3478",
+    )
+    cfg = TurnConfig(urls, SECRET, 900)
+    server = cfg.server_servers("pc-1")
+    assert [s.urls for s in server] == ["stun:t.example:3478", "turn:t.example:3478?transport=udp"]
+    assert server[1].username is not None and server[1].username.endswith(":server-pc-1")
+    browser = cfg.browser_servers("pc-1")
+    assert browser[0]["urls"] == list(urls)
+    expiry = int(browser[0]["username"].split(":")[0])
+    assert 0 < expiry - time.time() <= 900
+    assert SECRET not in json.dumps(browser) and SECRET not in repr(cfg)
+
+
+async def test_ice_servers_route_and_offer_carry_credentials_not_the_secret() -> None:
+    async with running_server(
+        EchoBackend(), turn_urls=("turn:127.0.0.1:3478",), turn_secret=SECRET
+    ) as (url, _):
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/api/ice-servers") as resp:
+            text = await resp.text()
+        assert SECRET not in text
+        entry = json.loads(text)["iceServers"][0]
+        assert entry["urls"] == ["turn:127.0.0.1:3478"]
+        assert re.fullmatch(r"\d+:web-[0-9a-f]+", entry["username"])
+        client = CallClient(url)
+        try:
+            async with asyncio.timeout(20):
+                answer = await client.connect()
+            assert SECRET not in json.dumps(answer)
+            assert answer["iceServers"][0]["username"].endswith(":" + answer["pc_id"])
+        finally:
+            await client.close()
+
+
+def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[int]:
+    """A real coturn on 127.0.0.1 with the repository's dev config and a free port."""
+    binary = shutil.which("turnserver")
+    require(binary is not None, "coturn is not installed (apt-get install coturn)")
+    assert binary is not None
+    port = _free_port()
+    low = 40000 + (port % 200) * 100
+    conf = (REPO / "turn" / "turnserver-dev.conf").read_text()
+    conf = conf.replace("listening-port=3478", f"listening-port={port}")
+    conf = re.sub(r"min-port=\d+", f"min-port={low}", conf)
+    conf = re.sub(r"max-port=\d+", f"max-port={low + 99}", conf)
+    conf = conf.replace("static-auth-secret=voicegate-dev-secret", f"static-auth-secret={SECRET}")
+    path = tmp_path / "turnserver.conf"
+    path.write_text(conf + f"\npidfile={tmp_path / 'turn.pid'}\n")
+    log = (tmp_path / "turnserver.log").open("w")
+    proc = subprocess.Popen([binary, "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
+    if not _stun_answers(port, timeout=10):
+        proc.kill()
+        pytest.fail("coturn did not answer STUN:\n" + (tmp_path / "turnserver.log").read_text())
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        proc.kill()
+        log.close()
+
+
+def _stun_answers(port: int, timeout: float) -> bool:
+    """Send STUN binding requests until the server answers (it prints no reliable ready line)."""
+    request = struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, os.urandom(12))
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            sock.sendto(request, ("127.0.0.1", port))
+            try:
+                data = sock.recv(2048)
+            except TimeoutError:
+                continue
+            if data[:2] == b"\x01\x01":  # binding success response
+                return True
+    return False
+
+
+@contextlib.asynccontextmanager
+async def _relay_server(port: int) -> AsyncIterator[str]:
+    async with running_server(
+        EchoBackend(),
+        turn_urls=(f"turn:127.0.0.1:{port}?transport=udp",),
+        turn_secret=SECRET,
+        relay_only=True,
+    ) as (url, _):
+        yield url
+
+
+async def test_call_through_coturn_relay_only_on_both_sides(coturn: int) -> None:
+    async with _relay_server(coturn) as url:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/api/ice-servers") as resp:
+            servers = CallClient.ice_servers_from_json((await resp.json())["iceServers"])
+        client = CallClient(url, ice_servers=servers, relay_only=True)
+        try:
+            async with asyncio.timeout(30):
+                t0 = time.monotonic()
+                answer = await client.connect()
+                assert "typ relay" in answer["sdp"] and "typ host" not in answer["sdp"]
+                await client.wait_for("bot-ready", 15)
+                connect_ms = (time.monotonic() - t0) * 1000
+                await client.wait_frames(25, 5)
+            assert client.selected_candidate_types() == ("relay", "relay")
+            print(f"relay connect {connect_ms:.0f} ms")
+        finally:
+            await client.close()
+
+
+async def test_wrong_credentials_do_not_connect(coturn: int) -> None:
+    async with _relay_server(coturn) as url:
+        bad = [RTCIceServer(f"turn:127.0.0.1:{coturn}", username="1:x", credential="wrong")]
+        client = CallClient(url, ice_servers=bad, relay_only=True)
+        try:
+            async with asyncio.timeout(30):
+                # No relay candidate can be allocated, so the offer has none and ICE fails.
+                with contextlib.suppress(RuntimeError):
+                    await client.connect()
+                assert "typ relay" not in client.pc.localDescription.sdp
+                with pytest.raises(TimeoutError):
+                    await client.wait_for("bot-ready", 5)
+            assert client.pc.connectionState != "connected"
+        finally:
+            await client.close()
+
+
+async def test_expired_credentials_do_not_connect(coturn: int) -> None:
+    async with _relay_server(coturn) as url:
+        username, credential = mint(SECRET, "late", -60)
+        expired = [
+            RTCIceServer(f"turn:127.0.0.1:{coturn}", username=username, credential=credential)
+        ]
+        client = CallClient(url, ice_servers=expired, relay_only=True)
+        try:
+            async with asyncio.timeout(30):
+                with contextlib.suppress(RuntimeError):
+                    await client.connect()
+                assert "typ relay" not in client.pc.localDescription.sdp
+        finally:
+            await client.close()
