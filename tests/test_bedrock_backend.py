@@ -10,10 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aws_sdk_bedrock_runtime  # noqa: F401  (installed by make test; missing = failure)
 import pytest
-
-pytest.importorskip("aws_sdk_bedrock_runtime")
-
 from aws_sdk_bedrock_runtime import models as m  # noqa: E402
 from botocore.credentials import Credentials, RefreshableCredentials  # noqa: E402
 from smithy_aws_event_stream.exceptions import UnmodeledEventError  # noqa: E402
@@ -40,35 +38,6 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 # --------------------------------------------------------------------------------------------
 # Settings
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No ambient AWS configuration: empty config files, no env keys, no IMDS probing."""
-    for name in (
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_ROLE_ARN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    config = tmp_path / "aws-config"
-    creds = tmp_path / "aws-credentials"
-    config.write_text("")
-    creds.write_text("")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return config
 
 
 def test_region_default_order(clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,8 +320,7 @@ async def test_open_without_credentials_is_access_denied(clean_aws_env: Path) ->
 # The real SDK against the stand-in
 # --------------------------------------------------------------------------------------------
 
-standin_server = pytest.importorskip("voicegate.standin.server")
-
+import voicegate.standin.server as standin_server  # noqa: E402
 from voicegate.sonic import (  # noqa: E402
     INTERRUPTED_MARKER,
     AudioContentStart,

@@ -108,7 +108,6 @@ def _headers(token: str | None = None) -> dict[str, str]:
 def _botocore_authorization(
     creds: Credentials, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> str:
-    pytest.importorskip("botocore")
     import botocore.auth
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
@@ -248,7 +247,6 @@ def test_event_signature_recomputed_by_hand() -> None:
 
 
 def test_chain_signed_by_the_sdk_verifies() -> None:
-    pytest.importorskip("aws_sdk_signers")
     from aws_sdk_signers import AsyncEventSigner, AWSCredentialIdentity
     from smithy_aws_event_stream.events import EventHeaderEncoder, EventMessage
 

@@ -44,7 +44,6 @@ from voicegate.sigv4 import (
 from voicegate.standin import StandIn
 from voicegate.standin.brains import LinearResampler
 
-aws = pytest.importorskip("aws_sdk_bedrock_runtime")
 pytestmark = pytest.mark.bedrock
 
 from aws_sdk_bedrock_runtime import models as m  # noqa: E402
@@ -1084,7 +1083,10 @@ async def test_local_brain_answers_real_speech(
         standin = StandIn("local", tmp_path)
         await standin.start()
     except (ImportError, BrainUnavailable) as exc:
-        pytest.skip(f"local brain unavailable: {exc}")
+        from tests.conftest import require
+
+        require(False, f"local brain unavailable: {exc}")
+        raise
     try:
         open_call = make_opener(standin, monkeypatch)
         pcm = SILENCE * 10 + speech + SILENCE * 40
