@@ -51,8 +51,9 @@ lint: setup-test
 typecheck: setup-test
 	$(VENV)/bin/mypy
 
+# Tests talk to loopback only: never let boto3's credential chain probe instance metadata.
 pytest: setup-test
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: setup-test debs
 	$(PY) -m benchmarks.run --short

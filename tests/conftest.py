@@ -19,6 +19,8 @@ from voicegate.config import ServeConfig, resolve
 from voicegate.signaling import create_app
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Tests never probe the EC2 instance metadata service: all their traffic stays on loopback.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 def require(ok: bool, why: str) -> None:

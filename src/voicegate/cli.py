@@ -50,7 +50,16 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     ice.configure_host_addresses(list(conf.ice_addresses) or ice.default_host_addresses(conf.host))
     warm = getattr(backend, "warm", None)
     if warm is not None:
-        await warm()
+        from voicegate.backends.base import BackendError
+
+        try:
+            await warm()
+        except BackendError as exc:
+            print(
+                f"voicegate: the {backend.name} backend cannot start: {exc.message}",
+                file=sys.stderr,
+            )
+            return 2
     app = create_app(conf, backend)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
