@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import wave
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -112,8 +112,15 @@ def free_port() -> int:
 class Server:
     """``python -m voicegate serve`` as a subprocess, with its log captured to a file."""
 
-    def __init__(self, backend: str, log_dir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        backend: str,
+        log_dir: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.backend = backend
+        self.extra_env = dict(env or {})  # e.g. VOICEGATE_TURN_SECRET, kept off the command line
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"voicegate-{backend}-{self.port}.log"
@@ -129,6 +136,7 @@ class Server:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
+        env.update(self.extra_env)
         src = str(REPO / "src")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self._log = self.log_path.open("wb")
@@ -207,9 +215,12 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    backend: str, log_dir: Path, extra_args: Sequence[str] = ()
+    backend: str,
+    log_dir: Path,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Server]:
-    server = Server(backend, log_dir, extra_args)
+    server = Server(backend, log_dir, extra_args, env)
     try:
         await server.start()
         yield server

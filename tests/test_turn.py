@@ -8,12 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import re
-import shutil
-import socket
-import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +17,8 @@ import aiohttp
 import pytest
 from aiortc import RTCIceServer
 
-from tests.conftest import require, running_server
+from tests.conftest import running_server
+from tests.coturn_util import running_coturn
 from voicegate.backends.echo import EchoBackend
 from voicegate.client import CallClient
 from voicegate.turn import TurnConfig, mint
@@ -76,57 +72,11 @@ async def test_ice_servers_route_and_offer_carry_credentials_not_the_secret() ->
             await client.close()
 
 
-def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[int]:
     """A real coturn on 127.0.0.1 with the repository's dev config and a free port."""
-    binary = shutil.which("turnserver")
-    require(binary is not None, "coturn is not installed (apt-get install coturn)")
-    assert binary is not None
-    port = _free_port()
-    low = 40000 + (port % 200) * 100
-    conf = (REPO / "turn" / "turnserver-dev.conf").read_text()
-    conf = conf.replace("listening-port=3478", f"listening-port={port}")
-    conf = re.sub(r"min-port=\d+", f"min-port={low}", conf)
-    conf = re.sub(r"max-port=\d+", f"max-port={low + 99}", conf)
-    conf = conf.replace("static-auth-secret=voicegate-dev-secret", f"static-auth-secret={SECRET}")
-    path = tmp_path / "turnserver.conf"
-    path.write_text(conf + f"\npidfile={tmp_path / 'turn.pid'}\n")
-    log = (tmp_path / "turnserver.log").open("w")
-    proc = subprocess.Popen([binary, "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
-    if not _stun_answers(port, timeout=10):
-        proc.kill()
-        pytest.fail("coturn did not answer STUN:\n" + (tmp_path / "turnserver.log").read_text())
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        proc.kill()
-        log.close()
-
-
-def _stun_answers(port: int, timeout: float) -> bool:
-    """Send STUN binding requests until the server answers (it prints no reliable ready line)."""
-    request = struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, os.urandom(12))
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            sock.sendto(request, ("127.0.0.1", port))
-            try:
-                data = sock.recv(2048)
-            except TimeoutError:
-                continue
-            if data[:2] == b"\x01\x01":  # binding success response
-                return True
-    return False
+    with running_coturn(tmp_path, SECRET) as server:
+        yield server.port
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,14 @@ const params = new URLSearchParams(location.search);
 const RAW = params.get("raw") === "1";
 // ?relay=1 forces ICE through TURN, to check that the relay works for users behind strict NATs.
 const RELAY = params.get("relay") === "1";
+// ?token=<access token> (issue 7): an exposed server needs one; the app that links here mints it.
+// It is dropped from the address bar at once so it does not linger in history or screenshots.
+const TOKEN = params.get("token");
+if (TOKEN) {
+  params.delete("token");
+  history.replaceState(null, "", `${location.pathname}${params.size ? `?${params}` : ""}`);
+}
+const authHeaders = (token) => (token ? { Authorization: `Bearer ${token}` } : {});
 
 const HTTP_TIMEOUT_MS = 10000;
 // Waiting for the full candidate list lets the offer go in one POST (no trickle PATCH needed);
@@ -21,6 +29,9 @@ const METER_INTERVAL_MS = 50;
 const MAX_EVENTS = 300;
 const MAX_EVENT_ROWS = 100;
 const MAX_TRANSCRIPT = 200;
+// Bot RMS (full scale 1.0) that counts as "bot audio arrived" for vg.timing.firstBotAudio;
+// Opus comfort noise and silence stay far below it.
+const FIRST_AUDIO_RMS = 0.01;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -39,6 +50,8 @@ const ui = {
     pair: $("stat-pair"),
     rtt: $("stat-rtt"),
     jitter: $("stat-jitter"),
+    jbuf: $("stat-jbuf"),
+    serverRtp: $("stat-server-rtp"),
     lost: $("stat-lost"),
     packets: $("stat-packets"),
     latency: $("stat-latency"),
@@ -55,10 +68,14 @@ const vg = {
   events: [], // every data-channel message received, oldest dropped first
   errors: [], // every message shown in the error box
   stats: {},
+  serverRtp: null, // the server's last rtp-stats sample
   micPeak: 0,
   botPeak: 0,
   lastHangupStatus: null,
   lastTurnLatencyMs: null,
+  // performance.now() marks of the current call (issue 6's connect-time measurements):
+  // click, offerSent, answered, connected, firstBotAudio (first meter tick above FIRST_AUDIO_RMS).
+  timing: {},
   micRms: () => rmsOf(call && call.micAnalyser),
   botRms: () => rmsOf(call && call.botAnalyser),
   connect: () => connect(),
@@ -129,7 +146,7 @@ function timeoutSignal(extra) {
 }
 
 async function requestJson(method, url, body, signal) {
-  const init = { method, signal: timeoutSignal(signal), headers: {} };
+  const init = { method, signal: timeoutSignal(signal), headers: authHeaders(TOKEN) };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -143,6 +160,9 @@ async function requestJson(method, url, body, signal) {
   }
   if (!res.ok) {
     const reason = payload && typeof payload.error === "string" ? payload.error : res.statusText;
+    if (res.status === 401 && payload && payload.auth_required && !TOKEN) {
+      throw new HttpError(401, "this server needs an access token: open the page with ?token=…");
+    }
     throw new HttpError(res.status, reason || "no reason given");
   }
   return payload;
@@ -154,6 +174,7 @@ async function requestJson(method, url, body, signal) {
 async function connect() {
   if (call) return;
   clearError();
+  vg.timing = { click: performance.now() };
   setState("connecting");
   ui.connect.disabled = true;
   ui.hangup.disabled = false;
@@ -209,6 +230,7 @@ async function connect() {
           : "the browser found no network address to offer (no ICE candidate).",
       );
     }
+    vg.timing.offerSent = performance.now();
     const answer = await requestJson(
       "POST",
       "/api/offer",
@@ -216,7 +238,9 @@ async function connect() {
       c.abort.signal,
     );
     check();
+    vg.timing.answered = performance.now();
     c.pcId = answer.pc_id;
+    c.sessionToken = answer.session_token || null; // the only token that may hang this call up
     vg.pcId = answer.pc_id;
     ui.stat.session.textContent = answer.pc_id || "–";
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
@@ -292,6 +316,7 @@ function onConnectionState(c) {
   ui.stat.connection.textContent = RELAY ? `${state} (relay only)` : state;
   if (state === "connected") {
     vg.connected = true;
+    vg.timing.connected ??= performance.now();
     c.everConnected = true;
     if (vg.state === "connecting") setState("listening");
   } else if (state === "failed") {
@@ -313,7 +338,7 @@ async function hangup() {
   c.abort.abort();
   // Tell the server first, then tear down locally; closing the peer connection alone also ends
   // the call on the server, so a lost DELETE leaks nothing.
-  const deleted = c.pcId ? deleteSession(c.pcId, false) : Promise.resolve(null);
+  const deleted = c.pcId ? deleteSession(c.pcId, false, c.sessionToken) : Promise.resolve(null);
   for (const t of c.timers) clearTimeout(t); // clearTimeout also clears intervals
   if (c.dc) c.dc.close();
   if (c.pc) c.pc.close();
@@ -331,11 +356,12 @@ async function hangup() {
   vg.lastHangupStatus = await deleted;
 }
 
-async function deleteSession(pcId, keepalive) {
+async function deleteSession(pcId, keepalive, token) {
   try {
     const res = await fetch(`/api/sessions/${encodeURIComponent(pcId)}`, {
       method: "DELETE",
       keepalive,
+      headers: authHeaders(token),
       signal: timeoutSignal(null),
     });
     return res.status;
@@ -418,6 +444,7 @@ function onServerMessage(raw) {
       break;
     case "server-message":
       if (data.kind === "turn-latency") showTurnLatency(data);
+      else if (data.kind === "rtp-stats") showServerRtp(data);
       break;
     case "error":
       showError(`Server error: ${data.message || "unknown"}`);
@@ -439,6 +466,17 @@ function showTurnLatency(data) {
     text += ` (model ${Math.round(data.model_ms)}, playout ${Math.round(data.playout_ms)})`;
   }
   ui.stat.latency.textContent = text;
+}
+
+// The server's own getStats() sample (every 5 s): the browser's stream as voicegate receives
+// it, and voicegate's stream as this browser reports it back in RTCP receiver reports.
+function showServerRtp(data) {
+  vg.serverRtp = data;
+  const ms = (s) => (typeof s === "number" ? `${Math.round(s * 10000) / 10} ms` : "–");
+  const lost = typeof data.inbound_lost === "number" ? data.inbound_lost : "–";
+  ui.stat.serverRtp.textContent =
+    `in: jitter ${ms(data.inbound_jitter_s)}, lost ${lost}; ` +
+    `out: RTT ${ms(data.rtt_s)}, lost ${data.outbound_lost ?? "–"}`;
 }
 
 function logEvent(msg) {
@@ -567,6 +605,7 @@ function updateMeters(c) {
   const bot = rmsOf(c.botAnalyser);
   vg.micPeak = Math.max(vg.micPeak, mic);
   vg.botPeak = Math.max(vg.botPeak, bot);
+  if (bot > FIRST_AUDIO_RMS) vg.timing.firstBotAudio ??= performance.now();
   ui.micMeter.value = meterLevel(mic);
   ui.botMeter.value = meterLevel(bot);
 }
@@ -606,6 +645,11 @@ async function updateStats(c) {
     packetsLost: inbound ? inbound.packetsLost : null,
     packetsReceived: inbound ? inbound.packetsReceived : null,
     packetsSent: outbound ? outbound.packetsSent : null,
+    // Average time a received sample waited in the browser's jitter buffer before playout.
+    jitterBufferMs:
+      inbound && inbound.jitterBufferEmittedCount > 0
+        ? (inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000
+        : null,
   };
   vg.stats = stats;
   const show = (v, unit = "") => (v == null ? "–" : `${Math.round(v * 10) / 10}${unit}`);
@@ -616,6 +660,7 @@ async function updateStats(c) {
   ui.stat.jitter.textContent = show(stats.jitterMs, " ms");
   ui.stat.lost.textContent = show(stats.packetsLost);
   ui.stat.packets.textContent = `${show(stats.packetsReceived)} / ${show(stats.packetsSent)}`;
+  ui.stat.jbuf.textContent = show(stats.jitterBufferMs, " ms");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,6 +669,6 @@ ui.connect.addEventListener("click", () => connect());
 ui.hangup.addEventListener("click", () => hangup());
 // Closing the tab ends the call at once instead of waiting for the server's ICE timeout.
 window.addEventListener("pagehide", () => {
-  if (call && call.pcId) deleteSession(call.pcId, true);
+  if (call && call.pcId) deleteSession(call.pcId, true, call.sessionToken);
 });
 if (RELAY) ui.stat.connection.textContent = "relay only (?relay=1)";

@@ -15,8 +15,11 @@ import numpy as np
 import numpy.typing as npt
 
 MODEL_INPUT_RATE: Final = 16000
-CHUNK_SAMPLES: Final = 512
-"""Samples per chunk sent to the model: 32 ms at 16 kHz, what Nova Sonic's samples use."""
+CHUNK_SAMPLES: Final = 320
+"""Samples per chunk sent to the model: 20 ms at 16 kHz, i.e. every received frame goes to the
+model the moment it is decoded. 32 ms chunks (Nova Sonic's samples) cost ~60 fewer events per
+second per call but add up to 32 ms on the way in, and their uneven arrival grows the playout
+backlog on the way out (benchmarks/README.md)."""
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -49,6 +52,15 @@ class InboundResampler:
         if pts is not None:
             self._next_pts = pts + frame.samples
             self._in_rate = frame.sample_rate
+        if (
+            frame.sample_rate == self.rate
+            and frame.format.name == "s16"
+            and len(frame.layout.channels) == 1
+        ):
+            # Already what the model takes (voicegate's receive path decodes straight to 16 kHz
+            # mono): no resampler pass, just a view of the samples.
+            parts.append(np.frombuffer(memoryview(frame.planes[0]), np.int16)[: frame.samples])
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
         for out in self._resampler.resample(frame):
             parts.append(out.to_ndarray().reshape(-1).astype(np.int16, copy=False))
         if not parts:

@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     except cfg.ConfigError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
-    logs.configure(conf.log_format, conf.log_level)
+    logs.configure(conf.log_format, conf.log_level, transcripts=conf.log_transcripts)
     from voicegate.backends import BackendUnavailable, make_backend
 
     try:
@@ -73,15 +73,72 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     url = f"http://{conf.host}:{port}"
     log.info("listening", url=url, backend=backend.name)
     print(f"voicegate {__version__} listening on {url}", flush=True)
+    # issue 7: the first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
+    # --drain-timeout, then end with a message); a second one cuts the drain short.
     stop = asyncio.Event()
+    cut = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            cut.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    log.info("shutting_down")
+    from voicegate.signaling import drain
+
+    log.info("shutting_down", drain_timeout_s=conf.drain_timeout)
+    ended = await drain(app, conf.drain_timeout, cut)
+    log.info("drained", calls_ended=ended)
     await runner.cleanup()
     return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Print one access token, alone on stdout, so scripts can capture it with $(...)."""
+    import os
+
+    from voicegate import auth
+
+    secret = args.secret or os.environ.get("VOICEGATE_AUTH_SECRET", "")
+    if not secret:
+        print("voicegate: no secret: pass --secret or set VOICEGATE_AUTH_SECRET", file=sys.stderr)
+        return 2
+    try:
+        token = auth.mint(
+            secret, args.ttl, subject=args.subject, max_call_seconds=args.max_call_seconds
+        )
+    except ValueError as exc:
+        print(f"voicegate: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = sub.add_parser(
+        "token",
+        help="print a signed signaling access token (for scripts and testing)",
+        description="Mint one short-lived access token with the server's auth secret and print "
+        "it alone on stdout. App backends normally mint tokens themselves (docs/security.md).",
+    )
+    token.add_argument(
+        "--secret", default=None, help="the server's auth secret [env VOICEGATE_AUTH_SECRET]"
+    )
+    token.add_argument(
+        "--ttl", type=float, default=300.0, help="seconds the token is valid (default 300)"
+    )
+    token.add_argument("--subject", default=None, help="who the token is for (shown in logs)")
+    token.add_argument(
+        "--max-call-seconds",
+        type=float,
+        default=None,
+        help="cap on the length of calls this token starts (default: the server's limit)",
+    )
+    token.set_defaults(func=_token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (signaling, media, web page)")
     cfg.add_arguments(serve)
     serve.set_defaults(func=_serve)
+    _add_token_parser(sub)
     try:
         from voicegate.standin.cli import add_parser as add_standin
     except ImportError:

@@ -132,8 +132,13 @@ class CallClient:
         base_url: str,
         ice_servers: list[RTCIceServer] | None = None,
         relay_only: bool = False,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # issue 7: the access token for the offer; the answer's per-call session_token then
+        # replaces it for everything that touches this call (hang-up).
+        self.token = token
+        self.session_token: str | None = None
         config = RTCConfiguration(iceServers=ice_servers or [])
         if relay_only:
             config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
@@ -142,6 +147,7 @@ class CallClient:
         self.audio = ReceivedAudio()
         self.messages: list[dict[str, Any]] = []
         self.pc_id = ""
+        self.offer_fields: dict[str, Any] = {}  # extra offer body fields, e.g. {"record": True}
         self._message_event = asyncio.Event()
         self._frame_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,15 +193,24 @@ class CallClient:
                     self.audio.arrival.append(now)
                 self._frame_event.set()
 
-    async def connect(self, session: aiohttp.ClientSession | None = None) -> dict[str, Any]:
+    async def connect(
+        self, session: aiohttp.ClientSession | None = None, restart_of: str | None = None
+    ) -> dict[str, Any]:
+        """``restart_of``: the pc_id of a call whose connection dropped; the new connection
+        takes over its conversation (issue 4, like the page's automatic reconnect)."""
         self.pc.addTrack(self.mic)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
-        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        body.update(self.offer_fields)
+        if restart_of is not None:
+            body.update(pc_id=restart_of, restart_pc=True)
         own = session is None
         http = session or aiohttp.ClientSession()
         try:
-            async with http.post(f"{self.base_url}/api/offer", json=body) as resp:
+            async with http.post(
+                f"{self.base_url}/api/offer", json=body, headers=self._auth(self.token)
+            ) as resp:
                 answer = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"offer refused: {resp.status} {answer}")
@@ -203,10 +218,15 @@ class CallClient:
             if own:
                 await http.close()
         self.pc_id = answer["pc_id"]
+        self.session_token = answer.get("session_token")
         await self.pc.setRemoteDescription(
             RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
         )
         return dict(answer)
+
+    @staticmethod
+    def _auth(token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def selected_candidate_types(self) -> tuple[str, str] | None:
         """(local, remote) candidate types of the nominated ICE pair, e.g. ("relay", "host")."""
@@ -251,7 +271,10 @@ class CallClient:
         own = session is None
         http = session or aiohttp.ClientSession()
         try:
-            async with http.delete(f"{self.base_url}/api/sessions/{self.pc_id}") as resp:
+            async with http.delete(
+                f"{self.base_url}/api/sessions/{self.pc_id}",
+                headers=self._auth(self.session_token),
+            ) as resp:
                 return resp.status
         finally:
             if own:

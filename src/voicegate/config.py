@@ -67,6 +67,24 @@ class ServeConfig:
     relay_only: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    # issue 7 (access and limits)
+    auth_secret: str = field(default="", repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    offer_rate: float = 60.0
+    offer_burst: int = 20
+    trust_forwarded_for: bool = False
+    idle_timeout: float = 300.0
+    drain_timeout: float = 30.0
+    # issue 7 (observability and recording)
+    record_dir: str = ""
+    record_s3_bucket: str = ""
+    record_s3_prefix: str = "voicegate/"
+    log_transcripts: bool = False
+    # issue 4 (calls that never break: stream renewal, recovery, browser reconnect)
+    renew_after: float = 360.0
+    renew_force_after: float = 60.0
+    recovery_attempts: int = 3
+    reconnect_grace: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +144,65 @@ OPTIONS: Final = (
         choices=LOG_FORMATS,
     ),
     _Opt("log_level", "log level: debug, info, warning, error"),
+    # issue 7: access control and limits (docs/security.md)
+    _Opt(
+        "auth_secret",
+        "HMAC secret for signaling access tokens (>= 16 chars; required unless host is "
+        "loopback); mint tokens with `voicegate token`",
+    ),
+    _Opt(
+        "allowed_origins",
+        "origin allowed to call the API cross-origin (repeatable), e.g. https://app.example.com, "
+        "or * for any; default: same origin only",
+        repeat=True,
+        metavar="ORIGIN",
+        flag="--allowed-origin",
+    ),
+    _Opt("offer_rate", "call offers per minute per client address (default 60; 0: off)", float),
+    _Opt("offer_burst", "call offers a client address may make at once (default 20)", int),
+    _Opt(
+        "trust_forwarded_for",
+        "take the client address from X-Forwarded-For (only behind a reverse proxy that sets it)",
+        _bool,
+    ),
+    _Opt(
+        "idle_timeout",
+        "end a call after this many seconds without speech from the browser or the bot "
+        "(default 300; 0: never)",
+        float,
+    ),
+    _Opt(
+        "drain_timeout",
+        "on SIGTERM, seconds calls may go on before they are ended (default 30)",
+        float,
+    ),
+    # issue 7: recording and logs (docs/observability.md)
+    _Opt(
+        "record_dir",
+        "directory for call recordings; calls are recorded only when their offer asks for it "
+        '("record": true) and a destination is set (default: none)',
+    ),
+    _Opt("record_s3_bucket", "S3 bucket recordings are uploaded to after each recorded call"),
+    _Opt("record_s3_prefix", "key prefix of recordings in the S3 bucket (default voicegate/)"),
+    _Opt("log_transcripts", "write transcript text to the logs (default: never)", _bool),
+    # issue 4: calls that never break (docs/renewal.md)
+    _Opt(
+        "renew_after",
+        "seconds after which a model stream is renewed at the next natural point (default 360; "
+        "Bedrock ends streams at ~480)",
+        float,
+    ),
+    _Opt(
+        "renew_force_after",
+        "seconds past renew_after after which the renewal happens even mid-turn (default 60)",
+        float,
+    ),
+    _Opt("recovery_attempts", "reconnects after a model stream fails (default 3; 0: none)", int),
+    _Opt(
+        "reconnect_grace",
+        "seconds a call waits for its browser to reconnect after the connection drops (default 30)",
+        float,
+    ),
 )
 
 
@@ -251,4 +328,83 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append("relay_only needs a TURN url")
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
+    problems += _validate_access(c)
+    problems += _validate_recording(c)
+    problems += _validate_continuation(c)
+    return problems
+
+
+def _validate_continuation(c: ServeConfig) -> list[str]:
+    """issue 4: a renewal must come before Bedrock's ~480 s stream limit."""
+    problems: list[str] = []
+    if not 5 <= c.renew_after <= 470:
+        problems.append(f"renew_after {c.renew_after} must be between 5 and 470 seconds")
+    if not 0 <= c.renew_force_after <= 470 - min(c.renew_after, 470):
+        problems.append(
+            f"renew_force_after {c.renew_force_after} must be >= 0 and end before 470 s "
+            "(renew_after + renew_force_after <= 470)"
+        )
+    if not 0 <= c.recovery_attempts <= 10:
+        problems.append(f"recovery_attempts {c.recovery_attempts} must be between 0 and 10")
+    if not 0 <= c.reconnect_grace <= 600:
+        problems.append(f"reconnect_grace {c.reconnect_grace} must be between 0 and 600 seconds")
+    return problems
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_access(c: ServeConfig) -> list[str]:
+    """issue 7: an exposed gateway without a secret would let anyone spend Bedrock money."""
+    from urllib.parse import urlsplit
+
+    from voicegate.auth import MIN_SECRET_CHARS
+
+    problems: list[str] = []
+    if c.auth_secret and len(c.auth_secret) < MIN_SECRET_CHARS:
+        problems.append(f"auth_secret must have at least {MIN_SECRET_CHARS} characters")
+    if not c.auth_secret and not is_loopback(c.host):
+        problems.append(
+            f"host {c.host!r} is not a loopback address: set --auth-secret (or "
+            "VOICEGATE_AUTH_SECRET) so that only callers with a token can start calls"
+        )
+    for origin in c.allowed_origins:
+        if origin == "*":
+            continue
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
+            problems.append(f"allowed origin {origin!r} must look like https://host[:port]")
+    if not 0 <= c.offer_rate <= 100000:
+        problems.append(f"offer_rate {c.offer_rate} must be between 0 and 100000 per minute")
+    if not 1 <= c.offer_burst <= 10000:
+        problems.append(f"offer_burst {c.offer_burst} must be between 1 and 10000")
+    if c.idle_timeout != 0 and not 1 <= c.idle_timeout <= 86400:
+        problems.append(f"idle_timeout {c.idle_timeout} must be 0 (off) or 1-86400 seconds")
+    if not 0 <= c.drain_timeout <= 3600:
+        problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
+    return problems
+
+
+def _validate_recording(c: ServeConfig) -> list[str]:
+    """issue 7: recording destinations (the directory is created on the first recorded call)."""
+    problems: list[str] = []
+    if c.record_dir and Path(c.record_dir).exists() and not Path(c.record_dir).is_dir():
+        problems.append(f"record_dir {c.record_dir!r} exists and is not a directory")
+    bucket = c.record_s3_bucket
+    if bucket and not (
+        3 <= len(bucket) <= 63 and all(ch.islower() or ch.isdigit() or ch in ".-" for ch in bucket)
+    ):
+        problems.append(f"record_s3_bucket {bucket!r} is not a valid S3 bucket name")
+    if len(c.record_s3_prefix) > 512:
+        problems.append("record_s3_prefix is longer than 512 characters")
     return problems

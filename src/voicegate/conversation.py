@@ -13,20 +13,35 @@ Rules it keeps, each learned the hard way by other integrations (../shared/refer
   INTERRUPTED stop reason), once per assistant turn; audio still arriving for an interrupted
   content is dropped; the marker never reaches transcripts.
 - Every toolUse gets a toolResult, error results included, so the stream never dangles.
+
+One call outlives any one model stream (Nova Sonic ends a stream after ~8 minutes, and streams
+die): the conversation is a sequence of *legs*, one stream each. Before a leg gets old the next
+one is opened in the background and takes over at a natural point (renewal); a leg that fails
+is replaced with bounded retries (recovery). Both replay the shaped history and the user's
+not-yet-transcribed audio (``continuation``), so the owner of the call sees one continuous
+conversation and only a ``SessionContinued`` event. docs/renewal.md has the details.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import uuid
+from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 
 from voicegate.backends.base import Backend, BackendError, BackendStream, StreamLost
+from voicegate.continuation import (
+    ContinuationSettings,
+    ReplayBuffer,
+    history_bytes,
+    shape_history,
+)
 from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
@@ -65,6 +80,11 @@ SEND_QUEUE_CHUNKS: Final = 64
 SETUP_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
 MAX_TOOL_TASKS: Final = 4
+MAX_HISTORY: Final = 200
+MAX_GAPS_KEPT: Final = 100
+REPLY_EXPECTED_S: Final = 10.0
+"""After a final user transcript the model is expected to answer within this; a renewal waits
+for that answer (not to cut it off), but not forever."""
 
 DEFAULT_SYSTEM_PROMPT: Final = (
     "You are a friendly, concise voice assistant. Keep answers to one or two short sentences. "
@@ -81,6 +101,7 @@ class ConversationSettings:
     temperature: float = 0.7
     endpointing_sensitivity: str | None = None
     output_rate: int = 24000
+    continuation: ContinuationSettings = field(default_factory=ContinuationSettings)
 
 
 # -- events for the owner of the call --------------------------------------------------------
@@ -149,6 +170,21 @@ class ConversationEnded:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SessionContinued:
+    """The conversation moved to a new model stream (planned renewal or recovery)."""
+
+    kind: Literal["renewal", "recovery"]
+    reason: str  # renewal: "age" | "credentials" | "requested"; recovery: the failure's kind
+    leg: int  # 1 for the first stream of the call
+    gap_ms: float  # renewal: old stream's last use -> new one live; recovery: failure -> live
+    forced: bool = False  # renewal without a natural point
+    attempts: int = 1
+    history_messages: int = 0
+    history_bytes: int = 0
+    replayed_ms: float = 0.0  # user audio replayed to the new stream
+
+
 ConversationEvent = (
     UserTranscript
     | BotText
@@ -160,6 +196,7 @@ ConversationEvent = (
     | Usage
     | ConversationError
     | ConversationEnded
+    | SessionContinued
 )
 
 
@@ -183,6 +220,9 @@ class _Content:
 
 @dataclass(slots=True)
 class ConversationStats:
+    """Counters of one call; the field names are read by /metrics (documented in
+    docs/renewal.md), so they are kept stable."""
+
     audio_chunks_sent: int = 0
     silence_chunks_sent: int = 0
     audio_chunks_dropped: int = 0
@@ -190,6 +230,46 @@ class ConversationStats:
     barge_ins: int = 0
     turns: int = 0
     history: list[tuple[Role, str]] = field(default_factory=list)
+    streams_opened: int = 0
+    renewals: int = 0
+    renewals_forced: int = 0
+    recoveries: int = 0
+    recovery_attempts: int = 0
+    recovery_give_ups: int = 0
+    prepare_failures: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Stream failures by BackendError kind (stream_lost, model_timeout, throttled, ...)."""
+    handover_gaps_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_GAPS_KEPT))
+    """Renewal handover gaps, newest last: old stream's last use -> new stream live."""
+    recovery_gaps_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_GAPS_KEPT))
+    """Recovery gaps: the failure noticed -> new stream live (includes backoff)."""
+    prepare_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_GAPS_KEPT))
+    """Background opening of the next stream (not part of any gap)."""
+    history_bytes_replayed: int = 0
+    history_messages_replayed: int = 0
+    audio_chunks_replayed: int = 0
+    stale_events_dropped: int = 0
+    """Output of retired streams after a handover, ignored."""
+
+
+class _Leg:
+    """One model stream of the call, with the state that belongs to that stream only."""
+
+    def __init__(self, number: int, stream: BackendStream, opened_at: float) -> None:
+        self.number = number
+        self.stream = stream
+        self.opened_at = opened_at
+        self.ready_at: float | None = None  # audio content open: the leg is live
+        self.last_output_at = opened_at
+        self.send_lock = asyncio.Lock()  # SigV4 event signatures are chained per stream
+        self.contents: dict[str, _Content] = {}
+        self.pending_tools: dict[str, ToolUse] = {}
+        self.running_tools = 0
+        self.interrupted_audio: set[str] = set()
+        self.dead = False  # failed, or closed by us
+        self.error: BackendError | None = None  # why it failed
+        self.failed = asyncio.Event()
+        self.retired = False  # no longer the live leg; its output is ignored
 
 
 class Conversation:
@@ -207,16 +287,27 @@ class Conversation:
         self.stats = ConversationStats()
         self.prompt_name = str(uuid.uuid4())
         self.audio_content = str(uuid.uuid4())
-        self._stream: BackendStream | None = None
-        self._send_lock = asyncio.Lock()
+        c = settings.continuation
+        self._cont = c
+        self._leg: _Leg | None = None  # the live leg: user audio goes here, its output counts
+        self._next: _Leg | None = None  # prepared in the background for a renewal
+        self._legs: set[_Leg] = set()  # every leg not closed yet
+        self._leg_count = 0
+        self._replay = ReplayBuffer(CHUNK_SECONDS, c.replay_max_s, c.replay_preroll_s)
         self._audio_q: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_CHUNKS)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._contents: dict[str, _Content] = {}
-        self._pending_tools: dict[str, ToolUse] = {}
         self._tool_sem = asyncio.Semaphore(MAX_TOOL_TASKS)
-        self._interrupted_audio: set[str] = set()
         self._turn_interrupted = False
         self._turn_audio_seen = False
+        self._reply_expected_at: float | None = None
+        self._speculative_open = 0
+        self._renew_wanted = False
+        self._renew_forced = False
+        self._renew_reason = "age"
+        self._renew_request = asyncio.Event()
+        self._leg_changed = asyncio.Event()
+        self._recovering = False
+        self._attempts_used = 0
         self._closing = False
         self.ended = asyncio.Event()
         self.end_reason = ""
@@ -225,23 +316,15 @@ class Conversation:
 
     async def start(self) -> None:
         """Open the stream and set the session up. Raises BackendError if that fails."""
-        s = self.settings
         async with asyncio.timeout(SETUP_TIMEOUT):
-            self._stream = await self.backend.open()
+            leg = await self._open_leg()
             try:
-                setup: list[InputEvent] = [
-                    SessionStart(s.max_tokens, s.top_p, s.temperature, s.endpointing_sensitivity),
-                    PromptStart(self.prompt_name, s.voice_id, s.output_rate, self.tools.specs()),
-                    *self._text_block("SYSTEM", s.system_prompt),
-                    AudioContentStart(self.prompt_name, self.audio_content, INPUT_RATE),
-                ]
-                for event in setup:
-                    await self._send(event)
+                await self._go_live(leg, [], [])
             except BaseException:
-                await self._stream.close()
+                await self._drop_leg(leg)
                 raise
-        self._spawn(self._receive_loop(self._stream))
         self._spawn(self._sender_loop(), name="sender")
+        self._spawn(self._renewal_loop(), name="renewal")
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue one chunk of user audio (16 kHz mono s16). Never blocks the media path."""
@@ -254,23 +337,34 @@ class Conversation:
             if self.stats.audio_chunks_dropped in (1, 100, 1000):
                 log.warning("user_audio_dropped", dropped=self.stats.audio_chunks_dropped)
 
+    async def renew(self, force: bool = True) -> None:
+        """Move to a new stream now (at the next natural point unless ``force``) and return
+        once the new stream is live. For operators and tests; renewal by age is automatic."""
+        leg = self._leg
+        self._renew_reason = "requested"
+        self._renew_forced = self._renew_forced or force
+        self._renew_request.set()
+        while not self.ended.is_set() and (self._leg is leg or self._leg is None):
+            self._leg_changed.clear()
+            await self._leg_changed.wait()
+
     async def close(self, reason: str = "hangup") -> None:
         """End the session in order (audio contentEnd, promptEnd, sessionEnd), then release
-        the stream. Bounded in time whatever state the backend is in."""
+        every stream. Bounded in time whatever state the backend is in."""
         if self._closing:
             await self.ended.wait()
             return
         self._closing = True
-        stream = self._stream
+        leg = self._leg
         for task in list(self._tasks):
-            if task.get_name() == "sender":
+            if task.get_name() in ("sender", "renewal", "recovery"):
                 task.cancel()
-        if stream is not None and not self.ended.is_set():
+        if leg is not None and not leg.dead and not self.ended.is_set():
             with contextlib.suppress(BackendError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._send(ContentEnd(self.prompt_name, self.audio_content))
-                    await self._send(PromptEnd(self.prompt_name))
-                    await self._send(SessionEnd())
+                    await self._send_to(leg, ContentEnd(self.prompt_name, self.audio_content))
+                    await self._send_to(leg, PromptEnd(self.prompt_name))
+                    await self._send_to(leg, SessionEnd())
             # Give the model a moment to finish its output in order, then stop waiting.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -280,9 +374,361 @@ class Conversation:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if stream is not None:
-            await stream.close()
+        legs = list(self._legs)
+        if legs:
+            await asyncio.gather(*(self._drop_leg(x) for x in legs), return_exceptions=True)
         self._finish(reason)
+
+    # -- legs --------------------------------------------------------------------------------
+
+    async def _open_leg(self) -> _Leg:
+        """Open a stream and send the session setup (no audio content yet)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        stream = await self.backend.open()
+        self._leg_count += 1
+        self.stats.streams_opened += 1
+        leg = _Leg(self._leg_count, stream, loop.time())
+        self._legs.add(leg)
+        try:
+            setup: list[InputEvent] = [
+                SessionStart(s.max_tokens, s.top_p, s.temperature, s.endpointing_sensitivity),
+                PromptStart(self.prompt_name, s.voice_id, s.output_rate, self.tools.specs()),
+                *self._text_block("SYSTEM", s.system_prompt),
+            ]
+            for event in setup:
+                await self._send_to(leg, event)
+        except BaseException:
+            await self._drop_leg(leg)
+            raise
+        self._spawn(self._receive_loop(leg))
+        return leg
+
+    async def _go_live(
+        self, leg: _Leg, history: list[tuple[Role, str]], audio: list[bytes]
+    ) -> None:
+        """History, the audio content and the replayed user audio, then the leg is live."""
+        for role, text in history:
+            for event in self._text_block(role, text):
+                await self._send_to(leg, event)
+        await self._send_to(
+            leg, AudioContentStart(self.prompt_name, self.audio_content, INPUT_RATE)
+        )
+        for pcm in audio:
+            await self._send_to(leg, AudioInput(self.prompt_name, self.audio_content, pcm))
+        leg.ready_at = asyncio.get_running_loop().time()
+        self._leg = leg
+        self._turn_interrupted = False
+        self._turn_audio_seen = False
+        self._speculative_open = 0
+        self._leg_changed.set()
+
+    def _continuation_payload(self) -> tuple[list[tuple[Role, str]], list[bytes]]:
+        c = self._cont
+        history = shape_history(
+            self.stats.history,
+            c.history_max_messages,
+            c.history_max_message_bytes,
+            c.history_max_bytes,
+        )
+        return history, self._replay.replay()
+
+    def _account(self, history: list[tuple[Role, str]], audio: list[bytes]) -> tuple[int, float]:
+        size = history_bytes(history)
+        self.stats.history_bytes_replayed += size
+        self.stats.history_messages_replayed += len(history)
+        self.stats.audio_chunks_replayed += len(audio)
+        return size, len(audio) * CHUNK_SECONDS * 1000
+
+    def _retire(self, leg: _Leg) -> None:
+        """Close a leg that is no longer live in order, in the background."""
+        leg.retired = True
+        self._spawn(self._close_leg(leg))
+
+    async def _close_leg(self, leg: _Leg) -> None:
+        if not leg.dead:
+            with contextlib.suppress(BackendError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    if leg.ready_at is not None:
+                        await self._send_to(leg, ContentEnd(self.prompt_name, self.audio_content))
+                    await self._send_to(leg, PromptEnd(self.prompt_name))
+                    await self._send_to(leg, SessionEnd())
+        await self._drop_leg(leg)
+
+    async def _drop_leg(self, leg: _Leg) -> None:
+        leg.dead = True
+        self._legs.discard(leg)
+        if self._next is leg:
+            self._next = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await leg.stream.close()
+
+    # -- renewal -----------------------------------------------------------------------------
+
+    def _renew_due(self, leg: _Leg) -> tuple[float, str]:
+        """Loop time at which ``leg`` should be renewed, and why."""
+        c = self._cont
+        base = leg.ready_at if leg.ready_at is not None else leg.opened_at
+        due, reason = base + c.renew_after_s, "age"
+        expiration = getattr(self.backend, "credentials_expiration", None)
+        if isinstance(expiration, dt.datetime):
+            left = (expiration - dt.datetime.now(dt.UTC)).total_seconds() - c.credential_margin_s
+            # Never sooner than a minute into a leg: a refresh that does not extend the
+            # expiry must not turn into a renewal storm.
+            at = max(asyncio.get_running_loop().time() + left, base + 60.0)
+            if at < due:
+                due, reason = at, "credentials"
+        return due, reason
+
+    async def _renewal_loop(self) -> None:
+        """Prepare the next leg when the live one gets old (or on request), then let the
+        sender hand over at a natural point, or force it when none comes in time."""
+        loop = asyncio.get_running_loop()
+        c = self._cont
+        while True:
+            leg = self._leg
+            if leg is None or self._recovering:
+                self._leg_changed.clear()
+                await self._leg_changed.wait()
+                continue
+            due, reason = self._renew_due(leg)
+            if not self._renew_request.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due - loop.time())):
+                        await self._renew_request.wait()
+            if self._leg is not leg:
+                continue  # replaced meanwhile (recovery)
+            if self._renew_request.is_set():
+                self._renew_request.clear()
+                force_at = loop.time() + (0.0 if self._renew_forced else c.force_after_s)
+            else:
+                self._renew_reason = reason
+                force_at = due + c.force_after_s
+            backoff = c.recovery_backoff_s
+            while self._leg is leg and not self._closing:
+                if self._next is None or self._next.dead:
+                    started = loop.time()
+                    try:
+                        async with asyncio.timeout(SETUP_TIMEOUT):
+                            self._next = await self._open_leg()
+                    except (BackendError, TimeoutError) as exc:
+                        self.stats.prepare_failures += 1
+                        log.warning("renewal_prepare_failed", error=str(exc))
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                    self.stats.prepare_ms.append((loop.time() - started) * 1000)
+                    self._renew_wanted = True
+                prepared = self._next
+                assert prepared is not None
+                wake = min(force_at, prepared.opened_at + c.prepared_max_idle_s)
+                if self._renew_forced:
+                    wake = loop.time() + 1.0  # the sender hands over at its next chunk
+                self._leg_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wake - loop.time())):
+                        await self._leg_changed.wait()
+                if self._leg is not leg:
+                    break
+                if loop.time() >= force_at:
+                    self._renew_forced = True
+                elif self._next is prepared and loop.time() >= wake:
+                    # Unused for too long: a fresh one, so the handover never meets a stream
+                    # the service has given up on.
+                    self._next = None
+                    self._retire(prepared)
+            self._renew_wanted = False
+            self._renew_forced = False
+            orphan = self._next
+            if orphan is not None and orphan is not self._leg:
+                # Prepared for a leg that a recovery replaced meanwhile: it would sit idle.
+                self._next = None
+                self._retire(orphan)
+
+    def _natural_point(self, leg: _Leg) -> bool:
+        """No assistant turn under way or expected, no tool call open, the user quiet."""
+        if leg.pending_tools or leg.running_tools or self._speculative_open:
+            return False
+        if any(c.role == "ASSISTANT" for c in leg.contents.values()):
+            return False
+        expected = self._reply_expected_at
+        if expected is not None and asyncio.get_running_loop().time() - expected < REPLY_EXPECTED_S:
+            return False
+        return self._replay.quiet_s >= self._cont.natural_quiet_s
+
+    async def _hand_over(self, old: _Leg, new: _Leg) -> None:
+        """Runs in the sender: the old leg gets no more audio from here on."""
+        loop = asyncio.get_running_loop()
+        switched = loop.time()
+        forced = self._renew_forced and not self._natural_point(old)
+        self._next = None
+        self._renew_wanted = False
+        old.retired = True
+        self._answer_lost_tools(old, "the model stream was renewed")
+        history, audio = self._continuation_payload()
+        try:
+            await self._go_live(new, history, audio)
+        except BackendError as exc:
+            # The prepared leg broke at the last moment: the old one is intact, keep it.
+            old.retired = False
+            self.stats.prepare_failures += 1
+            log.warning("renewal_handover_failed", error=exc.message)
+            self._spawn(self._drop_leg(new))
+            return
+        self._retire(old)
+        gap = (loop.time() - switched) * 1000
+        size, replayed = self._account(history, audio)
+        self.stats.renewals += 1
+        self.stats.renewals_forced += int(forced)
+        self.stats.handover_gaps_ms.append(gap)
+        log.info(
+            "stream_renewed",
+            leg=new.number,
+            reason=self._renew_reason,
+            forced=forced,
+            gap_ms=round(gap, 1),
+            history_bytes=size,
+            replayed_ms=round(replayed),
+        )
+        self.listener.on_event(
+            SessionContinued(
+                "renewal",
+                self._renew_reason,
+                new.number,
+                round(gap, 1),
+                forced=forced,
+                history_messages=len(history),
+                history_bytes=size,
+                replayed_ms=round(replayed, 1),
+            )
+        )
+        self._renew_reason = "age"
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def _leg_failed(self, leg: _Leg, exc: BackendError) -> None:
+        if leg.dead and leg is not self._leg:
+            return
+        was_live = leg is self._leg and not leg.retired
+        leg.dead = True
+        if self.ended.is_set():
+            return
+        if self._closing:
+            if was_live:
+                self._finish("closed")
+            return
+        if leg is self._next:
+            self._next = None
+            self.stats.prepare_failures += 1
+            log.warning("prepared_stream_failed", kind=exc.kind, error=exc.message)
+            self._spawn(self._drop_leg(leg))
+            return
+        if not was_live:
+            self._spawn(self._drop_leg(leg))
+            return
+        # From here on user audio only goes into the replay buffer, for the next leg.
+        self._leg = None
+        leg.retired = True
+        leg.error = exc
+        leg.failed.set()
+        if self._recovering:
+            return  # a leg still on probation: the recovery loop counts it as an attempt
+        self.stats.failures[exc.kind] += 1
+        if not exc.retryable or self._cont.recovery_attempts <= 0:
+            self._fatal(exc)
+            return
+        # From here on user audio only goes into the replay buffer, for the next leg.
+        self._leg = None
+        leg.retired = True
+        self._recovering = True
+        self._spawn(self._recover(leg, exc), name="recovery")
+
+    async def _recover(self, failed: _Leg, exc: BackendError) -> None:
+        """Replace a failed live leg: bounded attempts with backoff; the prepared next leg, if
+        there is one, is tried first (it is already open)."""
+        loop = asyncio.get_running_loop()
+        c = self._cont
+        failed_at = loop.time()
+        log.warning("stream_failed_recovering", kind=exc.kind, error=exc.message, leg=failed.number)
+        ready_at = failed.ready_at if failed.ready_at is not None else failed.opened_at
+        if failed_at - ready_at >= c.healthy_after_s:
+            self._attempts_used = 0
+        self._answer_lost_tools(failed, f"the model stream failed ({exc.kind})")
+        await self._drop_leg(failed)
+        last: BackendError = exc
+        attempt = 0
+        try:
+            while self._attempts_used < c.recovery_attempts:
+                if attempt:
+                    await asyncio.sleep(c.recovery_backoff_s * 2 ** (attempt - 1))
+                attempt += 1
+                self._attempts_used += 1
+                self.stats.recovery_attempts += 1
+                leg = self._next
+                self._next = None
+                try:
+                    async with asyncio.timeout(SETUP_TIMEOUT):
+                        if leg is None or leg.dead:
+                            leg = await self._open_leg()
+                        history, audio = self._continuation_payload()
+                        await self._go_live(leg, history, audio)
+                    ready = loop.time()
+                    # Bedrock refuses a stream (throttling, quota, access) only after it was
+                    # opened: the leg is live at once, but counts as recovered only if it
+                    # survives a moment. Audio sent meanwhile is still in the replay buffer.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(c.recovery_confirm_s):
+                            await leg.failed.wait()
+                    if leg.error is not None:
+                        raise leg.error
+                except (BackendError, TimeoutError) as err:
+                    last = err if isinstance(err, BackendError) else StreamLost("setup timed out")
+                    log.warning("recovery_attempt_failed", attempt=attempt, error=str(last))
+                    if leg is not None:
+                        if self._leg is leg:
+                            self._leg = None
+                        await self._drop_leg(leg)
+                    if not last.retryable:
+                        break
+                    continue
+                gap = (ready - failed_at) * 1000
+                size, replayed = self._account(history, audio)
+                self.stats.recoveries += 1
+                self.stats.recovery_gaps_ms.append(gap)
+                log.info("stream_recovered", leg=leg.number, attempts=attempt, gap_ms=round(gap))
+                self.listener.on_event(
+                    SessionContinued(
+                        "recovery",
+                        exc.kind,
+                        leg.number,
+                        round(gap, 1),
+                        attempts=attempt,
+                        history_messages=len(history),
+                        history_bytes=size,
+                        replayed_ms=round(replayed, 1),
+                    )
+                )
+                return
+        finally:
+            self._recovering = False
+            self._leg_changed.set()
+        self.stats.recovery_give_ups += 1
+        log.error("recovery_failed", kind=exc.kind, last=last.message, attempts=attempt)
+        self._fatal(
+            exc,
+            f"the speech service failed ({exc.message}) and reconnecting did not work "
+            f"({last.message})",
+        )
+
+    def _answer_lost_tools(self, leg: _Leg, why: str) -> None:
+        """Tool calls the old leg asked for and can no longer take a result for: the browser
+        gets an error result, the history notes it, nothing stays open."""
+        for use in leg.pending_tools.values():
+            self.stats.tool_calls += 1
+            self.listener.on_event(ToolCallFinished(use.tool_name, use.tool_use_id, False, why))
+            self._remember("ASSISTANT", f"(The {use.tool_name} tool call was cut off: {why}.)")
+        leg.pending_tools.clear()
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -295,84 +741,119 @@ class Conversation:
         ]
 
     async def _send(self, event: InputEvent) -> None:
-        stream = self._stream
-        if stream is None:
+        """Send to the live leg."""
+        leg = self._leg
+        if leg is None:
             raise StreamLost("no stream")
-        async with self._send_lock:
-            await stream.send(event)
+        await self._send_to(leg, event)
+
+    async def _send_to(self, leg: _Leg, event: InputEvent) -> None:
+        async with leg.send_lock:
+            await leg.stream.send(event)
 
     async def _sender_loop(self) -> None:
-        """Forward caller audio; fill silence on our own clock when the caller goes quiet."""
+        """Forward caller audio to the live leg; fill silence on our own clock when the caller
+        goes quiet; hand over to a prepared leg between two chunks."""
         silence = bytes(CHUNK_SAMPLES * 2)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(SILENCE_AFTER):
-                        pcm = await self._audio_q.get()
-                except TimeoutError:
-                    # About SILENCE_AFTER seconds passed with no audio: send that much silence.
-                    for _ in range(round(SILENCE_AFTER / CHUNK_SECONDS)):
-                        await self._send(AudioInput(self.prompt_name, self.audio_content, silence))
-                        self.stats.silence_chunks_sent += 1
+        fill = round(SILENCE_AFTER / CHUNK_SECONDS)
+        while True:
+            try:
+                async with asyncio.timeout(SILENCE_AFTER):
+                    chunks = [(await self._audio_q.get(), False)]
+            except TimeoutError:
+                # About SILENCE_AFTER seconds passed with no audio: send that much silence.
+                chunks = [(silence, True)] * fill
+            for pcm, filled in chunks:
+                self._replay.add(pcm)
+                leg = self._leg
+                if leg is None or leg.dead:
+                    continue  # recovering: the replay buffer keeps it for the next leg
+                new = self._next
+                if (
+                    self._renew_wanted
+                    and new is not None
+                    and not new.dead
+                    and (self._renew_forced or self._natural_point(leg))
+                ):
+                    await self._hand_over(leg, new)  # replays this chunk too
                     continue
-                await self._send(AudioInput(self.prompt_name, self.audio_content, pcm))
-                self.stats.audio_chunks_sent += 1
-        except BackendError as exc:
-            self._fail(exc)
+                try:
+                    await self._send_to(leg, AudioInput(self.prompt_name, self.audio_content, pcm))
+                except BackendError as exc:
+                    self._leg_failed(leg, exc)
+                    continue
+                if filled:
+                    self.stats.silence_chunks_sent += 1
+                else:
+                    self.stats.audio_chunks_sent += 1
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def _receive_loop(self, stream: BackendStream) -> None:
+    async def _receive_loop(self, leg: _Leg) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            async for event in stream.events():
-                self._handle(event)
+            async for event in leg.stream.events():
+                leg.last_output_at = loop.time()
+                if leg is self._leg and not leg.retired:
+                    self._handle(leg, event)
+                else:
+                    self.stats.stale_events_dropped += 1
         except BackendError as exc:
-            self._fail(exc)
+            self._leg_failed(leg, exc)
             return
         except Exception as exc:  # a bug below us must not leave the call hanging silently
             log.exception("receive_loop_failed")
-            self._fail(StreamLost(f"unexpected error: {exc!r}"))
+            self._leg_failed(leg, StreamLost(f"unexpected error: {exc!r}"))
             return
-        if not self._closing:
-            self._fail(StreamLost("the model ended the session unexpectedly"))
-        else:
+        if leg.retired or leg.dead:
+            return
+        if self._closing and leg is self._leg:
             self._finish("closed")
+            return
+        self._leg_failed(leg, StreamLost("the model ended the session unexpectedly"))
 
-    def _handle(self, event: OutputEvent) -> None:
+    def _handle(self, leg: _Leg, event: OutputEvent) -> None:
         match event:
             case OutputContentStart():
-                self._contents[event.content_id] = _Content(
+                leg.contents[event.content_id] = _Content(
                     event.type, event.role, event.generation_stage
                 )
+                if event.role == "ASSISTANT":
+                    self._reply_expected_at = None
+                    if event.type == "TEXT" and event.generation_stage == "SPECULATIVE":
+                        self._speculative_open += 1
                 if event.type == "AUDIO" and event.role == "ASSISTANT":
                     self._turn_interrupted = False
                     self._turn_audio_seen = False
             case TextOutput():
-                self._on_text(event)
+                self._on_text(leg, event)
             case SonicAudioOutput():
-                if event.content_id in self._interrupted_audio:
+                if event.content_id in leg.interrupted_audio:
                     return
                 if not self._turn_audio_seen:
                     self._turn_audio_seen = True
                     self.listener.on_event(BotAudioStarted(asyncio.get_running_loop().time()))
                 self.listener.on_audio(event.content)
             case ToolUse():
-                self._pending_tools[event.content_id] = event
+                self._reply_expected_at = None
+                leg.pending_tools[event.content_id] = event
                 self.listener.on_event(
                     ToolCallStarted(event.tool_name, event.tool_use_id, event.content)
                 )
             case OutputContentEnd():
-                content = self._contents.pop(event.content_id, None)
+                content = leg.contents.pop(event.content_id, None)
                 if event.stop_reason == "INTERRUPTED":
-                    self._barge_in(event.content_id if event.type == "AUDIO" else None)
+                    self._barge_in(leg, event.content_id if event.type == "AUDIO" else None)
                 elif event.type == "AUDIO" and content is not None and content.role == "ASSISTANT":
                     self.listener.on_event(BotTurnDone())
                 if event.type == "TOOL":
-                    use = self._pending_tools.pop(event.content_id, None)
+                    use = leg.pending_tools.pop(event.content_id, None)
                     if use is not None:
-                        self._spawn(self._run_tool(use))
+                        leg.running_tools += 1
+                        self._spawn(self._run_tool(leg, use))
             case CompletionEnd():
-                self._interrupted_audio.clear()
+                leg.interrupted_audio.clear()
+                self._speculative_open = 0
                 self.stats.turns += 1
                 self.listener.on_event(BotTurnDone())
             case UsageEvent():
@@ -382,14 +863,16 @@ class Conversation:
             case _:
                 pass
 
-    def _on_text(self, event: TextOutput) -> None:
+    def _on_text(self, leg: _Leg, event: TextOutput) -> None:
         if is_interruption_marker(event.content):
-            self._barge_in(None)
+            self._barge_in(leg, None)
             return
-        content = self._contents.get(event.content_id)
+        content = leg.contents.get(event.content_id)
         role = content.role if content is not None else event.role
         stage = content.stage if content is not None else "FINAL"
         text = event.content.strip()
+        if role == "ASSISTANT" and stage != "SPECULATIVE" and self._speculative_open:
+            self._speculative_open -= 1  # the final text of a speculative one: turn complete
         if not text:
             return  # empty user transcripts caused spurious interruptions elsewhere
         if role == "USER":
@@ -397,6 +880,9 @@ class Conversation:
             self.listener.on_event(UserTranscript(text, final))
             if final:
                 self._remember("USER", text)
+                # What the live leg heard is in the history now; never replay it as audio.
+                self._replay.commit()
+                self._reply_expected_at = asyncio.get_running_loop().time()
         elif role == "ASSISTANT":
             final = stage != "SPECULATIVE"
             self.listener.on_event(BotText(text, final))
@@ -409,16 +895,17 @@ class Conversation:
             history[-1] = (role, f"{history[-1][1]} {text}")
         else:
             history.append((role, text))
-        if len(history) > 200:
-            del history[:-200]
+        if len(history) > MAX_HISTORY:
+            del history[:-MAX_HISTORY]
 
-    def _barge_in(self, audio_content_id: str | None) -> None:
+    def _barge_in(self, leg: _Leg, audio_content_id: str | None) -> None:
         # Drop whatever audio of the current assistant turn is still open or still to come.
-        for cid, content in self._contents.items():
+        for cid, content in leg.contents.items():
             if content.type == "AUDIO" and content.role == "ASSISTANT":
-                self._interrupted_audio.add(cid)
+                leg.interrupted_audio.add(cid)
         if audio_content_id is not None:
-            self._interrupted_audio.add(audio_content_id)
+            leg.interrupted_audio.add(audio_content_id)
+        self._speculative_open = 0
         if self._turn_interrupted:
             return
         self._turn_interrupted = True
@@ -426,29 +913,36 @@ class Conversation:
         self.stats.barge_ins += 1
         self.listener.on_event(BotInterrupted(dropped))
 
-    async def _run_tool(self, use: ToolUse) -> None:
-        async with self._tool_sem:
-            result, ok = await self.tools.run(use.tool_name, use.content)
+    async def _run_tool(self, leg: _Leg, use: ToolUse) -> None:
+        try:
+            async with self._tool_sem:
+                result, ok = await self.tools.run(use.tool_name, use.content)
+        finally:
+            leg.running_tools -= 1
         self.stats.tool_calls += 1
         self.listener.on_event(ToolCallFinished(use.tool_name, use.tool_use_id, ok, result))
+        if leg.dead or leg.retired or leg is not self._leg:
+            # The stream that asked is gone; its successor never saw the toolUse. Keep the
+            # outcome in the history so the model knows it on the next stream.
+            self._remember("ASSISTANT", f"(The {use.tool_name} tool returned: {result})")
+            return
         name = str(uuid.uuid4())
         try:
-            await self._send(ToolResultContentStart(self.prompt_name, name, use.tool_use_id))
-            await self._send(ToolResult(self.prompt_name, name, result))
-            await self._send(ContentEnd(self.prompt_name, name))
+            await self._send_to(
+                leg, ToolResultContentStart(self.prompt_name, name, use.tool_use_id)
+            )
+            await self._send_to(leg, ToolResult(self.prompt_name, name, result))
+            await self._send_to(leg, ContentEnd(self.prompt_name, name))
         except BackendError as exc:
-            self._fail(exc)
+            self._leg_failed(leg, exc)
 
     # -- ending ------------------------------------------------------------------------------
 
-    def _fail(self, exc: BackendError) -> None:
+    def _fatal(self, exc: BackendError, message: str | None = None) -> None:
         if self.ended.is_set():
             return
-        if self._closing:
-            self._finish("closed")
-            return
-        log.warning("conversation_failed", kind=exc.kind, error=exc.message)
-        self.listener.on_event(ConversationError(exc.kind, exc.message, fatal=True))
+        log.warning("conversation_failed", kind=exc.kind, error=message or exc.message)
+        self.listener.on_event(ConversationError(exc.kind, message or exc.message, fatal=True))
         self._finish(f"error:{exc.kind}")
 
     def _finish(self, reason: str) -> None:
@@ -456,6 +950,7 @@ class Conversation:
             return
         self.end_reason = reason
         self.ended.set()
+        self._leg_changed.set()
         self.listener.on_event(ConversationEnded(reason))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:

@@ -8,14 +8,79 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any, Final, TextIO
 
 import structlog
 
+SECRET_WORDS: Final = (
+    "secret",
+    "password",
+    "token",
+    "credential",
+    "authorization",
+    "access_key",
+    "api_key",
+    "signature",
+)
+TRANSCRIPT_KEYS: Final = frozenset({"text", "transcript", "system_prompt", "prompt"})
+MAX_VALUE_CHARS: Final = 1000
+"""Longer strings are cut: a base64 audio chunk or a whole request must never fill the logs."""
 
-def configure(fmt: str = "auto", level: str = "info") -> None:
-    pretty = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+
+class Redactor:
+    """A structlog processor, last before rendering, that keeps audio, secrets and (unless asked
+    for) transcript text out of every log line, whatever the code that logged passed in.
+
+    Audio is bytes (or base64 text): bytes become their length, long strings are cut. Secrets are
+    recognised by key name. Transcript text (keys ``text``, ``transcript``, prompts) becomes its
+    length unless the operator turned ``--log-transcripts`` on."""
+
+    def __init__(self, transcripts: bool = False) -> None:
+        self.transcripts = transcripts
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event):
+            if key != "event":
+                event[key] = self._clean(key, event[key], 0)
+        return event
+
+    def _clean(self, key: str, value: Any, depth: int) -> Any:
+        lowered = key.lower()
+        if any(word in lowered for word in SECRET_WORDS):
+            return "[redacted]"
+        if isinstance(value, bytes | bytearray | memoryview):
+            return f"<{len(value)} bytes>"
+        if isinstance(value, str):
+            if lowered in TRANSCRIPT_KEYS and not self.transcripts:
+                return f"<{len(value)} chars>"
+            if len(value) > MAX_VALUE_CHARS:
+                return value[:MAX_VALUE_CHARS] + f"...<{len(value) - MAX_VALUE_CHARS} more chars>"
+            return value
+        if isinstance(value, dict) and depth < 3:
+            return {str(k): self._clean(str(k), v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple) and depth < 3:
+            return [self._clean(key, v, depth + 1) for v in value[:50]]
+        return value
+
+
+def configure(
+    fmt: str = "auto",
+    level: str = "info",
+    transcripts: bool = False,
+    stream: TextIO | None = None,
+    cache: bool = True,
+) -> None:
+    """Set up structlog (and stdlib logging) for the process.
+
+    ``transcripts`` lets transcript text through (``--log-transcripts``); ``stream`` and
+    ``cache=False`` exist for tests, which reconfigure logging inside one process."""
+    out = stream if stream is not None else sys.stderr
+    pretty = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
         if pretty
         else structlog.processors.JSONRenderer()
     )
@@ -33,9 +98,10 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            Redactor(transcripts),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=cache,
     )

@@ -43,12 +43,15 @@ from voicegate.conversation import (
     ConversationError,
     ConversationEvent,
     ConversationSettings,
+    SessionContinued,
     ToolCallFinished,
     ToolCallStarted,
     Usage,
     UserTranscript,
 )
+from voicegate.metrics import RTP_SAMPLE_INTERVAL, GatewayMetrics, RtpSample, rtp_sample
 from voicegate.playout import PlayoutTrack
+from voicegate.recording import CallRecording
 from voicegate.tools import ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -70,6 +73,18 @@ class PeerOptions:
     ice_servers: tuple[RTCIceServer, ...] = ()
     relay_only: bool = False
     max_call_seconds: float = 3600.0
+    idle_timeout: float = 0.0
+    """issue 7: end the call after this long without speech either way (0: never)."""
+    metrics: GatewayMetrics | None = None
+    """issue 7: where turn latency, barge-ins, backend errors and RTP samples are counted."""
+    recording: CallRecording | None = None
+    """issue 7: this call's recording, when the operator enabled it and the call asked for it."""
+    reconnect_grace: float = 30.0
+    """issue 4: after the browser's connection drops, the conversation waits this long for the
+    page to reconnect (``restart_pc``) before the call is freed."""
+    stall_after: float = 5.0
+    """issue 4: no inbound audio for this long counts as a dropped connection (browsers send
+    audio frames continuously; aiortc only notices a dead path after ~30 s of ICE consent)."""
 
 
 @dataclass(slots=True)
@@ -88,7 +103,10 @@ class PeerSession:
         tools: ToolRegistry,
         options: PeerOptions,
         on_closed: Callable[[PeerSession], None],
+        conversation: Conversation | None = None,
     ) -> None:
+        """``conversation``: one that survives from this call's previous connection (issue 4,
+        browser reconnect); it is already running and keeps its history."""
         self.pc_id = pc_id
         self.backend_name = backend.name
         self.options = options
@@ -110,7 +128,16 @@ class PeerSession:
             on_started=self._bot_started,
             on_stopped=self._bot_stopped,
         )
-        self.conversation = Conversation(backend, settings, tools, self)
+        self._adopted = conversation is not None
+        self.conversation = conversation or Conversation(backend, settings, tools, self)
+        self.conversation.listener = self
+        self._detaching = False
+        self._grace: asyncio.Task[None] | None = None
+        self.metrics = options.metrics
+        self.recording = options.recording
+        self.rtp: RtpSample | None = None  # the latest getStats() sample
+        if self.recording is not None:
+            self._tap_playout(self.recording)
         self._channel: RTCDataChannel | None = None
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_MESSAGES)
         self.messages_dropped = 0
@@ -118,6 +145,7 @@ class PeerSession:
         self._timing = TurnTiming()
         self.turn_latencies_ms: list[float] = []
         self._user_speaking = False
+        self._last_activity = time.monotonic()  # issue 7: user speech or bot audio
         self.stats: dict[str, int] = {"frames_in": 0, "chunks_out": 0}
         self._log = log.bind(pc_id=pc_id)
 
@@ -139,9 +167,17 @@ class PeerSession:
             raise OfferError(f"the offer SDP could not be parsed ({type(exc).__name__})") from exc
         if not any(m.kind == "audio" for m in parsed.media):
             raise OfferError("the offer has no audio section (m=audio)")
+        # Mandatory per RFC 8829 5.8.3; aiortc dereferences them unchecked and fails with an
+        # AttributeError, in setRemoteDescription or later in a background task
+        # (aiortc/aiortc#391, aiortc/aiortc#255). Found by tests/test_fuzz_http.py.
+        for i, media in enumerate(parsed.media):
+            if media.dtls is None or not media.dtls.fingerprints:
+                raise OfferError(f"media section {i} of the offer has no DTLS fingerprint")
+            if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+                raise OfferError(f"media section {i} of the offer has no ICE ufrag/pwd")
         try:
             await pc.setRemoteDescription(offer)
-        except (ValueError, TypeError, KeyError, IndexError, AssertionError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, AssertionError, AttributeError) as exc:
             raise OfferError(
                 f"the offer SDP could not be used: {exc or type(exc).__name__}"
             ) from exc
@@ -149,18 +185,30 @@ class PeerSession:
         if not audio:
             raise OfferError("the offer has no audio transceiver")
         pc.addTrack(self.playout)
-        conversation = asyncio.ensure_future(self.conversation.start())
+        conversation = asyncio.ensure_future(
+            _already_started() if self._adopted else self.conversation.start()
+        )
         try:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-        except BaseException:
+        except BaseException as exc:
             conversation.cancel()
             with contextlib.suppress(BaseException):
                 await conversation
+            # Offers aiortc accepted but cannot answer (e.g. a section left without a transport
+            # by odd BUNDLE groups) end in AttributeError inside aiortc; same family as
+            # aiortc/aiortc#391. Found by tests/test_fuzz_http.py.
+            if isinstance(exc, ValueError | TypeError | KeyError | IndexError | AttributeError):
+                raise OfferError(
+                    f"no answer is possible for this offer ({type(exc).__name__})"
+                ) from exc
             raise
         await conversation  # BackendError propagates: the caller answers 502 and closes us
         self._spawn(self._watch_conversation())
         self._spawn(self._deadline())
+        self._spawn(self._sample_rtp())
+        if self.options.idle_timeout > 0:
+            self._spawn(self._idle_watch())
         desc = pc.localDescription
         return RTCSessionDescription(sdp=desc.sdp, type=desc.type)
 
@@ -193,18 +241,27 @@ class PeerSession:
         send = self.conversation.send_audio
         while True:
             try:
-                frame = await track.recv()
+                async with asyncio.timeout(self.options.stall_after):
+                    frame = await track.recv()
             except MediaStreamError:
                 return
+            except TimeoutError:
+                self._connection_lost("stalled")  # issue 4: keep waiting, the grace runs
+                continue
+            if self._grace is not None:
+                self._connection_back()
             if not isinstance(frame, av.AudioFrame):
                 continue
             self.stats["frames_in"] += 1
             pcm = resampler.process(frame)
+            if self.recording is not None:
+                self.recording.user(pcm.tobytes())
             for chunk in chunker.push(pcm):
                 send(chunk)
                 self.stats["chunks_out"] += 1
             for vframe in vad_chunker.push(pcm):
                 if vad.is_speech(vframe, 16000):
+                    self._last_activity = time.monotonic()
                     speech_run += 1
                     quiet_run = 0
                     if self._user_speaking:
@@ -233,6 +290,8 @@ class PeerSession:
             else None
         )
         self.turn_latencies_ms.append(total)
+        if self.metrics is not None:
+            self.metrics.observe_turn(total / 1000, None if model is None else model / 1000)
         self.send_message(
             rtvi.server_message(
                 "turn-latency",
@@ -248,6 +307,7 @@ class PeerSession:
     # -- ConversationListener --------------------------------------------------------------
 
     def on_audio(self, pcm: bytes) -> None:
+        self._last_activity = time.monotonic()
         self.playout.push(pcm)
 
     def on_flush(self) -> int:
@@ -257,13 +317,21 @@ class PeerSession:
         match event:
             case UserTranscript():
                 self.send_message(rtvi.user_transcription(event.text, event.final, self.pc_id))
+                if event.final:
+                    self._transcript("user", event.text)
             case BotText():
                 kind = "bot-transcription" if event.final else "bot-llm-text"
                 self.send_message(rtvi.message(kind, {"text": event.text}))
+                if event.final:
+                    self._transcript("assistant", event.text)
             case BotAudioStarted():
                 if self._timing.model_audio is None:
                     self._timing.model_audio = event.at
             case BotInterrupted():
+                if self.metrics is not None:
+                    self.metrics.barge_ins.inc()
+                if self.recording is not None:
+                    self.recording.line("interrupted", dropped_ms=event.dropped_samples / 24)
                 self.send_message(
                     rtvi.message("bot-interrupted", {"dropped_ms": event.dropped_samples / 24})
                 )
@@ -281,6 +349,8 @@ class PeerSession:
                     )
                 )
             case ToolCallFinished():
+                if self.recording is not None:
+                    self.recording.line("tool", name=event.name, ok=event.ok, result=event.result)
                 self.send_message(
                     rtvi.server_message(
                         "tool-result",
@@ -304,7 +374,23 @@ class PeerSession:
                     )
                 )
             case ConversationError():
+                if self.metrics is not None:
+                    self.metrics.backend_errors.inc(kind=event.kind)
                 self.send_message(rtvi.error(event.message, event.fatal, event.kind))
+            case SessionContinued():  # issue 4: for the debug panel, never an error
+                self.send_message(
+                    rtvi.server_message(
+                        event.kind,
+                        reason=event.reason,
+                        stream=event.leg,
+                        gap_ms=event.gap_ms,
+                        forced=event.forced,
+                        attempts=event.attempts,
+                        history_messages=event.history_messages,
+                        history_bytes=event.history_bytes,
+                        replayed_ms=event.replayed_ms,
+                    )
+                )
             case ConversationEnded():
                 pass
 
@@ -348,8 +434,42 @@ class PeerSession:
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         self._log.info("connection_state", state=state)
-        if state in ("failed", "closed"):
+        if state == "closed":  # the browser closed its side: a deliberate end
             self._spawn(self.close(f"connection-{state}"))
+        elif state == "failed":
+            self._connection_lost(state)
+
+    # -- browser reconnect (issue 4) ----------------------------------------------------------
+
+    def _connection_lost(self, how: str) -> None:
+        """The path to the browser is gone (network change, sleeping laptop): keep the
+        conversation for the grace period so the page can reconnect with ``restart_pc``."""
+        if self._grace is not None or self._closing:
+            return
+        self._log.info("connection_lost", how=how, grace_s=self.options.reconnect_grace)
+        self._grace = asyncio.ensure_future(self._grace_then_close(how))
+        self._tasks.add(self._grace)
+        self._grace.add_done_callback(self._tasks.discard)
+
+    def _connection_back(self) -> None:
+        if self._grace is not None and self.pc.connectionState != "failed":
+            self._log.info("connection_back")
+            self._grace.cancel()
+            self._grace = None
+
+    async def _grace_then_close(self, how: str) -> None:
+        await asyncio.sleep(self.options.reconnect_grace)
+        await self.close(f"connection-{how}")
+
+    async def detach(self) -> Conversation | None:
+        """Release this connection but not its conversation, which is returned (None if it has
+        ended) for the call's next connection (``restart_pc`` with the same pc_id)."""
+        if self._closing:
+            await self.closed.wait()
+            return None
+        self._detaching = not self.conversation.ended.is_set()
+        await self.close("restart")
+        return self.conversation if self._detaching else None
 
     async def _watch_conversation(self) -> None:
         await self.conversation.ended.wait()
@@ -361,9 +481,67 @@ class PeerSession:
 
     async def _deadline(self) -> None:
         await asyncio.sleep(self.options.max_call_seconds)
-        self.send_message(rtvi.error("the call reached its maximum duration", True, "max_duration"))
+        await self.end("the call reached its maximum duration", "max_duration", "max-duration")
+
+    async def _idle_watch(self) -> None:
+        """A timer, not a poll: it sleeps until the idle deadline and re-arms if anything was said
+        meanwhile. A forgotten open tab would otherwise keep a paid Bedrock stream running."""
+        timeout = self.options.idle_timeout
+        while True:
+            if self.playout.speaking:
+                self._last_activity = time.monotonic()
+            due = self._last_activity + timeout - time.monotonic()
+            if due <= 0:
+                break
+            await asyncio.sleep(due)
+        await self.end(f"the call ended after {timeout:g} s without speech", "idle", "idle")
+
+    async def end(self, message: str, kind: str, reason: str) -> None:
+        """End the call with a fatal error message the browser can show (max duration, idle,
+        server shutdown), giving the message a moment to leave before the transport closes."""
+        if self._closing:
+            await self.closed.wait()
+            return
+        self._log.info("call_ending", reason=reason)
+        self.send_message(rtvi.error(message, True, kind))
         await asyncio.sleep(0.5)
-        await self.close("max-duration")
+        await self.close(reason)
+
+    # -- observability (issue 7) -------------------------------------------------------------
+
+    def _transcript(self, role: str, text: str) -> None:
+        # The text is dropped from the line by logs.Redactor unless --log-transcripts is on.
+        self._log.info("transcript", role=role, text=text)
+        if self.recording is not None:
+            self.recording.line(role, text=text)
+
+    def _tap_playout(self, recording: CallRecording) -> None:
+        """Record each outbound frame as aiortc takes it for encoding: that is exactly what the
+        browser hears, silence and barge-in cuts included. PlayoutTrack has no frame hook, so
+        the tap wraps ``recv`` on this one instance."""
+        inner = self.playout.recv
+
+        async def recv() -> av.AudioFrame:
+            frame = await inner()
+            recording.bot(bytes(frame.planes[0])[: frame.samples * 2])
+            return frame
+
+        self.playout.recv = recv  # type: ignore[method-assign]
+
+    async def _sample_rtp(self) -> None:
+        """Every few seconds, aiortc's ``getStats()`` (loss, jitter, RTT from RTCP) goes to the
+        metrics and to the page's debug panel as a ``server-message`` of kind ``rtp-stats``."""
+        while True:
+            await asyncio.sleep(RTP_SAMPLE_INTERVAL)
+            try:
+                report = await self.pc.getStats()
+            except Exception:  # a transport torn down under us: the call is ending
+                return
+            sample = rtp_sample(report.values())
+            self.rtp = sample
+            if self.metrics is not None:
+                self.metrics.observe_rtp(self.pc_id, sample)
+            self.send_message(rtvi.server_message("rtp-stats", **sample.as_dict()))
 
     def _spawn(self, coro: Any) -> None:
         if self._closing and self.closed.is_set():
@@ -383,11 +561,14 @@ class PeerSession:
         self._log.info("call_closing", reason=reason)
         current = asyncio.current_task()
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.conversation.close(reason)
+            if not self._detaching:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.conversation.close(reason)
         except TimeoutError:
             self._log.warning("conversation_close_timeout")
         self.playout.stop()
+        if self.recording is not None:
+            self.recording.close()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.pc.close()
@@ -413,3 +594,7 @@ def _json_or_text(text: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, TypeError):
         return text
+
+
+async def _already_started() -> None:
+    """The adopted conversation of a reconnect is running already (issue 4)."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Final
 
 import av
+import numpy as np
 import structlog
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -29,6 +30,13 @@ STOP_HANGOVER_FRAMES: Final = 10
 """Empty frames before the bot counts as stopped when the turn has not been marked finished."""
 MAX_LATE: Final = 0.1
 """When the loop falls this far behind schedule, re-anchor the clock instead of bursting frames."""
+LEAD_FLOOR_FRAMES: Final = 2
+"""Queued audio a live (real-time) stream keeps as its cushion against arrival jitter."""
+LEAD_WINDOW_FRAMES: Final = 50
+LEAD_STEADY_FRAMES: Final = 3
+MAX_TRIM_PER_FRAME: Final = 5
+SILENT_PEAK: Final = 64
+"""A frame whose samples all stay within +-64 (-54 dBFS) counts as silence for lead trimming."""
 
 
 class PlayoutTrack(MediaStreamTrack):
@@ -62,6 +70,9 @@ class PlayoutTrack(MediaStreamTrack):
         self.dropped_overflow_bytes = 0
         self.flushed_bytes = 0
         self.resyncs = 0
+        self.trimmed_frames = 0
+        self._levels: deque[int] = deque(maxlen=LEAD_WINDOW_FRAMES)
+        self._floor = LEAD_FLOOR_FRAMES * self._frame_bytes
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -96,6 +107,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._chunks.clear()
         self._head = 0
         self._buffered = 0
+        self._levels.clear()
         self.flushed_bytes += dropped
         if self._speaking:
             self._set_stopped(interrupted=True)
@@ -130,6 +142,7 @@ class PlayoutTrack(MediaStreamTrack):
                 self.resyncs += 1
         if self.readyState != "live":
             raise MediaStreamError
+        self._trim_lead()
         pcm = self._take()
         frame = pcm_frame(
             pcm if pcm is not None else self._silence, self.rate, self._n * self.frame_samples
@@ -149,6 +162,50 @@ class PlayoutTrack(MediaStreamTrack):
                 if self._turn_done or self._empty_frames >= STOP_HANGOVER_FRAMES:
                     self._set_stopped(interrupted=False)
         return frame
+
+    def _trim_lead(self) -> None:
+        """Give back latency that stalls added to a live stream, by dropping digital silence.
+
+        A source that produces audio at real time (an echo, a paced model) keeps whatever lead
+        it once gained: every loop stall, silence fill or underrun adds to the queue and nothing
+        ever takes it away, so the delay only ratchets up. When the queue has held a steady
+        level (within a few frames for a whole second) above the cushion, whole frames of
+        silence (below -54 dBFS) at its head are dropped until it is back at the cushion. Speech is
+        never touched, and a model streaming ahead of real time (its queue grows, then drains)
+        is never steady, so its pauses keep their length.
+        """
+        levels = self._levels
+        levels.append(self._buffered)
+        if self._buffered < self._floor + self._frame_bytes or len(levels) < levels.maxlen:
+            return
+        if max(levels) - min(levels) > LEAD_STEADY_FRAMES * self._frame_bytes:
+            return
+        trimmed = 0
+        while (
+            trimmed < MAX_TRIM_PER_FRAME
+            and self._buffered >= self._floor + self._frame_bytes
+            and self._head_is_silent()
+        ):
+            self._take()
+            trimmed += 1
+        if trimmed:
+            self.trimmed_frames += trimmed
+            levels.clear()
+
+    def _head_is_silent(self) -> bool:
+        """Whether the next whole frame queued is silence (without consuming it)."""
+        need = self._frame_bytes
+        head = self._head
+        for chunk in self._chunks:
+            piece = chunk[head : head + need]
+            samples = np.frombuffer(piece, np.int16)
+            if samples.size and int(np.abs(samples).max()) > SILENT_PEAK:
+                return False
+            need -= len(piece)
+            head = 0
+            if need <= 0:
+                return True
+        return False
 
     def _take(self) -> bytes | None:
         """One frame of queued audio (padded with silence at the very end), or None."""

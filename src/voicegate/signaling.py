@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,11 +22,15 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from voicegate import __version__
+from voicegate import __version__, auth, rtcpatch
 from voicegate.backends.base import Backend, BackendError
-from voicegate.config import ServeConfig
+from voicegate.config import ServeConfig, is_loopback
+from voicegate.continuation import ContinuationSettings
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
+from voicegate.metrics import CONTENT_TYPE, GatewayMetrics
 from voicegate.peer import OfferError, PeerOptions, PeerSession
+from voicegate.ratelimit import RateLimiter
+from voicegate.recording import Recorder, RecordingOptions
 from voicegate.tools import ToolRegistry, default_tools
 from voicegate.turn import TurnConfig
 
@@ -97,6 +102,136 @@ TOOLS: Final = web.AppKey("tools", ToolRegistry)
 SETTINGS: Final = web.AppKey("settings", ConversationSettings)
 STARTED: Final = web.AppKey("started", float)
 COUNTERS: Final = web.AppKey("counters", dict[str, int])
+METRICS: Final = web.AppKey("metrics", GatewayMetrics)  # issue 7
+RECORDER: Final = web.AppKey("recorder", Recorder)  # issue 7; absent unless configured
+LAG_TASK: Final = web.AppKey("lag_task", asyncio.Task[None])
+
+
+# -- access control (issue 7) ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Gate:
+    """Who may come in: whether tokens are needed, the offer rate limit, and the drain flag."""
+
+    auth_required: bool
+    limiter: RateLimiter
+    draining: bool = False
+
+
+GATE: Final = web.AppKey("gate", Gate)
+CLAIMS: Final = web.RequestKey("claims", auth.Claims)
+SESSION_GRACE_S: Final = 60
+"""A per-call token outlives its call's maximum length by this much, so hang-up still works."""
+_CORS_METHODS: Final = "GET, POST, PATCH, DELETE"
+_CORS_HEADERS: Final = "Authorization, Content-Type"
+
+
+def _same_origin(request: web.Request, origin: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(netloc) and netloc.lower() == request.host.lower()
+
+
+def _cors_headers(config: ServeConfig, origin: str) -> dict[str, str] | None:
+    if "*" in config.allowed_origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in config.allowed_origins:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return None
+
+
+def client_address(request: web.Request) -> str:
+    if request.app[CONFIG].trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last  # the address our own proxy saw; earlier entries are the client's word
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def access_control(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS, the offer rate limit and bearer tokens for everything under /api/. The page, its
+    files, /healthz and /readyz stay open: they start nothing and reveal no secret."""
+    resource = request.match_info.route.resource
+    routed_to_api = resource is not None and resource.canonical.startswith("/api/")
+    if not (request.path.startswith("/api/") or routed_to_api):  # both: no spelling slips by
+        return await handler(request)
+    app = request.app
+    config, gate = app[CONFIG], app[GATE]
+    origin = request.headers.get("Origin")
+    cors: dict[str, str] = {}
+    if origin is not None and not _same_origin(request, origin):
+        allowed = _cors_headers(config, origin)
+        if allowed is None:
+            return json_error(
+                403,
+                "cross-origin requests from this origin are not allowed "
+                "(the server's --allowed-origin list)",
+            )
+        cors = allowed
+        if request.method == "OPTIONS":
+            return web.Response(
+                status=204,
+                headers={
+                    **cors,
+                    "Access-Control-Allow-Methods": _CORS_METHODS,
+                    "Access-Control-Allow-Headers": _CORS_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                },
+            )
+    try:
+        response = await _admit(request, handler, gate, config)
+    except web.HTTPException as exc:
+        exc.headers.update(cors)
+        raise
+    response.headers.update(cors)
+    return response
+
+
+async def _admit(
+    request: web.Request, handler: Handler, gate: Gate, config: ServeConfig
+) -> web.StreamResponse:
+    if request.method == "POST" and request.path == "/api/offer":
+        wait = gate.limiter.check(client_address(request))
+        if wait > 0:
+            request.app[COUNTERS]["calls_refused"] += 1
+            seconds = RateLimiter.retry_after(wait)
+            return json_error(
+                429,
+                f"too many call offers from your address; retry in {seconds} s",
+                retry_after=seconds,
+            )
+    if gate.auth_required:
+        try:
+            if not config.auth_secret:
+                raise auth.AuthError("unconfigured", "this server has no auth secret configured")
+            token = auth.bearer(request.headers.get("Authorization"))
+            request[CLAIMS] = auth.verify(config.auth_secret, token)
+        except auth.AuthError as exc:
+            response = json_error(401, exc.message, reason=exc.reason, auth_required=True)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="voicegate"'
+            return response
+    return await handler(request)
+
+
+def _bound_claims(request: web.Request, pc_id: str) -> auth.Claims | None:
+    """The caller's claims if it may touch call ``pc_id`` (None in open dev mode). Only the
+    per-call token handed out with that call's answer may: checked before the call is even
+    looked up, so a stranger cannot learn which calls exist."""
+    claims = request.get(CLAIMS)
+    if claims is not None and claims.pc != pc_id:
+        raise ApiError(
+            403,
+            "this token does not belong to that call; use the session_token returned with the "
+            "call's answer",
+        )
+    return claims
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -152,6 +287,20 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness for a load balancer: false while draining or full, so new calls go elsewhere."""
+    app = request.app
+    if app[GATE].draining:
+        return web.json_response(
+            {"ready": False, "error": "voicegate is shutting down (draining calls)"}, status=503
+        )
+    if len(app[SESSIONS]) >= app[CONFIG].max_sessions:
+        return web.json_response(
+            {"ready": False, "error": "voicegate is at its concurrent call limit"}, status=503
+        )
+    return web.json_response({"ready": True})
+
+
 async def ice_servers(request: web.Request) -> web.Response:
     """ICE servers for a browser that wants relay candidates before it makes its offer."""
     session = f"web-{uuid.uuid4().hex[:16]}"
@@ -174,8 +323,23 @@ async def post_offer(request: web.Request) -> web.Response:
     restart = body.get("restart_pc", False)
     if restart is not None and not isinstance(restart, bool):
         raise ApiError(400, "field 'restart_pc' must be a boolean")
+    record = body.get("record", False)  # issue 7: per-call recording consent
+    if not isinstance(record, bool):
+        raise ApiError(400, "field 'record' must be a boolean")
+    if record and RECORDER not in app:
+        raise ApiError(400, "recording is not enabled on this server (see --record-dir)")
     if not sdp.startswith("v=0"):
         raise ApiError(400, "field 'sdp' is not an SDP offer (it must start with v=0)")
+    claims = request.get(CLAIMS)
+    if claims is not None and (claims.pc is not None or pc_id is not None):
+        if pc_id is None:
+            raise ApiError(403, "a call's session_token cannot start other calls")
+        _bound_claims(request, pc_id)
+    if app[GATE].draining:
+        app[COUNTERS]["calls_refused"] += 1
+        raise ApiError(
+            503, "voicegate is shutting down and takes no new calls", retry_after=RETRY_AFTER_S
+        )
     sessions = app[SESSIONS]
     if pc_id is not None and pc_id in sessions:
         if not restart:
@@ -184,7 +348,10 @@ async def post_offer(request: web.Request) -> web.Response:
                 "this pc_id has a live call; renegotiation is not supported, "
                 "send restart_pc: true to replace the connection",
             )
-        await sessions[pc_id].close("restart")
+        # issue 4: the conversation (model stream, history) survives the reconnect.
+        kept = await sessions[pc_id].detach()
+    else:
+        kept = None
     config = app[CONFIG]
     if len(sessions) >= config.max_sessions:
         app[COUNTERS]["calls_refused"] += 1
@@ -195,6 +362,15 @@ async def post_offer(request: web.Request) -> web.Response:
         )
     new_id = pc_id if pc_id is not None and restart else f"pc-{uuid.uuid4().hex}"
     turn = turn_config(config)
+    recording = (
+        app[RECORDER].start_call(new_id, asyncio.get_running_loop().time) if record else None
+    )
+    call_limit = config.max_call_seconds
+    if claims is not None:
+        if claims.mcs is not None:
+            call_limit = min(call_limit, claims.mcs)
+        if claims.pc is not None:  # a restart never outlives the call's own token
+            call_limit = min(call_limit, max(1.0, claims.exp - SESSION_GRACE_S - time.time()))
     session = PeerSession(
         new_id,
         app[BACKEND],
@@ -203,18 +379,27 @@ async def post_offer(request: web.Request) -> web.Response:
         PeerOptions(
             ice_servers=tuple(turn.server_servers(new_id)),
             relay_only=config.relay_only,
-            max_call_seconds=config.max_call_seconds,
+            max_call_seconds=call_limit,
+            idle_timeout=config.idle_timeout,
+            metrics=app[METRICS],
+            recording=recording,
+            reconnect_grace=config.reconnect_grace,
         ),
-        on_closed=lambda s: _forget(sessions, s),
+        on_closed=lambda s: _forget(sessions, s, app[METRICS]),
+        conversation=kept,
     )
     sessions[new_id] = session  # counted against the limit from now on
     try:
-        async with asyncio.timeout(OFFER_TIMEOUT):
-            answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
+        # issue 7: every task the call starts (conversation, backend, media) inherits this
+        # context, so each of their log lines carries the call id.
+        with structlog.contextvars.bound_contextvars(pc_id=new_id):
+            async with asyncio.timeout(OFFER_TIMEOUT):
+                answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
     except OfferError as exc:
         await session.close("bad-offer")
         raise ApiError(400, str(exc)) from None
     except BackendError as exc:
+        app[METRICS].backend_errors.inc(kind=exc.kind)
         await session.close("backend-failed")
         raise ApiError(
             502, f"the speech backend could not start the call: {exc.message}", kind=exc.kind
@@ -226,19 +411,39 @@ async def post_offer(request: web.Request) -> web.Response:
         await session.close("offer-failed")
         raise
     app[COUNTERS]["calls_total"] += 1
-    return web.json_response(
-        {
-            "sdp": answer.sdp,
-            "type": answer.type,
-            "pc_id": new_id,
-            "iceServers": turn.browser_servers(new_id),
-        }
-    )
+    app[METRICS].call_started(new_id)
+    result: dict[str, Any] = {
+        "sdp": answer.sdp,
+        "type": answer.type,
+        "pc_id": new_id,
+        "iceServers": turn.browser_servers(new_id),
+        "recording": record,
+    }
+    if claims is not None:
+        # The one credential that can hang up or restart this call, and nothing else.
+        result["session_token"] = (
+            request.headers["Authorization"].split(None, 1)[1].strip()
+            if claims.pc is not None
+            else auth.mint(
+                config.auth_secret,
+                call_limit + SESSION_GRACE_S,
+                subject=claims.sub,
+                max_call_seconds=claims.mcs,
+                pc_id=new_id,
+            )
+        )
+        log.info("call_admitted", pc_id=new_id, subject=claims.sub)
+    return web.json_response(result)
 
 
-def _forget(sessions: dict[str, PeerSession], session: PeerSession) -> None:
+def _forget(
+    sessions: dict[str, PeerSession], session: PeerSession, metrics: GatewayMetrics | None = None
+) -> None:
     if sessions.get(session.pc_id) is session:
         del sessions[session.pc_id]
+    if metrics is not None:
+        seconds = time.monotonic() - session.created
+        metrics.call_ended(session.pc_id, session.close_reason, seconds, session.conversation.stats)
 
 
 async def patch_offer(request: web.Request) -> web.Response:
@@ -271,6 +476,7 @@ async def patch_offer(request: web.Request) -> web.Response:
         candidate.sdpMid = mid
         candidate.sdpMLineIndex = index
         candidates.append(candidate)
+    _bound_claims(request, pc_id)
     session = request.app[SESSIONS].get(pc_id)
     if session is None:
         raise ApiError(404, f"no call with pc_id {pc_id!r}")
@@ -283,11 +489,90 @@ async def patch_offer(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     pc_id = request.match_info["pc_id"]
+    _bound_claims(request, pc_id)
     session = request.app[SESSIONS].get(pc_id)
     if session is None:
         raise ApiError(404, f"no call with pc_id {pc_id!r}")
     await session.close("hangup")
     return web.Response(status=204)
+
+
+# -- observability (issue 7) -----------------------------------------------------------------
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition. Open like /healthz: it shows counts, never call ids or
+    content; keep it off the public listener (docs/observability.md)."""
+    text = request.app[METRICS].render()
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def count_offers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: sees the final status of every offer, whichever layer answered it."""
+    if request.path != "/api/offer" or request.method != "POST":
+        return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app[METRICS].offers.inc(status=str(status))
+
+
+async def _start_observability(app: web.Application) -> None:
+    app[LAG_TASK] = asyncio.get_running_loop().create_task(app[METRICS].watch_loop_lag())
+
+
+async def _stop_observability(app: web.Application) -> None:
+    task = app.get(LAG_TASK)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    recorder = app.get(RECORDER)
+    if recorder is not None:
+        await recorder.aclose()
+
+
+async def drain(app: web.Application, timeout: float, cut: asyncio.Event | None = None) -> int:
+    """Graceful shutdown, step one: take no new calls (readiness goes false), let the running
+    ones finish for up to ``timeout`` seconds (or until ``cut`` is set, e.g. a second signal),
+    then end the rest with a message to the browser. Returns how many calls were ended."""
+    app[GATE].draining = True
+    sessions = app[SESSIONS]
+    log.info("draining", calls=len(sessions), timeout_s=timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    cut_wait = asyncio.ensure_future((cut or asyncio.Event()).wait())
+    try:
+        while sessions and not cut_wait.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            waits = [asyncio.ensure_future(s.closed.wait()) for s in sessions.values()]
+            try:
+                await asyncio.wait(
+                    [*waits, cut_wait], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+    finally:
+        cut_wait.cancel()
+        await asyncio.gather(cut_wait, return_exceptions=True)
+    left = list(sessions.values())
+    if left:
+        log.info("draining_ends_calls", calls=len(left))
+        await asyncio.gather(
+            *(s.end("the server is shutting down", "shutdown", "shutdown") for s in left),
+            return_exceptions=True,
+        )
+    return len(left)
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -302,6 +587,11 @@ def conversation_settings(config: ServeConfig) -> ConversationSettings:
         system_prompt=config.system_prompt or DEFAULT_SYSTEM_PROMPT,
         voice_id=config.voice,
         endpointing_sensitivity=config.endpointing or None,
+        continuation=ContinuationSettings(  # issue 4
+            renew_after_s=config.renew_after,
+            force_after_s=config.renew_force_after,
+            recovery_attempts=config.recovery_attempts,
+        ),
     )
 
 
@@ -311,7 +601,11 @@ def create_app(
     tools: ToolRegistry | None = None,
     settings: ConversationSettings | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_as_json])
+    rtcpatch.apply()  # issue 5: voicegate's aiortc media path (idempotent, process-wide)
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[count_offers, access_control, errors_as_json],
+    )
     app[CONFIG] = config
     app[BACKEND] = backend
     app[TOOLS] = tools if tools is not None else default_tools()
@@ -319,12 +613,33 @@ def create_app(
     app[SESSIONS] = {}
     app[STARTED] = time.monotonic()
     app[COUNTERS] = {"calls_total": 0, "calls_refused": 0}
+    sessions: dict[str, PeerSession] = app[SESSIONS]
+    counters = app[COUNTERS]
+    app[METRICS] = GatewayMetrics(lambda: len(sessions), lambda: counters)
+    app[METRICS].live_stats(lambda: [s.conversation.stats for s in sessions.values()])
+    recording = RecordingOptions(
+        config.record_dir, config.record_s3_bucket, config.record_s3_prefix
+    )
+    if recording.enabled:
+        app[RECORDER] = Recorder(recording, app[METRICS])
+    auth_required = bool(config.auth_secret) or not is_loopback(config.host)
+    app[GATE] = Gate(auth_required, RateLimiter(config.offer_rate, config.offer_burst))
+    if not auth_required:
+        log.warning(
+            "open_dev_mode",
+            note="no auth secret and listening on loopback: signaling needs no token; "
+            "set --auth-secret before exposing voicegate",
+        )
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/ice-servers", ice_servers)
     app.router.add_post("/api/offer", post_offer)
     app.router.add_patch("/api/offer", patch_offer)
     app.router.add_delete("/api/sessions/{pc_id}", delete_session)
     app.router.add_get("/static/{path:.+}", static_file)
     app.on_shutdown.append(_shutdown)
+    app.on_startup.append(_start_observability)
+    app.on_cleanup.append(_stop_observability)
     return app

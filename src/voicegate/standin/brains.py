@@ -100,6 +100,11 @@ class Scenario:
     tool: str | None = None
     exception: str | None = None
     after_chunks: int = DEFAULT_EXCEPTION_AFTER
+    once: bool = False
+    """Fail (reset, exception) only in a session without replayed history, i.e. the first
+    stream of a call: the recovered stream then carries on (issue 4's recovery tests)."""
+    reset: bool = False
+    """``tool`` scenario: reset the stream right after the toolUse, before its result."""
 
     @classmethod
     def parse(cls, spec: str) -> Scenario:
@@ -108,19 +113,21 @@ class Scenario:
         if name not in SCENARIOS:
             raise ValueError(f"unknown scenario {name!r} (one of {sorted(SCENARIOS)})")
         greet = "greet" in args
-        args = [a for a in args if a != "greet"]
+        once = "once" in args
+        reset = name == "tool" and "reset" in args
+        args = [a for a in args if a not in ("greet", "once") and not (reset and a == "reset")]
         if name == "exception":
             if not args or args[0] not in EXCEPTIONS:
                 raise ValueError(f"exception scenario needs one of {sorted(EXCEPTIONS)}")
             after = int(args[1]) if len(args) > 1 else DEFAULT_EXCEPTION_AFTER
             if after < 0:
                 raise ValueError("exception scenario chunk count must be >= 0")
-            return cls(name, greet, exception=args[0], after_chunks=after)
+            return cls(name, greet, exception=args[0], after_chunks=after, once=once)
         if name == "tool":
-            return cls(name, greet, tool=args[0] if args else None)
+            return cls(name, greet, tool=args[0] if args else None, once=once, reset=reset)
         if args:
-            raise ValueError(f"scenario {name!r} takes no arguments besides greet")
-        return cls(name, greet)
+            raise ValueError(f"scenario {name!r} takes no arguments besides greet and once")
+        return cls(name, greet, once=once)
 
     @property
     def label(self) -> str:
@@ -129,8 +136,12 @@ class Scenario:
             parts += [self.exception, str(self.after_chunks)]
         if self.tool:
             parts.append(self.tool)
+        if self.reset:
+            parts.append("reset")
         if self.greet:
             parts.append("greet")
+        if self.once:
+            parts.append("once")
         return ":".join(parts)
 
 
@@ -257,7 +268,8 @@ class ScriptedBrain(InProcessStream):
             self.scenario = scenario_from_prompt(self.system_prompt, self.scenario)
         except ValueError as exc:
             raise ValidationFailed(f"stand-in: {exc}") from exc
-        if self.scenario.name == "exception" and self.scenario.after_chunks == 0:
+        first_chunk = self.scenario.after_chunks == 0
+        if self.scenario.name == "exception" and first_chunk and self._may_fail():
             await self._raise_scenario_exception()
             return
         self.spawn(self._worker())
@@ -270,7 +282,7 @@ class ScriptedBrain(InProcessStream):
         self._input_s += seconds
         self._clock.set()
         if self.scenario.name == "exception":
-            if self.audio_chunks >= self.scenario.after_chunks:
+            if self.audio_chunks >= self.scenario.after_chunks and self._may_fail():
                 await self._raise_scenario_exception()
             return
         voiced = rms(pcm) >= SPEECH_RMS
@@ -302,6 +314,9 @@ class ScriptedBrain(InProcessStream):
     async def on_close(self) -> None:
         for future in self._tool_results.values():
             future.cancel()
+
+    def _may_fail(self) -> bool:
+        return not (self.scenario.once and self.history)
 
     async def _raise_scenario_exception(self) -> None:
         assert self.scenario.exception is not None
@@ -342,6 +357,8 @@ class ScriptedBrain(InProcessStream):
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         tool_use_id = await self.emit_tool_use(name, TOOL_ARGUMENTS.get(name, {}))
         self._tool_results[tool_use_id] = future
+        if self.scenario.reset and self._may_fail():
+            raise ResetStream("scripted reset while a tool call is open")
         try:
             async with asyncio.timeout(TOOL_RESULT_TIMEOUT_S):
                 result = await future
@@ -364,7 +381,7 @@ class ScriptedBrain(InProcessStream):
             start_s = self._input_s
             emitted_s = 0.0
             for i, chunk in enumerate(chunks):
-                if self.scenario.name == "reset" and i == 3:
+                if self.scenario.name == "reset" and i == 3 and self._may_fail():
                     raise ResetStream("scripted reset after the reply started")
                 if paced:
                     while (

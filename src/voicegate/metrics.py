@@ -1,0 +1,561 @@
+"""Prometheus metrics for ``GET /metrics``, in the text exposition format, written by hand.
+
+Why by hand: the handful of metric types voicegate needs (counters, gauges, histograms with a few
+fixed labels) fit in a page, and a self-rendered registry has no process-global state, so every
+app (and every test server in one process) has its own numbers. Everything here is cheap and
+synchronous: observing is a dict update on the event loop; process figures (RSS, fds, threads)
+are read from /proc only when scraped.
+
+Label values come from voicegate's own code (error kinds, close reasons, latency stages), never
+from a request; still, each metric keeps at most ``MAX_SERIES`` label sets and folds the rest into
+``other`` so a bug cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+MAX_SERIES: Final = 64
+LATENCY_BUCKETS: Final = (
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
+)  # fmt: skip
+PLAYOUT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.5, 1.0)
+JITTER_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
+RTT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+LOSS_BUCKETS: Final = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+LAG_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+LAG_INTERVAL: Final = 0.25
+"""Seconds between event-loop lag probes: frequent enough to catch stalls, cost nil."""
+RTP_SAMPLE_INTERVAL: Final = 5.0
+"""Seconds between per-call ``getStats()`` samples (RTCP reports arrive about every 5 s anyway)."""
+OPUS_CLOCK: Final = 48000
+_NAME_OK: Final = re.compile(r"[^a-zA-Z0-9_]")
+
+LabelValues = tuple[str, ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _fmt(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name
+        self.help = help_text
+        self.labelnames = tuple(labelnames)
+
+    def _key(self, labels: dict[str, str], known: Mapping[LabelValues, object]) -> LabelValues:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        if key not in known and len(known) >= MAX_SERIES:
+            key = tuple("other" for _ in self.labelnames)
+        return key
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def samples(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    """A monotonically growing count; ``inc`` with a negative amount is refused."""
+
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        read: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(name, help_text, labelnames)
+        self._values: dict[LabelValues, float] = {}
+        self._read = read
+        if not self.labelnames:
+            self._values[()] = 0.0
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        key = self._key(labels, self._values)
+        self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(tuple(labels[n] for n in self.labelnames), 0.0)
+
+    def samples(self) -> list[str]:
+        if self._read is not None:
+            return [f"{self.name} {_fmt(self._read())}"]
+        return [
+            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
+            for k, v in sorted(self._values.items())
+        ]
+
+
+class Gauge(_Metric):
+    """A value that goes up and down, set directly or read from a callback at scrape time."""
+
+    kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        read: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(name, help_text, labelnames)
+        self._values: dict[LabelValues, float] = {}
+        self._read = read
+
+    def set(self, value: float, **labels: str) -> None:
+        self._values[self._key(labels, self._values)] = value
+
+    def samples(self) -> list[str]:
+        if self._read is not None:
+            return [f"{self.name} {_fmt(self._read())}"]
+        return [
+            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
+            for k, v in sorted(self._values.items())
+        ]
+
+
+@dataclass(slots=True)
+class _HistogramState:
+    counts: list[int]
+    total: float = 0.0
+    count: int = 0
+
+
+class Histogram(_Metric):
+    """Cumulative buckets, ``_sum`` and ``_count`` per label set (Prometheus semantics)."""
+
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        buckets: Sequence[float],
+        labelnames: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name, help_text, labelnames)
+        self.buckets = tuple(sorted(buckets))
+        self._states: dict[LabelValues, _HistogramState] = {}
+
+    def observe(self, value: float, **labels: str) -> None:
+        if math.isnan(value):
+            return
+        key = self._key(labels, self._states)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _HistogramState([0] * len(self.buckets))
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                state.counts[i] += 1
+                break
+        state.total += value
+        state.count += 1
+
+    def count(self, **labels: str) -> int:
+        state = self._states.get(tuple(labels[n] for n in self.labelnames))
+        return 0 if state is None else state.count
+
+    def samples(self) -> list[str]:
+        lines: list[str] = []
+        for key, state in sorted(self._states.items()):
+            cumulative = 0
+            for bound, n in zip(self.buckets, state.counts, strict=True):
+                cumulative += n
+                le = _labels(self.labelnames, key, f'le="{_fmt(bound)}"')
+                lines.append(f"{self.name}_bucket{le} {cumulative}")
+            inf = _labels(self.labelnames, key, 'le="+Inf"')
+            lines.append(f"{self.name}_bucket{inf} {state.count}")
+            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_fmt(state.total)}")
+            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {state.count}")
+        return lines
+
+
+# -- process figures ---------------------------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def _asyncio_tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (rendered from a thread)
+        return 0
+
+
+# -- RTP statistics ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RtpSample:
+    """One call's RTP figures from aiortc's ``getStats()`` (RTCP-derived where noted).
+
+    ``inbound_*``: the browser's stream as voicegate receives it. ``outbound_*``: voicegate's
+    stream as the browser reports it in RTCP receiver reports (None until the first report)."""
+
+    inbound_packets: int = 0
+    inbound_lost: int = 0
+    inbound_jitter_s: float | None = None
+    outbound_packets_sent: int = 0
+    outbound_lost: int | None = None
+    outbound_fraction_lost: float | None = None
+    outbound_jitter_s: float | None = None
+    rtt_s: float | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return dataclasses.asdict(self)
+
+
+def rtp_sample(report: Iterable[object]) -> RtpSample:
+    """Digest an aiortc ``RTCStatsReport``'s values (audio only) into one ``RtpSample``.
+
+    aiortc reports jitter in RTP timestamp units (Opus: 48 kHz clock) and RTT in seconds."""
+    sample = RtpSample()
+    for stats in report:
+        kind = getattr(stats, "kind", "audio")
+        if kind != "audio":
+            continue
+        match getattr(stats, "type", ""):
+            case "inbound-rtp":
+                sample.inbound_packets += int(getattr(stats, "packetsReceived", 0) or 0)
+                sample.inbound_lost += max(0, int(getattr(stats, "packetsLost", 0) or 0))
+                jitter = getattr(stats, "jitter", None)
+                if jitter is not None:
+                    sample.inbound_jitter_s = float(jitter) / OPUS_CLOCK
+            case "outbound-rtp":
+                sample.outbound_packets_sent += int(getattr(stats, "packetsSent", 0) or 0)
+            case "remote-inbound-rtp":
+                lost = getattr(stats, "packetsLost", None)
+                if lost is not None:
+                    sample.outbound_lost = max(0, int(lost))
+                fraction = getattr(stats, "fractionLost", None)
+                if fraction is not None:
+                    # RTCP carries it as an 8-bit fixed-point fraction (0-255).
+                    value = float(fraction)
+                    sample.outbound_fraction_lost = value / 256 if value > 1 else value
+                jitter = getattr(stats, "jitter", None)
+                if jitter is not None:
+                    sample.outbound_jitter_s = float(jitter) / OPUS_CLOCK
+                rtt = getattr(stats, "roundTripTime", None)
+                if rtt is not None and rtt >= 0:
+                    sample.rtt_s = float(rtt)
+    return sample
+
+
+@dataclass(slots=True)
+class _RtpTotals:
+    inbound_packets: int = 0
+    inbound_lost: int = 0
+    outbound_packets: int = 0
+    outbound_lost: int = 0
+
+
+# -- the gateway's metrics ---------------------------------------------------------------------
+
+
+class GatewayMetrics:
+    """Every metric ``/metrics`` shows, with the hooks signaling and peer call.
+
+    Per-call conversation counters (barge-ins, tool calls, dropped chunks, and whatever other
+    integer fields ``ConversationStats`` grows, such as renewals) are read by field name without
+    knowing them in advance: live calls are summed at scrape time, closed calls are folded into
+    a running total when they end, so the exported counters never go down."""
+
+    def __init__(
+        self,
+        active_calls: Callable[[], int] = lambda: 0,
+        counters: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
+        self._closed_stats: dict[str, float] = {}
+        self._live_stats: Callable[[], Iterable[object]] = list
+        self._rtp_last: dict[str, _RtpTotals] = {}
+        self._accepted: set[str] = set()
+        self.calls_active = Gauge(
+            "voicegate_calls_active", "calls in progress", read=lambda: float(active_calls())
+        )
+        # Accepted and refused calls are counted where the decision is made (signaling's
+        # COUNTERS, also shown by /healthz); they are read here so there is one source of truth.
+        self.calls_total = Counter(
+            "voicegate_calls_total",
+            "calls accepted",
+            read=lambda: float(counters().get("calls_total", 0)),
+        )
+        self.calls_refused = Counter(
+            "voicegate_calls_refused_total",
+            "offers refused for capacity, rate limit or shutdown (503/429)",
+            read=lambda: float(counters().get("calls_refused", 0)),
+        )
+        self.offers = Counter(
+            "voicegate_offers_total", "POST /api/offer responses, by HTTP status", ["status"]
+        )
+        self.calls_ended = Counter(
+            "voicegate_calls_ended_total", "calls ended, by reason", ["reason"]
+        )
+        self.call_duration = Histogram(
+            "voicegate_call_duration_seconds",
+            "length of ended calls",
+            (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+        )
+        self.turn_latency = Histogram(
+            "voicegate_turn_latency_seconds",
+            "per turn: user stopped speaking -> first model audio (stage=model), -> first audio "
+            "frame handed to the RTP sender (stage=total); stage=playout is the difference",
+            LATENCY_BUCKETS,
+            ["stage"],
+        )
+        self.playout_latency = Histogram(
+            "voicegate_turn_playout_seconds",
+            "per turn: first model audio -> first audio frame handed to the RTP sender",
+            PLAYOUT_BUCKETS,
+        )
+        self.barge_ins = Counter("voicegate_barge_ins_total", "user interruptions of the bot")
+        self.backend_errors = Counter(
+            "voicegate_backend_errors_total",
+            "speech backend (Bedrock) errors, by kind, at call start and during calls",
+            ["kind"],
+        )
+        self.rtp_jitter = Histogram(
+            "voicegate_rtp_jitter_seconds",
+            "interarrival jitter per call sample: direction=inbound as voicegate measures the "
+            "browser's stream, direction=outbound as the browser reports voicegate's (RTCP RR)",
+            JITTER_BUCKETS,
+            ["direction"],
+        )
+        self.rtp_rtt = Histogram(
+            "voicegate_rtp_rtt_seconds", "round-trip time from RTCP, per call sample", RTT_BUCKETS
+        )
+        self.rtp_fraction_lost = Histogram(
+            "voicegate_rtp_fraction_lost",
+            "fraction of voicegate's packets the browser reports lost (RTCP RR), per call sample",
+            LOSS_BUCKETS,
+        )
+        self.rtp_packets = Counter(
+            "voicegate_rtp_packets_total",
+            "RTP audio packets received (inbound) and sent (outbound)",
+            ["direction"],
+        )
+        self.rtp_lost = Counter(
+            "voicegate_rtp_packets_lost_total",
+            "RTP audio packets lost: inbound as voicegate counts, outbound as RTCP reports",
+            ["direction"],
+        )
+        self.loop_lag = Histogram(
+            "voicegate_event_loop_lag_seconds",
+            f"how late a {LAG_INTERVAL}s sleep on the event loop wakes up",
+            LAG_BUCKETS,
+        )
+        self.loop_lag_last = Gauge(
+            "voicegate_event_loop_lag_last_seconds", "the most recent event-loop lag probe"
+        )
+        self.recording_dropped = Counter(
+            "voicegate_recording_dropped_total",
+            "recording chunks dropped because the writer fell behind, by stream",
+            ["stream"],
+        )
+        self.recording_uploads = Counter(
+            "voicegate_recording_uploads_total", "recording uploads, by result", ["result"]
+        )
+        self._process = [
+            Gauge("voicegate_process_resident_memory_bytes", "RSS", read=lambda: rss_bytes()),
+            Gauge("voicegate_process_open_fds", "open file descriptors", read=lambda: open_fds()),
+            Gauge(
+                "voicegate_process_threads",
+                "Python threads",
+                read=lambda: threading.active_count(),
+            ),
+            Gauge(
+                "voicegate_asyncio_tasks",
+                "asyncio tasks on the event loop",
+                read=lambda: _asyncio_tasks(),
+            ),
+        ]
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def live_stats(self, read: Callable[[], Iterable[object]]) -> None:
+        """Where to find the ``ConversationStats`` of the calls in progress."""
+        self._live_stats = read
+
+    def observe_turn(self, total_s: float, model_s: float | None) -> None:
+        self.turn_latency.observe(total_s, stage="total")
+        if model_s is not None:
+            self.turn_latency.observe(model_s, stage="model")
+            self.turn_latency.observe(max(0.0, total_s - model_s), stage="playout")
+            self.playout_latency.observe(max(0.0, total_s - model_s))
+
+    def observe_rtp(self, call_id: str, sample: RtpSample) -> None:
+        """Record one sample of a call; packet counters advance by the change since its last."""
+        if sample.inbound_jitter_s is not None:
+            self.rtp_jitter.observe(sample.inbound_jitter_s, direction="inbound")
+        if sample.outbound_jitter_s is not None:
+            self.rtp_jitter.observe(sample.outbound_jitter_s, direction="outbound")
+        if sample.rtt_s is not None:
+            self.rtp_rtt.observe(sample.rtt_s)
+        if sample.outbound_fraction_lost is not None:
+            self.rtp_fraction_lost.observe(sample.outbound_fraction_lost)
+        last = self._rtp_last.setdefault(call_id, _RtpTotals())
+        now = _RtpTotals(
+            sample.inbound_packets,
+            sample.inbound_lost,
+            sample.outbound_packets_sent,
+            sample.outbound_lost or 0,
+        )
+        self.rtp_packets.inc(
+            max(0, now.inbound_packets - last.inbound_packets), direction="inbound"
+        )
+        self.rtp_packets.inc(
+            max(0, now.outbound_packets - last.outbound_packets), direction="outbound"
+        )
+        self.rtp_lost.inc(max(0, now.inbound_lost - last.inbound_lost), direction="inbound")
+        self.rtp_lost.inc(max(0, now.outbound_lost - last.outbound_lost), direction="outbound")
+        self._rtp_last[call_id] = _RtpTotals(
+            max(now.inbound_packets, last.inbound_packets),
+            max(now.inbound_lost, last.inbound_lost),
+            max(now.outbound_packets, last.outbound_packets),
+            max(now.outbound_lost, last.outbound_lost),
+        )
+
+    def call_started(self, call_id: str) -> None:
+        """The offer was answered: from now on the call's end is counted."""
+        self._accepted.add(call_id)
+
+    def call_ended(self, call_id: str, reason: str, seconds: float, stats: object) -> None:
+        self._rtp_last.pop(call_id, None)
+        if call_id not in self._accepted:
+            return  # a refused offer's teardown, not a call
+        self._accepted.discard(call_id)
+        self.calls_ended.inc(reason=reason.split(":", 1)[0] or "unknown")
+        self.call_duration.observe(seconds)
+        for name, value in numeric_fields(stats).items():
+            self._closed_stats[name] = self._closed_stats.get(name, 0.0) + value
+
+    async def watch_loop_lag(self) -> None:
+        """Probe the event loop forever (cancel to stop): the lag is how late a sleep wakes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_INTERVAL)
+            lag = max(0.0, loop.time() - start - LAG_INTERVAL)
+            self.loop_lag.observe(lag)
+            self.loop_lag_last.set(lag)
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def _conversation_counters(self) -> list[Counter]:
+        totals = dict(self._closed_stats)
+        for stats in self._live_stats():
+            for name, value in numeric_fields(stats).items():
+                totals[name] = totals.get(name, 0.0) + value
+        counters = []
+        for name, value in sorted(totals.items()):
+            counter = Counter(
+                f"voicegate_conversation_{name}_total",
+                f"sum of ConversationStats.{name} over all calls (live and ended)",
+            )
+            counter.inc(value)
+            counters.append(counter)
+        return counters
+
+    def metrics(self) -> list[_Metric]:
+        return [
+            self.calls_active,
+            self.calls_total,
+            self.calls_refused,
+            self.offers,
+            self.calls_ended,
+            self.call_duration,
+            self.turn_latency,
+            self.playout_latency,
+            self.barge_ins,
+            self.backend_errors,
+            self.rtp_jitter,
+            self.rtp_rtt,
+            self.rtp_fraction_lost,
+            self.rtp_packets,
+            self.rtp_lost,
+            self.loop_lag,
+            self.loop_lag_last,
+            self.recording_dropped,
+            self.recording_uploads,
+            *self._process,
+            *self._conversation_counters(),
+        ]
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in self.metrics():
+            lines += metric.header()
+            lines += metric.samples()
+        return "\n".join(lines) + "\n"
+
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def numeric_fields(stats: object) -> dict[str, float]:
+    """The non-negative int/float fields of a stats object, by sanitised name.
+
+    Read defensively: other work adds fields to ``ConversationStats`` (renewals, recoveries);
+    whatever is numeric is exported, anything else (history, lists) is ignored."""
+    items: list[tuple[str, object]] = []
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        items = [(f.name, getattr(stats, f.name, None)) for f in dataclasses.fields(stats)]
+    else:
+        with contextlib.suppress(TypeError):
+            items = list(vars(stats).items())
+    out: dict[str, float] = {}
+    for name, value in items:
+        if name.startswith("_") or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+            out[_NAME_OK.sub("_", name)] = float(value)
+    return out

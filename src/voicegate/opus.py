@@ -1,0 +1,192 @@
+"""A direct libopus binding (ctypes) for the media path: encode, decode, conceal, recover.
+
+Why not PyAV, which aiortc uses: FFmpeg's libopus wrapper exposes neither packet-loss
+concealment nor in-band FEC decoding (``opus_decode`` is always called with ``decode_fec=0`` and
+an empty packet means "flush"), and its encoder exposes no DTX/FEC/signal controls per stream.
+Those are exactly what a loss-tolerant, cheap voice path needs. libopus itself is already on the
+machine: PyAV's wheel ships it next to libavcodec (``av.libs``), and Debian's ``libopus0`` is the
+fallback. ctypes releases the GIL around each call, and a call costs a few microseconds of
+overhead, far below the codec work itself.
+
+Only the stable libopus API is used (``opus_encoder_*``, ``opus_decoder_*``,
+``opus_packet_get_nb_samples``), so any libopus >= 1.1 works.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+from typing import Final
+
+OPUS_OK: Final = 0
+APPLICATION_VOIP: Final = 2048
+APPLICATION_AUDIO: Final = 2049
+SET_BITRATE: Final = 4002
+SET_COMPLEXITY: Final = 4010
+SET_INBAND_FEC: Final = 4012
+SET_PACKET_LOSS_PERC: Final = 4014
+SET_DTX: Final = 4016
+SET_SIGNAL: Final = 4024
+SIGNAL_VOICE: Final = 3001
+MAX_PACKET: Final = 1500
+RATES: Final = (8000, 12000, 16000, 24000, 48000)
+"""Sample rates libopus encodes from and decodes to natively (no resampler needed)."""
+
+
+class OpusError(RuntimeError):
+    pass
+
+
+def _find_library() -> str:
+    import av
+
+    here = os.path.dirname(os.path.abspath(av.__file__))
+    bundled = sorted(glob.glob(os.path.join(here, os.pardir, "av.libs", "libopus*.so*")))
+    if bundled:
+        return bundled[0]
+    found = ctypes.util.find_library("opus")
+    if found is None:
+        raise OpusError("libopus not found (neither in PyAV's wheel nor as libopus0)")
+    return found
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(_find_library())
+    vp, ip, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    i16p = ctypes.POINTER(ctypes.c_int16)
+    lib.opus_get_version_string.restype = cp
+    lib.opus_encoder_create.restype = vp
+    lib.opus_encoder_create.argtypes = [ctypes.c_int32, ip, ip, ctypes.POINTER(ip)]
+    lib.opus_encoder_destroy.argtypes = [vp]
+    lib.opus_encode.restype = ctypes.c_int32
+    lib.opus_encode.argtypes = [vp, i16p, ip, ctypes.c_char_p, ctypes.c_int32]
+    # opus_encoder_ctl is variadic; every request used here takes one int.
+    lib.opus_encoder_ctl.restype = ip
+    lib.opus_decoder_create.restype = vp
+    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ip, ctypes.POINTER(ip)]
+    lib.opus_decoder_destroy.argtypes = [vp]
+    lib.opus_decode.restype = ip
+    lib.opus_decode.argtypes = [vp, ctypes.c_char_p, ctypes.c_int32, i16p, ip, ip]
+    lib.opus_packet_get_nb_samples.restype = ip
+    lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
+    return lib
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def lib() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        _lib = _load()
+    return _lib
+
+
+def version() -> str:
+    raw: bytes = lib().opus_get_version_string()
+    return raw.decode()
+
+
+def packet_samples(packet: bytes, rate: int = 48000) -> int:
+    """Samples (per channel, at ``rate``) that ``packet`` decodes to; <= 0 if it is invalid."""
+    if not packet:
+        return 0
+    n: int = lib().opus_packet_get_nb_samples(packet, len(packet), rate)
+    return n
+
+
+class Encoder:
+    """One mono libopus encoder. ``encode`` takes exactly one packet's worth of s16 samples."""
+
+    def __init__(
+        self,
+        rate: int = 24000,
+        bitrate: int = 32000,
+        complexity: int = 5,
+        fec: bool = False,
+        loss_percent: int = 0,
+        dtx: bool = False,
+        application: int = APPLICATION_VOIP,
+    ) -> None:
+        if rate not in RATES:
+            raise ValueError(f"libopus cannot encode at {rate} Hz (one of {RATES})")
+        self.rate = rate
+        self._lib = lib()
+        err = ctypes.c_int(0)
+        self._st = self._lib.opus_encoder_create(rate, 1, application, ctypes.byref(err))
+        if err.value != OPUS_OK or not self._st:
+            raise OpusError(f"opus_encoder_create failed ({err.value})")
+        for request, value in (
+            (SET_BITRATE, bitrate),
+            (SET_COMPLEXITY, complexity),
+            (SET_INBAND_FEC, int(fec)),
+            (SET_PACKET_LOSS_PERC, loss_percent),
+            (SET_DTX, int(dtx)),
+            (SET_SIGNAL, SIGNAL_VOICE),
+        ):
+            rc = self._lib.opus_encoder_ctl(ctypes.c_void_p(self._st), request, ctypes.c_int(value))
+            if rc != OPUS_OK:
+                raise OpusError(f"opus_encoder_ctl({request}, {value}) failed ({rc})")
+        self._out = ctypes.create_string_buffer(MAX_PACKET)
+
+    def encode(self, pcm: bytes) -> bytes:
+        """One Opus packet from mono s16 ``pcm`` (2.5/5/10/20/40/60 ms at ``rate``)."""
+        samples = len(pcm) // 2
+        buf = (ctypes.c_int16 * samples).from_buffer_copy(pcm)
+        n = self._lib.opus_encode(self._st, buf, samples, self._out, MAX_PACKET)
+        if n < 0:
+            raise OpusError(f"opus_encode failed ({n})")
+        return self._out.raw[:n]
+
+    def __del__(self) -> None:
+        st = getattr(self, "_st", None)
+        if st:
+            self._lib.opus_encoder_destroy(st)
+            self._st = None
+
+
+class Decoder:
+    """One mono libopus decoder at ``rate`` (it downmixes stereo packets by itself)."""
+
+    MAX_FRAME_MS: Final = 120
+
+    def __init__(self, rate: int = 48000) -> None:
+        if rate not in RATES:
+            raise ValueError(f"libopus cannot decode to {rate} Hz (one of {RATES})")
+        self.rate = rate
+        self._lib = lib()
+        err = ctypes.c_int(0)
+        self._st = self._lib.opus_decoder_create(rate, 1, ctypes.byref(err))
+        if err.value != OPUS_OK or not self._st:
+            raise OpusError(f"opus_decoder_create failed ({err.value})")
+        self._max = rate * self.MAX_FRAME_MS // 1000
+        self._pcm = (ctypes.c_int16 * self._max)()
+
+    def _run(self, data: bytes | None, samples: int, fec: int) -> bytes:
+        n = self._lib.opus_decode(
+            self._st, data, len(data) if data else 0, self._pcm, min(samples, self._max), fec
+        )
+        if n < 0:
+            raise OpusError(f"opus_decode failed ({n})")
+        return ctypes.string_at(self._pcm, n * 2)
+
+    def decode(self, packet: bytes) -> bytes:
+        """Mono s16 PCM of one packet."""
+        return self._run(packet, self._max, 0)
+
+    def conceal(self, samples: int) -> bytes:
+        """Packet-loss concealment: ``samples`` (a multiple of 2.5 ms) of extrapolated audio."""
+        return self._run(None, samples, 0)
+
+    def recover(self, next_packet: bytes, samples: int) -> bytes:
+        """The lost packet before ``next_packet`` from that packet's in-band FEC (LBRR) data;
+        libopus falls back to concealment when ``next_packet`` carries none."""
+        return self._run(next_packet, samples, 1)
+
+    def __del__(self) -> None:
+        st = getattr(self, "_st", None)
+        if st:
+            self._lib.opus_decoder_destroy(st)
+            self._st = None

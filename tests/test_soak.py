@@ -1,0 +1,33 @@
+"""Soak: a couple of hundred short calls, sequential and concurrent, give everything back.
+
+The long variant with its figures is benchmarks/soak.py (``python -m benchmarks.soak``)."""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks.soak import echo_server, soak
+
+SEQUENTIAL = 100
+BATCHES = 10
+BATCH_SIZE = 10
+RSS_BUDGET_MB = 12.0
+"""Growth allowed over the whole run (allocator slack, caches), about 60 kB a call: a leak of
+one call's media state (decoder, buffers, ~1 MB) would blow it many times over."""
+
+
+async def test_hundreds_of_calls_leave_nothing_behind() -> None:
+    async with echo_server(max_sessions=BATCH_SIZE, offer_rate=0) as (url, app):
+        report = await soak(url, app, SEQUENTIAL, BATCHES, BATCH_SIZE)
+    print(report.as_dict())
+    assert report.failures == []
+    assert report.calls == SEQUENTIAL + BATCHES * BATCH_SIZE
+    base, after = report.baseline, report.after
+    assert after.tasks <= base.tasks
+    assert after.call_threads == base.call_threads
+    # The shared executor is bounded (asyncio's default pool size), whatever the call count.
+    assert after.executor_threads <= min(32, (os.cpu_count() or 1) + 4)
+    assert after.fds <= base.fds
+    assert after.rss_mb - base.rss_mb < RSS_BUDGET_MB
+    # The batches really overlapped (the server held all of a batch's calls at once).
+    assert report.peak_calls == BATCH_SIZE
