@@ -158,6 +158,12 @@ def impair(loss: float, jitter_ms: float, delay_ms: float, seed: int) -> None:
     if loss <= 0 and jitter_ms <= 0 and delay_ms <= 0:
         return
     rng = random.Random(seed)
+    pending: set[asyncio.Future[Any]] = set()  # delayed packets in flight (kept referenced)
+
+    def keep(future: asyncio.Future[Any]) -> None:
+        pending.add(future)
+        future.add_done_callback(pending.discard)
+
     send, handle = RTCDtlsTransport._send_rtp, RTCDtlsTransport._handle_rtp_data
 
     def is_rtcp(data: bytes) -> bool:
@@ -166,7 +172,7 @@ def impair(loss: float, jitter_ms: float, delay_ms: float, seed: int) -> None:
     def later(coro: Any) -> None:
         wait = (delay_ms + rng.uniform(0, jitter_ms)) / 1000
         if wait <= 0:
-            asyncio.ensure_future(coro)
+            keep(asyncio.ensure_future(coro))
             return
 
         async def run() -> None:
@@ -174,7 +180,7 @@ def impair(loss: float, jitter_ms: float, delay_ms: float, seed: int) -> None:
             with contextlib.suppress(Exception):
                 await coro
 
-        asyncio.ensure_future(run())
+        keep(asyncio.ensure_future(run()))
 
     async def send_rtp(self: RTCDtlsTransport, data: bytes) -> None:
         if is_rtcp(data):

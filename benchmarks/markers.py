@@ -1,7 +1,8 @@
 """The benchmark signal: speech with short marker tones, and a detector for those tones.
 
 Each marker is a 2.5 kHz tone burst (80 ms, -6 dBFS) starting exactly on a 20 ms frame
-boundary, once per ``MARKER_PERIOD`` seconds, on top of espeak-ng speech at a lower level. 2.5 kHz
+boundary, once per ``MARKER_PERIOD`` seconds, on top of espeak-ng speech at a lower level, with
+a 400 ms pause every 2 s as a caller makes between phrases. 2.5 kHz
 survives every hop (16 kHz model input, 24 kHz model output, Opus at 32 kbit/s) and speech has
 little steady energy there. The detector looks at 5 ms blocks: a block is "tone" when the
 Goertzel power at the marker frequency holds most of the block's energy and the level is high.
@@ -27,6 +28,8 @@ MARKER_PERIOD: Final = 1.0
 MARKER_AMPLITUDE: Final = 16000
 SPEECH_PEAK: Final = 6000
 BLOCK_S: Final = 0.005
+PHRASE_S: Final = 2.0
+PAUSE_S: Final = 0.4
 FRAME_S: Final = 0.02
 
 
@@ -54,7 +57,12 @@ def speech(rate: int, seconds: float) -> np.ndarray:
     data = np.interp(idx, np.arange(len(data)), data)
     data = data / max(1.0, float(np.abs(data).max())) * SPEECH_PEAK
     reps = math.ceil(n / max(1, len(data)))
-    return np.tile(data, reps)[:n].astype(np.int16)
+    out = np.tile(data, reps)[:n]
+    # A caller breathes: 400 ms of silence every 2 s, as between phrases in conversation.
+    period, pause = int(PHRASE_S * rate), int(PAUSE_S * rate)
+    for start in range(period - pause, n, period):
+        out[start : start + pause] = 0
+    return out.astype(np.int16)
 
 
 def with_markers(base: np.ndarray, rate: int, first: float = 0.5) -> tuple[np.ndarray, list[int]]:

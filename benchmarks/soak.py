@@ -204,7 +204,8 @@ async def soak(
 
 async def _main(args: argparse.Namespace) -> SoakReport:
     ice.configure_host_addresses(["127.0.0.1"])
-    async with echo_server(max_sessions=max(20, args.batch_size), offer_rate=0) as (url, app):
+    limits = {"max_sessions": max(20, args.batch_size), "offer_rate": 0, "max_loop_lag_ms": 0}
+    async with echo_server(**limits) as (url, app):
         return await soak(url, app, args.sequential, args.batches, args.batch_size)
 
 

@@ -55,7 +55,7 @@ async def main(cert_dir: Path, marks: Path) -> None:
     ) as s:
         print("STANDIN " + json.dumps(s.client_env()), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    marks.write_text(json.dumps(MARKS))
+    await asyncio.to_thread(marks.write_text, json.dumps(MARKS))
 
 
 if __name__ == "__main__":

@@ -36,20 +36,24 @@ def test_redactor_keeps_secrets_audio_and_transcripts_out() -> None:
         "event": "x",
         "auth_secret": "s3cr3t-value",
         "Authorization": "Bearer abc",
-        "headers": {"X-Amz-Security-Token": "tok", "accept": "json"},
+        "headers": {"X-Amz-Security-Token": "sectokvalue", "accept": "json"},
         "audio": b"\x00\x01" * 500,
         "text": "my account number is 1234",
         "chunk": "A" * 5000,
         "turns": 3,
+        "session_token": "eyJ.abc.def",
+        "AWS_SECRET_ACCESS_KEY": "wJalr",
+        "usage": {"input_tokens": 12, "output_tokens": 7},
     }
     out = logs.Redactor(transcripts=False)(None, "info", dict(event))
     flat = json.dumps(out)
-    for leaked in ("s3cr3t", "abc", "tok", "1234", "A" * 1001):
+    for leaked in ("s3cr3t", "abc", "sectokvalue", "1234", "A" * 1001, "eyJ", "wJalr"):
         assert leaked not in flat
     assert out["audio"] == "<1000 bytes>"
     assert out["text"] == "<25 chars>"
     assert out["headers"]["accept"] == "json"
     assert out["turns"] == 3
+    assert out["usage"] == {"input_tokens": 12, "output_tokens": 7}  # counts, not secrets
     opted_in = logs.Redactor(transcripts=True)(None, "info", dict(event))
     assert opted_in["text"] == "my account number is 1234"
     assert opted_in["auth_secret"] == "[redacted]"  # secrets stay out regardless

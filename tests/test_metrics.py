@@ -169,8 +169,10 @@ def test_rtp_sample_from_aiortc_stats_objects() -> None:
     m.observe_rtp("a", sample)  # same totals again: counters do not double
     later = RtpSample(inbound_packets=600, inbound_lost=2, outbound_packets_sent=590)
     m.observe_rtp("a", later)  # a lost count going down (duplicates) never makes counters fall
+    restarted = RtpSample(inbound_packets=50, outbound_packets_sent=40)
+    m.observe_rtp("a", restarted)  # same call id, new connection: its packets count from 0
     s = parse(m.render())
-    assert value(s, "voicegate_rtp_packets_total", direction="inbound") == 600
+    assert value(s, "voicegate_rtp_packets_total", direction="inbound") == 650
     assert value(s, "voicegate_rtp_packets_lost_total", direction="inbound") == 3
     assert value(s, "voicegate_rtp_packets_lost_total", direction="outbound") == 10
     assert value(s, "voicegate_rtp_rtt_seconds_count") == 2

@@ -8,6 +8,7 @@ the conversation layer against small in-process brains.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -142,7 +143,8 @@ async def test_a_call_outlives_four_model_streams_without_losing_a_word(
             allowed = max(0.040 + 0.005, max(elsewhere))
             for lo, hi in windows:
                 near = gaps(lo, hi)
-                assert len(near) >= 1.0 / 0.020 - 3, len(near)
+                span = sum(near)  # the window may run past the end of the recording
+                assert len(near) >= span / 0.020 - 2, (len(near), span)
                 assert max(near) <= allowed, (max(near), allowed)
             assert session.playout.resyncs == 0
             print(
@@ -274,3 +276,39 @@ async def test_renewal_never_cuts_into_a_tool_call() -> None:
         assert not conv._natural_point(leg)
     finally:
         await conv.close()
+
+
+async def test_renewal_comes_before_temporary_credentials_expire() -> None:
+    class Expiring(Streams):
+        credentials_expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=300)
+
+    conv = Conversation(Expiring(), _settings(renew_after_s=360), default_tools(), Listener())
+    await conv.start()
+    try:
+        leg = conv._leg
+        assert leg is not None and leg.ready_at is not None
+        due, reason = conv._renew_due(leg)
+        assert reason == "credentials"
+        assert 300 - 180 - 5 <= due - leg.ready_at <= 300 - 180  # 3 minutes of margin
+        Expiring.credentials_expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+        due, reason = conv._renew_due(leg)
+        assert due - leg.ready_at == pytest.approx(60.0)  # never a renewal storm
+    finally:
+        await conv.close()
+
+
+def test_options_reach_the_conversation_and_are_validated() -> None:
+    from voicegate.config import ConfigError, resolve
+    from voicegate.signaling import conversation_settings
+
+    env = {"VOICEGATE_RENEW_AFTER": "300", "VOICEGATE_RECOVERY_ATTEMPTS": "5"}
+    c = conversation_settings(resolve(None, env=env)).continuation
+    assert (c.renew_after_s, c.force_after_s, c.recovery_attempts) == (300.0, 60.0, 5)
+    for bad in (
+        {"VOICEGATE_RENEW_AFTER": "480"},  # Bedrock would end the stream first
+        {"VOICEGATE_RENEW_AFTER": "400", "VOICEGATE_RENEW_FORCE_AFTER": "100"},
+        {"VOICEGATE_RECOVERY_ATTEMPTS": "-1"},
+        {"VOICEGATE_RECONNECT_GRACE": "9999"},
+    ):
+        with pytest.raises(ConfigError):
+            resolve(None, env=bad)

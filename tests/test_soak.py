@@ -17,10 +17,13 @@ one call's media state (decoder, buffers, ~1 MB) would blow it many times over."
 
 
 async def test_hundreds_of_calls_leave_nothing_behind() -> None:
-    async with echo_server(max_sessions=BATCH_SIZE, offer_rate=0) as (url, app):
+    # No offer rate limit and no load shedding: this is about leaks, on a machine that may be
+    # busy with other work (the load guard would rightly refuse calls then).
+    limits = {"max_sessions": BATCH_SIZE, "offer_rate": 0, "max_loop_lag_ms": 0}
+    async with echo_server(**limits) as (url, app):
         report = await soak(url, app, SEQUENTIAL, BATCHES, BATCH_SIZE)
-    print(report.as_dict())
-    assert report.failures == []
+    print({k: v for k, v in report.as_dict().items() if k != "failures"})
+    assert not report.failures, (len(report.failures), report.failures[:3])
     assert report.calls == SEQUENTIAL + BATCHES * BATCH_SIZE
     base, after = report.baseline, report.after
     assert after.tasks <= base.tasks

@@ -24,6 +24,11 @@ const HTTP_TIMEOUT_MS = 10000;
 const ICE_GATHER_TIMEOUT_MS = 5000;
 // From the answer to a working media path; Chromium itself may take far longer to give up.
 const MEDIA_CONNECT_TIMEOUT_MS = 20000;
+// issue 4: a dropped connection is re-offered (restart_pc, same pc_id) within the server's
+// grace period (--reconnect-grace, default 30 s); the conversation carries on.
+const RECONNECT_AFTER_MS = 2000; // "disconnected" often heals by itself; wait that long first
+const RECONNECT_WINDOW_MS = 25000;
+const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 4000, 4000, 4000];
 const STATS_INTERVAL_MS = 1000;
 const METER_INTERVAL_MS = 50;
 const MAX_EVENTS = 300;
@@ -73,6 +78,8 @@ const vg = {
   botPeak: 0,
   lastHangupStatus: null,
   lastTurnLatencyMs: null,
+  reconnects: 0, // issue 4: successful automatic reconnects of this page
+  continuations: [], // issue 4: the server's renewal/recovery server-messages
   // performance.now() marks of the current call (issue 6's connect-time measurements):
   // click, offerSent, answered, connected, firstBotAudio (first meter tick above FIRST_AUDIO_RMS).
   timing: {},
@@ -145,8 +152,8 @@ function timeoutSignal(extra) {
   return extra && AbortSignal.any ? AbortSignal.any([extra, timeout]) : timeout;
 }
 
-async function requestJson(method, url, body, signal) {
-  const init = { method, signal: timeoutSignal(signal), headers: authHeaders(TOKEN) };
+async function requestJson(method, url, body, signal, token = TOKEN) {
+  const init = { method, signal: timeoutSignal(signal), headers: authHeaders(token) };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -319,6 +326,11 @@ function onConnectionState(c) {
     vg.timing.connected ??= performance.now();
     c.everConnected = true;
     if (vg.state === "connecting") setState("listening");
+  } else if ((state === "failed" || state === "disconnected") && c.everConnected) {
+    vg.connected = false;
+    // issue 4: the network changed or paused; offer again and keep the conversation.
+    const delay = state === "failed" ? 0 : RECONNECT_AFTER_MS;
+    c.timers.push(setTimeout(() => reconnect(c), delay));
   } else if (state === "failed") {
     showError(
       "The media connection failed. A firewall or NAT may block it: the server needs a TURN " +
@@ -328,6 +340,57 @@ function onConnectionState(c) {
   } else if (state === "disconnected") {
     vg.connected = false;
   }
+}
+
+// issue 4: a new peer connection for the same call (same microphone track, new data channel);
+// the server moves the running conversation onto it. Only once the server has taken the new
+// offer is the old connection closed, so its close can never end the call.
+async function reconnect(c) {
+  if (c.closed || c.reconnecting || !c.pcId) return;
+  const state = c.pc.connectionState;
+  if (state !== "failed" && state !== "disconnected") return; // healed by itself
+  c.reconnecting = true;
+  setState("reconnecting");
+  const deadline = performance.now() + RECONNECT_WINDOW_MS;
+  for (let attempt = 0; !c.closed && performance.now() < deadline; attempt++) {
+    const pc = new RTCPeerConnection(c.pc.getConfiguration());
+    try {
+      const dc = pc.createDataChannel("rtvi", { ordered: true });
+      const [track] = c.stream.getAudioTracks();
+      pc.addTransceiver(track, { direction: "sendrecv", streams: [c.stream] });
+      pc.ontrack = (ev) => onRemoteTrack(c, ev);
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringDone(pc, ICE_GATHER_TIMEOUT_MS);
+      const { sdp, type } = pc.localDescription;
+      const body = { sdp, type, pc_id: c.pcId, restart_pc: true };
+      const token = c.sessionToken || TOKEN;
+      const answer = await requestJson("POST", "/api/offer", body, c.abort.signal, token);
+      if (c.closed) throw new Cancelled();
+      const old = c.pc;
+      old.onconnectionstatechange = null;
+      c.dc.onclose = null;
+      old.close();
+      c.pc = pc;
+      c.dc = dc;
+      wireDataChannel(c);
+      pc.onconnectionstatechange = () => onConnectionState(c);
+      await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+      vg.reconnects += 1;
+      c.reconnecting = false;
+      setState("listening");
+      return;
+    } catch (err) {
+      pc.close();
+      if (err instanceof Cancelled || c.closed) return;
+      logEvent({ type: "reconnect-failed", data: { attempt, error: String(err) } });
+      const wait = RECONNECT_BACKOFF_MS[Math.min(attempt, RECONNECT_BACKOFF_MS.length - 1)];
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+  c.reconnecting = false;
+  if (c.closed) return;
+  showError("The connection to the server was lost and could not be restored.");
+  hangup();
 }
 
 async function hangup() {
@@ -395,9 +458,10 @@ function wireDataChannel(c) {
       }),
     );
   };
-  c.dc.onmessage = (ev) => onServerMessage(ev.data);
-  c.dc.onclose = () => {
-    if (c.closed) return;
+  const dc = c.dc;
+  dc.onmessage = (ev) => onServerMessage(ev.data);
+  dc.onclose = () => {
+    if (c.closed || c.reconnecting || c.dc !== dc) return;
     showError("The server ended the call.");
     hangup();
   };
@@ -445,6 +509,7 @@ function onServerMessage(raw) {
     case "server-message":
       if (data.kind === "turn-latency") showTurnLatency(data);
       else if (data.kind === "rtp-stats") showServerRtp(data);
+      else if (data.kind === "renewal" || data.kind === "recovery") vg.continuations.push(data);
       break;
     case "error":
       showError(`Server error: ${data.message || "unknown"}`);

@@ -16,10 +16,20 @@ import numpy.typing as npt
 
 MODEL_INPUT_RATE: Final = 16000
 CHUNK_SAMPLES: Final = 320
-"""Samples per chunk sent to the model: 20 ms at 16 kHz, i.e. every received frame goes to the
-model the moment it is decoded. 32 ms chunks (Nova Sonic's samples) cost ~60 fewer events per
-second per call but add up to 32 ms on the way in, and their uneven arrival grows the playout
-backlog on the way out (benchmarks/README.md)."""
+"""Default samples per chunk sent to the model: 20 ms at 16 kHz, i.e. every received frame goes
+to the model the moment it is decoded. Larger chunks cost fewer model events per second (each
+costs ~0.3-0.6 ms of CPU on the Bedrock path) but add up to their length on the way in;
+``configure_chunks`` (``--model-chunk-ms``) chooses. See benchmarks/README.md."""
+_chunk_samples = CHUNK_SAMPLES
+
+
+def configure_chunks(ms: int) -> None:
+    """Model input chunk length for every call from now on (a multiple of 20 ms)."""
+    global _chunk_samples
+    if ms <= 0 or ms % 20:
+        raise ValueError(f"chunk length {ms} ms must be a positive multiple of 20 ms")
+    _chunk_samples = MODEL_INPUT_RATE * ms // 1000
+
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -71,7 +81,8 @@ class InboundResampler:
 class Chunker:
     """Re-frames a stream of samples into fixed-size chunks (bytes), keeping the remainder."""
 
-    def __init__(self, samples: int = CHUNK_SAMPLES) -> None:
+    def __init__(self, samples: int | None = None) -> None:
+        samples = _chunk_samples if samples is None else samples
         self.samples = samples
         self._nbytes = samples * 2
         self._buf = bytearray()

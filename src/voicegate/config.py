@@ -85,6 +85,11 @@ class ServeConfig:
     renew_force_after: float = 60.0
     recovery_attempts: int = 3
     reconnect_grace: float = 30.0
+    # issue 5 (media path, capacity)
+    rtc_ports: str = ""
+    announced_address: str = ""
+    max_loop_lag_ms: float = 25.0
+    model_chunk_ms: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +207,28 @@ OPTIONS: Final = (
         "reconnect_grace",
         "seconds a call waits for its browser to reconnect after the connection drops (default 30)",
         float,
+    ),
+    # issue 5: media path and capacity (benchmarks/README.md)
+    _Opt(
+        "rtc_ports",
+        "UDP port range for media host candidates, MIN-MAX (e.g. 40000-40999; default: any)",
+        metavar="MIN-MAX",
+    ),
+    _Opt(
+        "announced_address",
+        "public address announced in host candidates instead of the bound one (1:1 NAT)",
+        metavar="IP",
+    ),
+    _Opt(
+        "max_loop_lag_ms",
+        "refuse new calls (503) while the event loop runs this many ms late (default 25; 0: off)",
+        float,
+    ),
+    _Opt(
+        "model_chunk_ms",
+        "caller audio per model event in ms, a multiple of 20 (default 20: lowest latency; "
+        "40 halves the Bedrock events per call)",
+        int,
     ),
 )
 
@@ -331,6 +358,28 @@ def validate(c: ServeConfig) -> list[str]:
     problems += _validate_access(c)
     problems += _validate_recording(c)
     problems += _validate_continuation(c)
+    problems += _validate_media(c)
+    return problems
+
+
+def _validate_media(c: ServeConfig) -> list[str]:
+    """issue 5: the media port range, announced address and lag limit."""
+    from voicegate.ice import parse_port_range
+
+    problems: list[str] = []
+    try:
+        parse_port_range(c.rtc_ports)
+    except ValueError:
+        problems.append(f"rtc_ports {c.rtc_ports!r} must be MIN-MAX within 1024-65535")
+    if c.announced_address:
+        try:
+            ipaddress.ip_address(c.announced_address)
+        except ValueError:
+            problems.append(f"announced_address {c.announced_address!r} is not an IP address")
+    if not 0 <= c.max_loop_lag_ms <= 10000:
+        problems.append(f"max_loop_lag_ms {c.max_loop_lag_ms} must be between 0 and 10000")
+    if c.model_chunk_ms not in (20, 40, 60, 80, 100):
+        problems.append(f"model_chunk_ms {c.model_chunk_ms} must be 20, 40, 60, 80 or 100")
     return problems
 
 

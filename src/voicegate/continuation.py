@@ -42,7 +42,7 @@ class ContinuationSettings:
     """Renew this long before temporary credentials expire."""
     prepared_max_idle_s: float = 30.0
     """A prepared stream unused this long is replaced (an idle stream may be timed out)."""
-    natural_quiet_s: float = 0.2
+    natural_quiet_s: float = 0.5
     """User silence that, with no assistant turn in progress, makes a natural handover point."""
     recovery_attempts: int = 3
     """Reconnect attempts after an unexpected stream failure before the call is given up."""

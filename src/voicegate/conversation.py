@@ -81,6 +81,7 @@ SETUP_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
 MAX_TOOL_TASKS: Final = 4
 MAX_HISTORY: Final = 200
+REPLAY_CHUNKS_PER_EVENT: Final = 4
 MAX_GAPS_KEPT: Final = 100
 REPLY_EXPECTED_S: Final = 10.0
 """After a final user transcript the model is expected to answer within this; a renewal waits
@@ -243,6 +244,9 @@ class ConversationStats:
     """Renewal handover gaps, newest last: old stream's last use -> new stream live."""
     recovery_gaps_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_GAPS_KEPT))
     """Recovery gaps: the failure noticed -> new stream live (includes backoff)."""
+    handover_gap_ms_total: float = 0.0
+    """Sum of all renewal gaps (additive, for /metrics: average = total / renewals)."""
+    recovery_gap_ms_total: float = 0.0
     prepare_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_GAPS_KEPT))
     """Background opening of the next stream (not part of any gap)."""
     history_bytes_replayed: int = 0
@@ -270,6 +274,9 @@ class _Leg:
         self.error: BackendError | None = None  # why it failed
         self.failed = asyncio.Event()
         self.retired = False  # no longer the live leg; its output is ignored
+        self.preload: asyncio.Task[None] | None = None
+        self.preloaded: tuple[int, list[tuple[Role, str]]] | None = None
+        """(history version, history) already sent to this prepared leg."""
 
 
 class Conversation:
@@ -307,6 +314,7 @@ class Conversation:
         self._renew_request = asyncio.Event()
         self._leg_changed = asyncio.Event()
         self._recovering = False
+        self._history_version = 0
         self._attempts_used = 0
         self._closing = False
         self.ended = asyncio.Event()
@@ -414,7 +422,10 @@ class Conversation:
         await self._send_to(
             leg, AudioContentStart(self.prompt_name, self.audio_content, INPUT_RATE)
         )
-        for pcm in audio:
+        # Replayed audio goes in 128 ms events: a quarter of the events (each one signed and
+        # queued through the SDK's small buffer) makes the switch correspondingly shorter.
+        for i in range(0, len(audio), REPLAY_CHUNKS_PER_EVENT):
+            pcm = b"".join(audio[i : i + REPLAY_CHUNKS_PER_EVENT])
             await self._send_to(leg, AudioInput(self.prompt_name, self.audio_content, pcm))
         leg.ready_at = asyncio.get_running_loop().time()
         self._leg = leg
@@ -473,6 +484,8 @@ class Conversation:
         due, reason = base + c.renew_after_s, "age"
         expiration = getattr(self.backend, "credentials_expiration", None)
         if isinstance(expiration, dt.datetime):
+            if expiration.tzinfo is None:
+                expiration = expiration.replace(tzinfo=dt.UTC)
             left = (expiration - dt.datetime.now(dt.UTC)).total_seconds() - c.credential_margin_s
             # Never sooner than a minute into a leg: a refresh that does not extend the
             # expiry must not turn into a renewal storm.
@@ -546,7 +559,7 @@ class Conversation:
                 self._next = None
                 self._retire(orphan)
 
-    def _natural_point(self, leg: _Leg) -> bool:
+    def _natural_point(self, leg: _Leg, quiet: bool = True) -> bool:
         """No assistant turn under way or expected, no tool call open, the user quiet."""
         if leg.pending_tools or leg.running_tools or self._speculative_open:
             return False
@@ -555,11 +568,52 @@ class Conversation:
         expected = self._reply_expected_at
         if expected is not None and asyncio.get_running_loop().time() - expected < REPLY_EXPECTED_S:
             return False
-        return self._replay.quiet_s >= self._cont.natural_quiet_s
+        return not quiet or self._replay.quiet_s >= self._cont.natural_quiet_s
+
+    async def _preload(self, leg: _Leg) -> None:
+        """Phase one of a planned handover, while the old leg is still live: send the next leg
+        the history. Phase two (the switch) then only needs the audio content and the replay,
+        so the gap stays a few events long however long the history is."""
+        version = self._history_version
+        history, _ = self._continuation_payload()
+        try:
+            for role, text in history:
+                for event in self._text_block(role, text):
+                    await self._send_to(leg, event)
+        except BackendError as exc:
+            self._leg_failed(leg, exc)
+            return
+        leg.preloaded = (version, history)
+
+    def _usable_preload(self, leg: _Leg) -> bool:
+        """A prepared leg can go live: no history sent yet, or the current one completely."""
+        if leg.preload is None:
+            return True
+        return leg.preloaded is not None and leg.preloaded[0] == self._history_version
+
+    def _renewal_step(self, leg: _Leg, new: _Leg) -> bool:
+        """Decide, between two chunks, whether the sender hands over now."""
+        if new.preloaded is None:
+            if new.preload is None and (self._renew_forced or self._natural_point(leg)):
+                new.preload = asyncio.get_running_loop().create_task(self._preload(new))
+                self._tasks.add(new.preload)
+                new.preload.add_done_callback(self._tasks.discard)
+            return False
+        if new.preloaded[0] != self._history_version:
+            # A turn completed meanwhile: the preloaded history is stale. A fresh leg is
+            # prepared (the renewal loop wakes up) and preloaded at the next natural point.
+            self._next = None
+            self._retire(new)
+            self._leg_changed.set()
+            return False
+        # The user may have started talking meanwhile: the replay carries that.
+        return self._renew_forced or self._natural_point(leg, quiet=False)
 
     async def _hand_over(self, old: _Leg, new: _Leg) -> None:
         """Runs in the sender: the old leg gets no more audio from here on."""
         loop = asyncio.get_running_loop()
+        if new.preload is not None and not new.preload.done():
+            await new.preload  # a forced handover during phase one: never interleave blocks
         switched = loop.time()
         forced = self._renew_forced and not self._natural_point(old)
         self._next = None
@@ -567,8 +621,11 @@ class Conversation:
         old.retired = True
         self._answer_lost_tools(old, "the model stream was renewed")
         history, audio = self._continuation_payload()
+        to_send = history
+        if new.preloaded is not None and new.preloaded[0] == self._history_version:
+            history, to_send = new.preloaded[1], []
         try:
-            await self._go_live(new, history, audio)
+            await self._go_live(new, to_send, audio)
         except BackendError as exc:
             # The prepared leg broke at the last moment: the old one is intact, keep it.
             old.retired = False
@@ -582,6 +639,7 @@ class Conversation:
         self.stats.renewals += 1
         self.stats.renewals_forced += int(forced)
         self.stats.handover_gaps_ms.append(gap)
+        self.stats.handover_gap_ms_total += gap
         log.info(
             "stream_renewed",
             leg=new.number,
@@ -667,12 +725,18 @@ class Conversation:
                 self.stats.recovery_attempts += 1
                 leg = self._next
                 self._next = None
+                if leg is not None and (leg.dead or not self._usable_preload(leg)):
+                    self._retire(leg)  # mid-preload or stale history: never send it twice
+                    leg = None
                 try:
                     async with asyncio.timeout(SETUP_TIMEOUT):
-                        if leg is None or leg.dead:
+                        if leg is None:
                             leg = await self._open_leg()
                         history, audio = self._continuation_payload()
-                        await self._go_live(leg, history, audio)
+                        to_send = history
+                        if leg.preloaded is not None:
+                            history, to_send = leg.preloaded[1], []
+                        await self._go_live(leg, to_send, audio)
                     ready = loop.time()
                     # Bedrock refuses a stream (throttling, quota, access) only after it was
                     # opened: the leg is live at once, but counts as recovered only if it
@@ -696,6 +760,7 @@ class Conversation:
                 size, replayed = self._account(history, audio)
                 self.stats.recoveries += 1
                 self.stats.recovery_gaps_ms.append(gap)
+                self.stats.recovery_gap_ms_total += gap
                 log.info("stream_recovered", leg=leg.number, attempts=attempt, gap_ms=round(gap))
                 self.listener.on_event(
                     SessionContinued(
@@ -773,7 +838,7 @@ class Conversation:
                     self._renew_wanted
                     and new is not None
                     and not new.dead
-                    and (self._renew_forced or self._natural_point(leg))
+                    and self._renewal_step(leg, new)
                 ):
                     await self._hand_over(leg, new)  # replays this chunk too
                     continue
@@ -890,6 +955,7 @@ class Conversation:
                 self._remember("ASSISTANT", text)
 
     def _remember(self, role: Role, text: str) -> None:
+        self._history_version += 1
         history = self.stats.history
         if history and history[-1][0] == role:
             history[-1] = (role, f"{history[-1][1]} {text}")

@@ -16,13 +16,15 @@ import structlog
 SECRET_WORDS: Final = (
     "secret",
     "password",
-    "token",
+    "passwd",
     "credential",
     "authorization",
     "access_key",
     "api_key",
     "signature",
 )
+"""Key names containing one of these are secrets; so are names ending in ``token`` (but not
+``input_tokens``, a usage count)."""
 TRANSCRIPT_KEYS: Final = frozenset({"text", "transcript", "system_prompt", "prompt"})
 MAX_VALUE_CHARS: Final = 1000
 """Longer strings are cut: a base64 audio chunk or a whole request must never fill the logs."""
@@ -49,7 +51,7 @@ class Redactor:
 
     def _clean(self, key: str, value: Any, depth: int) -> Any:
         lowered = key.lower()
-        if any(word in lowered for word in SECRET_WORDS):
+        if lowered.endswith("token") or any(word in lowered for word in SECRET_WORDS):
             return "[redacted]"
         if isinstance(value, bytes | bytearray | memoryview):
             return f"<{len(value)} bytes>"

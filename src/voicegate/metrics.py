@@ -443,6 +443,11 @@ class GatewayMetrics:
         if sample.outbound_fraction_lost is not None:
             self.rtp_fraction_lost.observe(sample.outbound_fraction_lost)
         last = self._rtp_last.setdefault(call_id, _RtpTotals())
+        if (
+            sample.inbound_packets < last.inbound_packets
+            or sample.outbound_packets_sent < last.outbound_packets
+        ):
+            last = _RtpTotals()  # packet counts fell: a restarted call's new connection
         now = _RtpTotals(
             sample.inbound_packets,
             sample.inbound_lost,

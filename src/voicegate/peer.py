@@ -468,7 +468,7 @@ class PeerSession:
             await self.closed.wait()
             return None
         self._detaching = not self.conversation.ended.is_set()
-        await self.close("restart")
+        await self.close("restart" if self._detaching else "restart-after-end")
         return self.conversation if self._detaching else None
 
     async def _watch_conversation(self) -> None:

@@ -30,7 +30,7 @@ STOP_HANGOVER_FRAMES: Final = 10
 """Empty frames before the bot counts as stopped when the turn has not been marked finished."""
 MAX_LATE: Final = 0.1
 """When the loop falls this far behind schedule, re-anchor the clock instead of bursting frames."""
-LEAD_FLOOR_FRAMES: Final = 2
+LEAD_FLOOR_FRAMES: Final = 1
 """Queued audio a live (real-time) stream keeps as its cushion against arrival jitter."""
 LEAD_WINDOW_FRAMES: Final = 50
 LEAD_STEADY_FRAMES: Final = 3
@@ -175,8 +175,10 @@ class PlayoutTrack(MediaStreamTrack):
         is never steady, so its pauses keep their length.
         """
         levels = self._levels
-        levels.append(self._buffered)
-        if self._buffered < self._floor + self._frame_bytes or len(levels) < levels.maxlen:
+        # The level the queue would have without trimming: a steady source stays steady
+        # while its lead is being given back.
+        levels.append(self._buffered + self.trimmed_frames * self._frame_bytes)
+        if self._buffered < self._floor + self._frame_bytes or len(levels) < LEAD_WINDOW_FRAMES:
             return
         if max(levels) - min(levels) > LEAD_STEADY_FRAMES * self._frame_bytes:
             return
@@ -188,9 +190,7 @@ class PlayoutTrack(MediaStreamTrack):
         ):
             self._take()
             trimmed += 1
-        if trimmed:
-            self.trimmed_frames += trimmed
-            levels.clear()
+        self.trimmed_frames += trimmed
 
     def _head_is_silent(self) -> bool:
         """Whether the next whole frame queued is silence (without consuming it)."""

@@ -21,6 +21,7 @@ or interruption, with ``t`` in seconds from the start), ``call.json`` (timings a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -230,8 +231,6 @@ class Recorder:
 
     async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Finish pending writes and uploads (up to ``timeout``), then stop the threads."""
-        import asyncio
-
         writer, uploader = self._writer, self._uploader
         if writer is not None:
             self._queue.put_nowait(None)
@@ -290,8 +289,13 @@ class Recorder:
                     call.finished.set()
 
     def _open_files(self, call: CallRecording) -> _Files:
-        directory = self._root() / _safe_name(call.call_id)
-        directory.mkdir(parents=True, exist_ok=True)
+        # A restarted call (same pc_id, new connection) gets a directory of its own.
+        base = self._root() / _safe_name(call.call_id)
+        directory, n = base, 1
+        while directory.exists():
+            n += 1
+            directory = base.with_name(f"{base.name}-{n}")
+        directory.mkdir(parents=True)
         wavs: dict[str, wave.Wave_write] = {}
         for stream, rate in (("user", USER_RATE), ("bot", BOT_RATE)):
             w = wave.open(str(directory / f"{stream}.wav"), "wb")  # noqa: SIM115 (kept open)
@@ -339,7 +343,7 @@ class Recorder:
                     continue
                 if client is None:
                     client = self._s3_client()
-                prefix = self.options.s3_prefix + _safe_name(call.call_id) + "/"
+                prefix = self.options.s3_prefix + directory.name + "/"
                 for name in FILES:
                     path = directory / name
                     if path.is_file():

@@ -38,7 +38,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiortc
 import av
@@ -301,6 +301,8 @@ class AudioReceivePath:
     def _deliver(self, rel_ts: int, data: bytes) -> None:
         assert self._decoder is not None and self._next_seq is not None
         try:
+            if not data:  # an empty payload would make libopus conceal its 120 ms maximum
+                raise opus.OpusError("empty packet")
             pcm = self._decoder.decode(data)
         except opus.OpusError:
             # A corrupt packet: conceal its frame instead, so time keeps flowing.
@@ -468,9 +470,8 @@ class SpeechEncoder:
     def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int | None]:
         pcm, rate = self._mono(frame)
         enc = self._encoder_for(rate)
-        if not self._buf:
-            if frame.pts is not None and frame.time_base is not None:
-                self._buf_ts = int(frame.pts * frame.time_base * RTP_RATE)
+        if not self._buf and frame.pts is not None and frame.time_base is not None:
+            self._buf_ts = int(frame.pts * frame.time_base * RTP_RATE)
         self._buf += pcm
         have = len(self._buf) // 2
         per_ms = rate // 1000
@@ -501,11 +502,11 @@ class SpeechEncoder:
         self.frames_encoded += 1
         return enc.encode(chunk)
 
-    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
-        # Pre-encoded packets (not used by voicegate): aiortc's own conversion.
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        """Pre-encoded packets (the benchmark's load client sends them): aiortc's conversion."""
         from aiortc.mediastreams import convert_timebase
 
-        ts = convert_timebase(packet.pts, packet.time_base, Fraction(1, RTP_RATE))
+        ts = convert_timebase(packet.pts or 0, packet.time_base, Fraction(1, RTP_RATE))
         return [bytes(packet)], ts
 
 
@@ -538,7 +539,8 @@ async def _sender_next_encoded_frame(self: RTCRtpSender, codec: Any) -> RTCEncod
         payloads, timestamp = encoder.pack(data)
     if not payloads:
         return None
-    return RTCEncodedFrame(payloads, timestamp, audio_level)
+    # aiortc itself passes None for "no level" (its annotation says int).
+    return RTCEncodedFrame(payloads, timestamp, cast(int, audio_level))
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from voicegate import __version__, auth, rtcpatch
+from voicegate import __version__, audio, auth, ice, rtcpatch
 from voicegate.backends.base import Backend, BackendError
 from voicegate.config import ServeConfig, is_loopback
 from voicegate.continuation import ContinuationSettings
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
+from voicegate.loadguard import Admission, LagMonitor  # issue 5
 from voicegate.metrics import CONTENT_TYPE, GatewayMetrics
 from voicegate.peer import OfferError, PeerOptions, PeerSession
 from voicegate.ratelimit import RateLimiter
@@ -105,6 +106,7 @@ COUNTERS: Final = web.AppKey("counters", dict[str, int])
 METRICS: Final = web.AppKey("metrics", GatewayMetrics)  # issue 7
 RECORDER: Final = web.AppKey("recorder", Recorder)  # issue 7; absent unless configured
 LAG_TASK: Final = web.AppKey("lag_task", asyncio.Task[None])
+ADMISSION: Final = web.AppKey("admission", Admission)  # issue 5: max calls + loop lag
 
 
 # -- access control (issue 7) ------------------------------------------------------------------
@@ -283,6 +285,7 @@ async def healthz(request: web.Request) -> web.Response:
             "max_sessions": app[CONFIG].max_sessions,
             "uptime_s": round(time.monotonic() - app[STARTED], 1),
             "calls_total": app[COUNTERS]["calls_total"],
+            "loop_lag_ms": round(app[ADMISSION].monitor.lag_ms, 1),  # issue 5
         }
     )
 
@@ -341,24 +344,21 @@ async def post_offer(request: web.Request) -> web.Response:
             503, "voicegate is shutting down and takes no new calls", retry_after=RETRY_AFTER_S
         )
     sessions = app[SESSIONS]
-    if pc_id is not None and pc_id in sessions:
-        if not restart:
-            raise ApiError(
-                409,
-                "this pc_id has a live call; renegotiation is not supported, "
-                "send restart_pc: true to replace the connection",
-            )
-        # issue 4: the conversation (model stream, history) survives the reconnect.
-        kept = await sessions[pc_id].detach()
-    else:
-        kept = None
-    config = app[CONFIG]
-    if len(sessions) >= config.max_sessions:
-        app[COUNTERS]["calls_refused"] += 1
+    live_restart = pc_id is not None and pc_id in sessions
+    if live_restart and not restart:
         raise ApiError(
-            503,
-            f"voicegate is at its limit of {config.max_sessions} concurrent calls; retry later",
-            retry_after=RETRY_AFTER_S,
+            409,
+            "this pc_id has a live call; renegotiation is not supported, "
+            "send restart_pc: true to replace the connection",
+        )
+    config = app[CONFIG]
+    # issue 4: a call in progress reconnecting is not a new call; it is never refused for load.
+    refusal = None if live_restart else app[ADMISSION].decide(len(sessions))  # issue 5
+    if refusal is not None:
+        app[COUNTERS]["calls_refused"] += 1
+        extra = {} if refusal.loop_lag_ms is None else {"loop_lag_ms": refusal.loop_lag_ms}
+        raise ApiError(
+            503, refusal.message, reason=refusal.reason, retry_after=refusal.retry_after, **extra
         )
     new_id = pc_id if pc_id is not None and restart else f"pc-{uuid.uuid4().hex}"
     turn = turn_config(config)
@@ -371,6 +371,9 @@ async def post_offer(request: web.Request) -> web.Response:
             call_limit = min(call_limit, claims.mcs)
         if claims.pc is not None:  # a restart never outlives the call's own token
             call_limit = min(call_limit, max(1.0, claims.exp - SESSION_GRACE_S - time.time()))
+    # issue 4: the conversation (model stream, history) survives the reconnect.
+    previous = sessions.get(new_id) if live_restart else None
+    kept = await previous.detach() if previous is not None else None
     session = PeerSession(
         new_id,
         app[BACKEND],
@@ -441,7 +444,9 @@ def _forget(
 ) -> None:
     if sessions.get(session.pc_id) is session:
         del sessions[session.pc_id]
-    if metrics is not None:
+    # issue 4: a restart hands the conversation (and its cumulative stats) to the next
+    # connection of the same call; that one's end counts the call, once.
+    if metrics is not None and session.close_reason != "restart":
         seconds = time.monotonic() - session.created
         metrics.call_ended(session.pc_id, session.close_reason, seconds, session.conversation.stats)
 
@@ -601,7 +606,10 @@ def create_app(
     tools: ToolRegistry | None = None,
     settings: ConversationSettings | None = None,
 ) -> web.Application:
-    rtcpatch.apply()  # issue 5: voicegate's aiortc media path (idempotent, process-wide)
+    # issue 5: voicegate's aiortc media path and media ports (idempotent, process-wide)
+    rtcpatch.apply()
+    ice.configure_media(ice.parse_port_range(config.rtc_ports), config.announced_address or None)
+    audio.configure_chunks(config.model_chunk_ms)
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[count_offers, access_control, errors_as_json],
@@ -642,4 +650,16 @@ def create_app(
     app.on_shutdown.append(_shutdown)
     app.on_startup.append(_start_observability)
     app.on_cleanup.append(_stop_observability)
+    app[ADMISSION] = Admission(config.max_sessions, config.max_loop_lag_ms, LagMonitor())
+    app.on_startup.append(_start_admission)
+    app.on_cleanup.append(_stop_admission)
     return app
+
+
+async def _start_admission(app: web.Application) -> None:
+    """issue 5: the loop-lag probe behind admission control."""
+    app[ADMISSION].monitor.start()
+
+
+async def _stop_admission(app: web.Application) -> None:
+    await app[ADMISSION].monitor.stop()
