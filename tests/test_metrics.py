@@ -360,3 +360,24 @@ async def test_refusals_are_counted_by_status() -> None:
         assert value(s, "voicegate_offers_total", status="503") == 1
         assert value(s, "voicegate_offers_total", status="200") == 1
         assert value(s, "voicegate_calls_refused_total") == 1
+
+
+def test_stream_failures_and_handover_gaps_are_exported() -> None:
+    from voicegate.conversation import ConversationStats
+    from voicegate.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    stats = ConversationStats()
+    stats.failures["stream_lost"] += 2
+    stats.failures["throttled"] += 1
+    stats.handover_gaps_ms.extend([0.6, 3.0])
+    stats.recovery_gaps_ms.append(120.0)
+    stats.renewals = 2
+    metrics.call_started("pc-1")
+    metrics.call_ended("pc-1", "hangup", 30.0, stats)
+    text = metrics.render()
+    assert 'voicegate_stream_failures_total{kind="stream_lost"} 2' in text
+    assert 'voicegate_stream_failures_total{kind="throttled"} 1' in text
+    assert 'voicegate_handover_gap_seconds_count{kind="renewal"} 2' in text
+    assert 'voicegate_handover_gap_seconds_count{kind="recovery"} 1' in text
+    assert "voicegate_conversation_renewals_total 2" in text

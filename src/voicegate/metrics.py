@@ -363,6 +363,16 @@ class GatewayMetrics:
             "speech backend (Bedrock) errors, by kind, at call start and during calls",
             ["kind"],
         )
+        # Issue 4: model-stream failures by kind and the renewal/recovery handover gaps. Ended
+        # calls are folded in at call end; live calls' failures are summed at scrape time.
+        self._closed_failures: dict[str, float] = {}
+        self.handover_gap = Histogram(
+            "voicegate_handover_gap_seconds",
+            "model stream handovers of ended calls: old stream's last use -> new stream live "
+            "(kind=renewal), or failure noticed -> new stream live (kind=recovery)",
+            (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            ["kind"],
+        )
         self.rtp_jitter = Histogram(
             "voicegate_rtp_jitter_seconds",
             "interarrival jitter per call sample: direction=inbound as voicegate measures the "
@@ -482,6 +492,11 @@ class GatewayMetrics:
         self.call_duration.observe(seconds)
         for name, value in numeric_fields(stats).items():
             self._closed_stats[name] = self._closed_stats.get(name, 0.0) + value
+        for kind, count in failures_by_kind(stats).items():
+            self._closed_failures[kind] = self._closed_failures.get(kind, 0.0) + count
+        for field_name, kind in (("handover_gaps_ms", "renewal"), ("recovery_gaps_ms", "recovery")):
+            for gap_ms in _floats(getattr(stats, field_name, ())):
+                self.handover_gap.observe(gap_ms / 1000.0, kind=kind)
 
     async def watch_loop_lag(self) -> None:
         """Probe the event loop forever (cancel to stop): the lag is how late a sleep wakes."""
@@ -510,6 +525,20 @@ class GatewayMetrics:
             counters.append(counter)
         return counters
 
+    def _stream_failures(self) -> Counter:
+        totals = dict(self._closed_failures)
+        for stats in self._live_stats():
+            for kind, count in failures_by_kind(stats).items():
+                totals[kind] = totals.get(kind, 0.0) + count
+        counter = Counter(
+            "voicegate_stream_failures_total",
+            "model streams that failed mid-call, by BackendError kind (live and ended calls)",
+            ["kind"],
+        )
+        for kind, count in sorted(totals.items()):
+            counter.inc(count, kind=kind)
+        return counter
+
     def metrics(self) -> list[_Metric]:
         return [
             self.calls_active,
@@ -533,6 +562,8 @@ class GatewayMetrics:
             self.recording_uploads,
             *self._process,
             *self._conversation_counters(),
+            self._stream_failures(),
+            self.handover_gap,
         ]
 
     def render(self) -> str:
@@ -564,3 +595,21 @@ def numeric_fields(stats: object) -> dict[str, float]:
         if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
             out[_NAME_OK.sub("_", name)] = float(value)
     return out
+
+
+def failures_by_kind(stats: object) -> dict[str, float]:
+    """``ConversationStats.failures`` (a Counter by kind), read defensively."""
+    raw = getattr(stats, "failures", None)
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, float] = {}
+    for kind, count in raw.items():
+        if isinstance(kind, str) and isinstance(count, (int, float)) and count > 0:
+            out[kind[:64]] = float(count)
+    return out
+
+
+def _floats(values: object) -> list[float]:
+    if not isinstance(values, Iterable):
+        return []
+    return [float(v) for v in values if isinstance(v, (int, float)) and v >= 0]
