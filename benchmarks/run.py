@@ -57,7 +57,9 @@ class Mode:
 
 SOAK_CALLS = 10
 
-SHORT = Mode(20, 20, (0.05,), (), 12, {"voicegate": (5, 10, 20)}, 0)
+SHORT = Mode(
+    20, 20, (0.05,), (), 12, {"voicegate": (5, 10, 20), "patched": (20,), "stock": (20,)}, 0
+)
 FULL = Mode(
     60,
     40,
@@ -66,7 +68,7 @@ FULL = Mode(
     20,
     {
         "voicegate": (5, 10, 15, 20, 30),
-        "voicegate-media": (10, 20, 40),
+        "patched": (10, 20, 40),
         "stock": (10, 20, 40),
         "pipecat": (5, 10, 20),
     },
@@ -136,8 +138,8 @@ def standin(tmp: Path) -> Iterator[tuple[dict[str, str], Path]]:
 def _gateway_cmd(kind: str, port: int) -> list[str]:
     if kind == "voicegate":
         return [PY, "-m", "voicegate", "serve", "--backend", "bedrock", "--port", str(port)]
-    if kind == "voicegate-media":  # the media path alone: in-process echo brain, no Bedrock
-        return [PY, "-m", "voicegate", "serve", "--backend", "echo", "--port", str(port)]
+    if kind == "patched":  # the stock gateway's code with voicegate's aiortc patches
+        return [PY, "-m", "benchmarks.stock_gateway", "--patched", "--port", str(port)]
     if kind == "stock":
         return [PY, "-m", "benchmarks.stock_gateway", "--port", str(port)]
     if kind == "pipecat":
@@ -327,7 +329,7 @@ def scenario_loss(mode: Mode, kinds: list[str]) -> dict[str, Any]:
 def scenario_capacity(mode: Mode, kinds: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     port = 8760
-    for kind in ["voicegate", "voicegate-media", *kinds[1:]]:
+    for kind in kinds:
         for n in mode.capacity_n.get(kind, ()):
             print(f"  capacity: {kind} N={n} ...", flush=True)
             port += 1
@@ -409,9 +411,9 @@ def table(results: dict[str, Any]) -> str:
                 f"p99 {other['p99'] / vg['p99']:.2f}x"
             )
     cap = results.get("capacity", {})
-    # Like with like: stock (no model hop) against voicegate's media path alone (echo brain in
-    # process); Pipecat (Nova Sonic service) against voicegate on the full Bedrock path.
-    for peer, mine_kind in (("stock", "voicegate-media"), ("pipecat", "voicegate")):
+    # Like with like: the stock echo gateway against the same gateway with voicegate's patches
+    # (media path alone); Pipecat (Nova Sonic service) against voicegate on the Bedrock path.
+    for peer, mine_kind in (("stock", "patched"), ("pipecat", "voicegate")):
         for key, r in cap.items():
             if key.split(" ")[0] == peer and r.get("cpu_percent_per_call"):
                 n = key.split("=")[1]
@@ -466,7 +468,7 @@ def plots(results: dict[str, Any]) -> list[str]:
     cap = results.get("capacity", {})
     if cap:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for kind in ("voicegate", "voicegate-media", "stock", "pipecat"):
+        for kind in ("voicegate", "patched", "stock", "pipecat"):
             pts = [(int(k.split("=")[1]), r) for k, r in cap.items()
                    if k.split(" ")[0] == kind and "rtt_ms" in r]  # fmt: skip
             if not pts:
@@ -513,6 +515,8 @@ def main() -> None:
     only = set(args.only.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     kinds = ["voicegate"] + [p for p in args.peers.split(",") if p]
+    if "stock" in kinds:
+        kinds.insert(1, "patched")
     meta: dict[str, Any] = {
         "mode": "full" if args.full else "short",
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -4,7 +4,10 @@ Receives the caller's audio, resamples it to 16 kHz mono as any model gateway mu
 straight back on a paced 20 ms track (at 24 kHz, a speech model's output rate). It has no model
 hop at all, so its round trip is a floor for any stock-aiortc gateway.
 
-    python -m benchmarks.stock_gateway --port 8090
+    python -m benchmarks.stock_gateway --port 8090 [--patched]
+
+With ``--patched`` the very same gateway runs with ``voicegate.rtcpatch`` applied: the A/B of
+voicegate's media path alone, without voicegate's conversation layer or the model hop.
 """
 
 from __future__ import annotations
@@ -86,7 +89,14 @@ async def hangup(request: web.Request) -> web.Response:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--patched", action="store_true", help="the same gateway with voicegate's rtcpatch applied"
+    )
     args = parser.parse_args()
+    if args.patched:  # A/B of the media path alone: identical code, voicegate's aiortc patches
+        from voicegate import rtcpatch
+
+        rtcpatch.apply()
     app = web.Application()
     app["pcs"], app["tasks"] = {}, set()
     app.router.add_post("/api/offer", offer)

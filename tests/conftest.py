@@ -44,6 +44,9 @@ async def running_server(
 ) -> AsyncIterator[tuple[str, web.Application]]:
     base = resolve(None, env={})
     values = {f: getattr(base, f) for f in ServeConfig.__dataclass_fields__}
+    # Load shedding by event-loop lag is tested on its own (tests/test_loadguard.py); elsewhere a
+    # busy test machine must not turn into refused calls, so it is off unless a test asks.
+    values["max_loop_lag_ms"] = 0.0
     values.update(overrides)
     values["port"] = 0
     config = ServeConfig(**values)

@@ -23,6 +23,11 @@ costs ~0.3-0.6 ms of CPU on the Bedrock path) but add up to their length on the 
 _chunk_samples = CHUNK_SAMPLES
 
 
+def model_chunk_seconds() -> float:
+    """Length of the caller-audio chunks the inbound pump hands the conversation."""
+    return _chunk_samples / MODEL_INPUT_RATE
+
+
 def configure_chunks(ms: int) -> None:
     """Model input chunk length for every call from now on (a multiple of 20 ms)."""
     global _chunk_samples

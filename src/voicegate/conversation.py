@@ -35,6 +35,7 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 
+from voicegate.audio import model_chunk_seconds
 from voicegate.backends.base import Backend, BackendError, BackendStream, StreamLost
 from voicegate.continuation import (
     ContinuationSettings,
@@ -300,7 +301,8 @@ class Conversation:
         self._next: _Leg | None = None  # prepared in the background for a renewal
         self._legs: set[_Leg] = set()  # every leg not closed yet
         self._leg_count = 0
-        self._replay = ReplayBuffer(CHUNK_SECONDS, c.replay_max_s, c.replay_preroll_s)
+        # issue 5: caller chunks are as long as audio.configure_chunks says (20 ms default).
+        self._replay = ReplayBuffer(model_chunk_seconds(), c.replay_max_s, c.replay_preroll_s)
         self._audio_q: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_CHUNKS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._tool_sem = asyncio.Semaphore(MAX_TOOL_TASKS)
@@ -449,7 +451,7 @@ class Conversation:
         self.stats.history_bytes_replayed += size
         self.stats.history_messages_replayed += len(history)
         self.stats.audio_chunks_replayed += len(audio)
-        return size, len(audio) * CHUNK_SECONDS * 1000
+        return size, sum(len(a) for a in audio) / 2 / INPUT_RATE * 1000  # issue 5: any size
 
     def _retire(self, leg: _Leg) -> None:
         """Close a leg that is no longer live in order, in the background."""
