@@ -180,3 +180,21 @@ def test_model_chunks_follow_the_configured_length() -> None:
             audio.configure_chunks(30)
     finally:
         audio.configure_chunks(audio.CHUNK_SAMPLES * 1000 // audio.MODEL_INPUT_RATE)
+
+
+async def test_after_running_dry_mid_speech_the_cushion_grows_to_two_frames() -> None:
+    track = PlayoutTrack(rate=24000)
+    speech = _speech_like(0.02)
+    silence = bytes(480 * 2)
+    track.push(speech)
+    await track.recv()
+    await track.recv()  # ran dry mid-speech: a late frame upstream
+    assert track.underruns == 1
+    for i in range(60):  # a live source with a steady lead of 4 frames and pauses
+        for _ in range(4 if i == 0 else 1):
+            track.push(silence if i % 2 else speech)
+        await track.recv()
+    # Trimmed back, but to the two-frame cushion now (one frame on a clean stream): two
+    # frames queued before each frame is taken, one left after.
+    assert track.trimmed_frames >= 1
+    assert round(track.buffered_seconds / 0.02) == 1

@@ -31,8 +31,12 @@ STOP_HANGOVER_FRAMES: Final = 10
 MAX_LATE: Final = 0.1
 """When the loop falls this far behind schedule, re-anchor the clock instead of bursting frames."""
 LEAD_FLOOR_FRAMES: Final = 1
-"""Queued audio a live (real-time) stream keeps as its cushion against arrival jitter."""
-LEAD_WINDOW_FRAMES: Final = 50
+"""Queued audio a live (real-time) stream keeps as its cushion against arrival jitter: one
+frame on a clean stream, ``LEAD_FLOOR_AFTER_UNDERRUN`` for a while after the stream ran dry
+mid-speech (a late or lost frame upstream), like an adaptive jitter buffer."""
+LEAD_FLOOR_AFTER_UNDERRUN: Final = 2
+FLOOR_RELAX_S: Final = 5.0
+LEAD_WINDOW_FRAMES: Final = 25
 LEAD_STEADY_FRAMES: Final = 3
 MAX_TRIM_PER_FRAME: Final = 5
 SILENT_PEAK: Final = 64
@@ -73,6 +77,8 @@ class PlayoutTrack(MediaStreamTrack):
         self.trimmed_frames = 0
         self._levels: deque[int] = deque(maxlen=LEAD_WINDOW_FRAMES)
         self._floor = LEAD_FLOOR_FRAMES * self._frame_bytes
+        self._last_underrun = float("-inf")
+        self.underruns = 0
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -158,22 +164,33 @@ class PlayoutTrack(MediaStreamTrack):
         else:
             self.frames_silence += 1
             if self._speaking:
+                if self._empty_frames == 0 and not self._turn_done:
+                    # Ran dry mid-speech: the source is live and late. Keep a bigger cushion.
+                    self.underruns += 1
+                    self._last_underrun = now
+                    self._floor = LEAD_FLOOR_AFTER_UNDERRUN * self._frame_bytes
                 self._empty_frames += 1
                 if self._turn_done or self._empty_frames >= STOP_HANGOVER_FRAMES:
                     self._set_stopped(interrupted=False)
         return frame
 
     def _trim_lead(self) -> None:
-        """Give back latency that stalls added to a live stream, by dropping digital silence.
+        """Give back latency that stalls added to a live stream, by dropping silent frames.
 
         A source that produces audio at real time (an echo, a paced model) keeps whatever lead
         it once gained: every loop stall, silence fill or underrun adds to the queue and nothing
         ever takes it away, so the delay only ratchets up. When the queue has held a steady
-        level (within a few frames for a whole second) above the cushion, whole frames of
+        level (within a few frames for half a second) above the cushion, whole frames of
         silence (below -54 dBFS) at its head are dropped until it is back at the cushion. Speech is
         never touched, and a model streaming ahead of real time (its queue grows, then drains)
         is never steady, so its pauses keep their length.
         """
+        relaxed = LEAD_FLOOR_FRAMES * self._frame_bytes
+        if (
+            self._floor > relaxed
+            and asyncio.get_running_loop().time() - self._last_underrun > FLOOR_RELAX_S
+        ):
+            self._floor = relaxed
         levels = self._levels
         # The level the queue would have without trimming: a steady source stays steady
         # while its lead is being given back.
