@@ -232,7 +232,9 @@ async def test_a_call_moves_the_metrics(
                     "server-message",
                     15,
                     lambda m: (
-                        m["data"].get("kind") == "rtp-stats" and m["data"].get("rtt_s") is not None
+                        m["data"].get("kind") == "rtp-stats"
+                        and m["data"].get("rtt_s") is not None
+                        and (m["data"].get("inbound_packets") or 0) > 50
                     ),
                 )
                 during = await scrape(url)
