@@ -128,3 +128,17 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     return config
+
+
+@pytest.fixture
+async def standin(
+    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[Any]:
+    """A scripted Bedrock stand-in, with the environment pointing the real SDK at it.
+    Test modules that need another brain or limit define their own ``standin``."""
+    from voicegate.standin import StandIn
+
+    async with StandIn("scripted", cert_dir=tmp_path / "certs") as s:
+        for name, value in s.client_env().items():
+            monkeypatch.setenv(name, value)
+        yield s

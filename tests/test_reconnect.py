@@ -8,27 +8,15 @@ the call, so the reconnected one carries on).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.conftest import running_server
 from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
 from voicegate.client import CallClient, load_wav
 from voicegate.signaling import SESSIONS
 from voicegate.standin import StandIn
-
-
-@pytest.fixture
-async def standin(
-    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[StandIn]:
-    async with StandIn("scripted", cert_dir=tmp_path / "certs") as s:
-        for name, value in s.client_env().items():
-            monkeypatch.setenv(name, value)
-        yield s
 
 
 def _backend() -> BedrockBackend:
