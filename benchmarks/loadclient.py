@@ -37,7 +37,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from benchmarks.markers import Detector, speech, with_markers
-from voicegate import ice, opus, rtcpatch
+from voicegate.media import ice, opus
+from voicegate.media import patch as rtcpatch
 
 RATE = 48000
 FRAME = 960

@@ -23,7 +23,8 @@ import av
 import numpy as np
 
 from benchmarks.markers import speech
-from voicegate import opus, rtcpatch
+from voicegate.media import opus
+from voicegate.media import patch as rtcpatch
 
 
 def _best_us(fn: Callable[[Any], Any], items: list[Any], passes: int = 3) -> float:

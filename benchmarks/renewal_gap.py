@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from voicegate.backends.base import StreamLost
-from voicegate.backends.bedrock import BedrockBackend, BedrockSettings, BedrockStream
-from voicegate.conversation import (
+from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings, BedrockStream
+from voicegate.conversation.dialogue import (
     CHUNK_SAMPLES,
     Conversation,
     ConversationEvent,
     ConversationSettings,
 )
-from voicegate.tools import default_tools
+from voicegate.conversation.tools import default_tools
 
 
 class Sink:

@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from voicegate import ice, logs
+from voicegate import logs
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
 from voicegate.config import ServeConfig, resolve
-from voicegate.metrics import open_fds, rss_bytes
-from voicegate.signaling import SESSIONS, create_app
+from voicegate.media import ice
+from voicegate.observability.metrics import open_fds, rss_bytes
+from voicegate.signaling.app import SESSIONS, create_app
+from voicegate.testing.client import CallClient
 
 TONE = (8000 * np.sin(np.arange(int(48000 * 0.3)) * 2 * np.pi * 300 / 48000)).astype(np.int16)
 CALL_TIMEOUT = 30.0

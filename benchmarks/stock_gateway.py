@@ -94,7 +94,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.patched:  # A/B of the media path alone: identical code, voicegate's aiortc patches
-        from voicegate import rtcpatch
+        from voicegate.media import patch as rtcpatch
 
         rtcpatch.apply()
     app = web.Application()

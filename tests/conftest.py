@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from voicegate import ice
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig, resolve
-from voicegate.signaling import create_app
+from voicegate.media import ice
+from voicegate.signaling.app import create_app
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Tests never probe the EC2 instance metadata service: all their traffic stays on loopback.

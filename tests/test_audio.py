@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from voicegate.audio import Chunker, InboundResampler, dbfs, pcm_frame, rms
+from voicegate.media.audio import Chunker, InboundResampler, dbfs, pcm_frame, rms
 
 
 def _stereo48(samples: np.ndarray, pts: int) -> av.AudioFrame:

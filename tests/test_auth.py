@@ -23,12 +23,12 @@ import pytest
 import structlog
 
 from tests.conftest import running_server
-from voicegate import auth
 from voicegate.backends.echo import EchoBackend
 from voicegate.cli import main
-from voicegate.client import CallClient
 from voicegate.config import ConfigError, resolve
-from voicegate.signaling import SESSIONS
+from voicegate.signaling import auth
+from voicegate.signaling.app import SESSIONS
+from voicegate.testing.client import CallClient
 
 SECRET = "test-secret-0123456789abcdef"
 

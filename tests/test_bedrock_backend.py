@@ -18,14 +18,14 @@ from smithy_aws_event_stream.exceptions import UnmodeledEventError  # noqa: E402
 from smithy_core.exceptions import SmithyError, SmithyIdentityError  # noqa: E402
 
 from voicegate.backends import base  # noqa: E402
-from voicegate.backends.bedrock import (  # noqa: E402
+from voicegate.backends.bedrock.client import (  # noqa: E402
     DEFAULT_MODEL_ID,
     BedrockBackend,
     BedrockSettings,
     default_region,
     map_error,
 )
-from voicegate.backends.bedrock_credentials import (  # noqa: E402
+from voicegate.backends.bedrock.credentials import (  # noqa: E402
     BotocoreIdentityResolver,
     credentials_status,
 )
@@ -321,7 +321,8 @@ async def test_open_without_credentials_is_access_denied(clean_aws_env: Path) ->
 # --------------------------------------------------------------------------------------------
 
 import voicegate.standin.server as standin_server  # noqa: E402
-from voicegate.sonic import (  # noqa: E402
+from voicegate.conversation.tools import default_tools  # noqa: E402
+from voicegate.sonic.events import (  # noqa: E402
     INTERRUPTED_MARKER,
     AudioContentStart,
     AudioInput,
@@ -343,7 +344,6 @@ from voicegate.sonic import (  # noqa: E402
     ToolUse,
     UsageEvent,
 )
-from voicegate.tools import default_tools  # noqa: E402
 
 StandIn = standin_server.StandIn
 CHUNK = 1024  # 32 ms of 16 kHz s16le, what the conversation layer sends
@@ -722,7 +722,7 @@ async def test_temporary_credentials_from_botocore_sign_the_stream(
     cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Refreshable (assume-role style) credentials with a session token, through the bridge."""
-    from voicegate.sigv4 import Credentials as ServerCredentials
+    from voicegate.standin.sigv4 import Credentials as ServerCredentials
 
     server_creds = ServerCredentials("ASIATEMPORARY", SECRET, "session-token-123")
     async with StandIn(brain="scripted", cert_dir=cert_dir, credentials=server_creds) as s:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import running_server
-from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
-from voicegate.client import CallClient, load_wav
-from voicegate.signaling import SESSIONS
+from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
+from voicegate.signaling.app import SESSIONS
 from voicegate.standin import StandIn
+from voicegate.testing.client import CallClient, load_wav
 
 
 def _backend() -> BedrockBackend:

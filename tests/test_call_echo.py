@@ -10,7 +10,7 @@ import numpy as np
 
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient, load_wav
+from voicegate.testing.client import CallClient, load_wav
 
 
 async def test_echo_call_round_trip(speech_wav: Callable[[str], Path]) -> None:
@@ -49,6 +49,6 @@ async def test_echo_call_round_trip(speech_wav: Callable[[str], Path]) -> None:
 
 
 def app_sessions(app: object) -> int:
-    from voicegate.signaling import SESSIONS
+    from voicegate.signaling.app import SESSIONS
 
     return len(app[SESSIONS])  # type: ignore[index]

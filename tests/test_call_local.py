@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import require, running_server
 from voicegate.backends.base import Backend
-from voicegate.client import CallClient, load_wav
-from voicegate.signaling import SESSIONS
+from voicegate.signaling.app import SESSIONS
+from voicegate.testing.client import CallClient, load_wav
 
 pytestmark = pytest.mark.local
 

@@ -8,7 +8,7 @@ import json
 
 from voicegate.backends.base import BackendStream, Throttled
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.conversation import (
+from voicegate.conversation.dialogue import (
     BotInterrupted,
     BotText,
     Conversation,
@@ -19,8 +19,8 @@ from voicegate.conversation import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from voicegate.sonic import ContentEnd, InputEvent, PromptEnd, SessionEnd
-from voicegate.tools import default_tools
+from voicegate.conversation.tools import default_tools
+from voicegate.sonic.events import ContentEnd, InputEvent, PromptEnd, SessionEnd
 
 
 class Listener:
@@ -176,7 +176,7 @@ async def test_grammar_violation_surfaces_as_validation_error() -> None:
     brain = Recorder()
     conv, listener = await _start(brain)
     # Opening a second audio content is refused, like Bedrock does.
-    from voicegate.sonic import AudioContentStart
+    from voicegate.sonic.events import AudioContentStart
 
     await conv._send(AudioContentStart(conv.prompt_name, "second"))
     err = await listener.wait(ConversationError)

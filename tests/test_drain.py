@@ -20,8 +20,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from voicegate.client import CallClient
 from voicegate.standin import StandIn
+from voicegate.testing.client import CallClient
 
 SECRET = "drain-test-secret-0123456789"
 

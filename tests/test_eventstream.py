@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicegate.eventstream import (
+from voicegate.standin.eventstream import (
     ChecksumMismatch,
     EventStreamError,
     HeaderValue,

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import running_server
-from voicegate import auth
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
-from voicegate.signaling import SESSIONS
+from voicegate.signaling import auth
+from voicegate.signaling.app import SESSIONS
+from voicegate.testing.client import CallClient
 
 T = TypeVar("T")
 # The server thread uses `random` (aioice, uuid) while Hypothesis generates; Hypothesis takes that

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from voicegate.continuation import ReplayBuffer, history_bytes, shape_history
-from voicegate.sonic import Role
+from voicegate.conversation.continuation import ReplayBuffer, history_bytes, shape_history
+from voicegate.sonic.events import Role
 
 CHUNK_S = 0.032
 

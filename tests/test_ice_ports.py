@@ -11,10 +11,10 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tests.conftest import running_server
-from voicegate import ice
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
 from voicegate.config import ServeConfig, validate
+from voicegate.media import ice
+from voicegate.testing.client import CallClient
 
 
 def _free_range(size: int) -> tuple[int, int]:

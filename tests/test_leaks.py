@@ -11,7 +11,7 @@ import numpy as np
 
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
+from voicegate.testing.client import CallClient
 
 
 def _call_threads() -> list[str]:
@@ -49,7 +49,7 @@ async def _one_call(url: str, hangup_by_delete: bool) -> None:
 
 async def test_twenty_calls_leave_nothing_behind() -> None:
     async with running_server(EchoBackend()) as (url, app):
-        from voicegate.signaling import SESSIONS
+        from voicegate.signaling.app import SESSIONS
 
         await _one_call(url, True)  # warm-up: lazily created executors and caches
         await _settle()

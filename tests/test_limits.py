@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient, load_wav
 from voicegate.config import ConfigError, resolve
-from voicegate.ratelimit import RateLimiter, client_key
-from voicegate.signaling import SESSIONS
+from voicegate.signaling.app import SESSIONS
+from voicegate.signaling.ratelimit import RateLimiter, client_key
+from voicegate.testing.client import CallClient, load_wav
 
 BAD_OFFER: dict[str, Any] = {"sdp": "hello", "type": "offer"}
 

@@ -9,9 +9,9 @@ import aiohttp
 
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
-from voicegate.loadguard import Admission, LagMonitor
-from voicegate.signaling import ADMISSION
+from voicegate.signaling.admission import Admission, LagMonitor
+from voicegate.signaling.app import ADMISSION
+from voicegate.testing.client import CallClient
 
 OFFER_LIKE = {"sdp": "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n", "type": "offer"}
 

@@ -30,7 +30,9 @@ from voicegate.backends.local import (
     quote_reply,
     time_reply,
 )
-from voicegate.sonic import (
+from voicegate.backends.speech.tts import resample_pcm16
+from voicegate.conversation.tools import default_tools
+from voicegate.sonic.events import (
     AudioContentStart,
     AudioInput,
     AudioOutput,
@@ -53,8 +55,6 @@ from voicegate.sonic import (
     UsageEvent,
     is_interruption_marker,
 )
-from voicegate.speech.tts import resample_pcm16
-from voicegate.tools import default_tools
 
 pytestmark = pytest.mark.local
 

@@ -15,7 +15,7 @@ import structlog
 from tests.conftest import running_server
 from voicegate import logs
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient, load_wav
+from voicegate.testing.client import CallClient, load_wav
 
 APP_EVENTS = {"open_dev_mode"}
 """Lines about the server, not a call."""

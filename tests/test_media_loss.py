@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from voicegate import audio, rtcpatch
-from voicegate.playout import LEAD_FLOOR_FRAMES, PlayoutTrack
+from voicegate.media import audio
+from voicegate.media import patch as rtcpatch
+from voicegate.media.playout import LEAD_FLOOR_FRAMES, PlayoutTrack
 
 rtcpatch.apply()
 

@@ -17,12 +17,11 @@ from aiortc.stats import (
 )
 
 from tests.conftest import running_server
-from voicegate import peer
 from voicegate.backends.base import BackendStream, ServiceUnavailable, Throttled
 from voicegate.backends.echo import EchoBackend
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.client import CallClient, load_wav
-from voicegate.metrics import (
+from voicegate.call import session as peer
+from voicegate.observability.metrics import (
     MAX_SERIES,
     Counter,
     GatewayMetrics,
@@ -31,6 +30,7 @@ from voicegate.metrics import (
     RtpSample,
     rtp_sample,
 )
+from voicegate.testing.client import CallClient, load_wav
 
 SAMPLE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? "
@@ -312,7 +312,7 @@ async def test_barge_ins_and_backend_errors_by_kind() -> None:
                 await client.connect()
                 await client.wait_for("bot-interrupted", 10)
                 await client.wait_for("error", 10)
-                from voicegate.signaling import SESSIONS
+                from voicegate.signaling.app import SESSIONS
 
                 for session in list(app[SESSIONS].values()):
                     await session.closed.wait()
@@ -365,8 +365,8 @@ async def test_refusals_are_counted_by_status() -> None:
 
 
 def test_stream_failures_and_handover_gaps_are_exported() -> None:
-    from voicegate.conversation import ConversationStats
-    from voicegate.metrics import GatewayMetrics
+    from voicegate.conversation.dialogue import ConversationStats
+    from voicegate.observability.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
     stats = ConversationStats()

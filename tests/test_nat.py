@@ -93,7 +93,7 @@ async def _client(
 ) -> dict[str, Any]:
     import aiohttp
 
-    from voicegate.client import CallClient
+    from voicegate.testing.client import CallClient
 
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -378,7 +378,7 @@ def run_client(nat: Nat, port: int, *flags: str) -> dict[str, Any]:
         *nat.topo.exec(nat.topo.cli), sys.executable, "-m", "tests.test_nat",
         "--client", f"http://{EDGE_IP}:{port}", *flags,
     ]  # fmt: skip
-    from voicegate import auth
+    from voicegate.signaling import auth
 
     env = _env(VG_NAT_TOKEN=auth.mint(AUTH_SECRET, 600, subject="nat-test"))
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from voicegate.playout import PlayoutTrack
+from voicegate.media.playout import PlayoutTrack
 
 
 def _pcm(seconds: float, value: int = 1000, rate: int = 24000) -> bytes:

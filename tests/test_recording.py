@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import require, running_server
-from voicegate import recording
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient, load_wav
-from voicegate.metrics import GatewayMetrics
-from voicegate.recording import Recorder, RecordingOptions
-from voicegate.signaling import METRICS, SESSIONS
+from voicegate.observability import recording
+from voicegate.observability.metrics import GatewayMetrics
+from voicegate.observability.recording import Recorder, RecordingOptions
+from voicegate.signaling.app import METRICS, SESSIONS
+from voicegate.testing.client import CallClient, load_wav
 
 WINDOW_S = 0.02
 

@@ -19,20 +19,20 @@ import pytest
 from tests.conftest import running_server
 from tests.test_conversation import Listener, OneBackend, Recorder
 from voicegate.backends.base import BackendStream
-from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
+from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.client import CallClient, load_wav
-from voicegate.continuation import ContinuationSettings
-from voicegate.conversation import (
+from voicegate.conversation.continuation import ContinuationSettings
+from voicegate.conversation.dialogue import (
     Conversation,
     ConversationEvent,
     ConversationSettings,
     SessionContinued,
 )
-from voicegate.signaling import SESSIONS
-from voicegate.sonic import AudioInput, TextContentStart
+from voicegate.conversation.tools import default_tools
+from voicegate.signaling.app import SESSIONS
+from voicegate.sonic.events import AudioInput, TextContentStart
 from voicegate.standin import StandIn
-from voicegate.tools import default_tools
+from voicegate.testing.client import CallClient, load_wav
 
 HEARD = re.compile(r"stand-in heard ([0-9.]+) s of speech")
 
@@ -299,7 +299,7 @@ async def test_renewal_comes_before_temporary_credentials_expire() -> None:
 
 def test_options_reach_the_conversation_and_are_validated() -> None:
     from voicegate.config import ConfigError, resolve
-    from voicegate.signaling import conversation_settings
+    from voicegate.signaling.app import conversation_settings
 
     env = {"VOICEGATE_RENEW_AFTER": "300", "VOICEGATE_RECOVERY_ATTEMPTS": "5"}
     c = conversation_settings(resolve(None, env=env)).continuation

@@ -16,8 +16,9 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-from voicegate import opus, rtcpatch
-from voicegate.playout import PlayoutTrack
+from voicegate.media import opus
+from voicegate.media import patch as rtcpatch
+from voicegate.media.playout import PlayoutTrack
 
 rtcpatch.apply()
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
+from voicegate.testing.client import CallClient
 
 VALID_CANDIDATE = "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"
 

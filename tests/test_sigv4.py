@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from voicegate.eventstream import Message, decode_message, encode_message
-from voicegate.sigv4 import (
+from voicegate.standin.eventstream import Message, decode_message, encode_message
+from voicegate.standin.sigv4 import (
     STREAMING_PAYLOAD,
     Credentials,
     EventSigner,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicegate import sonic
-from voicegate.sonic import (
+from voicegate.sonic import events as sonic
+from voicegate.sonic.events import (
     AudioContentStart,
     AudioInput,
     AudioOutput,

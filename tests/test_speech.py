@@ -15,13 +15,17 @@ import numpy as np
 import pytest
 
 import voicegate
-from voicegate import speech
-from voicegate.backends import BackendUnavailable
+from voicegate.backends import BackendUnavailable, speech
 from voicegate.backends.local import LocalBackend, SpeechModels, load_models
-from voicegate.speech import INSTALL_HINT, SpeechModelError, check_installed, missing_package
-from voicegate.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
-from voicegate.speech.tts import float_to_pcm16, resample_pcm16
-from voicegate.speech.vad import (
+from voicegate.backends.speech import (
+    INSTALL_HINT,
+    SpeechModelError,
+    check_installed,
+    missing_package,
+)
+from voicegate.backends.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
+from voicegate.backends.speech.tts import float_to_pcm16, resample_pcm16
+from voicegate.backends.speech.vad import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     SpeechEnd,

@@ -31,18 +31,18 @@ from h2.events import (
     StreamReset,
 )
 
-from voicegate import sonic
 from voicegate.backends.inprocess import MAX_QUEUED_OUTPUT
-from voicegate.eventstream import Message, MessageDecoder, encode_message
-from voicegate.sigv4 import (
+from voicegate.sonic import events as sonic
+from voicegate.standin import StandIn
+from voicegate.standin.brains import LinearResampler
+from voicegate.standin.eventstream import Message, MessageDecoder, encode_message
+from voicegate.standin.sigv4 import (
     STREAMING_PAYLOAD,
     Credentials,
     EventSigner,
     parse_authorization,
     sign_request,
 )
-from voicegate.standin import StandIn
-from voicegate.standin.brains import LinearResampler
 
 pytestmark = pytest.mark.bedrock
 

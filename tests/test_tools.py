@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from voicegate.tools import Tool, ToolRegistry, calculate, default_tools
+from voicegate.conversation.tools import Tool, ToolRegistry, calculate, default_tools
 
 
 async def test_example_tools() -> None:

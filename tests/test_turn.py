@@ -20,8 +20,8 @@ from aiortc import RTCIceServer
 from tests.conftest import running_server
 from tests.coturn_util import running_coturn
 from voicegate.backends.echo import EchoBackend
-from voicegate.client import CallClient
-from voicegate.turn import TurnConfig, mint
+from voicegate.signaling.turn import TurnConfig, mint
+from voicegate.testing.client import CallClient
 
 SECRET = "test-turn-secret-Zq8"
 REPO = Path(__file__).resolve().parents[1]

@@ -43,8 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     from aiohttp import web
 
-    from voicegate import ice
-    from voicegate.signaling import create_app
+    from voicegate.media import ice
+    from voicegate.signaling.app import create_app
 
     log = structlog.get_logger("voicegate")
     ice.configure_host_addresses(list(conf.ice_addresses) or ice.default_host_addresses(conf.host))
@@ -88,7 +88,7 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    from voicegate.signaling import drain
+    from voicegate.signaling.app import drain
 
     log.info("shutting_down", drain_timeout_s=conf.drain_timeout)
     ended = await drain(app, conf.drain_timeout, cut)
@@ -101,7 +101,7 @@ def _token(args: argparse.Namespace) -> int:
     """Print one access token, alone on stdout, so scripts can capture it with $(...)."""
     import os
 
-    from voicegate import auth
+    from voicegate.signaling import auth
 
     secret = args.secret or os.environ.get("VOICEGATE_AUTH_SECRET", "")
     if not secret:

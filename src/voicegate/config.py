@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from voicegate.sonic import ENDPOINTING
+from voicegate.sonic.events import ENDPOINTING
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
@@ -341,7 +341,7 @@ def validate(c: ServeConfig) -> list[str]:
             ipaddress.ip_address(address)
         except ValueError:
             problems.append(f"ice address {address!r} is not an IP address")
-    from voicegate.turn import check_url
+    from voicegate.signaling.turn import check_url
 
     for url in c.turn_urls:
         problem = check_url(url)
@@ -364,7 +364,7 @@ def validate(c: ServeConfig) -> list[str]:
 
 def _validate_media(c: ServeConfig) -> list[str]:
     """issue 5: the media port range, announced address and lag limit."""
-    from voicegate.ice import parse_port_range
+    from voicegate.media.ice import parse_port_range
 
     problems: list[str] = []
     try:
@@ -413,7 +413,7 @@ def _validate_access(c: ServeConfig) -> list[str]:
     """issue 7: an exposed gateway without a secret would let anyone spend Bedrock money."""
     from urllib.parse import urlsplit
 
-    from voicegate.auth import MIN_SECRET_CHARS
+    from voicegate.signaling.auth import MIN_SECRET_CHARS
 
     problems: list[str] = []
     if c.auth_secret and len(c.auth_secret) < MIN_SECRET_CHARS:

@@ -24,7 +24,7 @@ def make_backend(
         return _bedrock(**bedrock), "bedrock backend requested"
     if name == "auto":
         try:
-            from voicegate.backends.bedrock import credentials_status
+            from voicegate.backends.bedrock.client import credentials_status
         except ImportError:
             ok, why = False, "the bedrock extra is not installed"
         else:
@@ -52,7 +52,7 @@ def _local() -> Backend:
 
 def _bedrock(model_id: str, region: str, endpoint: str) -> Backend:
     try:
-        from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
+        from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
     except ImportError as exc:
         raise BackendUnavailable(
             f"the bedrock backend needs the 'bedrock' extra (pip install 'voicegate[bedrock]'): "

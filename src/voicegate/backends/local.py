@@ -40,11 +40,10 @@ from numpy.typing import NDArray
 
 from voicegate.backends.base import BackendError
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.sonic import UsageEvent
-from voicegate.speech import SpeechModelError, check_installed
-from voicegate.speech.asr import Transcriber
-from voicegate.speech.tts import Synthesizer
-from voicegate.speech.vad import (
+from voicegate.backends.speech import SpeechModelError, check_installed
+from voicegate.backends.speech.asr import Transcriber
+from voicegate.backends.speech.tts import Synthesizer
+from voicegate.backends.speech.vad import (
     SAMPLE_RATE,
     SileroModel,
     SpeechEnd,
@@ -52,6 +51,7 @@ from voicegate.speech.vad import (
     VadConfig,
     VadStream,
 )
+from voicegate.sonic.events import UsageEvent
 
 log = structlog.get_logger(__name__)
 

@@ -37,7 +37,7 @@ from voicegate.backends.base import (
     ValidationFailed,
 )
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.sonic import (
+from voicegate.sonic.events import (
     AudioContentStart,
     ContentEnd,
     InputEvent,

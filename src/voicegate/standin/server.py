@@ -65,15 +65,7 @@ from voicegate.backends.base import (
     ValidationFailed,
 )
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.eventstream import (
-    EventStreamError,
-    Message,
-    MessageDecoder,
-    decode_message,
-    encode_message,
-)
-from voicegate.sigv4 import Credentials, EventVerifier, SeedVerified, SignatureError, verify_request
-from voicegate.sonic import (
+from voicegate.sonic.events import (
     AudioInput,
     AudioOutput,
     InputEvent,
@@ -84,6 +76,20 @@ from voicegate.sonic import (
 )
 from voicegate.standin.brains import BrainFactory, ResetStream, make_factory
 from voicegate.standin.certs import ensure_certs, server_context
+from voicegate.standin.eventstream import (
+    EventStreamError,
+    Message,
+    MessageDecoder,
+    decode_message,
+    encode_message,
+)
+from voicegate.standin.sigv4 import (
+    Credentials,
+    EventVerifier,
+    SeedVerified,
+    SignatureError,
+    verify_request,
+)
 
 log = structlog.get_logger(__name__)
 

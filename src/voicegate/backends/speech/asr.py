@@ -17,7 +17,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from voicegate.speech import SpeechModelError, missing_package, sha256_file
+from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
 
 MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 """model.bin of Whisper tiny.en in CTranslate2 int8-ready form (Systran/faster-whisper-tiny.en)."""

@@ -22,7 +22,7 @@ from typing import Final
 
 import numpy as np
 
-from voicegate.sonic import Role
+from voicegate.sonic.events import Role
 
 VOICED_RMS: Final = 150.0
 """RMS (16-bit scale, about -47 dBFS) above which a chunk may hold speech. Only decides where a

@@ -35,15 +35,16 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 
-from voicegate.audio import model_chunk_seconds
 from voicegate.backends.base import Backend, BackendError, BackendStream, StreamLost
-from voicegate.continuation import (
+from voicegate.conversation.continuation import (
     ContinuationSettings,
     ReplayBuffer,
     history_bytes,
     shape_history,
 )
-from voicegate.sonic import (
+from voicegate.conversation.tools import ToolRegistry
+from voicegate.media.audio import model_chunk_seconds
+from voicegate.sonic.events import (
     AudioContentStart,
     AudioInput,
     CompletionEnd,
@@ -66,8 +67,7 @@ from voicegate.sonic import (
     UsageEvent,
     is_interruption_marker,
 )
-from voicegate.sonic import AudioOutput as SonicAudioOutput
-from voicegate.tools import ToolRegistry
+from voicegate.sonic.events import AudioOutput as SonicAudioOutput
 
 log = structlog.get_logger(__name__)
 

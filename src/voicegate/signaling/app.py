@@ -22,18 +22,21 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from voicegate import __version__, audio, auth, ice, rtcpatch
+from voicegate import __version__
 from voicegate.backends.base import Backend, BackendError
+from voicegate.call.session import OfferError, PeerOptions, PeerSession
 from voicegate.config import ServeConfig, is_loopback
-from voicegate.continuation import ContinuationSettings
-from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
-from voicegate.loadguard import Admission, LagMonitor  # issue 5
-from voicegate.metrics import CONTENT_TYPE, GatewayMetrics
-from voicegate.peer import OfferError, PeerOptions, PeerSession
-from voicegate.ratelimit import RateLimiter
-from voicegate.recording import Recorder, RecordingOptions
-from voicegate.tools import ToolRegistry, default_tools
-from voicegate.turn import TurnConfig
+from voicegate.conversation.continuation import ContinuationSettings
+from voicegate.conversation.dialogue import DEFAULT_SYSTEM_PROMPT, ConversationSettings
+from voicegate.conversation.tools import ToolRegistry, default_tools
+from voicegate.media import audio, ice
+from voicegate.media import patch as rtcpatch
+from voicegate.observability.metrics import CONTENT_TYPE, GatewayMetrics
+from voicegate.observability.recording import Recorder, RecordingOptions
+from voicegate.signaling import auth
+from voicegate.signaling.admission import Admission, LagMonitor  # issue 5
+from voicegate.signaling.ratelimit import RateLimiter
+from voicegate.signaling.turn import TurnConfig
 
 log = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from voicegate.speech import SpeechModelError, missing_package, sha256_file
+from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
 
 VOICE: Final = "heart"
 SAMPLE_RATE: Final = 24000

@@ -36,7 +36,6 @@ from typing import Any, Final
 
 import structlog
 
-from voicegate import sonic
 from voicegate.backends.base import (
     AccessDenied,
     BackendError,
@@ -48,12 +47,13 @@ from voicegate.backends.base import (
     Throttled,
     ValidationFailed,
 )
-from voicegate.backends.bedrock_credentials import (
+from voicegate.backends.bedrock.credentials import (
     BotocoreIdentityResolver,
     CredentialsUnavailable,
     credentials_status,
     load_botocore_credentials,
 )
+from voicegate.sonic import events as sonic
 
 __all__ = [
     "DEFAULT_MODEL_ID",

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import parse_qsl, quote
 
-from voicegate.eventstream import Message, encode_header, encode_message
+from voicegate.standin.eventstream import Message, encode_header, encode_message
 
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
 EVENT_ALGORITHM: Final = "AWS4-HMAC-SHA256-PAYLOAD"

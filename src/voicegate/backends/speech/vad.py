@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from voicegate.speech import SpeechModelError, missing_package
+from voicegate.backends.speech import SpeechModelError, missing_package
 
 SAMPLE_RATE: Final = 16000
 FRAME_SAMPLES: Final = 512

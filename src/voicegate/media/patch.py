@@ -50,7 +50,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 
-from voicegate import opus
+from voicegate.media import opus
 
 log = structlog.get_logger(__name__)
 

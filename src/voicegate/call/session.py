@@ -30,10 +30,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from voicegate import rtvi
-from voicegate.audio import Chunker, InboundResampler
 from voicegate.backends.base import Backend
-from voicegate.conversation import (
+from voicegate.call import rtvi
+from voicegate.conversation.dialogue import (
     BotAudioStarted,
     BotInterrupted,
     BotText,
@@ -49,10 +48,16 @@ from voicegate.conversation import (
     Usage,
     UserTranscript,
 )
-from voicegate.metrics import RTP_SAMPLE_INTERVAL, GatewayMetrics, RtpSample, rtp_sample
-from voicegate.playout import PlayoutTrack
-from voicegate.recording import CallRecording
-from voicegate.tools import ToolRegistry
+from voicegate.conversation.tools import ToolRegistry
+from voicegate.media.audio import Chunker, InboundResampler
+from voicegate.media.playout import PlayoutTrack
+from voicegate.observability.metrics import (
+    RTP_SAMPLE_INTERVAL,
+    GatewayMetrics,
+    RtpSample,
+    rtp_sample,
+)
+from voicegate.observability.recording import CallRecording
 
 log = structlog.get_logger(__name__)
 

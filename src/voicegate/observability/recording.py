@@ -38,7 +38,7 @@ from typing import IO, Any, Final
 
 import structlog
 
-from voicegate.metrics import GatewayMetrics
+from voicegate.observability.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 
