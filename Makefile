@@ -47,6 +47,7 @@ debs:
 lint: setup-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 typecheck: setup-test
 	$(VENV)/bin/mypy

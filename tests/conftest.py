@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig, resolve
 from voicegate.media import ice

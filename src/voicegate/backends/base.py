@@ -14,6 +14,10 @@ from typing import Protocol
 from voicegate.sonic.events import InputEvent, OutputEvent
 
 
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run here (a missing extra, missing credentials)."""
+
+
 class BackendError(Exception):
     """A failure of the speech backend. ``kind`` is a stable label for metrics and the browser."""
 

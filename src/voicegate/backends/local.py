@@ -458,7 +458,7 @@ class LocalBackend:
         try:
             check_installed()
         except SpeechModelError as exc:
-            from voicegate.backends import BackendUnavailable
+            from voicegate.backends.base import BackendUnavailable
 
             raise BackendUnavailable(str(exc)) from exc
         # A decode uses two threads; more decodes than core pairs only slows all of them.
