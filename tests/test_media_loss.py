@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from voicegate.media import audio
+from voicegate.media import audio, encode, receive
 from voicegate.media import patch as rtcpatch
 from voicegate.media.playout import LEAD_FLOOR_FRAMES, PlayoutTrack
 
@@ -33,8 +33,8 @@ def _speech_like(seconds: float, rate: int = 24000) -> bytes:
 
 
 async def _call_with_dropper(
-    drop: Callable[[int], bool], seconds: float, outbound: rtcpatch.OutboundOpus | None = None
-) -> tuple[list[tuple[int, float]], dict[int, float], rtcpatch.ReceiveStats, int]:
+    drop: Callable[[int], bool], seconds: float, outbound: encode.OutboundOpus | None = None
+) -> tuple[list[tuple[int, float]], dict[int, float], receive.ReceiveStats, int]:
     """Send ``seconds`` of audio from a PlayoutTrack; drop RTP packets where ``drop(n)``.
     Returns (pts, arrival) of every received frame, send time per RTP timestamp offset, the
     receive stats and the number of packets dropped."""
@@ -85,7 +85,7 @@ async def _call_with_dropper(
             while len(frames) < seconds * 50:
                 frame = await tracks[0].recv()
                 frames.append((frame.pts, loop.time()))
-        path = rtcpatch.receive_path(callee.getTransceivers()[0].receiver)
+        path = receive.receive_path(callee.getTransceivers()[0].receiver)
         assert path is not None
         return frames, sent, path.stats, dropped
     finally:
@@ -127,7 +127,7 @@ async def test_five_percent_random_loss_costs_exactly_the_lost_frames() -> None:
 
 
 async def test_fec_from_the_next_packet_restores_the_lost_frame() -> None:
-    voip = rtcpatch.OutboundOpus(application="voip", fec=True, loss_percent=20, bitrate=32000)
+    voip = encode.OutboundOpus(application="voip", fec=True, loss_percent=20, bitrate=32000)
     frames, _, stats, dropped = await _call_with_dropper(lambda n: n in (80, 120), 3.0, voip)
     assert dropped == 2 and stats.recovered == 2 and stats.concealed == 0
     assert len(frames) >= 150

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicegate.sonic import events as sonic
-from voicegate.sonic.events import (
+from voicegate import sonic
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     AudioOutput,

@@ -31,6 +31,8 @@ SET_DTX: Final = 4016
 SET_SIGNAL: Final = 4024
 SIGNAL_VOICE: Final = 3001
 MAX_PACKET: Final = 1500
+RTP_RATE: Final = 48000
+"""Opus's RTP clock (RFC 7587), whatever the rate of the audio inside."""
 RATES: Final = (8000, 12000, 16000, 24000, 48000)
 """Sample rates libopus encodes from and decodes to natively (no resampler needed)."""
 
