@@ -165,7 +165,7 @@ async def test_one_lost_packet_costs_one_frame_recovered_from_fec() -> None:
     assert np.sqrt(np.mean(lost * lost)) > 1000  # FEC brought the tone back, not silence
 
 
-async def test_a_burst_is_concealed_then_fec_and_a_late_packet_raises_the_hold() -> None:
+async def test_a_burst_without_fec_is_concealed_and_a_late_packet_raises_the_hold() -> None:
     receiver = _Receiver()
     path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     packets = _packets(12, fec=False)
@@ -173,7 +173,8 @@ async def test_a_burst_is_concealed_then_fec_and_a_late_packet_raises_the_hold()
         path.add(packet)  # type: ignore[arg-type]
     frames = _drain(receiver)
     assert [f.pts for f in frames] == [i * 320 for i in range(12)]
-    assert path.stats.concealed == 2 and path.stats.recovered == 1
+    # No FEC in the packet after the burst: all three frames are concealment, none "recovered".
+    assert path.stats.concealed == 3 and path.stats.recovered == 0
     assert path.hold == 0
     path.add(packets[4])  # type: ignore[arg-type]
     assert path.stats.late == 1 and not _drain(receiver)

@@ -52,7 +52,7 @@ class ReceiveStats:
     concealed: int = 0
     """Frames made up by packet-loss concealment."""
     recovered: int = 0
-    """Lost frames decoded from the next packet's in-band FEC."""
+    """Lost frames rebuilt from the in-band FEC (LBRR) data the next packet carried."""
     late: int = 0
     """Packets that arrived after their frame had been concealed (dropped)."""
     duplicates: int = 0
@@ -182,9 +182,14 @@ class AudioReceivePath:
         if skip:
             self.stats.skipped_samples += skip * per
             self._next_ts = (self._next_ts + skip * per) & 0xFFFFFFFF
+        # Only the frame right before the held packet can come back from that packet's in-band
+        # FEC, and only if the sender put LBRR data in it (SILK/hybrid with FEC on and loss
+        # expected; CELT never has any). Otherwise libopus would quietly conceal instead, so
+        # ask the packet rather than count every gap as recovered.
+        fec = opus.packet_has_lbrr(first_data)
         for i in range(skip, missing):
             samples = per * self.rate // RTP_RATE
-            if i == missing - 1:
+            if fec and i == missing - 1:
                 pcm = self._decoder.recover(first_data, samples)
                 self.stats.recovered += 1
             else:
