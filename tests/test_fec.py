@@ -190,6 +190,7 @@ def test_the_lbrr_flag_read_from_the_packet_matches_libopus() -> None:
     by_toc: dict[int, list[bytes]] = {}
     for p in singles:
         by_toc.setdefault(p[0], []).append(p)
+    packets += [bytes([p[0] | 0x04]) + p[1:] for p in singles[::3]]  # read as stereo (side flags)
     for same in by_toc.values():
         for a, b in zip(same[::7], same[1::7], strict=False):
             packets += _multi_frame(a, b)
