@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from voicegate import sonic
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings, BedrockStream
-from voicegate.sonic import events as sonic
 
 CHUNK_SAMPLES = 512  # 32 ms at 16 kHz, what the conversation layer sends
 CHUNK_S = CHUNK_SAMPLES / 16000

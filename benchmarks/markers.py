@@ -22,6 +22,8 @@ from typing import Final
 
 import numpy as np
 
+from voicegate.media.resample import resample_pcm16
+
 MARKER_HZ: Final = 2500.0
 MARKER_S: Final = 0.08
 MARKER_PERIOD: Final = 1.0
@@ -51,10 +53,8 @@ def speech(rate: int, seconds: float) -> np.ndarray:
         subprocess.run([exe, "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
         with wave.open(str(path), "rb") as w:
             src = w.getframerate()
-            data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float64)
-    # Linear resample is plenty for a load signal.
-    idx = np.arange(int(len(data) * rate / src)) * src / rate
-    data = np.interp(idx, np.arange(len(data)), data)
+            raw = w.readframes(w.getnframes())
+    data = np.frombuffer(resample_pcm16(raw, src, rate), dtype=np.int16).astype(np.float64)
     data = data / max(1.0, float(np.abs(data).max())) * SPEECH_PEAK
     reps = math.ceil(n / max(1, len(data)))
     out = np.tile(data, reps)[:n]

@@ -322,7 +322,7 @@ async def test_open_without_credentials_is_access_denied(clean_aws_env: Path) ->
 
 import voicegate.standin.server as standin_server  # noqa: E402
 from voicegate.conversation.tools import default_tools  # noqa: E402
-from voicegate.sonic.events import (  # noqa: E402
+from voicegate.sonic import (  # noqa: E402
     INTERRUPTED_MARKER,
     AudioContentStart,
     AudioInput,

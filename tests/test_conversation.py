@@ -20,7 +20,7 @@ from voicegate.conversation.dialogue import (
     ToolCallStarted,
 )
 from voicegate.conversation.tools import default_tools
-from voicegate.sonic.events import ContentEnd, InputEvent, PromptEnd, SessionEnd
+from voicegate.sonic import ContentEnd, InputEvent, PromptEnd, SessionEnd
 
 
 class Listener:
@@ -176,7 +176,7 @@ async def test_grammar_violation_surfaces_as_validation_error() -> None:
     brain = Recorder()
     conv, listener = await _start(brain)
     # Opening a second audio content is refused, like Bedrock does.
-    from voicegate.sonic.events import AudioContentStart
+    from voicegate.sonic import AudioContentStart
 
     await conv._send(AudioContentStart(conv.prompt_name, "second"))
     err = await listener.wait(ConversationError)

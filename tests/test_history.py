@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from voicegate.conversation.continuation import ReplayBuffer, history_bytes, shape_history
-from voicegate.sonic.events import Role
+from voicegate.sonic import Role
 
 CHUNK_S = 0.032
 

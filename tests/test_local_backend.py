@@ -30,9 +30,10 @@ from voicegate.backends.local import (
     quote_reply,
     time_reply,
 )
-from voicegate.backends.speech.tts import resample_pcm16
 from voicegate.conversation.tools import default_tools
-from voicegate.sonic.events import (
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     AudioOutput,
@@ -168,11 +169,6 @@ def user_text(events: list[OutputEvent]) -> str:
 
 def reply_audio(events: list[OutputEvent]) -> bytes:
     return b"".join(e.content for e in events if isinstance(e, AudioOutput))
-
-
-def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
 
 
 def is_audio_start(event: OutputEvent) -> bool:

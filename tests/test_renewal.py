@@ -30,7 +30,7 @@ from voicegate.conversation.dialogue import (
 )
 from voicegate.conversation.tools import default_tools
 from voicegate.signaling.app import SESSIONS
-from voicegate.sonic.events import AudioInput, TextContentStart
+from voicegate.sonic import AudioInput, TextContentStart
 from voicegate.standin import StandIn
 from voicegate.testing.client import CallClient, load_wav
 

@@ -24,7 +24,7 @@ from voicegate.backends.speech import (
     missing_package,
 )
 from voicegate.backends.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
-from voicegate.backends.speech.tts import float_to_pcm16, resample_pcm16
+from voicegate.backends.speech.tts import float_to_pcm16
 from voicegate.backends.speech.vad import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -34,6 +34,8 @@ from voicegate.backends.speech.vad import (
     VadEvent,
     VadStream,
 )
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
 
 pytestmark = pytest.mark.local
 
@@ -45,11 +47,6 @@ def models() -> SpeechModels:
 
 def silence(seconds: float) -> bytes:
     return bytes(2 * int(SAMPLE_RATE * seconds))
-
-
-def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
 
 
 def feed_in_chunks(vad: VadStream, pcm: bytes, chunk: int) -> list[VadEvent]:

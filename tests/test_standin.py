@@ -31,10 +31,10 @@ from h2.events import (
     StreamReset,
 )
 
+from voicegate import sonic
 from voicegate.backends.inprocess import MAX_QUEUED_OUTPUT
-from voicegate.sonic import events as sonic
+from voicegate.media.resample import LinearResampler
 from voicegate.standin import StandIn
-from voicegate.standin.brains import LinearResampler
 from voicegate.standin.eventstream import Message, MessageDecoder, encode_message
 from voicegate.standin.sigv4 import (
     STREAMING_PAYLOAD,

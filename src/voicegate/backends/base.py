@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from voicegate.sonic.events import InputEvent, OutputEvent
+from voicegate.sonic import InputEvent, OutputEvent
 
 
 class BackendUnavailable(RuntimeError):

@@ -8,13 +8,14 @@ transcript is a placeholder that says how much speech was heard.
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Final
 
 import numpy as np
 
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
+from voicegate.media.levels import dbfs
+from voicegate.media.resample import resample_pcm16
 
 CHUNK_SECONDS: Final = 0.032
 START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn
@@ -33,9 +34,7 @@ class EnergyVad:
         self.absolute_floor_db = absolute_floor_db
 
     def is_speech(self, pcm: np.ndarray) -> bool:
-        x = pcm.astype(np.float32)
-        level = float(np.dot(x, x) / max(1, x.size))
-        db = -127.0 if level <= 0 else 10.0 * math.log10(level / (32768.0**2))
+        db = dbfs(pcm)
         speech = db > max(self.floor_db + self.margin_db, self.absolute_floor_db)
         # Track the floor: fall fast to quieter levels, rise slowly (so speech doesn't lift it).
         if db < self.floor_db:
@@ -97,7 +96,7 @@ class EchoStream(InProcessStream):
         seconds = samples.size / self._rate
         await self.emit_text("USER", f"(echo turn {self._turns}: {seconds:.1f} s of speech)")
         await self.emit_text("ASSISTANT", "Here is what you said.", stage="SPECULATIVE")
-        out = _resample_linear(samples, self._rate, self.output_rate)
+        out = np.frombuffer(resample_pcm16(audio16, self._rate, self.output_rate), np.int16)
         cid = await self.begin_audio()
         self._reply_audio_id = cid
         self._reply_until = asyncio.get_running_loop().time() + out.size / self.output_rate
@@ -107,14 +106,6 @@ class EchoStream(InProcessStream):
         await self.end_audio(cid)
         await self.emit_text("ASSISTANT", "Here is what you said.", stage="FINAL")
         await self.end_completion()
-
-
-def _resample_linear(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    if src == dst or x.size == 0:
-        return x.astype(np.int16)
-    n = int(round(x.size * dst / src))
-    t = np.linspace(0, x.size - 1, n, dtype=np.float64)
-    return np.interp(t, np.arange(x.size), x.astype(np.float32)).astype(np.int16)
 
 
 class EchoBackend:

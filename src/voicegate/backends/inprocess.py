@@ -21,7 +21,7 @@ from typing import Any, Final
 import structlog
 
 from voicegate.backends.base import BackendError, StreamLost, ValidationFailed
-from voicegate.sonic.events import (
+from voicegate.sonic import (
     INTERRUPTED_MARKER,
     AudioContentStart,
     AudioInput,

@@ -51,7 +51,7 @@ from voicegate.backends.speech.vad import (
     VadConfig,
     VadStream,
 )
-from voicegate.sonic.events import UsageEvent
+from voicegate.sonic import UsageEvent
 
 log = structlog.get_logger(__name__)
 

@@ -20,9 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-import numpy as np
-
-from voicegate.sonic.events import Role
+from voicegate.media.levels import rms
+from voicegate.sonic import Role
 
 VOICED_RMS: Final = 150.0
 """RMS (16-bit scale, about -47 dBFS) above which a chunk may hold speech. Only decides where a
@@ -156,8 +155,4 @@ class ReplayBuffer:
 
 
 def _voiced(pcm: bytes) -> bool:
-    samples = np.frombuffer(pcm, dtype="<i2")
-    if samples.size == 0:
-        return False
-    x = samples.astype(np.float32)
-    return float(np.sqrt(np.mean(x * x))) >= VOICED_RMS
+    return rms(pcm) >= VOICED_RMS

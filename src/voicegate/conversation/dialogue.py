@@ -44,7 +44,7 @@ from voicegate.conversation.continuation import (
 )
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.audio import model_chunk_seconds
-from voicegate.sonic.events import (
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     CompletionEnd,
@@ -67,7 +67,7 @@ from voicegate.sonic.events import (
     UsageEvent,
     is_interruption_marker,
 )
-from voicegate.sonic.events import AudioOutput as SonicAudioOutput
+from voicegate.sonic import AudioOutput as SonicAudioOutput
 
 log = structlog.get_logger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from voicegate.sonic.events import ToolSpec
+from voicegate.sonic import ToolSpec
 
 ToolFunc = Callable[..., Any]
 

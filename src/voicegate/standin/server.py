@@ -65,7 +65,7 @@ from voicegate.backends.base import (
     ValidationFailed,
 )
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.sonic.events import (
+from voicegate.sonic import (
     AudioInput,
     AudioOutput,
     InputEvent,

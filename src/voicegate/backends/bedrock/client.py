@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import structlog
 
+from voicegate import sonic
 from voicegate.backends.base import (
     AccessDenied,
     BackendError,
@@ -53,7 +54,6 @@ from voicegate.backends.bedrock.credentials import (
     credentials_status,
     load_botocore_credentials,
 )
-from voicegate.sonic import events as sonic
 
 __all__ = [
     "DEFAULT_MODEL_ID",
