@@ -14,8 +14,9 @@ import pytest
 from aiohttp import web
 
 from tests.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
+from voicegate import media
 from voicegate.backends.base import Backend
-from voicegate.config import ServeConfig, resolve
+from voicegate.config import ServeConfig, media_setup, resolve
 from voicegate.media import ice
 from voicegate.signaling.app import create_app
 
@@ -51,6 +52,7 @@ async def running_server(
     values.update(overrides)
     values["port"] = 0
     config = ServeConfig(**values)
+    media.configure(media_setup(config))
     app = create_app(config, backend)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

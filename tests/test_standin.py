@@ -1079,7 +1079,8 @@ async def test_local_brain_answers_real_speech(
     try:
         from voicegate.backends.local import load_models
 
-        speech = load_models().tts.synthesize("Hello.", 16000)
+        # Model loading and synthesis are blocking work: keep them off the loop.
+        speech = await asyncio.to_thread(lambda: load_models().tts.synthesize("Hello.", 16000))
         standin = StandIn("local", tmp_path)
         await standin.start()
     except (ImportError, BrainUnavailable) as exc:

@@ -43,11 +43,12 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     from aiohttp import web
 
-    from voicegate.media import ice
+    from voicegate import media
+    from voicegate.config import media_setup
     from voicegate.signaling.app import create_app
 
     log = structlog.get_logger("voicegate")
-    ice.configure_host_addresses(list(conf.ice_addresses) or ice.default_host_addresses(conf.host))
+    media.configure(media_setup(conf))
     warm = getattr(backend, "warm", None)
     if warm is not None:
         from voicegate.backends.base import BackendError
@@ -73,7 +74,7 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     url = f"http://{conf.host}:{port}"
     log.info("listening", url=url, backend=backend.name)
     print(f"voicegate {__version__} listening on {url}", flush=True)
-    # issue 7: the first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
+    # The first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
     # --drain-timeout, then end with a message); a second one cuts the drain short.
     stop = asyncio.Event()
     cut = asyncio.Event()

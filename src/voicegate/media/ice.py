@@ -22,6 +22,8 @@ import aioice.turn
 import structlog
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
+from voicegate.netaddr import is_loopback_host
+
 log = structlog.get_logger(__name__)
 
 _original: Final[Callable[[bool, bool], list[str]]] = aioice.ice.get_host_addresses
@@ -49,15 +51,6 @@ def configure_host_addresses(addresses: Sequence[str] | None) -> None:
     aioice.ice.get_host_addresses = _host_addresses
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def default_host_addresses(bind_host: str) -> list[str] | None:
     """Loopback-only for a server bound to loopback; otherwise every interface (None)."""
     if is_loopback_host(bind_host):
@@ -65,7 +58,7 @@ def default_host_addresses(bind_host: str) -> list[str] | None:
     return None
 
 
-# -- UDP port range and announced address (issue 5) ------------------------------------------
+# -- UDP port range and announced address ----------------------------------------------------
 #
 # aioice binds every host candidate to a random OS port (``local_addr=(address, 0)``) and has no
 # option for a range (aiortc/aioice#47, PR #112 unmerged), so firewalls and containers would have

@@ -33,8 +33,6 @@ JITTER_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 
 RTT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 LOSS_BUCKETS: Final = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 LAG_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-LAG_INTERVAL: Final = 0.25
-"""Seconds between event-loop lag probes: frequent enough to catch stalls, cost nil."""
 RTP_SAMPLE_INTERVAL: Final = 5.0
 """Seconds between per-call ``getStats()`` samples (RTCP reports arrive about every 5 s anyway)."""
 OPUS_CLOCK: Final = 48000
@@ -400,7 +398,7 @@ class GatewayMetrics:
         )
         self.loop_lag = Histogram(
             "voicegate_event_loop_lag_seconds",
-            f"how late a {LAG_INTERVAL}s sleep on the event loop wakes up",
+            "how late a short sleep on the event loop wakes up (admission control's probe)",
             LAG_BUCKETS,
         )
         self.loop_lag_last = Gauge(
@@ -498,15 +496,10 @@ class GatewayMetrics:
             for gap_ms in _floats(getattr(stats, field_name, ())):
                 self.handover_gap.observe(gap_ms / 1000.0, kind=kind)
 
-    async def watch_loop_lag(self) -> None:
-        """Probe the event loop forever (cancel to stop): the lag is how late a sleep wakes."""
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(LAG_INTERVAL)
-            lag = max(0.0, loop.time() - start - LAG_INTERVAL)
-            self.loop_lag.observe(lag)
-            self.loop_lag_last.set(lag)
+    def observe_loop_lag(self, lag_s: float) -> None:
+        """One event-loop lag probe (signaling's admission monitor runs the probe)."""
+        self.loop_lag.observe(lag_s)
+        self.loop_lag_last.set(lag_s)
 
     # -- exposition ------------------------------------------------------------------------------
 

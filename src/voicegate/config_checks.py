@@ -1,0 +1,148 @@
+"""Checks of a whole ``ServeConfig``, each returning the problems it finds, so ``voicegate
+serve`` can refuse a bad deployment at start with every problem listed at once (exit 2)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from voicegate.netaddr import is_loopback_host
+from voicegate.sonic.events import ENDPOINTING
+
+if TYPE_CHECKING:
+    from voicegate.config import ServeConfig
+
+
+def validate(c: ServeConfig) -> list[str]:
+    problems: list[str] = []
+    if not 0 <= c.port <= 65535:
+        problems.append(f"port {c.port} is outside 0-65535")
+    if not c.host:
+        problems.append("host must not be empty")
+    if not 1 <= c.max_sessions <= 10000:
+        problems.append(f"max_sessions {c.max_sessions} must be between 1 and 10000")
+    if not 1024 <= c.max_body_bytes <= 10 * 1024 * 1024:
+        problems.append(f"max_body_bytes {c.max_body_bytes} must be between 1024 and 10485760")
+    if not 1 <= c.max_call_seconds <= 24 * 3600:
+        problems.append(f"max_call_seconds {c.max_call_seconds} must be between 1 and 86400")
+    if not (Path(c.web_dir) / "index.html").is_file():
+        problems.append(f"web_dir {c.web_dir!r} has no index.html")
+    if c.endpointing and c.endpointing not in ENDPOINTING:
+        problems.append(f"endpointing {c.endpointing!r} must be HIGH, MEDIUM or LOW")
+    if len(c.system_prompt) > 40000:
+        problems.append("system_prompt is longer than 40000 characters")
+    if not c.voice.isidentifier():
+        problems.append(f"voice {c.voice!r} is not a valid voice id")
+    for address in c.ice_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            problems.append(f"ice address {address!r} is not an IP address")
+    from voicegate.signaling.turn import check_url
+
+    for url in c.turn_urls:
+        problem = check_url(url)
+        if problem:
+            problems.append(f"turn url {problem}")
+    if any(u.startswith("turn") for u in c.turn_urls) and not c.turn_secret:
+        problems.append("a TURN url needs --turn-secret (coturn's static-auth-secret)")
+    if not 60 <= c.turn_ttl <= 7 * 86400:
+        problems.append(f"turn_ttl {c.turn_ttl} must be between 60 and 604800 seconds")
+    if c.relay_only and not any(u.startswith("turn") for u in c.turn_urls):
+        problems.append("relay_only needs a TURN url")
+    if c.log_level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
+    problems += _validate_access(c)
+    problems += _validate_recording(c)
+    problems += _validate_continuation(c)
+    problems += _validate_media(c)
+    return problems
+
+
+def _validate_media(c: ServeConfig) -> list[str]:
+    """The media port range, announced address and lag limit."""
+    from voicegate.media.ice import parse_port_range
+
+    problems: list[str] = []
+    try:
+        parse_port_range(c.rtc_ports)
+    except ValueError:
+        problems.append(f"rtc_ports {c.rtc_ports!r} must be MIN-MAX within 1024-65535")
+    if c.announced_address:
+        try:
+            ipaddress.ip_address(c.announced_address)
+        except ValueError:
+            problems.append(f"announced_address {c.announced_address!r} is not an IP address")
+    if not 0 <= c.max_loop_lag_ms <= 10000:
+        problems.append(f"max_loop_lag_ms {c.max_loop_lag_ms} must be between 0 and 10000")
+    if c.model_chunk_ms not in (20, 40, 60, 80, 100):
+        problems.append(f"model_chunk_ms {c.model_chunk_ms} must be 20, 40, 60, 80 or 100")
+    return problems
+
+
+def _validate_continuation(c: ServeConfig) -> list[str]:
+    """A renewal must come before Bedrock's ~480 s stream limit."""
+    problems: list[str] = []
+    if not 5 <= c.renew_after <= 470:
+        problems.append(f"renew_after {c.renew_after} must be between 5 and 470 seconds")
+    if not 0 <= c.renew_force_after <= 470 - min(c.renew_after, 470):
+        problems.append(
+            f"renew_force_after {c.renew_force_after} must be >= 0 and end before 470 s "
+            "(renew_after + renew_force_after <= 470)"
+        )
+    if not 0 <= c.recovery_attempts <= 10:
+        problems.append(f"recovery_attempts {c.recovery_attempts} must be between 0 and 10")
+    if not 0 <= c.reconnect_grace <= 600:
+        problems.append(f"reconnect_grace {c.reconnect_grace} must be between 0 and 600 seconds")
+    return problems
+
+
+def _validate_access(c: ServeConfig) -> list[str]:
+    """An exposed gateway without a secret would let anyone spend Bedrock money."""
+    from urllib.parse import urlsplit
+
+    from voicegate.signaling.auth import MIN_SECRET_CHARS
+
+    problems: list[str] = []
+    if c.auth_secret and len(c.auth_secret) < MIN_SECRET_CHARS:
+        problems.append(f"auth_secret must have at least {MIN_SECRET_CHARS} characters")
+    if not c.auth_secret and not is_loopback_host(c.host):
+        problems.append(
+            f"host {c.host!r} is not a loopback address: set --auth-secret (or "
+            "VOICEGATE_AUTH_SECRET) so that only callers with a token can start calls"
+        )
+    for origin in c.allowed_origins:
+        if origin == "*":
+            continue
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
+            problems.append(f"allowed origin {origin!r} must look like https://host[:port]")
+    if not 0 <= c.offer_rate <= 100000:
+        problems.append(f"offer_rate {c.offer_rate} must be between 0 and 100000 per minute")
+    if not 1 <= c.offer_burst <= 10000:
+        problems.append(f"offer_burst {c.offer_burst} must be between 1 and 10000")
+    if c.idle_timeout != 0 and not 1 <= c.idle_timeout <= 86400:
+        problems.append(f"idle_timeout {c.idle_timeout} must be 0 (off) or 1-86400 seconds")
+    if not 0 <= c.drain_timeout <= 3600:
+        problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
+    return problems
+
+
+def _validate_recording(c: ServeConfig) -> list[str]:
+    """Recording destinations (the directory is created on the first recorded call)."""
+    problems: list[str] = []
+    if c.record_dir and Path(c.record_dir).exists() and not Path(c.record_dir).is_dir():
+        problems.append(f"record_dir {c.record_dir!r} exists and is not a directory")
+    bucket = c.record_s3_bucket
+    if bucket and not (
+        3 <= len(bucket) <= 63 and all(ch.islower() or ch.isdigit() or ch in ".-" for ch in bucket)
+    ):
+        problems.append(f"record_s3_bucket {bucket!r} is not a valid S3 bucket name")
+    if len(c.record_s3_prefix) > 512:
+        problems.append("record_s3_prefix is longer than 512 characters")
+    return problems

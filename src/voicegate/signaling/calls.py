@@ -1,0 +1,105 @@
+"""The registry of live calls: the one owner of the pc_id -> call map.
+
+A call enters when its offer is being answered, leaves when its session closes (hang-up, error,
+time limit, end of its reconnect grace), and is handed from one connection to the next on a
+browser restart (``restart_pc``) without leaving. Nothing else adds or removes calls, so the
+count that admission, readiness, metrics and drain read is always the same count. For everyone
+else the registry is a read-only ``Mapping[str, PeerSession]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+
+import structlog
+
+from voicegate.call.session import PeerSession
+from voicegate.conversation.dialogue import Conversation
+from voicegate.observability.metrics import GatewayMetrics
+
+log = structlog.get_logger(__name__)
+
+
+class CallRegistry(Mapping[str, PeerSession]):
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self._calls: dict[str, PeerSession] = {}
+        self.metrics = metrics
+
+    # -- the read-only mapping ----------------------------------------------------------------
+
+    def __getitem__(self, pc_id: str) -> PeerSession:
+        return self._calls[pc_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._calls)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def add(self, session: PeerSession) -> None:
+        """Count ``session`` as a live call from now on (it replaces a restarted connection)."""
+        self._calls[session.pc_id] = session
+
+    async def detach(self, pc_id: str) -> Conversation | None:
+        """A restart: release the call's current connection, keep its conversation (model
+        stream, history) for the next one. None when there is no live call or it has ended."""
+        previous = self._calls.get(pc_id)
+        return await previous.detach() if previous is not None else None
+
+    def forget(self, session: PeerSession) -> None:
+        """The session's ``on_closed``: drop it (unless a newer connection already took its
+        place) and count the call's end, once per call, not per connection."""
+        if self._calls.get(session.pc_id) is session:
+            del self._calls[session.pc_id]
+        # A restart hands the conversation (and its cumulative stats) to the next connection
+        # of the same call; that one's end counts the call.
+        if self.metrics is not None and session.close_reason != "restart":
+            seconds = time.monotonic() - session.created
+            self.metrics.call_ended(
+                session.pc_id, session.close_reason, seconds, session.conversation.stats
+            )
+
+    # -- ending many ----------------------------------------------------------------------------
+
+    async def drain(self, timeout: float, cut: asyncio.Event | None = None) -> int:
+        """Let the live calls finish for up to ``timeout`` seconds (or until ``cut`` is set),
+        then end the rest with a message to the browser. Returns how many were ended."""
+        log.info("draining", calls=len(self), timeout_s=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        cut_wait = asyncio.ensure_future((cut or asyncio.Event()).wait())
+        try:
+            while self._calls and not cut_wait.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                waits = [asyncio.ensure_future(s.closed.wait()) for s in self._calls.values()]
+                try:
+                    await asyncio.wait(
+                        [*waits, cut_wait], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waits:
+                        w.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
+        finally:
+            cut_wait.cancel()
+            await asyncio.gather(cut_wait, return_exceptions=True)
+        left = list(self._calls.values())
+        if left:
+            log.info("draining_ends_calls", calls=len(left))
+            await asyncio.gather(
+                *(s.end("the server is shutting down", "shutdown", "shutdown") for s in left),
+                return_exceptions=True,
+            )
+        return len(left)
+
+    async def close_all(self, reason: str) -> None:
+        """Close every call at once (server shutdown after the drain)."""
+        sessions = list(self._calls.values())
+        if sessions:
+            await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
