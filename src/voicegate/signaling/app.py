@@ -24,7 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from voicegate import __version__
 from voicegate.backends.base import Backend, BackendError
-from voicegate.call.session import OfferError, PeerOptions, PeerSession
+from voicegate.call import OfferError, PeerOptions, PeerSession
 from voicegate.config import ServeConfig, is_loopback
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.conversation.dialogue import DEFAULT_SYSTEM_PROMPT, ConversationSettings
@@ -387,11 +387,11 @@ async def post_offer(request: web.Request) -> web.Response:
             relay_only=config.relay_only,
             max_call_seconds=call_limit,
             idle_timeout=config.idle_timeout,
-            metrics=app[METRICS],
-            recording=recording,
+            # metrics and recording observe the call's events
+            observers=(app[METRICS],) if recording is None else (app[METRICS], recording),
             reconnect_grace=config.reconnect_grace,
         ),
-        on_closed=lambda s: _forget(sessions, s, app[METRICS]),
+        on_closed=lambda s: _forget(sessions, s),
         conversation=kept,
     )
     sessions[new_id] = session  # counted against the limit from now on
@@ -417,7 +417,6 @@ async def post_offer(request: web.Request) -> web.Response:
         await session.close("offer-failed")
         raise
     app[COUNTERS]["calls_total"] += 1
-    app[METRICS].call_started(new_id)
     result: dict[str, Any] = {
         "sdp": answer.sdp,
         "type": answer.type,
@@ -442,16 +441,9 @@ async def post_offer(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-def _forget(
-    sessions: dict[str, PeerSession], session: PeerSession, metrics: GatewayMetrics | None = None
-) -> None:
+def _forget(sessions: dict[str, PeerSession], session: PeerSession) -> None:
     if sessions.get(session.pc_id) is session:
         del sessions[session.pc_id]
-    # issue 4: a restart hands the conversation (and its cumulative stats) to the next
-    # connection of the same call; that one's end counts the call, once.
-    if metrics is not None and session.close_reason != "restart":
-        seconds = time.monotonic() - session.created
-        metrics.call_ended(session.pc_id, session.close_reason, seconds, session.conversation.stats)
 
 
 async def patch_offer(request: web.Request) -> web.Response:
