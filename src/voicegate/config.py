@@ -75,6 +75,7 @@ class ServeConfig:
     trust_forwarded_for: bool = False
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
+    connect_timeout: float = 15.0
     # issue 7 (observability and recording)
     record_dir: str = ""
     record_s3_bucket: str = ""
@@ -179,6 +180,12 @@ OPTIONS: Final = (
     _Opt(
         "drain_timeout",
         "on SIGTERM, seconds calls may go on before they are ended (default 30)",
+        float,
+    ),
+    _Opt(
+        "connect_timeout",
+        "end a call whose media (ICE + DTLS) is not connected this many seconds after the "
+        "answer, freeing its slot and model stream (default 15)",
         float,
     ),
     # issue 7: recording and logs (docs/observability.md)
@@ -441,6 +448,8 @@ def _validate_access(c: ServeConfig) -> list[str]:
         problems.append(f"idle_timeout {c.idle_timeout} must be 0 (off) or 1-86400 seconds")
     if not 0 <= c.drain_timeout <= 3600:
         problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
+    if not 0.5 <= c.connect_timeout <= 300:
+        problems.append(f"connect_timeout {c.connect_timeout} must be between 0.5 and 300 seconds")
     return problems
 
 

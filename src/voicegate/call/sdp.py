@@ -3,7 +3,8 @@
 aiortc's parser and ``setRemoteDescription`` report malformed SDP with bare asserts and assorted
 exceptions, some of them only later in a background task; everything that can be checked up
 front is checked here (``check_offer``), and ``answer`` turns what aiortc still raises into
-``OfferError``.
+``OfferError``. An accepted offer also has to be useful: it must send audio, or the call would
+hold a slot (and a paid model stream) for a microphone that never arrives.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamTrack
+
+SENDING: Final = ("sendrecv", "sendonly")
+"""Directions of an offer's m-line in which the browser sends media (RFC 3264 6.1)."""
 
 
 class OfferError(ValueError):
@@ -39,7 +44,26 @@ def check_offer(text: str) -> sdp.SessionDescription:
             raise OfferError(f"media section {i} of the offer has no DTLS fingerprint")
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise OfferError(f"media section {i} of the offer has no ICE ufrag/pwd")
+    default = session_direction(text)
+    directions = [m.direction or default for m in audio]
+    if not any(d in SENDING for d in directions):
+        raise OfferError(
+            "the offer's audio is " + "/".join(sorted(set(directions))) + ": the browser must "
+            "send its microphone (an audio section with direction sendrecv or sendonly)"
+        )
     return parsed
+
+
+def session_direction(text: str) -> str:
+    """The session-level direction attribute (before the first m-line), which media sections
+    without their own inherit (RFC 4566 6); sendrecv when there is none. aiortc ignores it."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("m="):
+            break
+        if line.startswith("a=") and line[2:] in sdp.DIRECTIONS:
+            return line[2:]
+    return "sendrecv"
 
 
 async def answer(

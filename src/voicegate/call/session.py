@@ -32,6 +32,7 @@ from voicegate.backends.base import Backend
 from voicegate.call import rtvi
 from voicegate.call.events import (
     CallClosing,
+    CallConnected,
     CallEnded,
     CallObserver,
     CallStarted,
@@ -74,6 +75,9 @@ class PeerOptions:
     reconnect_grace: float = 30.0
     """After the browser's connection drops, the conversation waits this long for the
     page to reconnect (``restart_pc``) before the call is freed."""
+    connect_timeout: float = 15.0
+    """A call whose media (ICE + DTLS) is not connected this long after the answer is closed:
+    an offer that never connects must not hold a slot and a paid model stream."""
     stall_after: float = 5.0
     """No inbound audio for this long counts as a dropped connection (browsers send
     audio frames continuously; aiortc only notices a dead path after ~30 s of ICE consent)."""
@@ -118,6 +122,7 @@ class PeerSession:
         self.conversation.listener = self
         self._detaching = False
         self._grace: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
         self.observers = Observers(pc_id, self.playout)
         for observer in options.observers:
             self.observers.add(observer)
@@ -143,6 +148,7 @@ class PeerSession:
         # closes us.
         desc = await answer(pc, offer, self.playout, self._start_conversation)
         self._spawn(self._watch_conversation())
+        self._spawn(self._connect_deadline())
         self._spawn(self._deadline())
         self._spawn(self._sample_rtp())
         if self.options.idle_timeout > 0:
@@ -267,7 +273,10 @@ class PeerSession:
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         self._log.info("connection_state", state=state)
-        if state == "closed":  # the browser closed its side: a deliberate end
+        if state == "connected" and not self._connected.is_set():
+            self._connected.set()
+            self.observers.publish(CallConnected(time.monotonic() - self.created))
+        elif state == "closed":  # the browser closed its side: a deliberate end
             self._spawn(self.close(f"connection-{state}"))
         elif state == "failed":
             self._connection_lost(state)
@@ -311,6 +320,14 @@ class PeerSession:
             # Let the error message reach the browser before the transport goes away.
             await asyncio.sleep(0.5)
             await self.close(reason)
+
+    async def _connect_deadline(self) -> None:
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            self._log.warning("connect_timeout", timeout_s=self.options.connect_timeout)
+            await self.close("connect-timeout")
 
     async def _deadline(self) -> None:
         await asyncio.sleep(self.options.max_call_seconds)

@@ -390,6 +390,7 @@ async def post_offer(request: web.Request) -> web.Response:
             # metrics and recording observe the call's events
             observers=(app[METRICS],) if recording is None else (app[METRICS], recording),
             reconnect_grace=config.reconnect_grace,
+            connect_timeout=config.connect_timeout,
         ),
         on_closed=lambda s: _forget(sessions, s),
         conversation=kept,
