@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import av
+import structlog
 import webrtcvad
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voicegate.media.audio import Chunker, InboundResampler, Int16Array
 
+log = structlog.get_logger(__name__)
+
 VAD_FRAME: Final = 320  # 20 ms at 16 kHz, what webrtcvad accepts
 VAD_START_FRAMES: Final = 3
 VAD_STOP_FRAMES: Final = 25  # 500 ms of non-speech
+MAX_TYPED_TEXTS: Final = 8
+"""Typed texts waiting for the conversation; a client flooding the channel gets errors."""
 
 
 @dataclass(slots=True)
@@ -157,3 +162,41 @@ async def drain(track: MediaStreamTrack) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
             await track.recv()
+
+
+class TypedText:
+    """The user's typed text (RTVI ``send-text``) on its way to the conversation: in order, one
+    at a time, at most ``MAX_TYPED_TEXTS`` waiting. Every failure is told to the page through
+    ``on_error(message, request_id)``; none of them ends the call.
+
+    The conversation's entry point is looked up by its exact name, ``send_text`` (``async def
+    send_text(self, text: str) -> None`` on ``Conversation``), when each text is sent: a
+    conversation without it answers every text with an error instead of failing the call."""
+
+    def __init__(self, target: object, on_error: Callable[[str, str | None], None]) -> None:
+        self._target = target
+        self._on_error = on_error
+        self._queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(MAX_TYPED_TEXTS)
+
+    def put(self, text: str, request_id: str | None) -> None:
+        try:
+            self._queue.put_nowait((text, request_id))
+        except asyncio.QueueFull:
+            self._on_error(
+                f"too many typed messages at once (at most {MAX_TYPED_TEXTS} wait); "
+                "this one was dropped",
+                request_id,
+            )
+
+    async def run(self) -> None:
+        while True:
+            text, request_id = await self._queue.get()
+            send = getattr(self._target, "send_text", None)
+            if not callable(send):
+                self._on_error("typed text is not supported by this server", request_id)
+                continue
+            try:
+                await send(text)
+            except Exception as exc:  # the conversation refused it: tell the page, carry on
+                log.warning("send_text_failed", error=f"{type(exc).__name__}: {exc}")
+                self._on_error("the text could not be sent to the model", request_id)

@@ -31,6 +31,9 @@ from voicegate.media.rtp_stats import RtpSample
 
 LABEL: Final = "rtvi-ai"
 PROTOCOL_VERSION: Final = "1.0.0"
+MAX_TEXT_CHARS: Final = 2000
+"""Longest typed text (``send-text`` content) passed on; Nova Sonic takes ~1 KB per text event
+and the conversation splits longer ones, so this bounds what one message can ask of it."""
 MAX_PENDING_MESSAGES: Final = 64
 """Data-channel messages kept while the channel is not open yet; older ones give way, counted."""
 
@@ -62,8 +65,8 @@ def user_transcription(text: str, final: bool, user_id: str) -> str:
     )
 
 
-def error(text: str, fatal: bool, kind: str = "error") -> str:
-    return message("error", {"message": text, "fatal": fatal, "kind": kind})
+def error(text: str, fatal: bool, kind: str = "error", id_: str | None = None) -> str:
+    return message("error", {"message": text, "fatal": fatal, "kind": kind}, id_)
 
 
 def server_message(kind: str, **fields: Any) -> str:
@@ -86,6 +89,38 @@ def parse(raw: str | bytes) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         return None
     return obj
+
+
+def request_id(msg: dict[str, Any]) -> str | None:
+    """The client's ``id`` of a request, echoed in the answer (only a string is echoed)."""
+    value = msg.get("id")
+    return value if isinstance(value, str) and len(value) <= 128 else None
+
+
+def send_text_content(msg: dict[str, Any]) -> str:
+    """The text of a ``send-text`` message (trimmed), or ``ValueError`` saying what is wrong.
+    ``options.run_immediately`` and ``options.audio_response`` are accepted (booleans): the text
+    always goes to the model at once, and Nova Sonic always answers in speech."""
+    data = msg.get("data")
+    if not isinstance(data, dict):
+        raise ValueError('send-text needs "data": {"content": "<text>"}')
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise ValueError("send-text data.content must be a string")
+    if len(content) > MAX_TEXT_CHARS:
+        raise ValueError(f"send-text data.content is longer than {MAX_TEXT_CHARS} characters")
+    text = content.strip()
+    if not text:
+        raise ValueError("send-text data.content is empty")
+    options = data.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ValueError("send-text data.options must be an object")
+    for name in ("run_immediately", "audio_response"):
+        if options.get(name) is not None and not isinstance(options[name], bool):
+            raise ValueError(f"send-text data.options.{name} must be a boolean")
+    return text
 
 
 # -- conversation events -> messages -----------------------------------------------------------

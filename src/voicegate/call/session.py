@@ -41,7 +41,7 @@ from voicegate.call.events import (
     TurnLatency,
     UserAudio,
 )
-from voicegate.call.inbound import InboundPump, TurnClock, drain
+from voicegate.call.inbound import InboundPump, TurnClock, TypedText, drain
 from voicegate.call.sdp import answer, check_offer
 from voicegate.conversation.dialogue import (
     BotAudioStarted,
@@ -55,7 +55,7 @@ from voicegate.conversation.dialogue import (
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.audio import Int16Array
 from voicegate.media.playout import PlayoutTrack
-from voicegate.media.rtp_stats import RTP_SAMPLE_INTERVAL, RtpSample, rtp_sample
+from voicegate.media.rtp_stats import RTP_SAMPLE_INTERVAL, RtpSample, sample_every
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +128,7 @@ class PeerSession:
             self.observers.add(observer)
         self.rtp: RtpSample | None = None  # the latest getStats() sample
         self._outbox = rtvi.Outbox()
+        self._typed = TypedText(self.conversation, self._text_refused)
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = TurnClock()
         self.turn_latencies_ms: list[float] = []
@@ -148,9 +149,10 @@ class PeerSession:
         # closes us.
         desc = await answer(pc, offer, self.playout, self._start_conversation)
         self._spawn(self._watch_conversation())
+        self._spawn(self._typed.run())
         self._spawn(self._connect_deadline())
         self._spawn(self._deadline())
-        self._spawn(self._sample_rtp())
+        self._spawn(sample_every(self.pc, RTP_SAMPLE_INTERVAL, self._rtp_sampled))
         if self.options.idle_timeout > 0:
             self._spawn(self._idle_watch())
         self.observers.publish(CallStarted(restart=self._adopted))
@@ -168,14 +170,8 @@ class PeerSession:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            pump = InboundPump(
-                self.conversation.send_audio,
-                self,
-                self._turns,
-                self.options.stall_after,
-                self.stats,
-            )
-            self._spawn(pump.run(track))
+            send, stall_after = self.conversation.send_audio, self.options.stall_after
+            self._spawn(InboundPump(send, self, self._turns, stall_after, self.stats).run(track))
         else:
             # Always consume: aiortc queues received frames without bound (pipecat PR #2682).
             self._spawn(drain(track))
@@ -230,18 +226,14 @@ class PeerSession:
                 self._turns.model_audio(event.at)
             case BotTurnDone():
                 self.playout.mark_turn_done()
-            case UserTranscript(final=True):
-                self._transcript("user", event.text)
-            case BotText(final=True):
-                self._transcript("assistant", event.text)
+            case UserTranscript(final=True) | BotText(final=True):
+                # The text is dropped from the line by logs.Redactor unless --log-transcripts.
+                role = "user" if isinstance(event, UserTranscript) else "assistant"
+                self._log.info("transcript", role=role, text=event.text)
         self.observers.publish(event)
         text = rtvi.conversation_message(event, self.pc_id)
         if text is not None:
             self.send_message(text)
-
-    def _transcript(self, role: str, text: str) -> None:
-        # The text is dropped from the line by logs.Redactor unless --log-transcripts is on.
-        self._log.info("transcript", role=role, text=text)
 
     # -- data channel ----------------------------------------------------------------------
 
@@ -260,6 +252,14 @@ class PeerSession:
             self.send_message(rtvi.bot_ready(request_id, self.backend_name))
         elif msg["type"] == "disconnect-bot":
             self._spawn(self.close("client-disconnect"))
+        elif msg["type"] == "send-text" and not self._closing:
+            try:
+                self._typed.put(rtvi.send_text_content(msg), rtvi.request_id(msg))
+            except ValueError as exc:
+                self._text_refused(str(exc), rtvi.request_id(msg))
+
+    def _text_refused(self, why: str, request_id: str | None) -> None:
+        self.send_message(rtvi.error(why, False, "send_text", request_id))
 
     def send_message(self, text: str) -> None:
         self._outbox.send(text)
@@ -357,19 +357,12 @@ class PeerSession:
         await asyncio.sleep(0.5)
         await self.close(reason)
 
-    async def _sample_rtp(self) -> None:
-        """Every few seconds, aiortc's ``getStats()`` (loss, jitter, RTT from RTCP) goes to the
+    def _rtp_sampled(self, sample: RtpSample) -> None:
+        """aiortc's ``getStats()`` (loss, jitter, RTT from RTCP) every few seconds: to the
         observers and to the page's debug panel as a ``server-message`` of kind ``rtp-stats``."""
-        while True:
-            await asyncio.sleep(RTP_SAMPLE_INTERVAL)
-            try:
-                report = await self.pc.getStats()
-            except Exception:  # a transport torn down under us: the call is ending
-                return
-            sample = rtp_sample(report.values())
-            self.rtp = sample
-            self.observers.publish(RtpStats(sample))
-            self.send_message(rtvi.rtp_stats(sample))
+        self.rtp = sample
+        self.observers.publish(RtpStats(sample))
+        self.send_message(rtvi.rtp_stats(sample))
 
     def _spawn(self, coro: Any) -> None:
         if self._closing and self.closed.is_set():

@@ -1,16 +1,19 @@
-"""One call's RTP figures, digested from aiortc's ``getStats()`` report.
+"""One call's RTP figures, digested from aiortc's ``getStats()`` report, sampled periodically.
 
-Owned by media because it reads nothing but aiortc's statistics objects: the call samples them
-every ``RTP_SAMPLE_INTERVAL`` seconds and publishes the digest; the page's debug panel and the
-metrics are what read it. Kept free of any other voicegate package so media stays a leaf.
+Owned by media because it reads nothing but aiortc's statistics: the call samples them every
+``RTP_SAMPLE_INTERVAL`` seconds (``sample_every``) and publishes the digest; the page's debug
+panel and the metrics read it. Imports no other voicegate package, so media stays a leaf.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
+
+from aiortc import RTCPeerConnection
 
 RTP_SAMPLE_INTERVAL: Final = 5.0
 """Seconds between per-call ``getStats()`` samples (RTCP reports arrive about every 5 s anyway)."""
@@ -71,3 +74,17 @@ def rtp_sample(report: Iterable[object]) -> RtpSample:
                 if rtt is not None and rtt >= 0:
                     sample.rtt_s = float(rtt)
     return sample
+
+
+async def sample_every(
+    pc: RTCPeerConnection, interval: float, on_sample: Callable[[RtpSample], None]
+) -> None:
+    """Every ``interval`` seconds, digest ``pc.getStats()`` and hand the sample on; returns when
+    the transport is gone (cancel to stop earlier)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await pc.getStats()
+        except Exception:  # a transport torn down under us: the call is ending
+            return
+        on_sample(rtp_sample(report.values()))
