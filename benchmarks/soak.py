@@ -37,7 +37,7 @@ from voicegate import logs, media
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ServeConfig, media_setup, resolve
 from voicegate.media import ice
-from voicegate.observability.metrics import open_fds, rss_bytes
+from voicegate.observability.process import open_fds, rss_bytes
 from voicegate.signaling.app import SESSIONS, create_app
 from voicegate.testing.client import CallClient
 

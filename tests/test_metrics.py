@@ -21,15 +21,9 @@ from voicegate.backends.base import BackendStream, ServiceUnavailable, Throttled
 from voicegate.backends.echo import EchoBackend
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.call import session as peer
-from voicegate.observability.metrics import (
-    MAX_SERIES,
-    Counter,
-    GatewayMetrics,
-    Gauge,
-    Histogram,
-    RtpSample,
-    rtp_sample,
-)
+from voicegate.media.rtp_stats import RtpSample, rtp_sample
+from voicegate.observability.exposition import MAX_SERIES, Counter, Gauge, Histogram
+from voicegate.observability.metrics import GatewayMetrics
 from voicegate.testing.client import CallClient, load_wav
 
 SAMPLE = re.compile(

@@ -79,7 +79,8 @@ class ServeConfig:
     trust_forwarded_for: bool = False
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
-    # observability and recording
+    connect_timeout: float = 15.0
+    # issue 7 (observability and recording)
     record_dir: str = ""
     record_s3_bucket: str = ""
     record_s3_prefix: str = "voicegate/"
@@ -185,7 +186,13 @@ OPTIONS: Final = (
         "on SIGTERM, seconds calls may go on before they are ended (default 30)",
         float,
     ),
-    # recording and logs (docs/observability.md)
+    _Opt(
+        "connect_timeout",
+        "end a call whose media (ICE + DTLS) is not connected this many seconds after the "
+        "answer, freeing its slot and model stream (default 15)",
+        float,
+    ),
+    # issue 7: recording and logs (docs/observability.md)
     _Opt(
         "record_dir",
         "directory for call recordings; calls are recorded only when their offer asks for it "

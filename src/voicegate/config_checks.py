@@ -130,6 +130,8 @@ def _validate_access(c: ServeConfig) -> list[str]:
         problems.append(f"idle_timeout {c.idle_timeout} must be 0 (off) or 1-86400 seconds")
     if not 0 <= c.drain_timeout <= 3600:
         problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
+    if not 0.5 <= c.connect_timeout <= 300:
+        problems.append(f"connect_timeout {c.connect_timeout} must be between 0.5 and 300 seconds")
     return problems
 
 

@@ -89,7 +89,6 @@ def create_app(
     calls = CallRegistry()
     metrics = GatewayMetrics(lambda: len(calls), lambda: counters)
     metrics.live_stats(lambda: [s.conversation.stats for s in calls.values()])
-    calls.metrics = metrics
     app[SESSIONS] = calls
     app[METRICS] = metrics
     recording = RecordingOptions(

@@ -10,22 +10,19 @@ else the registry is a read-only ``Mapping[str, PeerSession]``.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator, Mapping
 
 import structlog
 
-from voicegate.call.session import PeerSession
+from voicegate.call import PeerSession
 from voicegate.conversation.dialogue import Conversation
-from voicegate.observability.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 
 
 class CallRegistry(Mapping[str, PeerSession]):
-    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self) -> None:
         self._calls: dict[str, PeerSession] = {}
-        self.metrics = metrics
 
     # -- the read-only mapping ----------------------------------------------------------------
 
@@ -51,17 +48,10 @@ class CallRegistry(Mapping[str, PeerSession]):
         return await previous.detach() if previous is not None else None
 
     def forget(self, session: PeerSession) -> None:
-        """The session's ``on_closed``: drop it (unless a newer connection already took its
-        place) and count the call's end, once per call, not per connection."""
+        """The session's ``on_closed``: drop it, unless a newer connection already took its
+        place. (The call's end is counted by the metrics observer, from the call's events.)"""
         if self._calls.get(session.pc_id) is session:
             del self._calls[session.pc_id]
-        # A restart hands the conversation (and its cumulative stats) to the next connection
-        # of the same call; that one's end counts the call.
-        if self.metrics is not None and session.close_reason != "restart":
-            seconds = time.monotonic() - session.created
-            self.metrics.call_ended(
-                session.pc_id, session.close_reason, seconds, session.conversation.stats
-            )
 
     # -- ending many ----------------------------------------------------------------------------
 

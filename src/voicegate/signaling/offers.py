@@ -19,7 +19,7 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 
 from voicegate.backends.base import BackendError
-from voicegate.call.session import OfferError, PeerOptions, PeerSession
+from voicegate.call import OfferError, PeerOptions, PeerSession
 from voicegate.config import ServeConfig
 from voicegate.signaling import auth
 from voicegate.signaling.admission import RETRY_AFTER_S
@@ -129,9 +129,10 @@ async def post_offer(request: web.Request) -> web.Response:
             relay_only=config.relay_only,
             max_call_seconds=call_limit,
             idle_timeout=config.idle_timeout,
-            metrics=app[METRICS],
-            recording=recording,
+            # metrics and recording observe the call's events
+            observers=(app[METRICS],) if recording is None else (app[METRICS], recording),
             reconnect_grace=config.reconnect_grace,
+            connect_timeout=config.connect_timeout,
         ),
         on_closed=calls.forget,
         conversation=kept,
@@ -139,7 +140,6 @@ async def post_offer(request: web.Request) -> web.Response:
     calls.add(session)  # counted against the limit from now on
     answer = await _accept(app, session, offer.sdp)
     app[COUNTERS]["calls_total"] += 1
-    app[METRICS].call_started(new_id)
     result: dict[str, Any] = {
         "sdp": answer.sdp,
         "type": answer.type,
