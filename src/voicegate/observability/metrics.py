@@ -22,7 +22,7 @@ from voicegate.call.events import CallEnded, CallEvent, CallStarted, RtpStats, T
 from voicegate.conversation.dialogue import BotInterrupted, ConversationError
 from voicegate.media.rtp_stats import RtpSample
 from voicegate.observability.exposition import CONTENT_TYPE, Counter, Gauge, Histogram, Metric
-from voicegate.observability.process import asyncio_tasks, open_fds, rss_bytes
+from voicegate.observability.process import asyncio_tasks, cpu_seconds, open_fds, rss_bytes
 
 __all__ = ["CONTENT_TYPE", "GatewayMetrics", "failures_by_kind", "numeric_fields"]
 
@@ -163,6 +163,11 @@ class GatewayMetrics:
         )
         self._process = [
             Gauge("voicegate_process_resident_memory_bytes", "RSS", read=lambda: rss_bytes()),
+            Counter(
+                "voicegate_process_cpu_seconds_total",
+                "CPU time of this process, user + system, all threads",
+                read=cpu_seconds,
+            ),
             Gauge("voicegate_process_open_fds", "open file descriptors", read=lambda: open_fds()),
             Gauge(
                 "voicegate_process_threads",

@@ -1,4 +1,5 @@
-"""Process figures for ``/metrics`` (RSS, open fds, threads, asyncio tasks), read when scraped.
+"""Process figures for ``/metrics`` (RSS, CPU time, open fds, threads, asyncio tasks), read when
+scraped.
 
 Linux /proc only; elsewhere they read 0 rather than fail a scrape.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 
 def rss_bytes() -> int:
@@ -17,6 +19,12 @@ def rss_bytes() -> int:
     except (OSError, IndexError, ValueError):
         return 0
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of every thread of this process: ``rate()`` of it over calls
+    in progress is the CPU one call costs (docs/deploy.md sizes nodes with it)."""
+    return time.process_time()
 
 
 def open_fds() -> int:
