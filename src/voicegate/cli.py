@@ -23,6 +23,10 @@ def _serve(args: argparse.Namespace) -> int:
     from voicegate import config as cfg
     from voicegate import logs
 
+    if args.check_config:
+        from voicegate.preflight import check_config
+
+        return check_config(args)
     try:
         conf = cfg.resolve(args)
     except cfg.ConfigError as exc:
@@ -178,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (signaling, media, web page)")
     cfg.add_arguments(serve)
+    serve.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the whole configuration (flags and VOICEGATE_* environment) and exit: "
+        "0 when it is valid, 2 listing every problem; starts nothing",
+    )
     serve.set_defaults(func=_serve)
     _add_token_parser(sub)
     try:
