@@ -6,7 +6,7 @@
 // docs/web.md. Modules: params (URL), page (DOM, vg), http, call, rtvi (data channel),
 // transcript, meters, stats.
 
-import { botRms, connect, hangup, leave, micRms, receive } from "./call.js";
+import { botRms, connect, hangup, leave, micRms, receive, sendText } from "./call.js";
 import { ui, vg } from "./page.js";
 import { RELAY } from "./params.js";
 
@@ -16,9 +16,15 @@ vg.connect = () => connect();
 vg.hangup = () => hangup();
 // Feeds one data-channel message (JSON text) through the page as if the server had sent it.
 vg.receive = (raw) => receive(raw);
+vg.sendText = (text) => sendText(text);
 window.vg = vg;
 
 ui.connect.addEventListener("click", () => connect());
 ui.hangup.addEventListener("click", () => hangup());
+// Enter in the text box submits the form.
+ui.say.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (sendText(ui.sayText.value)) ui.sayText.value = "";
+});
 window.addEventListener("pagehide", leave);
 if (RELAY) ui.stat.connection.textContent = "relay only (?relay=1)";

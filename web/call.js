@@ -1,13 +1,14 @@
 // The one call of this page: microphone, RTCPeerConnection and data channel, connect and hang
-// up, and the automatic re-offer (restart_pc, same pc_id) that keeps the conversation when the
-// connection drops.
+// up, typed text, and the automatic re-offer (restart_pc, same pc_id) that keeps the
+// conversation when the connection drops or the server asks the page to move.
 
 import { deleteSession, describeError, requestJson } from "./http.js";
 import { makeAnalyser, resetMeters, rmsOf, updateMeters } from "./meters.js";
-import { clearError, logEvent, setState, showError, ui, vg } from "./page.js";
+import { clearError, enableTyping, logEvent, setState, showError, ui, vg } from "./page.js";
 import { RAW, RELAY, TOKEN } from "./params.js";
-import { clientReady, handleServerMessage } from "./rtvi.js";
+import { clientReady, handleServerMessage, sendTextMessage } from "./rtvi.js";
 import { updateStats } from "./stats.js";
+import { transcriptTyped } from "./transcript.js";
 
 // Waiting for the full candidate list lets the offer go in one POST (no trickle PATCH needed);
 // the cap keeps a slow or unreachable STUN/TURN server from stalling the call forever.
@@ -19,6 +20,11 @@ const MEDIA_CONNECT_TIMEOUT_MS = 20000;
 const RECONNECT_AFTER_MS = 2000; // "disconnected" often heals by itself; wait that long first
 const RECONNECT_WINDOW_MS = 25000;
 const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 4000, 4000, 4000];
+// Hang-up closes the peer connection once the server answered the DELETE (or after this long):
+// a connection closed first ends the call by itself and the DELETE then finds nothing (404).
+const HANGUP_CLOSE_WAIT_MS = 1500;
+// The text box's limit (also its maxlength): one typed turn, not a document.
+const MAX_TEXT_CHARS = 2000;
 const STATS_INTERVAL_MS = 1000;
 const METER_INTERVAL_MS = 50;
 
@@ -195,11 +201,13 @@ function onConnectionState(c) {
 
 // A new peer connection for the same call (same microphone track, new data channel); the
 // server moves the running conversation onto it. Only once the server has taken the new offer
-// is the old connection closed, so its close can never end the call.
-async function reconnect(c) {
+// is the old connection closed, so its close can never end the call. ``asked`` is the server's
+// own request to move (a draining server): the connection is healthy, so it re-offers at once,
+// and if no attempt succeeds the old connection carries on for as long as it lasts.
+async function reconnect(c, asked = false) {
   if (c.closed || c.reconnecting || !c.pcId) return;
   const state = c.pc.connectionState;
-  if (state !== "failed" && state !== "disconnected") return; // healed by itself
+  if (!asked && state !== "failed" && state !== "disconnected") return; // healed by itself
   c.reconnecting = true;
   setState("reconnecting");
   const deadline = performance.now() + RECONNECT_WINDOW_MS;
@@ -223,6 +231,7 @@ async function reconnect(c) {
       old.close();
       c.pc = pc;
       c.dc = dc;
+      enableTyping(false); // until the new channel opens
       wireDataChannel(c);
       pc.onconnectionstatechange = () => onConnectionState(c);
       await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
@@ -240,6 +249,11 @@ async function reconnect(c) {
   }
   c.reconnecting = false;
   if (c.closed) return;
+  if (asked && c.pc.connectionState === "connected") {
+    logEvent({ type: "reconnect-abandoned", data: { reason: "no attempt succeeded" } });
+    setState("listening");
+    return;
+  }
   showError("The connection to the server was lost and could not be restored.");
   hangup();
 }
@@ -250,12 +264,18 @@ export async function hangup() {
   call = null;
   c.closed = true;
   c.abort.abort();
-  // Tell the server first, then tear down locally; closing the peer connection alone also ends
-  // the call on the server, so a lost DELETE leaks nothing.
+  // Tell the server first; the peer connection closes once it answered (or after
+  // HANGUP_CLOSE_WAIT_MS). Closing the connection alone also ends the call on the server, so a
+  // lost DELETE leaks nothing. Microphone, meters and buttons stop at once.
   const deleted = c.pcId ? deleteSession(c.pcId, false, c.sessionToken) : Promise.resolve(null);
   for (const t of c.timers) clearTimeout(t); // clearTimeout also clears intervals
-  if (c.dc) c.dc.close();
-  if (c.pc) c.pc.close();
+  const { pc, dc } = c;
+  const waited = new Promise((resolve) => setTimeout(resolve, HANGUP_CLOSE_WAIT_MS));
+  Promise.race([deleted, waited]).then(() => {
+    if (dc) dc.close();
+    if (pc) pc.close();
+  });
+  enableTyping(false);
   stopStream(c.stream);
   ui.audio.srcObject = null;
   c.audioCtx.close().catch(() => {});
@@ -280,7 +300,10 @@ function stopStream(stream) {
 
 function wireDataChannel(c) {
   const dc = c.dc;
-  dc.onopen = () => dc.send(clientReady());
+  dc.onopen = () => {
+    dc.send(clientReady());
+    if (c.dc === dc && !c.closed) enableTyping(true);
+  };
   dc.onmessage = (ev) => receive(ev.data);
   dc.onclose = () => {
     if (c.closed || c.reconnecting || c.dc !== dc) return;
@@ -291,5 +314,22 @@ function wireDataChannel(c) {
 
 // One data-channel message (JSON text), from the channel or from a test through vg.receive.
 export function receive(raw) {
-  if (handleServerMessage(raw) === "hangup") hangup();
+  const action = handleServerMessage(raw);
+  if (action === "hangup") {
+    hangup();
+  } else if (action === "reconnect" && call) {
+    vg.moveRequests += 1;
+    reconnect(call, true);
+  }
+}
+
+// Sends typed text as a user turn; shows it in the transcript. False if there is no open
+// channel to send it on (the text box is disabled then anyway) or nothing to send.
+export function sendText(text) {
+  const content = String(text).trim().slice(0, MAX_TEXT_CHARS);
+  const dc = call && call.dc;
+  if (!content || !dc || dc.readyState !== "open") return false;
+  dc.send(sendTextMessage(content));
+  transcriptTyped(content);
+  return true;
 }

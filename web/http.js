@@ -35,7 +35,7 @@ export async function requestJson(method, url, body, signal, token = TOKEN) {
   if (!res.ok) {
     const reason = payload && typeof payload.error === "string" ? payload.error : res.statusText;
     if (res.status === 401 && payload && payload.auth_required && !TOKEN) {
-      throw new HttpError(401, "this server needs an access token: open the page with ?token=…");
+      throw new HttpError(401, "this server needs an access token: open the page with #token=…");
     }
     throw new HttpError(res.status, reason || "no reason given");
   }

@@ -15,6 +15,9 @@ export const ui = {
   micMeter: $("mic-meter"),
   botMeter: $("bot-meter"),
   transcript: $("transcript"),
+  say: $("say"),
+  sayText: $("say-text"),
+  saySend: $("say-send"),
   events: $("events"),
   audio: $("bot-audio"),
   stat: {
@@ -48,11 +51,18 @@ export const vg = {
   lastHangupStatus: null,
   lastTurnLatencyMs: null,
   reconnects: 0, // successful automatic reconnects of this page
+  moveRequests: 0, // server-messages asking the page to reconnect (e.g. the server drains)
   continuations: [], // the server's renewal/recovery server-messages
   // performance.now() marks of the current call (the connect-time benchmark reads them):
   // click, offerSent, answered, connected, firstBotAudio (first meter tick above the floor).
   timing: {},
 };
+
+// The text box works while a data channel is open.
+export function enableTyping(on) {
+  ui.sayText.disabled = !on;
+  ui.saySend.disabled = !on;
+}
 
 export function setState(state) {
   vg.state = state;

@@ -1,6 +1,7 @@
 // The data channel's messages (Pipecat RTVI shape, docs/protocol.md): what the page sends, and
 // what each server message does to the page. Knows nothing of the peer connection: a message
-// that needs the call itself (a fatal error) is returned to call.js as an action.
+// that needs the call itself (a fatal error, a request to move) is returned to call.js as an
+// action.
 
 import { logEvent, setState, showError, vg } from "./page.js";
 import { showServerRtp, showTurnLatency } from "./stats.js";
@@ -25,7 +26,16 @@ function clientMessage(type, data) {
 export const clientReady = () =>
   clientMessage("client-ready", { version: "1.0.0", about: { library: "voicegate-web" } });
 
-// Handles one server message (JSON text). Returns "hangup" when the call must end, else null.
+// Typed text as a user turn (RTVI send-text): the model answers it at once, in speech.
+export const sendTextMessage = (content) =>
+  clientMessage("send-text", {
+    content,
+    options: { run_immediately: true, audio_response: true },
+  });
+
+// Handles one server message (JSON text). Returns the action it asks of the call: "hangup"
+// (a fatal error), "reconnect" (the server asks the page to move its connection, e.g. before
+// it drains) or null.
 export function handleServerMessage(raw) {
   let msg;
   try {
@@ -66,6 +76,7 @@ export function handleServerMessage(raw) {
       if (typeof data.text === "string") transcriptBotFinal(data.text);
       break;
     case "server-message":
+      if (data.type === "reconnect") return "reconnect";
       if (data.kind === "turn-latency") showTurnLatency(data);
       else if (data.kind === "rtp-stats") showServerRtp(data);
       else if (data.kind === "renewal" || data.kind === "recovery") vg.continuations.push(data);

@@ -52,6 +52,13 @@ export function transcriptUser(text, final) {
   render(entry);
 }
 
+// Text the user typed: final at once, on the user's line like speech.
+export function transcriptTyped(text) {
+  const entry = currentEntry("user");
+  entry.parts.push(text);
+  render(entry);
+}
+
 export function transcriptBotSpeculative(text) {
   const entry = currentEntry("bot");
   entry.pending.push(text);
