@@ -105,6 +105,7 @@ export async function connect() {
     vg.timing.answered = performance.now();
     c.pcId = answer.pc_id;
     c.sessionToken = answer.session_token || null; // the only token that may hang this call up
+    keepIceServers(c, answer);
     vg.pcId = answer.pc_id;
     ui.stat.session.textContent = answer.pc_id || "–";
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
@@ -212,7 +213,9 @@ async function reconnect(c, asked = false) {
   setState("reconnecting");
   const deadline = performance.now() + RECONNECT_WINDOW_MS;
   for (let attempt = 0; !c.closed && performance.now() < deadline; attempt++) {
-    const pc = new RTCPeerConnection(c.pc.getConfiguration());
+    const config = c.pc.getConfiguration();
+    if (c.iceServers) config.iceServers = c.iceServers;
+    const pc = new RTCPeerConnection(config);
     try {
       const dc = pc.createDataChannel("rtvi", { ordered: true });
       const [track] = c.stream.getAudioTracks();
@@ -225,6 +228,7 @@ async function reconnect(c, asked = false) {
       const token = c.sessionToken || TOKEN;
       const answer = await requestJson("POST", "/api/offer", body, c.abort.signal, token);
       if (c.closed) throw new Cancelled();
+      keepIceServers(c, answer);
       const old = c.pc;
       old.onconnectionstatechange = null;
       c.dc.onclose = null;
@@ -256,6 +260,14 @@ async function reconnect(c, asked = false) {
   }
   showError("The connection to the server was lost and could not be restored.");
   hangup();
+}
+
+// TURN credentials from the latest answer, for the next reconnect: the relay accepts an
+// expired credential only for allocations it already has, and a reconnect makes new ones.
+function keepIceServers(c, answer) {
+  if (Array.isArray(answer.iceServers) && answer.iceServers.length) {
+    c.iceServers = answer.iceServers;
+  }
 }
 
 export async function hangup() {

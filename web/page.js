@@ -35,7 +35,8 @@ export const ui = {
 };
 
 // Test hooks (Playwright reads these): plain data only, so page.evaluate can return them.
-// app.js (the entry module) adds the functions (connect, hangup, receive, micRms, botRms) and publishes it.
+// app.js (the entry module) adds the functions (connect, hangup, receive, sendText, micRms,
+// botRms) and publishes it as window.vg.
 export const vg = {
   state: "idle",
   connected: false,
