@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import datetime
 from typing import Final
 
 import numpy as np
@@ -122,6 +123,9 @@ class EchoBackend:
 
     async def open(self) -> BackendStream:
         return EchoStream()
+
+    def credentials_expiration(self) -> datetime | None:
+        return None  # no credentials
 
     async def aclose(self) -> None:
         return None

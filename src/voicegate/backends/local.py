@@ -32,6 +32,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -491,6 +492,9 @@ class LocalBackend:
             clock=self._clock,
             tool_timeout=self._tool_timeout,
         )
+
+    def credentials_expiration(self) -> datetime | None:
+        return None  # offline: no credentials
 
     async def aclose(self) -> None:
         # The models are process-wide and may serve another backend instance: keep them.

@@ -32,7 +32,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 
 from voicegate.backends.base import Backend
 from voicegate.call import rtvi
-from voicegate.conversation.dialogue import (
+from voicegate.conversation import (
     BotAudioStarted,
     BotInterrupted,
     BotText,

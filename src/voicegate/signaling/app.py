@@ -26,8 +26,8 @@ from voicegate import __version__
 from voicegate.backends.base import Backend, BackendError
 from voicegate.call.session import OfferError, PeerOptions, PeerSession
 from voicegate.config import ServeConfig, is_loopback
+from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.continuation import ContinuationSettings
-from voicegate.conversation.dialogue import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.tools import ToolRegistry, default_tools
 from voicegate.media import audio, ice
 from voicegate.media import patch as rtcpatch
