@@ -57,6 +57,7 @@ class ServeConfig:
     system_prompt: str = ""
     voice: str = "matthew"
     endpointing: str = ""
+    greeting: str = ""
     model_id: str = "amazon.nova-2-sonic-v1:0"
     region: str = ""
     bedrock_endpoint: str = ""
@@ -120,6 +121,11 @@ OPTIONS: Final = (
     _Opt("system_prompt", "system prompt for the model"),
     _Opt("voice", "Nova Sonic voice id (default matthew)"),
     _Opt("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
+    _Opt(
+        "greeting",
+        "instruction sent as the caller's first turn so the assistant speaks first",
+        metavar="TEXT",
+    ),
     _Opt("model_id", "Bedrock model id (default amazon.nova-2-sonic-v1:0; v1 supported)"),
     _Opt("region", "AWS region for Bedrock (default: AWS_REGION, the profile's, else us-east-1)"),
     _Opt(
@@ -334,6 +340,8 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append(f"endpointing {c.endpointing!r} must be HIGH, MEDIUM or LOW")
     if len(c.system_prompt) > 40000:
         problems.append("system_prompt is longer than 40000 characters")
+    if len(c.greeting.encode()) > 4000:
+        problems.append("greeting is longer than 4000 bytes")
     if not c.voice.isidentifier():
         problems.append(f"voice {c.voice!r} is not a valid voice id")
     for address in c.ice_addresses:

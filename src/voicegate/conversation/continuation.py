@@ -65,7 +65,8 @@ class ContinuationSettings:
 # -- history ---------------------------------------------------------------------------------
 
 
-def _cap_bytes(text: str, limit: int) -> str:
+def cap_bytes(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes on a character boundary, marked when cut."""
     raw = text.encode()
     if len(raw) <= limit:
         return text
@@ -98,7 +99,7 @@ def shape_history(
     for role, text in reversed(merged):
         if len(kept) >= max_messages:
             break
-        text = _cap_bytes(text, max_message_bytes)
+        text = cap_bytes(text, max_message_bytes)
         size = len(text.encode())
         if total + size > max_bytes:
             break

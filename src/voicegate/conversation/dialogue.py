@@ -13,11 +13,15 @@ Rules it keeps, each learned the hard way by other integrations (docs/renewal.md
 - Barge-in is handled here, the moment either signal arrives (the interruption marker text or an
   INTERRUPTED stop reason), once per assistant turn; audio still arriving for an interrupted
   content is dropped; the marker never reaches transcripts.
-- Every toolUse gets a toolResult, error results included, so the stream never dangles.
+- Every toolUse gets a toolResult (always a JSON object), error results included, so the stream
+  never dangles.
+- Typed text (``send_text``) and the optional greeting instruction go to the model as
+  interactive USER text while the audio content stays open (Nova 2 cross-modal input); the
+  model answers them by voice and text like speech.
 
 One call outlives any one model stream: the streams ("legs", ``legs``) are renewed before they
-get old (``renewal``) and replaced when they fail, so the owner of the call sees one continuous
-conversation and only a ``SessionContinued`` event.
+get old (``renewal``) and replaced when they fail (``recovery``), so the owner of the call sees
+one continuous conversation and only a ``SessionContinued`` event.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from typing import Final
 
 import structlog
 
 from voicegate.backends.base import Backend, BackendError, StreamLost
+from voicegate.conversation.continuation import cap_bytes
 from voicegate.conversation.events import (
     MAX_HISTORY,
     BotAudioStarted,
@@ -43,13 +49,21 @@ from voicegate.conversation.events import (
     Usage,
     UserTranscript,
 )
-from voicegate.conversation.legs import CLOSE_TIMEOUT, INPUT_RATE, SETUP_TIMEOUT, Content, Leg
+from voicegate.conversation.legs import (
+    CLOSE_TIMEOUT,
+    INPUT_RATE,
+    SETUP_TIMEOUT,
+    USER_TEXT_MAX_BYTES,
+    Content,
+    Leg,
+)
 from voicegate.conversation.renewal import Renewal
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.sonic.events import (
     AudioInput,
     CompletionEnd,
     ContentEnd,
+    InputEvent,
     OutputContentEnd,
     OutputContentStart,
     OutputEvent,
@@ -72,6 +86,8 @@ SILENCE_AFTER: Final = 0.1
 SEND_QUEUE_S: Final = 2.0
 """User audio that may wait for a slow backend; beyond that chunks are dropped, counted."""
 MAX_TOOL_TASKS: Final = 4
+MAX_TYPED_KEPT: Final = 4
+HANDOVER_WAIT_S: Final = 1.0
 
 
 class Conversation(Renewal):
@@ -93,6 +109,8 @@ class Conversation(Renewal):
         self._turn_audio_seen = False
         self._reply_expected_at: float | None = None
         self._speculative_open = 0
+        self._typed: deque[str] = deque(maxlen=MAX_TYPED_KEPT)
+        """Typed texts recently sent, so a model's echo of one is not a second user turn."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -101,7 +119,7 @@ class Conversation(Renewal):
         async with asyncio.timeout(SETUP_TIMEOUT):
             leg = await self._open_leg()
             try:
-                await self._go_live(leg, [], [])
+                await self._go_live(leg, [], [], self.settings.greeting.strip() or None)
             except BaseException:
                 await self._drop_leg(leg)
                 raise
@@ -118,6 +136,38 @@ class Conversation(Renewal):
             self.stats.audio_chunks_dropped += 1
             if self.stats.audio_chunks_dropped in (1, 100, 1000):
                 log.warning("user_audio_dropped", dropped=self.stats.audio_chunks_dropped)
+
+    async def send_text(self, text: str) -> None:
+        """Typed user input in a live call (RTVI ``send-text``): the model gets it as an
+        interactive USER text while the audio content stays open, and answers by voice and
+        text as it would answer speech. The text is reported as a final ``UserTranscript``
+        and kept in the history; sent while the stream is being replaced, it reaches the
+        replacement. Blank text is ignored; text beyond 4000 bytes is cut."""
+        text = " ".join(text.split())
+        if not text or self._closing or self.ended.is_set():
+            return
+        text = cap_bytes(text, USER_TEXT_MAX_BYTES)
+        self.stats.user_texts_sent += 1
+        self.listener.on_event(UserTranscript(text, True))
+        self._remember("USER", text)
+        self._unanswered = True
+        self._reply_expected_at = asyncio.get_running_loop().time()
+        self._typed.append(_normalized(text))
+        leg = self._leg
+        if leg is not None and leg.retired and not leg.dead:
+            # A renewal is switching streams this moment: the new one is to answer it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HANDOVER_WAIT_S):
+                    while self._leg is leg and leg.retired:
+                        self._leg_changed.clear()
+                        await self._leg_changed.wait()
+            leg = self._leg
+        if leg is None or leg.dead:
+            return  # recovering: the new stream gets it re-sent as an unanswered turn
+        try:
+            await self._send_block(leg, self._user_text_block(text))
+        except BackendError as exc:
+            self._leg_failed(leg, exc)
 
     async def close(self, reason: str = "hangup") -> None:
         """End the session in order (audio contentEnd, promptEnd, sessionEnd), then release
@@ -292,9 +342,15 @@ class Conversation(Renewal):
             return  # empty user transcripts caused spurious interruptions elsewhere
         if role == "USER":
             final = stage != "SPECULATIVE"
+            if _normalized(text) in self._typed:
+                # The model's echo of typed text (reported and remembered when it was sent).
+                if final:
+                    self._typed.remove(_normalized(text))
+                return
             self.listener.on_event(UserTranscript(text, final))
             if final:
                 self._remember("USER", text)
+                self._unanswered = True
                 # What the live leg heard is in the history now; never replay it as audio.
                 self._replay.commit()
                 self._reply_expected_at = asyncio.get_running_loop().time()
@@ -303,6 +359,7 @@ class Conversation(Renewal):
             self.listener.on_event(BotText(text, final))
             if final:
                 self._remember("ASSISTANT", text)
+                self._unanswered = False
 
     def _remember(self, role: Role, text: str) -> None:
         self._history_version += 1
@@ -343,11 +400,16 @@ class Conversation(Renewal):
             self._remember("ASSISTANT", f"(The {use.tool_name} tool returned: {result})")
             return
         name = str(uuid.uuid4())
+        block: list[InputEvent] = [
+            ToolResultContentStart(self.prompt_name, name, use.tool_use_id),
+            ToolResult(self.prompt_name, name, result),
+            ContentEnd(self.prompt_name, name),
+        ]
         try:
-            await self._send_to(
-                leg, ToolResultContentStart(self.prompt_name, name, use.tool_use_id)
-            )
-            await self._send_to(leg, ToolResult(self.prompt_name, name, result))
-            await self._send_to(leg, ContentEnd(self.prompt_name, name))
+            await self._send_block(leg, block)
         except BackendError as exc:
             self._leg_failed(leg, exc)
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().split())

@@ -34,6 +34,9 @@ class ConversationSettings:
     temperature: float = 0.7
     endpointing_sensitivity: str | None = None
     output_rate: int = 24000
+    greeting: str = ""
+    """When set, sent as an interactive USER text as soon as a call starts, so the assistant
+    speaks first (Nova 2's documented way); e.g. "Greet the caller and offer your help"."""
     continuation: ContinuationSettings = field(default_factory=ContinuationSettings)
 
 
@@ -179,3 +182,7 @@ class ConversationStats:
     audio_chunks_replayed: int = 0
     stale_events_dropped: int = 0
     """Output of retired streams after a handover, ignored."""
+    user_texts_sent: int = 0
+    """Typed user messages sent to the model (``Conversation.send_text``)."""
+    turns_resent: int = 0
+    """Unanswered user turns re-sent as interactive text after a recovery."""

@@ -3,9 +3,9 @@
 Nova Sonic ends a stream after ~8 minutes and streams die (resets, throttling, transient
 validation errors), so one call is a sequence of *legs*, one stream each. This module owns a
 leg's life: opening it (session setup without audio), taking it live (history, the audio content,
-the replayed user audio), retiring and closing it in order, and replacing a failed live leg with
-bounded, backed-off attempts (recovery). Planned renewal builds on it (``renewal``) and the
-dialogue on top of both (``dialogue``); what is replayed to a new leg is ``continuation``'s.
+an interactive user text if any, the replayed user audio), and retiring and closing it in order.
+Replacing a failed leg (``recovery``), planned renewal (``renewal``) and the dialogue
+(``dialogue``) build on it; what is replayed to a new leg is ``continuation``'s.
 docs/renewal.md has the details.
 
 All sends to one leg go through its lock: SigV4 event signatures are chained per stream, so
@@ -24,14 +24,18 @@ from typing import Any, Final
 import structlog
 
 from voicegate.backends.base import Backend, BackendError, BackendStream, StreamLost
-from voicegate.conversation.continuation import ReplayBuffer, history_bytes, shape_history
+from voicegate.conversation.continuation import (
+    ReplayBuffer,
+    cap_bytes,
+    history_bytes,
+    shape_history,
+)
 from voicegate.conversation.events import (
     ConversationEnded,
     ConversationError,
     ConversationListener,
     ConversationSettings,
     ConversationStats,
-    SessionContinued,
 )
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.audio import MODEL_INPUT_RATE, model_chunk_seconds
@@ -57,6 +61,22 @@ SETUP_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
 REPLAY_EVENT_BYTES: Final = 4096
 """Replayed user audio goes in 128 ms events (see ``_go_live``)."""
+TEXT_PART_BYTES: Final = 1000
+"""Nova Sonic takes at most ~1 KB per textInput; longer interactive text is split."""
+USER_TEXT_MAX_BYTES: Final = 4000
+"""Typed text and a re-sent turn are cut to this (with a mark)."""
+
+
+def split_text(text: str, limit: int = TEXT_PART_BYTES) -> list[str]:
+    """``text`` (cut to USER_TEXT_MAX_BYTES) in pieces of at most ``limit`` UTF-8 bytes, split
+    on character boundaries."""
+    raw = cap_bytes(text, USER_TEXT_MAX_BYTES).encode()
+    parts: list[str] = []
+    while raw:
+        part = raw[:limit].decode(errors="ignore")  # a split character waits for the next
+        parts.append(part)
+        raw = raw[len(part.encode()) :]
+    return parts
 
 
 @dataclass(slots=True)
@@ -167,14 +187,24 @@ class Legs:
         self._spawn(self._receive_loop(leg))
         return leg
 
-    async def _go_live(self, leg: Leg, history: list[tuple[Role, str]], audio: list[bytes]) -> None:
-        """History, the audio content and the replayed user audio, then the leg is live."""
+    async def _go_live(
+        self,
+        leg: Leg,
+        history: list[tuple[Role, str]],
+        audio: list[bytes],
+        user_text: str | None = None,
+    ) -> None:
+        """History, the audio content, ``user_text`` as an interactive USER turn (a greeting
+        instruction, an unanswered turn re-sent) and the replayed user audio; then the leg is
+        live."""
         for role, text in history:
             for event in self._text_block(role, text):
                 await self._send_to(leg, event)
         await self._send_to(
             leg, AudioContentStart(self.prompt_name, self.audio_content, INPUT_RATE)
         )
+        if user_text:
+            await self._send_block(leg, self._user_text_block(user_text))
         # Replayed audio goes in 128 ms events: fewer events (each one signed and queued
         # through the SDK's small buffer) than caller chunks make the switch shorter.
         replay = b"".join(audio)
@@ -233,126 +263,6 @@ class Legs:
             return True
         return leg.preloaded is not None and leg.preloaded[0] == self._history_version
 
-    # -- recovery ----------------------------------------------------------------------------
-
-    def _leg_failed(self, leg: Leg, exc: BackendError) -> None:
-        if leg.dead and leg is not self._leg:
-            return
-        was_live = leg is self._leg and not leg.retired
-        leg.dead = True
-        if self.ended.is_set():
-            return
-        if self._closing:
-            if was_live:
-                self._finish("closed")
-            return
-        if leg is self._next:
-            self._next = None
-            self.stats.prepare_failures += 1
-            log.warning("prepared_stream_failed", kind=exc.kind, error=exc.message)
-            self._spawn(self._drop_leg(leg))
-            return
-        if not was_live:
-            self._spawn(self._drop_leg(leg))
-            return
-        # From here on user audio only goes into the replay buffer, for the next leg.
-        self._leg = None
-        leg.retired = True
-        leg.error = exc
-        leg.failed.set()
-        if self._recovering:
-            return  # a leg still on probation: the recovery loop counts it as an attempt
-        self.stats.failures[exc.kind] += 1
-        if not exc.retryable or self._cont.recovery_attempts <= 0:
-            self._fatal(exc)
-            return
-        self._recovering = True
-        self._spawn(self._recover(leg, exc), name="recovery")
-
-    async def _recover(self, failed: Leg, exc: BackendError) -> None:
-        """Replace a failed live leg: bounded attempts with backoff; the prepared next leg, if
-        there is one, is tried first (it is already open)."""
-        loop = asyncio.get_running_loop()
-        c = self._cont
-        failed_at = loop.time()
-        log.warning("stream_failed_recovering", kind=exc.kind, error=exc.message, leg=failed.number)
-        ready_at = failed.ready_at if failed.ready_at is not None else failed.opened_at
-        if failed_at - ready_at >= c.healthy_after_s:
-            self._attempts_used = 0
-        self._answer_lost_tools(failed, f"the model stream failed ({exc.kind})")
-        await self._drop_leg(failed)
-        last: BackendError = exc
-        attempt = 0
-        try:
-            while self._attempts_used < c.recovery_attempts:
-                if attempt:
-                    await asyncio.sleep(c.recovery_backoff_s * 2 ** (attempt - 1))
-                attempt += 1
-                self._attempts_used += 1
-                self.stats.recovery_attempts += 1
-                leg = self._next
-                self._next = None
-                if leg is not None and (leg.dead or not self._usable_preload(leg)):
-                    self._retire(leg)  # mid-preload or stale history: never send it twice
-                    leg = None
-                try:
-                    async with asyncio.timeout(SETUP_TIMEOUT):
-                        if leg is None:
-                            leg = await self._open_leg()
-                        history, audio = self._continuation_payload()
-                        to_send = history
-                        if leg.preloaded is not None:
-                            history, to_send = leg.preloaded[1], []
-                        await self._go_live(leg, to_send, audio)
-                    ready = loop.time()
-                    # Bedrock refuses a stream (throttling, quota, access) only after it was
-                    # opened: the leg is live at once, but counts as recovered only if it
-                    # survives a moment. Audio sent meanwhile is still in the replay buffer.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(c.recovery_confirm_s):
-                            await leg.failed.wait()
-                    if leg.error is not None:
-                        raise leg.error
-                except (BackendError, TimeoutError) as err:
-                    last = err if isinstance(err, BackendError) else StreamLost("setup timed out")
-                    log.warning("recovery_attempt_failed", attempt=attempt, error=str(last))
-                    if leg is not None:
-                        if self._leg is leg:
-                            self._leg = None
-                        await self._drop_leg(leg)
-                    if not last.retryable:
-                        break
-                    continue
-                gap = (ready - failed_at) * 1000
-                size, replayed = self._account(history, audio)
-                self.stats.recoveries += 1
-                self.stats.recovery_gaps_ms.append(gap)
-                self.stats.recovery_gap_ms_total += gap
-                log.info("stream_recovered", leg=leg.number, attempts=attempt, gap_ms=round(gap))
-                self.listener.on_event(
-                    SessionContinued(
-                        "recovery",
-                        exc.kind,
-                        leg.number,
-                        round(gap, 1),
-                        attempts=attempt,
-                        history_messages=len(history),
-                        history_bytes=size,
-                        replayed_ms=round(replayed, 1),
-                    )
-                )
-                return
-        finally:
-            self._recovering = False
-            self._leg_changed.set()
-        self.stats.recovery_give_ups += 1
-        log.error("recovery_failed", kind=exc.kind, last=last.message, attempts=attempt)
-        self._fatal(
-            exc,
-            f"the speech service failed ({exc.message}) and reconnecting did not work "
-            f"({last.message})",
-        )
-
     # -- sending -----------------------------------------------------------------------------
 
     def _text_block(self, role: Role, text: str) -> list[InputEvent]:
@@ -362,6 +272,23 @@ class Legs:
             TextInput(self.prompt_name, name, text),
             ContentEnd(self.prompt_name, name),
         ]
+
+    def _user_text_block(self, text: str) -> list[InputEvent]:
+        """Text the model is to answer now, like speech (Nova 2 cross-modal input): an
+        interactive USER content, opened while the audio content stays open, in textInput
+        events of at most ~1 KB each."""
+        name = str(uuid.uuid4())
+        return [
+            TextContentStart(self.prompt_name, name, "USER", interactive=True),
+            *(TextInput(self.prompt_name, name, part) for part in split_text(text)),
+            ContentEnd(self.prompt_name, name),
+        ]
+
+    async def _send_block(self, leg: Leg, events: list[InputEvent]) -> None:
+        """Send events back to back: no audio chunk of the sender lands inside the block."""
+        async with leg.send_lock:
+            for event in events:
+                await leg.stream.send(event)
 
     async def _send(self, event: InputEvent) -> None:
         """Send to the live leg."""

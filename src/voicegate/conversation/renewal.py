@@ -23,7 +23,8 @@ from voicegate.conversation.events import (
     ConversationSettings,
     SessionContinued,
 )
-from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs
+from voicegate.conversation.legs import SETUP_TIMEOUT, Leg
+from voicegate.conversation.recovery import Recovery
 from voicegate.conversation.tools import ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -33,8 +34,8 @@ REPLY_EXPECTED_S: Final = 10.0
 for that answer (not to cut it off), but not forever."""
 
 
-class Renewal(Legs):
-    """Legs plus planned renewal; ``Conversation`` is built on it."""
+class Renewal(Recovery):
+    """Legs with recovery and planned renewal; ``Conversation`` is built on it."""
 
     # Turn state owned by the dialogue, read here to find natural points.
     _speculative_open: int

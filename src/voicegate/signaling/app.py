@@ -595,6 +595,7 @@ def conversation_settings(config: ServeConfig) -> ConversationSettings:
         system_prompt=config.system_prompt or DEFAULT_SYSTEM_PROMPT,
         voice_id=config.voice,
         endpointing_sensitivity=config.endpointing or None,
+        greeting=config.greeting,
         continuation=ContinuationSettings(  # issue 4
             renew_after_s=config.renew_after,
             force_after_s=config.renew_force_after,
