@@ -748,7 +748,7 @@ async def test_temporary_credentials_from_botocore_sign_the_stream(
             await call.finish()
             await call.wait_end()
             assert call.error is None
-            assert backend.credentials_expiration == expiry
+            assert backend.credentials_expiration() == expiry
         finally:
             await backend.aclose()
         (record,) = s.sessions

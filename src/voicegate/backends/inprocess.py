@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -51,6 +52,7 @@ from voicegate.sonic import (
 
 log = structlog.get_logger(__name__)
 
+MAX_USER_TEXTS_KEPT: Final = 32
 MAX_QUEUED_OUTPUT: Final = 4096
 """Output events waiting for the consumer; a brain that outruns it waits (backpressure)."""
 
@@ -82,6 +84,8 @@ class InProcessStream:
         self.tools: dict[str, ToolSpec] = {}
         self.system_prompt = ""
         self.history: list[tuple[Role, str]] = []
+        self.user_texts: deque[str] = deque(maxlen=MAX_USER_TEXTS_KEPT)
+        """Interactive USER texts received (typed input, a greeting, a re-sent turn)."""
         self.audio_started = False
         self.completion_id = ""
         self._contents: dict[str, _OpenContent] = {}
@@ -321,6 +325,8 @@ class InProcessStream:
                         self.system_prompt = text
                     elif not self.audio_started and not content.interactive:
                         self.history.append((content.role, text))
+                    elif content.interactive and content.role == "USER":
+                        self.user_texts.append(text)
                     await self.on_text(content.role, text, content.interactive)
                 elif content.kind == "TOOL":
                     await self.on_tool_result(content.tool_use_id, text)

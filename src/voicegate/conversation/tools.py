@@ -1,7 +1,9 @@
 """Tools the model may call: a registry of Python functions with JSON-schema parameters.
 
 A tool is a plain function (sync or async) taking keyword arguments and returning something
-JSON-serialisable. The registry sends the specs in promptStart and runs a toolUse: blocking
+JSON-serialisable. Nova Sonic takes a tool result only as a JSON *object* (anything else closes
+the stream with a "Tool Response parsing error"), so a result that is not a dict is wrapped as
+``{"result": value}``. The registry sends the specs in promptStart and runs a toolUse: blocking
 functions run in a worker thread so the event loop (and every call's audio) never waits, every
 run has a timeout, and a failing or slow tool yields an error *result* the model can speak about,
 never a dead stream.
@@ -100,7 +102,7 @@ class ToolRegistry:
         return name in self._tools
 
     async def run(self, name: str, arguments_json: str) -> tuple[str, bool]:
-        """Run one tool call. Returns (result JSON text, ok). Never raises."""
+        """Run one tool call. Returns (result JSON object text, ok). Never raises."""
         tool = self._tools.get(name)
         if tool is None:
             return _error(f"unknown tool {name!r}"), False
@@ -122,10 +124,12 @@ class ToolRegistry:
             return _error(f"bad arguments for {name!r}: {exc}"), False
         except Exception as exc:
             return _error(f"the tool {name!r} failed: {exc}"), False
+        if not isinstance(result, dict):
+            result = {"result": result}
         try:
             text = json.dumps(result, default=str)
-        except (TypeError, ValueError):
-            text = json.dumps(str(result))
+        except (TypeError, ValueError):  # e.g. a circular structure, or tuple keys
+            text = json.dumps({"result": str(result)})
         if len(text.encode()) > MAX_RESULT_BYTES:
             return _error(f"the tool {name!r} returned more than {MAX_RESULT_BYTES} bytes"), False
         return text, True

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 import structlog
 
 from voicegate.call import PeerSession
-from voicegate.conversation.dialogue import Conversation
+from voicegate.conversation import Conversation
 
 log = structlog.get_logger(__name__)
 

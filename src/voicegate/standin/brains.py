@@ -103,8 +103,8 @@ class Scenario:
     exception: str | None = None
     after_chunks: int = DEFAULT_EXCEPTION_AFTER
     once: bool = False
-    """Fail (reset, exception) only in a session without replayed history, i.e. the first
-    stream of a call: the recovered stream then carries on (issue 4's recovery tests)."""
+    """Fail (reset, exception) only in a session without replayed history or re-sent user
+    text, i.e. the first stream of a call: the recovered stream then carries on."""
     reset: bool = False
     """``tool`` scenario: reset the stream right after the toolUse, before its result."""
 
@@ -281,7 +281,7 @@ class ScriptedBrain(InProcessStream):
             future.cancel()
 
     def _may_fail(self) -> bool:
-        return not (self.scenario.once and self.history)
+        return not (self.scenario.once and (self.history or self.user_texts))
 
     async def _raise_scenario_exception(self) -> None:
         assert self.scenario.exception is not None

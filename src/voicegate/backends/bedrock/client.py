@@ -627,7 +627,6 @@ class BedrockBackend:
     def resolver(self) -> BotocoreIdentityResolver | None:
         return self._resolver
 
-    @property
     def credentials_expiration(self) -> datetime | None:
         """When the signing keys expire (None: long-term keys or not resolved yet).
 
