@@ -353,7 +353,7 @@ HANG_GUARD = 15.0
 
 
 def _speech(seconds: float) -> list[bytes]:
-    from voicegate.standin.brains import speech_like
+    from voicegate.standin.audio import speech_like
 
     pcm = speech_like(16000, seconds)
     return [pcm[i : i + CHUNK].ljust(CHUNK, b"\0") for i in range(0, len(pcm), CHUNK)]
@@ -566,7 +566,7 @@ async def test_tool_round_trip(standin: Any, backend: BedrockBackend) -> None:
 async def test_modelled_exceptions_become_typed_errors(
     standin: Any, backend: BedrockBackend, kind: str, expected: type[base.BackendError]
 ) -> None:
-    from voicegate.standin.brains import EXCEPTIONS
+    from voicegate.standin.errors import EXCEPTIONS
 
     call = await _open(backend)
     await call.start(f"exception:{kind}:2")

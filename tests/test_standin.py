@@ -34,7 +34,7 @@ from h2.events import (
 from voicegate.backends.inprocess import MAX_QUEUED_OUTPUT
 from voicegate.sonic import events as sonic
 from voicegate.standin import StandIn
-from voicegate.standin.brains import LinearResampler
+from voicegate.standin.audio import LinearResampler
 from voicegate.standin.eventstream import Message, MessageDecoder, encode_message
 from voicegate.standin.sigv4 import (
     STREAMING_PAYLOAD,
@@ -1074,7 +1074,7 @@ async def test_slow_reader_is_bounded_by_flow_control(
 async def test_local_brain_answers_real_speech(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from voicegate.standin.brains import BrainUnavailable
+    from voicegate.standin.factories import BrainUnavailable
 
     try:
         from voicegate.backends.local import load_models

@@ -20,7 +20,8 @@ import signal
 import sys
 from typing import Any
 
-from voicegate.standin.brains import BRAINS, BrainUnavailable, Scenario
+from voicegate.standin.factories import BRAINS, BrainUnavailable
+from voicegate.standin.scenarios import Scenario
 
 
 def _positive(text: str) -> float:
