@@ -57,7 +57,7 @@ async def test_failures_become_error_results() -> None:
     task = asyncio.ensure_future(ticker())
     text, ok = await reg.run("blocking", "{}")
     task.cancel()
-    assert ok and json.loads(text) == "done" and ticks >= 5
+    assert ok and json.loads(text) == {"result": "done"} and ticks >= 5
 
 
 def test_registration_rules() -> None:

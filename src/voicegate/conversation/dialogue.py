@@ -271,6 +271,9 @@ class _Leg:
         self.pending_tools: dict[str, ToolUse] = {}
         self.running_tools = 0
         self.interrupted_audio: set[str] = set()
+        self.turn_audio: set[str] = set()
+        """ASSISTANT audio contents of the current completion, open or already ended: Nova 2
+        ends the AUDIO content (END_TURN) before it signals the interruption."""
         self.dead = False  # failed, or closed by us
         self.error: BackendError | None = None  # why it failed
         self.failed = asyncio.Event()
@@ -890,6 +893,7 @@ class Conversation:
                     if event.type == "TEXT" and event.generation_stage == "SPECULATIVE":
                         self._speculative_open += 1
                 if event.type == "AUDIO" and event.role == "ASSISTANT":
+                    leg.turn_audio.add(event.content_id)
                     self._turn_interrupted = False
                     self._turn_audio_seen = False
             case TextOutput():
@@ -920,6 +924,7 @@ class Conversation:
                         self._spawn(self._run_tool(leg, use))
             case CompletionEnd():
                 leg.interrupted_audio.clear()
+                leg.turn_audio.clear()
                 self._speculative_open = 0
                 self.stats.turns += 1
                 self.listener.on_event(BotTurnDone())
@@ -971,6 +976,7 @@ class Conversation:
         for cid, content in leg.contents.items():
             if content.type == "AUDIO" and content.role == "ASSISTANT":
                 leg.interrupted_audio.add(cid)
+        leg.interrupted_audio |= leg.turn_audio
         if audio_content_id is not None:
             leg.interrupted_audio.add(audio_content_id)
         self._speculative_open = 0
