@@ -42,7 +42,8 @@ class SessionRecord:
     output_counts: Counter[str] = field(default_factory=Counter)
     output_audio_bytes: int = 0
     outcome: str = "open"
-    """open | completed | exception:<type> | reset | client_reset | connection_lost"""
+    """open | completed (closed in order: ..., promptEnd, sessionEnd, end of input) |
+    exception:<type> | reset | client_reset | connection_lost"""
     error: str | None = None
     client_ended: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -52,6 +53,17 @@ class SessionRecord:
 
     def input_names(self) -> list[str]:
         return [next(iter(e)) for e in self.events]
+
+    def closed_in_order(self) -> bool:
+        """The client closed the session the documented way: its last events were contentEnd,
+        promptEnd and sessionEnd, its input ended (with SDK 0.12's signed empty end frame),
+        and the stand-in answered with a clean end of stream."""
+        return (
+            self.input_names()[-3:] == ["contentEnd", "promptEnd", "sessionEnd"]
+            and self.end_frame
+            and self.client_ended
+            and self.outcome == "completed"
+        )
 
     def _log(self, name: str, body: dict[str, Any]) -> None:
         self.event_counts[name] += 1

@@ -39,6 +39,7 @@ import structlog
 from voicegate.standin.certs import ensure_certs, server_context
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
+from voicegate.standin.models import MODELS, known_model
 from voicegate.standin.records import MAX_SESSION_RECORDS, Rejection, SessionRecord
 from voicegate.standin.session import Session
 from voicegate.standin.sigv4 import (
@@ -54,13 +55,13 @@ TEST_ACCESS_KEY: Final = "AKIDVOICEGATESTANDIN"
 TEST_SECRET_KEY: Final = "voicegate-standin-test-secret-key-not-for-aws"
 """The key pair the stand-in verifies against when AWS_ACCESS_KEY_ID/SECRET are not set."""
 
-MODELS: Final = frozenset({"amazon.nova-sonic-v1:0", "amazon.nova-2-sonic-v1:0"})
-PROFILE_PREFIXES: Final = ("", "us.", "global.")
 PATH_RE: Final = re.compile(r"/model/([^/]+)/invoke-with-bidirectional-stream")
-
-
-def known_model(model_id: str) -> bool:
-    return any(model_id.startswith(p) and model_id[len(p) :] in MODELS for p in PROFILE_PREFIXES)
+DEFAULT_REGION: Final = "us-east-1"
+DEFAULT_SESSION_LIMIT: Final = 480.0
+"""Bedrock ends a bidirectional stream after 8 minutes (ModelTimeoutException)."""
+DEFAULT_IDLE_TIMEOUT: Final = 60.0
+"""No input (no audio, once audio streams) for this long ends a session, as Bedrock's
+"Timed out waiting for input events" does (reported between ~55 s and ~175 s)."""
 
 
 def credentials_from_env() -> Credentials:
@@ -85,17 +86,19 @@ class StandIn:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        session_limit: float | None = None,
+        region: str = DEFAULT_REGION,
+        session_limit: float | None = DEFAULT_SESSION_LIMIT,
         credentials: Credentials | None = None,
         scenario: str = "reply",
         max_sessions: int = 64,
-        idle_timeout: float = 60.0,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         factory: BrainFactory | None = None,
     ) -> None:
         self.brain = brain
         self.cert_dir = Path(cert_dir)
         self.host = host
         self.port = port
+        self.region = region
         self.session_limit = session_limit
         self.credentials = credentials or credentials_from_env()
         self.scenario = scenario
@@ -121,8 +124,12 @@ class StandIn:
     def endpoint(self) -> str:
         return f"https://{self.host}:{self.port}"
 
-    def client_env(self, region: str = "us-east-1") -> dict[str, str]:
-        """Environment variables that point the real SDK (or voicegate) at this stand-in."""
+    def client_env(self, region: str | None = None) -> dict[str, str]:
+        """Environment variables that point the real SDK (or voicegate) at this stand-in.
+
+        ``region`` defaults to the stand-in's own: another one is refused (credential scope).
+        """
+        region = region or self.region
         env = {
             "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": self.endpoint,
             "SSL_CERT_FILE": str(self.ca_file),
@@ -193,7 +200,9 @@ class StandIn:
             cx.reject(stream_id, 404, "UnknownOperationException", "Unknown operation", path)
             return
         try:
-            seed = verify_request(self.credentials, "POST", path, query, headers)
+            seed = verify_request(
+                self.credentials, "POST", path, query, headers, region=self.region
+            )
         except SignatureError as exc:
             cx.reject(stream_id, 403, "AccessDeniedException", exc.message, path, code=exc.code)
             return

@@ -1,10 +1,17 @@
 """One bidirectional stream = one Bedrock session: input verified and decoded, output framed.
 
 The input task reads the client's DATA, splits it into signed envelopes, checks each envelope's
-chained SigV4 signature, unwraps the inner ``chunk`` message down to the Nova Sonic JSON event and
-hands it to the brain. The output task frames what the brain emits (or the error it ends with)
-the way Bedrock does. Input is acknowledged to HTTP/2 flow control only after it was processed,
-so a client cannot make the stand-in buffer without bound.
+chained SigV4 signature, unwraps the inner ``chunk`` message down to the Nova Sonic JSON event,
+checks it against the documented schema (``schema.py``) and hands it to the brain, whose
+grammar checks the order. The output task frames what the brain emits (or the error it ends
+with) the way Bedrock does. Input is acknowledged to HTTP/2 flow control only after it was
+processed, so a client cannot make the stand-in buffer without bound.
+
+A session ends well only in order: audio contentEnd, promptEnd, sessionEnd, then the client's
+end of input. The output's END_STREAM waits for that end of input, so an event sent after
+sessionEnd is still answered with a ValidationException; an input that ends without sessionEnd
+is one too. Once audio streams, no audio for ``idle_timeout`` ends the session like Bedrock's
+"Timed out waiting for input events".
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ from voicegate.backends.base import (
     ModelTimeout,
     ValidationFailed,
 )
+from voicegate.backends.grammar import invalid
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic.events import (
+    AudioContentStart,
     AudioInput,
     AudioOutput,
     InputEvent,
     OutputEvent,
-    SonicProtocolError,
-    decode_input,
     encode_output,
 )
 from voicegate.standin.errors import (
@@ -48,6 +55,7 @@ from voicegate.standin.eventstream import (
     encode_message,
 )
 from voicegate.standin.records import SessionRecord
+from voicegate.standin.schema import SchemaError, decode
 from voicegate.standin.sigv4 import EventVerifier, SignatureError
 
 if TYPE_CHECKING:
@@ -61,8 +69,18 @@ MAX_ENVELOPE_BYTES: Final = 1_400_000
 """Largest signed envelope accepted: a maximal event, base64'd, in JSON, framed twice."""
 
 
+NO_SESSION_END: Final = (
+    "the input stream ended before sessionEnd (close a session with the audio contentEnd, "
+    "promptEnd and sessionEnd)"
+)
+
+
 class StreamGone(Exception):
     """The client reset the stream or the connection went away."""
+
+
+class WireError(ValueError):
+    """The inner message around a Nova Sonic event is malformed."""
 
 
 def event_message(event: OutputEvent) -> bytes:
@@ -96,6 +114,11 @@ class Session:
         self.output_done = False
         self.gone = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.input_over = asyncio.Event()
+        """The client's input ended (or was refused): the output may end now."""
+        self.late_error: BackendError | None = None
+        """A refusal that came after the brain's output ended in order (after sessionEnd)."""
+        self.last_audio = 0.0
 
     def start(self, session_limit: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -113,10 +136,23 @@ class Session:
             self.record.closed.set()
 
     async def _input(self) -> None:
+        try:
+            await self._read_input()
+        finally:
+            self.input_over.set()
+
+    def _idle_left(self) -> float:
+        """Seconds of silence left: no audio once it streams, no event at all before."""
         idle = self.cx.server.idle_timeout
+        grammar = self.brain.grammar
+        if grammar.audio_started and not grammar.audio_ended:
+            return max(0.0, self.last_audio + idle - asyncio.get_running_loop().time())
+        return idle
+
+    async def _read_input(self) -> None:
         while True:
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(self._idle_left()):
                     item = await self.inbound.get()
             except TimeoutError:
                 if self.output_done:
@@ -124,14 +160,15 @@ class Session:
                     self.cx.reset(self.stream_id, ErrorCodes.NO_ERROR)
                     return
                 await self._refuse(ValidationFailed(IDLE_MESSAGE))
+                self.last_audio = asyncio.get_running_loop().time()  # wait a full idle again
                 continue
             if item is None:
                 self.record.client_ended = True
                 if not self.refused:
                     if not self.decoder.at_boundary():
                         await self._refuse(ValidationFailed("Invalid event bytes: truncated"))
-                    else:
-                        await self.brain.finish()
+                    elif not self.brain.ended_in_order:
+                        await self._refuse(invalid(NO_SESSION_END))
                 return
             data, flow = item
             if not self.refused:
@@ -162,9 +199,11 @@ class Session:
                 continue
             try:
                 event = self._unwrap(payload)
-            except (EventStreamError, SonicProtocolError) as exc:
+            except (EventStreamError, WireError, SchemaError) as exc:
                 await self._refuse(ValidationFailed(str(exc)))
                 return
+            if isinstance(event, AudioInput | AudioContentStart):
+                self.last_audio = asyncio.get_running_loop().time()
             if self.output_done:
                 continue  # like Bedrock after the end of its output: input is ignored
             try:
@@ -176,35 +215,34 @@ class Session:
     def _unwrap(self, payload: bytes) -> InputEvent:
         inner = decode_message(payload, MAX_ENVELOPE_BYTES)
         if inner.text(":message-type") != "event" or inner.text(":event-type") != "chunk":
-            raise SonicProtocolError(
+            raise WireError(
                 "expected an event message of type chunk, got "
                 f"{inner.text(':message-type')}/{inner.text(':event-type')}"
             )
         ctype = inner.text(":content-type")
         if ctype is not None and ctype != "application/json":
-            raise SonicProtocolError(f"unsupported :content-type {ctype}")
+            raise WireError(f"unsupported :content-type {ctype}")
         try:
             wrapper = json.loads(inner.payload)
         except (ValueError, RecursionError) as exc:
-            raise SonicProtocolError("the chunk payload is not JSON") from exc
+            raise WireError("the chunk payload is not JSON") from exc
         blob = wrapper.get("bytes") if isinstance(wrapper, dict) else None
         if not isinstance(blob, str):
-            raise SonicProtocolError('the chunk payload must be {"bytes": "<base64>"}')
+            raise WireError('the chunk payload must be {"bytes": "<base64>"}')
         if len(blob) > (MAX_EVENT_BYTES + 2) // 3 * 4:
-            raise SonicProtocolError(f"an event may hold at most {MAX_EVENT_BYTES} bytes")
+            raise WireError(f"an event may hold at most {MAX_EVENT_BYTES} bytes")
         try:
             raw = base64.b64decode(blob, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise SonicProtocolError("the chunk bytes are not valid base64") from exc
+            raise WireError("the chunk bytes are not valid base64") from exc
         if len(raw) > MAX_EVENT_BYTES:
-            raise SonicProtocolError(f"an event may hold at most {MAX_EVENT_BYTES} bytes")
+            raise WireError(f"an event may hold at most {MAX_EVENT_BYTES} bytes")
         try:
             obj = json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            raise SonicProtocolError("the event is not JSON") from exc
-        event = decode_input(obj)
-        name, body = next(iter(obj["event"].items()))
-        self.record._log(name, body)
+            raise WireError("the event is not JSON") from exc
+        name, event = decode(obj, self.record.model_id)
+        self.record._log(name, obj["event"][name])
         if isinstance(event, AudioInput):
             self.record.audio_chunks += 1
             self.record.audio_bytes += len(event.content)
@@ -217,7 +255,11 @@ class Session:
         self.refused = True
         self.record.error = error.message
         log.info("standin_refused", stream=self.stream_id, error=error.message)
-        await self.brain.fail(error)
+        if self.brain.ended_in_order:
+            self.late_error = error  # the brain's output is over; the session reports it
+            self.input_over.set()
+        else:
+            await self.brain.fail(error)
 
     async def _limit(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -235,8 +277,12 @@ class Session:
                     if isinstance(event, AudioOutput):
                         record.output_audio_bytes += len(event.content)
                     await self.cx.send_data(self, event_message(event))
+                # Ended in order (sessionEnd): END_STREAM once the client's input is over too.
+                await self.input_over.wait()
+                if self.late_error is not None:
+                    raise self.late_error
                 await self.cx.send_data(self, b"", end_stream=True)
-                record.outcome = "completed"
+                record.outcome = "completed" if self.brain.ended_in_order else "ended"
             except ResetStream as exc:
                 record.outcome = "reset"
                 record.error = exc.message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -105,6 +106,15 @@ class BedrockStream:
         """Encode and send one event, within ``send_timeout``; StreamLost once dead."""
         self._check_sendable()
         t0 = time.thread_time()
+        if (
+            isinstance(event, sonic.SessionStart)
+            and event.endpointing_sensitivity is not None
+            and not self._settings.is_nova2
+        ):
+            # Nova Sonic v1 documents no turnDetectionConfiguration: Bedrock refuses the
+            # unknown field, so v1 sessions go without it.
+            log.info("bedrock_endpointing_dropped", model=self._settings.model_id)
+            event = dataclasses.replace(event, endpointing_sensitivity=None)
         payload = sonic.dumps(sonic.encode_input(event))
         chunk = _input_chunk(payload)
         t1 = time.thread_time()
@@ -205,6 +215,11 @@ class BedrockStream:
             raise
         except Exception as exc:
             terminal = map_error(exc)
+            if self._closed and self._dead is None:
+                # The caller closed the stream: what Bedrock says about a session it was told
+                # to abandon (e.g. that no sessionEnd came) is not the caller's failure.
+                log.debug("bedrock_error_after_close", stream=self.stream_id, kind=terminal.kind)
+                terminal = None
         if terminal is not None:
             await self._die(terminal)
         else:
