@@ -66,6 +66,7 @@ class BedrockBackend:
         errors = self.settings.validate()
         if errors:
             raise ValueError("invalid Bedrock settings: " + "; ".join(errors))
+        self.settings.announce()
         self._credentials = credentials
         self._resolver: BotocoreIdentityResolver | None = None
         self._client: Any = None

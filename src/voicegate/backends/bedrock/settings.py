@@ -14,6 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
+AWS_HOST_SUFFIXES: Final = (".amazonaws.com", ".amazonaws.com.cn")
 DEFAULT_MODEL_ID: Final = "amazon.nova-2-sonic-v1:0"
 NOVA_SONIC_V1_MODEL_ID: Final = "amazon.nova-sonic-v1:0"
 DEFAULT_REGION: Final = "us-east-1"
@@ -106,12 +111,44 @@ class BedrockSettings:
         return f"{self.model_id} in {self.region} via {self.effective_endpoint()}"
 
     def effective_endpoint(self) -> str:
+        return self._endpoint_and_source()[0]
+
+    def _endpoint_and_source(self) -> tuple[str, str]:
         if self.endpoint:
-            return self.endpoint
+            return self.endpoint, "setting"
         for name in ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"):
             if os.environ.get(name):
-                return os.environ[name]
-        return f"https://bedrock-runtime.{self.region}.amazonaws.com"
+                return os.environ[name], name
+        return f"https://bedrock-runtime.{self.region}.amazonaws.com", "regional default"
+
+    def is_aws_endpoint(self) -> bool:
+        """True when calls go to an AWS host (``*.amazonaws.com``, or ``.com.cn`` in China)."""
+        from urllib.parse import urlsplit
+
+        try:
+            host = (urlsplit(self.effective_endpoint()).hostname or "").lower()
+        except ValueError:
+            return False
+        return host.endswith(AWS_HOST_SUFFIXES)
+
+    def announce(self) -> None:
+        """Log, once at start, the endpoint calls will use; warn when it is not AWS's, since
+        then audio and signed requests go to someone else (a stand-in, a proxy, a typo)."""
+        endpoint, source = self._endpoint_and_source()
+        log.info(
+            "bedrock_endpoint",
+            endpoint=endpoint,
+            source=source,
+            model=self.model_id,
+            region=self.region,
+        )
+        if not self.is_aws_endpoint():
+            log.warning(
+                "bedrock_endpoint_not_aws",
+                endpoint=endpoint,
+                source=source,
+                note="not an *.amazonaws.com host: calls go to this endpoint, not to AWS",
+            )
 
 
 def _valid_model_id(model_id: str) -> bool:
@@ -144,6 +181,7 @@ def _endpoint_problem(endpoint: str) -> str | None:
 
 
 __all__ = [
+    "AWS_HOST_SUFFIXES",
     "DEFAULT_MODEL_ID",
     "DEFAULT_REGION",
     "NOVA_SONIC_V1_MODEL_ID",
