@@ -1,7 +1,8 @@
 """The Bedrock stand-in driven by the real AWS SDK (aws_sdk_bedrock_runtime 0.12, CRT over h2).
 
 Every SDK test runs inside ``asyncio.timeout``; after a server reset the SDK's writer is closed
-without flushing (nova-sonic.md 6.6), since its ``close()`` would otherwise hang forever.
+without flushing (docs/bedrock.md, "The SDK's traps"), since its ``close()`` would otherwise
+hang forever.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class Call:
         """Tear down a stream the server killed, without the SDK's hanging close().
 
         Workaround for the SDK blocking forever in input_stream.close() after RST_STREAM
-        (nova-sonic.md 6.6; related: aws/aws-sdk-python#13): close the body provider unflushed.
+        (docs/bedrock.md; related: aws/aws-sdk-python#13): close the body provider unflushed.
         """
         writer = getattr(self.stream.input_stream, "_writer", None)
         if writer is not None:
@@ -185,7 +186,7 @@ async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
 
 
 def make_opener(s: StandIn, monkeypatch: pytest.MonkeyPatch) -> Opener:
-    # The CRT transport reads the trust store when it is created (nova-sonic.md 6.5).
+    # The CRT transport reads the trust store when it is created (docs/bedrock.md).
     monkeypatch.setenv("SSL_CERT_FILE", str(s.ca_file))
 
     async def open_call(
@@ -558,7 +559,7 @@ async def test_reset_ends_the_stream(standin: StandIn, open_call: Opener) -> Non
             await call.ended.wait()
         finally:
             await call.abort()
-    # SDK 0.12 reports RST_STREAM like a clean end (nova-sonic.md 2.5): no completionEnd came.
+    # SDK 0.12 reports RST_STREAM like a clean end (docs/bedrock.md): no completionEnd came.
     assert call.of(sonic.AudioOutput) or call.error is not None
     assert not call.of(sonic.CompletionEnd)
     assert standin.sessions[0].outcome == "reset"

@@ -31,7 +31,7 @@ class Scenario:
     after_chunks: int = DEFAULT_EXCEPTION_AFTER
     once: bool = False
     """Fail (reset, exception) only in a session without replayed history, i.e. the first
-    stream of a call: the recovered stream then carries on (issue 4's recovery tests)."""
+    stream of a call: the recovered stream then carries on (the recovery tests)."""
     reset: bool = False
     """``tool`` scenario: reset the stream right after the toolUse, before its result."""
 
