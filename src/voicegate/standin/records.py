@@ -43,7 +43,8 @@ class SessionRecord:
     output_audio_bytes: int = 0
     outcome: str = "open"
     """open | completed (closed in order: ..., promptEnd, sessionEnd, end of input) |
-    exception:<type> | reset | client_reset | connection_lost"""
+    exception:<type> | reset | client_reset | connection_lost | ended (a brain ended its output
+    without the client's sessionEnd)"""
     error: str | None = None
     client_ended: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
