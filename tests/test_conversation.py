@@ -209,7 +209,7 @@ async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> Non
     chunk), and the replay buffer holds exactly ``replay_max_s`` of them."""
     from voicegate.conversation import ContinuationSettings
     from voicegate.media import audio
-    from voicegate.sonic.events import AudioInput
+    from voicegate.sonic import AudioInput
 
     try:
         for ms in (20, 40):

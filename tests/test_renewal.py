@@ -118,9 +118,9 @@ async def test_a_call_outlives_four_model_streams_without_losing_a_word(
             assert stats.recoveries == 0 and not stats.failures
             assert stats.history_bytes_replayed > 0
             # Each Bedrock stream was renewed before the stand-in's limit ended it.
-            assert all(r.outcome in ("completed", "open") for r in list(standin.sessions)), [
-                r.outcome for r in standin.sessions
-            ]
+            assert all(
+                r.closed_in_order() or r.outcome == "open" for r in list(standin.sessions)
+            ), [r.outcome for r in standin.sessions]
             assert len(standin.sessions) >= stats.renewals + 1
 
             # The outbound track kept its pace across every handover: within 0.5 s of each

@@ -31,7 +31,7 @@ from voicegate.conversation import (
     UserTranscript,
     default_tools,
 )
-from voicegate.sonic.events import (
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     ContentEnd,
@@ -179,7 +179,7 @@ async def test_typed_text_is_answered_by_voice_and_text_through_the_sdk(
     and written answer back."""
     try:
         from voicegate.backends.local import REPLIES
-        from voicegate.standin.brains import BrainUnavailable
+        from voicegate.standin.factories import BrainUnavailable
     except ImportError as exc:
         require(False, f"the local brain is not installed: {exc}")
         raise

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from voicegate.netaddr import is_loopback_host
-from voicegate.sonic.events import ENDPOINTING
+from voicegate.sonic import ENDPOINTING
 
 if TYPE_CHECKING:
     from voicegate.config import ServeConfig

@@ -22,7 +22,7 @@ from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.media.levels import dbfs
 from voicegate.media.resample import resample_pcm16
-from voicegate.sonic.events import Role
+from voicegate.sonic import Role
 
 CHUNK_SECONDS: Final = 0.032
 START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn

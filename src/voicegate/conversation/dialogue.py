@@ -288,6 +288,7 @@ class Conversation(Renewal):
                     if event.type == "TEXT" and event.generation_stage == "SPECULATIVE":
                         self._speculative_open += 1
                 if event.type == "AUDIO" and event.role == "ASSISTANT":
+                    leg.turn_audio.add(event.content_id)
                     self._turn_interrupted = False
                     self._turn_audio_seen = False
             case TextOutput():
@@ -318,6 +319,7 @@ class Conversation(Renewal):
                         self._spawn(self._run_tool(leg, use))
             case CompletionEnd():
                 leg.interrupted_audio.clear()
+                leg.turn_audio.clear()
                 self._speculative_open = 0
                 self.stats.turns += 1
                 self.listener.on_event(BotTurnDone())
@@ -376,6 +378,7 @@ class Conversation(Renewal):
         for cid, content in leg.contents.items():
             if content.type == "AUDIO" and content.role == "ASSISTANT":
                 leg.interrupted_audio.add(cid)
+        leg.interrupted_audio |= leg.turn_audio
         if audio_content_id is not None:
             leg.interrupted_audio.add(audio_content_id)
         self._speculative_open = 0

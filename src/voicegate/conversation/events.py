@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from voicegate.conversation.continuation import ContinuationSettings
-from voicegate.sonic.events import Role
+from voicegate.sonic import Role
 
 MAX_HISTORY: Final = 200
 MAX_GAPS_KEPT: Final = 100

@@ -39,7 +39,7 @@ from voicegate.conversation.events import (
 )
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.audio import MODEL_INPUT_RATE, model_chunk_seconds
-from voicegate.sonic.events import (
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     ContentEnd,
@@ -102,6 +102,9 @@ class Leg:
         self.pending_tools: dict[str, ToolUse] = {}
         self.running_tools = 0
         self.interrupted_audio: set[str] = set()
+        self.turn_audio: set[str] = set()
+        """ASSISTANT audio contents of the current completion, open or already ended: Nova 2
+        ends the AUDIO content (END_TURN) before it signals the interruption."""
         self.dead = False  # failed, or closed by us
         self.error: BackendError | None = None  # why it failed
         self.failed = asyncio.Event()

@@ -24,7 +24,7 @@ from voicegate.conversation.events import (
 )
 from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs
 from voicegate.conversation.tools import ToolRegistry
-from voicegate.sonic.events import Role
+from voicegate.sonic import Role
 
 log = structlog.get_logger(__name__)
 

@@ -1,9 +1,7 @@
 """Tools the model may call: a registry of Python functions with JSON-schema parameters.
 
 A tool is a plain function (sync or async) taking keyword arguments and returning something
-JSON-serialisable. Nova Sonic takes a tool result only as a JSON *object* (anything else closes
-the stream with a "Tool Response parsing error"), so a result that is not a dict is wrapped as
-``{"result": value}``. The registry sends the specs in promptStart and runs a toolUse: blocking
+JSON-serialisable. The registry sends the specs in promptStart and runs a toolUse: blocking
 functions run in a worker thread so the event loop (and every call's audio) never waits, every
 run has a timeout, and a failing or slow tool yields an error *result* the model can speak about,
 never a dead stream.
@@ -125,10 +123,12 @@ class ToolRegistry:
         except Exception as exc:
             return _error(f"the tool {name!r} failed: {exc}"), False
         if not isinstance(result, dict):
+            # Nova Sonic takes a tool result only as a JSON object ("Tool Response parsing
+            # error" otherwise): wrap anything else.
             result = {"result": result}
         try:
             text = json.dumps(result, default=str)
-        except (TypeError, ValueError):  # e.g. a circular structure, or tuple keys
+        except (TypeError, ValueError):
             text = json.dumps({"result": str(result)})
         if len(text.encode()) > MAX_RESULT_BYTES:
             return _error(f"the tool {name!r} returned more than {MAX_RESULT_BYTES} bytes"), False
