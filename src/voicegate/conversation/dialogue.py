@@ -29,7 +29,7 @@ import contextlib
 import datetime as dt
 import uuid
 from collections import Counter, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -321,15 +321,26 @@ class Conversation:
         self._closing = False
         self.ended = asyncio.Event()
         self.end_reason = ""
+        self.on_history: Callable[[], None] | None = None
+        """Told after every change of ``stats.history`` (the cluster keeps a copy elsewhere)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def seed(self, history: Iterable[tuple[Role, str]]) -> None:
+        """Before ``start``: the history of a call adopted from another node; the first stream
+        gets it replayed like a renewal would (the bot knows what was said before)."""
+        self.stats.history = list(history)[-MAX_HISTORY:]
+        self._history_version += 1
+
     async def start(self) -> None:
         """Open the stream and set the session up. Raises BackendError if that fails."""
+        history = self._continuation_payload()[0] if self.stats.history else []
         async with asyncio.timeout(SETUP_TIMEOUT):
             leg = await self._open_leg()
             try:
-                await self._go_live(leg, [], [])
+                await self._go_live(leg, history, [])
+                if history:
+                    self._account(history, [])
             except BaseException:
                 await self._drop_leg(leg)
                 raise
@@ -965,6 +976,8 @@ class Conversation:
             history.append((role, text))
         if len(history) > MAX_HISTORY:
             del history[:-MAX_HISTORY]
+        if self.on_history is not None:
+            self.on_history()
 
     def _barge_in(self, leg: _Leg, audio_content_id: str | None) -> None:
         # Drop whatever audio of the current assistant turn is still open or still to come.

@@ -11,21 +11,46 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from voicegate.call.session import PeerSession
 from voicegate.conversation.dialogue import Conversation
 from voicegate.observability.metrics import GatewayMetrics
+from voicegate.sonic import Role
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """What another node kept of a call this process is about to adopt."""
+
+    history: Sequence[tuple[Role, str]]
+    system_prompt: str | None = None
+    voice_id: str | None = None
+    subject: str | None = None
+
+
+class CallStore(Protocol):
+    """Where a cluster keeps calls beyond this process (``voicegate.cluster``): told when a
+    call starts here and ends here, and asked for a call this process does not have."""
+
+    def call_started(self, session: PeerSession, subject: str | None) -> None: ...
+
+    def call_ended(self, session: PeerSession) -> None: ...
+
+    async def adopt(self, pc_id: str) -> StoredCall | None: ...
 
 
 class CallRegistry(Mapping[str, PeerSession]):
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self._calls: dict[str, PeerSession] = {}
         self.metrics = metrics
+        self.store: CallStore | None = None
 
     # -- the read-only mapping ----------------------------------------------------------------
 
@@ -55,6 +80,8 @@ class CallRegistry(Mapping[str, PeerSession]):
         place) and count the call's end, once per call, not per connection."""
         if self._calls.get(session.pc_id) is session:
             del self._calls[session.pc_id]
+            if self.store is not None and session.close_reason != "restart":
+                self.store.call_ended(session)
         # A restart hands the conversation (and its cumulative stats) to the next connection
         # of the same call; that one's end counts the call.
         if self.metrics is not None and session.close_reason != "restart":
