@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-
 from typing import Any
 
 from tests.cluster_util import Node, receiving, serve_node, start_call
@@ -56,9 +55,8 @@ async def test_two_workers_spread_calls_and_survive_one_worker_death(tmp_path: P
                     await asyncio.sleep(0.1)
                 assert w0["alive"] and w0["restarts"] == 1 and w0["pid"] != victim["pid"], w0
                 metrics = await node.text("/metrics")
-                assert 'voicegate_calls_ended_total{worker="supervisor",reason="worker-died"} 2' in (
-                    metrics
-                )
+                lost = 'voicegate_calls_ended_total{worker="supervisor",reason="worker-died"} 2'
+                assert lost in metrics
                 # The restarted worker takes new calls again; the survivors still run.
                 clients.append(await start_call(node.url))
                 health = await node.json("/healthz")

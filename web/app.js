@@ -345,10 +345,11 @@ function onConnectionState(c) {
 // issue 4: a new peer connection for the same call (same microphone track, new data channel);
 // the server moves the running conversation onto it. Only once the server has taken the new
 // offer is the old connection closed, so its close can never end the call.
-async function reconnect(c) {
+// A server that drains asks for the same move while the connection is still fine (`moving`).
+async function reconnect(c, moving = false) {
   if (c.closed || c.reconnecting || !c.pcId) return;
   const state = c.pc.connectionState;
-  if (state !== "failed" && state !== "disconnected") return; // healed by itself
+  if (!moving && state !== "failed" && state !== "disconnected") return; // healed by itself
   c.reconnecting = true;
   setState("reconnecting");
   const deadline = performance.now() + RECONNECT_WINDOW_MS;
@@ -507,7 +508,10 @@ function onServerMessage(raw) {
       if (typeof data.text === "string") transcriptBotFinal(data.text);
       break;
     case "server-message":
-      if (data.kind === "turn-latency") showTurnLatency(data);
+      // The server drains (rolling restart): move the call now; another node adopts it.
+      if (data.type === "reconnect") {
+        if (call) reconnect(call, true);
+      } else if (data.kind === "turn-latency") showTurnLatency(data);
       else if (data.kind === "rtp-stats") showServerRtp(data);
       else if (data.kind === "renewal" || data.kind === "recovery") vg.continuations.push(data);
       break;
