@@ -29,6 +29,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     logs.configure(conf.log_format, conf.log_level, transcripts=conf.log_transcripts)
+    import os
+
+    from voicegate.cluster.workers import WORKER_ENV
+
+    worker = os.environ.get(WORKER_ENV)
+    count = cfg.worker_count(conf)
+    if worker is None and count > 1:
+        # A node of several workers: this process only supervises and routes (docs/cluster.md).
+        from voicegate.cluster.supervisor import run_supervisor
+
+        return asyncio.run(run_supervisor(conf, count))
     from voicegate.backends import BackendUnavailable, make_backend
 
     try:
@@ -37,10 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     structlog.get_logger("voicegate").info("backend_selected", backend=backend.name, why=why)
-    return asyncio.run(_run_server(conf, backend))
+    return asyncio.run(_run_server(conf, backend, None if worker is None else int(worker)))
 
 
-async def _run_server(conf: ServeConfig, backend: Backend) -> int:
+async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = None) -> int:
+    """One process serving calls: the whole node (``--workers 1``) or worker ``worker`` of a
+    supervised node, which listens on a private loopback port."""
     from aiohttp import web
 
     from voicegate import media
@@ -62,16 +75,24 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
             )
             return 2
     app = create_app(conf, backend)
+    if conf.cluster_redis:
+        from voicegate.cluster.node import join_cluster
+
+        join_cluster(app, conf, worker)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, conf.host, conf.port)
+    host, port = ("127.0.0.1", 0) if worker is not None else (conf.host, conf.port)
+    site = web.TCPSite(runner, host, port)
     await site.start()
-    port = conf.port
     # aiohttp exposes no public way to learn the port picked for --port 0.
     sockets = getattr(site._server, "sockets", None)
     if sockets:
         port = sockets[0].getsockname()[1]
-    url = f"http://{conf.host}:{port}"
+    url = f"http://{host}:{port}"
+    if conf.cluster_redis:
+        from voicegate.cluster.node import start_cluster
+
+        await start_cluster(app, conf.node_url or url)
     log.info("listening", url=url, backend=backend.name)
     print(f"voicegate {__version__} listening on {url}", flush=True)
     # The first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
@@ -92,6 +113,10 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     from voicegate.signaling.app import drain
 
     log.info("shutting_down", drain_timeout_s=conf.drain_timeout)
+    if conf.cluster_redis:
+        from voicegate.cluster.node import move_calls
+
+        await move_calls(app, conf.drain_timeout, cut)
     ended = await drain(app, conf.drain_timeout, cut)
     log.info("drained", calls_ended=ended)
     await runner.cleanup()

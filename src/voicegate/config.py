@@ -17,7 +17,15 @@ from voicegate.config_checks import validate
 if TYPE_CHECKING:
     from voicegate.media import MediaSetup
 
-__all__ = ["OPTIONS", "ConfigError", "ServeConfig", "media_setup", "resolve", "validate"]
+__all__ = [
+    "OPTIONS",
+    "ConfigError",
+    "ServeConfig",
+    "media_setup",
+    "resolve",
+    "validate",
+    "worker_count",
+]
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
@@ -33,6 +41,29 @@ def _bool(text: str) -> bool:
 
 
 _bool.__name__ = "boolean"
+
+
+def _workers(text: str) -> str:
+    """``auto`` or a positive whole number (kept as text; ``worker_count`` resolves it)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(text)
+    return str(int(value))
+
+
+_workers.__name__ = "worker count (a positive number or auto)"
+
+
+def worker_count(config: ServeConfig) -> int:
+    """Worker processes of this node: ``auto`` is one per core this process may run on."""
+    if config.workers != "auto":
+        return int(config.workers)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class ConfigError(ValueError):
@@ -96,6 +127,11 @@ class ServeConfig:
     announced_address: str = ""
     max_loop_lag_ms: float = 25.0
     model_chunk_ms: int = 20
+    # many cores, many machines (docs/cluster.md)
+    workers: str = "auto"
+    cluster_redis: str = field(default="", repr=False)
+    node_id: str = ""
+    node_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +283,28 @@ OPTIONS: Final = (
         "40 halves the Bedrock events per call)",
         int,
     ),
+    # many cores, many machines (docs/cluster.md)
+    _Opt(
+        "workers",
+        "worker processes, each with its own event loop, calls and media ports: a number or "
+        "auto (default: one per usable core; 1: a single process as before)",
+        _workers,
+        metavar="N|auto",
+    ),
+    _Opt(
+        "cluster_redis",
+        "Redis URL of the cluster directory (redis://host:6379/0): nodes register there, "
+        "forward each request to the node that owns its call, and adopt calls of dead or "
+        "draining nodes (default: none, a single node)",
+        metavar="URL",
+    ),
+    _Opt("node_id", "this node's name in the cluster (default: the host name)"),
+    _Opt(
+        "node_url",
+        "the HTTP address other nodes use to reach this node, e.g. http://10.0.0.5:8080 "
+        "(default: http://HOST:PORT when HOST is a specific address)",
+        metavar="URL",
+    ),
 )
 
 
@@ -321,6 +379,10 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
     config = ServeConfig(**values)
     if not config.web_dir:
         config = _replace(config, web_dir=_default_web_dir())
+    if not config.node_id:
+        import socket
+
+        config = _replace(config, node_id=socket.gethostname() or "voicegate")
     problems += validate(config)
     if problems:
         raise ConfigError(problems)

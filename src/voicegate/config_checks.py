@@ -59,6 +59,42 @@ def validate(c: ServeConfig) -> list[str]:
     problems += _validate_recording(c)
     problems += _validate_continuation(c)
     problems += _validate_media(c)
+    problems += _validate_cluster(c)
+    return problems
+
+
+def _validate_cluster(c: ServeConfig) -> list[str]:
+    """Workers, the Redis directory and how other nodes reach this one."""
+    from urllib.parse import urlsplit
+
+    from voicegate.media.ice import parse_port_range
+
+    problems: list[str] = []
+    if c.workers != "auto" and int(c.workers) > 256:
+        problems.append(f"workers {c.workers} must be between 1 and 256 (or auto)")
+    try:
+        ports = parse_port_range(c.rtc_ports)
+    except ValueError:
+        ports = None
+    if ports is not None and c.workers != "auto" and ports[1] - ports[0] + 1 < 2 * int(c.workers):
+        problems.append(f"rtc_ports {c.rtc_ports!r} is too small to give each worker 2 ports")
+    if c.cluster_redis:
+        scheme = urlsplit(c.cluster_redis).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            problems.append(
+                f"cluster_redis {c.cluster_redis!r} must be a redis://, rediss:// or unix:// URL"
+            )
+    if len(c.node_id) > 128 or not all(ch.isalnum() or ch in "-_." for ch in c.node_id):
+        problems.append(f"node_id {c.node_id!r} must be 1-128 letters, digits, '-', '_' or '.'")
+    if c.node_url:
+        parts = urlsplit(c.node_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"node_url {c.node_url!r} must look like http://host:port")
+    elif c.cluster_redis and c.host in ("0.0.0.0", "::", ""):
+        problems.append(
+            f"with --cluster-redis and host {c.host!r}, set --node-url: other nodes need an "
+            "address they can reach this node at"
+        )
     return problems
 
 

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from typing import Final
 
 import structlog
@@ -114,12 +115,23 @@ class Conversation(Renewal):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def seed(self, history: Iterable[tuple[Role, str]]) -> None:
+        """Before ``start``: the history of a call adopted from another node; the first stream
+        gets it replayed like a renewal would (the bot knows what was said before)."""
+        self.stats.history = list(history)[-MAX_HISTORY:]
+        self._history_version += 1
+
     async def start(self) -> None:
         """Open the stream and set the session up. Raises BackendError if that fails."""
+        history = self._continuation_payload()[0] if self.stats.history else []
+        # An adopted call has been greeted already; only a new one hears the greeting.
+        greeting = None if history else (self.settings.greeting.strip() or None)
         async with asyncio.timeout(SETUP_TIMEOUT):
             leg = await self._open_leg()
             try:
-                await self._go_live(leg, [], [], self.settings.greeting.strip() or None)
+                await self._go_live(leg, history, [], greeting)
+                if history:
+                    self._account(history, [])
             except BaseException:
                 await self._drop_leg(leg)
                 raise
@@ -372,6 +384,8 @@ class Conversation(Renewal):
             history.append((role, text))
         if len(history) > MAX_HISTORY:
             del history[:-MAX_HISTORY]
+        if self.on_history is not None:
+            self.on_history()
 
     def _barge_in(self, leg: Leg, audio_content_id: str | None) -> None:
         # Drop whatever audio of the current assistant turn is still open or still to come.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -150,6 +150,8 @@ class Legs:
         self._closing = False
         self.ended = asyncio.Event()
         self.end_reason = ""
+        self.on_history: Callable[[], None] | None = None
+        """Told after every change of ``stats.history`` (the cluster keeps a copy elsewhere)."""
 
     # -- hooks the dialogue implements -------------------------------------------------------
 

@@ -34,22 +34,27 @@ async def healthz(request: web.Request) -> web.Response:
             "uptime_s": round(time.monotonic() - app[STARTED], 1),
             "calls_total": app[COUNTERS]["calls_total"],
             "loop_lag_ms": round(app[ADMISSION].monitor.lag_ms, 1),
+            "ready": _ready(app) is None,
+            "draining": app[GATE].draining,
         }
     )
 
 
 async def readyz(request: web.Request) -> web.Response:
     """Readiness for a load balancer: false while draining or full, so new calls go elsewhere."""
-    app = request.app
-    if app[GATE].draining:
-        return web.json_response(
-            {"ready": False, "error": "voicegate is shutting down (draining calls)"}, status=503
-        )
-    if len(app[SESSIONS]) >= app[CONFIG].max_sessions:
-        return web.json_response(
-            {"ready": False, "error": "voicegate is at its concurrent call limit"}, status=503
-        )
+    problem = _ready(request.app)
+    if problem is not None:
+        return web.json_response({"ready": False, "error": problem}, status=503)
     return web.json_response({"ready": True})
+
+
+def _ready(app: web.Application) -> str | None:
+    """Why this process takes no new call now, or None."""
+    if app[GATE].draining:
+        return "voicegate is shutting down (draining calls)"
+    if len(app[SESSIONS]) >= app[CONFIG].max_sessions:
+        return "voicegate is at its concurrent call limit"
+    return None
 
 
 async def metrics(request: web.Request) -> web.Response:
