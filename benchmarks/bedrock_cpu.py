@@ -90,7 +90,7 @@ async def micro(n: int = 5000) -> dict[str, float]:
     from smithy_core.aio.interfaces import ProtocolSettings
     from smithy_core.aio.types import AsyncBytesReader
 
-    from voicegate.backends.bedrock.client import _input_chunk
+    from voicegate.backends.bedrock.stream import _input_chunk
 
     codec = RestJsonClientProtocol(
         ProtocolSettings(

@@ -18,6 +18,9 @@ from voicegate import media
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig, media_setup, resolve
 from voicegate.media import ice
+
+# Imported here, once, so that no test pays for importing aiortc's codecs inside its running loop.
+from voicegate.media import patch as _aiortc_patch  # noqa: F401
 from voicegate.signaling.app import create_app
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -17,7 +17,7 @@ from voicegate.call import (
     TurnLatency,
     UserAudio,
 )
-from voicegate.conversation.dialogue import BotText, ConversationStats, UserTranscript
+from voicegate.conversation import BotText, ConversationStats, UserTranscript
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.signaling.app import SESSIONS
 from voicegate.testing.client import CallClient, load_wav

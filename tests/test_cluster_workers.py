@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-
 from typing import Any
 
 from tests.cluster_util import Node, receiving, serve_node, start_call
@@ -56,9 +55,8 @@ async def test_two_workers_spread_calls_and_survive_one_worker_death(tmp_path: P
                     await asyncio.sleep(0.1)
                 assert w0["alive"] and w0["restarts"] == 1 and w0["pid"] != victim["pid"], w0
                 metrics = await node.text("/metrics")
-                assert 'voicegate_calls_ended_total{worker="supervisor",reason="worker-died"} 2' in (
-                    metrics
-                )
+                lost = 'voicegate_calls_ended_total{worker="supervisor",reason="worker-died"} 2'
+                assert lost in metrics
                 # The restarted worker takes new calls again; the survivors still run.
                 clients.append(await start_call(node.url))
                 health = await node.json("/healthz")
@@ -76,3 +74,30 @@ async def test_one_worker_runs_without_a_supervisor(tmp_path: Path) -> None:
     async with serve_node(tmp_path, "--workers", "1", "--backend", "echo", "--port", "0") as node:
         health = await node.json("/healthz")
         assert "workers" not in health and health["ready"] is True
+
+
+def test_cluster_options_are_validated_and_split_between_workers() -> None:
+    from voicegate.cluster.workers import worker_env
+    from voicegate.config import ConfigError, resolve, worker_count
+
+    env = {"VOICEGATE_WORKERS": "3", "VOICEGATE_RTC_PORTS": "40000-40299"}
+    config = resolve(None, env=env)
+    assert worker_count(config) == 3 and config.node_id  # the host name by default
+    shares = [worker_env(config, i, 3)["VOICEGATE_RTC_PORTS"] for i in range(3)]
+    assert shares == ["40000-40099", "40100-40199", "40200-40299"]
+    assert worker_env(config, 0, 3)["VOICEGATE_MAX_SESSIONS"] == "7"  # ceil(20 / 3)
+    assert worker_count(resolve(None, env={})) >= 1  # auto: one per usable core
+    bad = {
+        "VOICEGATE_WORKERS": "0",
+        "VOICEGATE_CLUSTER_REDIS": "http://x",
+        "VOICEGATE_NODE_URL": "nope",
+        "VOICEGATE_NODE_ID": "a b",
+    }
+    try:
+        resolve(None, env=bad)
+    except ConfigError as exc:
+        text = "\n".join(exc.problems)
+        assert "VOICEGATE_WORKERS" in text and "cluster_redis" in text
+        assert "node_url" in text and "node_id" in text
+    else:
+        raise AssertionError("bad cluster options were accepted")

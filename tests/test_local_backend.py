@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import wave
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from functools import cache
 
@@ -121,6 +122,13 @@ class Call:
         for i in range(0, len(pcm), CHUNK_BYTES):
             await self.stream.send(AudioInput("p", "mic", pcm[i : i + CHUNK_BYTES]))
 
+    async def type(self, text: str) -> None:
+        """Typed input: an interactive USER text while the audio content is open."""
+        send = self.stream.send
+        await send(TextContentStart("p", "typed", "USER", interactive=True))
+        await send(TextInput("p", "typed", text))
+        await send(ContentEnd("p", "typed"))
+
     async def until(self, done: Callable[[OutputEvent], bool]) -> list[OutputEvent]:
         """Events up to and including the first one for which ``done`` is true."""
         seen: list[OutputEvent] = []
@@ -225,6 +233,66 @@ async def test_greeting_turn_has_nova_sonic_shape(models: SpeechModels) -> None:
     assert await call.hang_up() == []
 
 
+async def test_typed_text_is_answered_by_voice_without_a_transcript(
+    models: SpeechModels,
+) -> None:
+    call = await Call.start(LocalBackend())
+    await call.feed(silence(0.3))
+    await call.type("What time is it?")
+    before = await call.until(lambda e: isinstance(e, ToolUse))
+    use = before[-1]
+    assert isinstance(use, ToolUse) and use.tool_name == "get_current_time"
+    await call.stream.send(ToolResultContentStart("p", "r", use.tool_use_id))
+    result = {"spoken": "3:04 p.m.", "timezone": "UTC"}
+    await call.stream.send(ToolResult("p", "r", json.dumps(result)))
+    await call.stream.send(ContentEnd("p", "r"))
+    events = before + await call.turn()
+    blocks = text_blocks(events)
+    # No USER transcript: the client has the text it typed.
+    assert [(role, stage) for role, stage, _, _ in blocks] == [
+        ("ASSISTANT", "SPECULATIVE"),
+        ("ASSISTANT", "FINAL"),
+    ]
+    assert blocks[-1][2] == "It is 3:04 p.m. in UTC."
+    assert len(reply_audio(events)) / 2 / 24000 > 0.5 and rms(reply_audio(events)) > 500
+    assert call.stream.user_texts == deque(["What time is it?"])
+    assert await call.hang_up() == []
+
+
+async def test_a_greeting_instruction_makes_the_assistant_speak_first(
+    models: SpeechModels,
+) -> None:
+    from voicegate.conversation import BotText, Conversation, ConversationSettings
+
+    class Listener:
+        def __init__(self) -> None:
+            self.audio = 0
+            self.texts: asyncio.Queue[BotText] = asyncio.Queue()
+
+        def on_audio(self, pcm: bytes) -> None:
+            self.audio += len(pcm)
+
+        def on_flush(self) -> int:
+            return 0
+
+        def on_event(self, event: object) -> None:
+            if isinstance(event, BotText) and event.final:
+                self.texts.put_nowait(event)
+
+    listener = Listener()
+    settings = ConversationSettings(greeting="Greet the caller and offer your help.")
+    conv = Conversation(LocalBackend(), settings, default_tools(), listener)
+    await conv.start()  # nobody speaks: only silence is sent
+    try:
+        async with asyncio.timeout(WAIT):
+            text = await listener.texts.get()
+        assert text.text == REPLIES["greeting"]
+        assert listener.audio / 2 / 24000 > 1.0
+        assert not any(role == "USER" for role, _ in conv.stats.history)
+    finally:
+        await conv.close()
+
+
 async def test_time_question_makes_a_real_tool_call(models: SpeechModels) -> None:
     call = await Call.start(LocalBackend())
     await call.feed(silence(0.3) + espeak("What time is it?") + silence(1.0))
@@ -314,11 +382,16 @@ async def test_barge_in_while_the_reply_is_generated(models: SpeechModels) -> No
     assert not any(isinstance(e, AudioOutput) for e in cut)
     assert any(isinstance(e, TextOutput) and is_interruption_marker(e.content) for e in cut)
     assert ("ASSISTANT", "FINAL", '{ "interrupted" : true }', "INTERRUPTED") in text_blocks(cut)
+    # Nova 2's order: the AUDIO content ends as END_TURN before the INTERRUPTED text.
+    (audio_end,) = [
+        i
+        for i, e in enumerate(cut)
+        if isinstance(e, OutputContentEnd) and e.content_id == audio_cid.content_id
+    ]
+    assert cut[audio_end].stop_reason == "END_TURN"  # type: ignore[union-attr]
     assert any(
-        isinstance(e, OutputContentEnd)
-        and e.content_id == audio_cid.content_id
-        and e.stop_reason == "INTERRUPTED"
-        for e in cut
+        isinstance(e, TextOutput) and is_interruption_marker(e.content)
+        for e in cut[audio_end + 1 :]
     )
     end = cut[-1]
     assert isinstance(end, CompletionEnd) and end.stop_reason == "INTERRUPTED"
@@ -398,6 +471,7 @@ async def test_models_are_loaded_once_and_shared(models: SpeechModels) -> None:
         ("Okay, bye.", "goodbye"),
         ("The weather is nice.", "echo"),
         ("This is history.", "echo"),  # "hi" inside a word is no greeting
+        ("Greet the caller and offer your help.", "greeting"),  # a --greeting instruction
     ],
 )
 def test_intent(heard: str, expected: str) -> None:

@@ -294,6 +294,9 @@ class _ScriptedBackend:
             raise Throttled("Too many requests")
         return _BargeThenFail()
 
+    def credentials_expiration(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         pass
 
@@ -359,7 +362,7 @@ async def test_refusals_are_counted_by_status() -> None:
 
 
 def test_stream_failures_and_handover_gaps_are_exported() -> None:
-    from voicegate.conversation.dialogue import ConversationStats
+    from voicegate.conversation import ConversationStats
     from voicegate.observability.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()

@@ -18,7 +18,7 @@ from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.call.inbound import MAX_TYPED_TEXTS
 from voicegate.call.rtvi import MAX_TEXT_CHARS
-from voicegate.conversation.dialogue import Conversation
+from voicegate.conversation import Conversation
 from voicegate.signaling.app import SESSIONS
 from voicegate.testing.client import CallClient
 

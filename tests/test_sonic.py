@@ -275,7 +275,7 @@ def test_double_encoded_tool_arguments_are_decoded() -> None:
 
 def test_the_package_face_exports_every_public_name() -> None:
     import voicegate.sonic.model_codec as model_codec
-    from voicegate.sonic import events
+    from voicegate import sonic as events
 
     for name in sonic.__all__:
         assert getattr(sonic, name) is not None

@@ -92,6 +92,7 @@ class ServeConfig:
     system_prompt: str = ""
     voice: str = "matthew"
     endpointing: str = ""
+    greeting: str = ""
     model_id: str = "amazon.nova-2-sonic-v1:0"
     region: str = ""
     bedrock_endpoint: str = ""
@@ -161,6 +162,11 @@ OPTIONS: Final = (
     _Opt("system_prompt", "system prompt for the model"),
     _Opt("voice", "Nova Sonic voice id (default matthew)"),
     _Opt("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
+    _Opt(
+        "greeting",
+        "instruction sent as the caller's first turn so the assistant speaks first",
+        metavar="TEXT",
+    ),
     _Opt("model_id", "Bedrock model id (default amazon.nova-2-sonic-v1:0; v1 supported)"),
     _Opt("region", "AWS region for Bedrock (default: AWS_REGION, the profile's, else us-east-1)"),
     _Opt(

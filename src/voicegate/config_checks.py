@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from voicegate.netaddr import is_loopback_host
-from voicegate.sonic.events import ENDPOINTING
+from voicegate.sonic import ENDPOINTING
 
 if TYPE_CHECKING:
     from voicegate.config import ServeConfig
@@ -32,6 +32,8 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append(f"endpointing {c.endpointing!r} must be HIGH, MEDIUM or LOW")
     if len(c.system_prompt) > 40000:
         problems.append("system_prompt is longer than 40000 characters")
+    if len(c.greeting.encode()) > 4000:
+        problems.append("greeting is longer than 4000 bytes")
     if not c.voice.isidentifier():
         problems.append(f"voice {c.voice!r} is not a valid voice id")
     for address in c.ice_addresses:

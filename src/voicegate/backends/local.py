@@ -9,6 +9,10 @@ above cannot tell this brain from Bedrock:
     ASSISTANT text SPECULATIVE, AUDIO (24 kHz chunks), ASSISTANT text FINAL,
     usageEvent, completionEnd
 
+Typed text (interactive USER text, Nova 2's cross-modal input) is a turn without speech
+recognition: the same reply policy, spoken the same way. A greeting instruction ("greet the
+caller ...", sent by ``--greeting``) is a greeting by that policy.
+
 Barge-in: the VAD keeps listening while the bot talks. Speech that starts while a reply is being
 generated, or while its audio is still playing at the browser (audio is produced faster than
 real time, so "playing" is judged from wall time since the first chunk), cancels the reply and
@@ -32,6 +36,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -51,7 +56,7 @@ from voicegate.backends.speech.vad import (
     VadConfig,
     VadStream,
 )
-from voicegate.sonic import UsageEvent
+from voicegate.sonic import Role, UsageEvent
 
 log = structlog.get_logger(__name__)
 
@@ -156,7 +161,7 @@ _TIME = re.compile(
     r"\bwhat(?: is|'s|s)? the time\b|\bwhat time(?: is it)?\b|\btime is it\b|"
     r"\b(?:tell|give) me the time\b|\bcurrent time\b"
 )
-_GREETING = re.compile(r"\b(?:hello|hi|hey|good (?:morning|afternoon|evening))\b")
+_GREETING = re.compile(r"\b(?:hello|hi|hey|greet\w*|good (?:morning|afternoon|evening))\b")
 _GOODBYE = re.compile(r"\b(?:good ?bye|bye|see you|farewell)\b")
 
 
@@ -275,6 +280,23 @@ class LocalStream(InProcessStream):
             else:
                 self._speech_ended(event)
 
+    async def on_text(self, role: Role, text: str, interactive: bool) -> None:
+        """Typed text: answered like a spoken turn, interrupting one under way."""
+        text = text.strip()
+        if role != "USER" or not interactive or not self.audio_started or not text:
+            return
+        turn = self._turn
+        if turn is not None and turn.running:
+            self._cancel_turn()
+            if turn.replying:
+                turn.stats.interrupted = True
+                await self._interrupt(turn.audio_cid, "generation")
+        elif self._clock() < self._playing_until:
+            await self._interrupt(None, "playback")
+        typed = _Turn(np.zeros(0, dtype=np.float32), self._clock())
+        self._turn = typed
+        typed.task = self.spawn(self._run_turn(typed, text))
+
     async def on_tool_result(self, tool_use_id: str, content: str) -> None:
         waiter = self._tool_waits.pop(tool_use_id, None)
         if waiter is not None and not waiter.done():
@@ -339,18 +361,22 @@ class LocalStream(InProcessStream):
         self._turn = turn
         turn.task = self.spawn(self._run_turn(turn))
 
-    async def _run_turn(self, turn: _Turn) -> None:
+    async def _run_turn(self, turn: _Turn, typed: str | None = None) -> None:
         stats = turn.stats
-        started = time.perf_counter()
-        text = await run_gated(self._gate, self._models.asr.transcribe, turn.audio)
-        stats.asr_ms = (time.perf_counter() - started) * 1000
+        if typed is None:
+            started = time.perf_counter()
+            text = await run_gated(self._gate, self._models.asr.transcribe, turn.audio)
+            stats.asr_ms = (time.perf_counter() - started) * 1000
+        else:
+            text = typed
         stats.transcript = text
         self.stats.append(stats)
         if not any(ch.isalnum() for ch in text):
             log.info("turn_empty", asr_ms=round(stats.asr_ms))
             return  # nothing was said: no turn (an empty USER text confuses clients)
         turn.replying = True
-        await self.emit_text("USER", text, "FINAL")
+        if typed is None:  # typed text is the client's own; only speech gets a transcript
+            await self.emit_text("USER", text, "FINAL")
         reply = await self._decide(text)
         stats.reply = reply
         await self._speak(turn, reply)
@@ -491,6 +517,9 @@ class LocalBackend:
             clock=self._clock,
             tool_timeout=self._tool_timeout,
         )
+
+    def credentials_expiration(self) -> datetime | None:
+        return None  # offline: no credentials
 
     async def aclose(self) -> None:
         # The models are process-wide and may serve another backend instance: keep them.

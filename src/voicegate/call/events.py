@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
-from voicegate.conversation.dialogue import ConversationEvent, ConversationStats
+from voicegate.conversation import ConversationEvent, ConversationStats
 from voicegate.media.rtp_stats import RtpSample
 
 log = structlog.get_logger(__name__)

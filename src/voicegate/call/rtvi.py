@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from voicegate.conversation.dialogue import (
+from voicegate.conversation import (
     BotInterrupted,
     BotText,
     ConversationError,

@@ -43,7 +43,7 @@ from voicegate.call.events import (
 )
 from voicegate.call.inbound import InboundPump, TurnClock, TypedText, drain
 from voicegate.call.sdp import answer, check_offer
-from voicegate.conversation.dialogue import (
+from voicegate.conversation import (
     BotAudioStarted,
     BotText,
     BotTurnDone,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from voicegate.call.events import CallEnded, CallEvent, CallStarted, RtpStats, TurnLatency
-from voicegate.conversation.dialogue import BotInterrupted, ConversationError
+from voicegate.conversation import BotInterrupted, ConversationError
 from voicegate.media.rtp_stats import RtpSample
 from voicegate.observability.exposition import CONTENT_TYPE, Counter, Gauge, Histogram, Metric
 from voicegate.observability.process import asyncio_tasks, cpu_seconds, open_fds, rss_bytes

@@ -37,7 +37,7 @@ from typing import Any, Final
 import structlog
 
 from voicegate.call.events import BotAudio, CallClosing, CallEnded, CallEvent, UserAudio
-from voicegate.conversation.dialogue import (
+from voicegate.conversation import (
     BotInterrupted,
     BotText,
     ToolCallFinished,

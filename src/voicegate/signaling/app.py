@@ -18,8 +18,8 @@ from aiohttp import web
 
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
+from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.continuation import ContinuationSettings
-from voicegate.conversation.dialogue import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.tools import ToolRegistry, default_tools
 from voicegate.netaddr import is_loopback_host
 from voicegate.observability.metrics import GatewayMetrics
@@ -61,6 +61,7 @@ def conversation_settings(config: ServeConfig) -> ConversationSettings:
         system_prompt=config.system_prompt or DEFAULT_SYSTEM_PROMPT,
         voice_id=config.voice,
         endpointing_sensitivity=config.endpointing or None,
+        greeting=config.greeting,
         continuation=ContinuationSettings(
             renew_after_s=config.renew_after,
             force_after_s=config.renew_force_after,

@@ -10,19 +10,44 @@ else the registry is a read-only ``Mapping[str, PeerSession]``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from voicegate.call import PeerSession
-from voicegate.conversation.dialogue import Conversation
+from voicegate.conversation import Conversation
+from voicegate.sonic import Role
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """What another node kept of a call this process is about to adopt."""
+
+    history: Sequence[tuple[Role, str]]
+    system_prompt: str | None = None
+    voice_id: str | None = None
+    subject: str | None = None
+
+
+class CallStore(Protocol):
+    """Where a cluster keeps calls beyond this process (``voicegate.cluster``): told when a
+    call starts here and ends here, and asked for a call this process does not have."""
+
+    def call_started(self, session: PeerSession, subject: str | None) -> None: ...
+
+    def call_ended(self, session: PeerSession) -> None: ...
+
+    async def adopt(self, pc_id: str) -> StoredCall | None: ...
 
 
 class CallRegistry(Mapping[str, PeerSession]):
     def __init__(self) -> None:
         self._calls: dict[str, PeerSession] = {}
+        self.store: CallStore | None = None
 
     # -- the read-only mapping ----------------------------------------------------------------
 
@@ -52,6 +77,8 @@ class CallRegistry(Mapping[str, PeerSession]):
         place. (The call's end is counted by the metrics observer, from the call's events.)"""
         if self._calls.get(session.pc_id) is session:
             del self._calls[session.pc_id]
+            if self.store is not None and session.close_reason != "restart":
+                self.store.call_ended(session)
 
     # -- ending many ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
-from voicegate.conversation.dialogue import ConversationSettings
+from voicegate.conversation import ConversationSettings
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder

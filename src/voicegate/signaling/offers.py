@@ -10,6 +10,7 @@ call's time limit, its per-call token, and turning a failed set-up into a clear 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Any, Final
@@ -119,10 +120,23 @@ async def post_offer(request: web.Request) -> web.Response:
             call_limit = min(call_limit, max(1.0, claims.exp - SESSION_GRACE_S - time.time()))
     # The conversation (model stream, history) survives the reconnect.
     kept = await calls.detach(new_id) if live_restart else None
+    # A restart of a call this process does not have: another node's (it died or drains).
+    stored = (
+        await calls.store.adopt(new_id)
+        if kept is None and offer.restart and calls.store is not None
+        else None
+    )
+    settings = app[SETTINGS]
+    if stored is not None:
+        settings = dataclasses.replace(
+            settings,
+            system_prompt=stored.system_prompt or settings.system_prompt,
+            voice_id=stored.voice_id or settings.voice_id,
+        )
     session = PeerSession(
         new_id,
         app[BACKEND],
-        app[SETTINGS],
+        settings,
         app[TOOLS],
         PeerOptions(
             ice_servers=tuple(turn.server_servers(new_id)),
@@ -137,8 +151,12 @@ async def post_offer(request: web.Request) -> web.Response:
         on_closed=calls.forget,
         conversation=kept,
     )
+    if stored is not None:
+        session.conversation.seed(stored.history)
     calls.add(session)  # counted against the limit from now on
     answer = await _accept(app, session, offer.sdp)
+    if calls.store is not None:
+        calls.store.call_started(session, claims.sub if claims is not None else None)
     app[COUNTERS]["calls_total"] += 1
     result: dict[str, Any] = {
         "sdp": answer.sdp,

@@ -1,0 +1,89 @@
+"""The models the stand-in serves and what their documentation allows each of them.
+
+Nova Sonic v1 (``amazon.nova-sonic-v1:0``, end of life 2026-09-14) and Nova 2 Sonic
+(``amazon.nova-2-sonic-v1:0``), both also as the ``us.`` and ``global.`` cross-region inference
+profiles. They differ in voices, audio input rates, roles and Nova 2-only settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+MODELS: Final = frozenset({"amazon.nova-sonic-v1:0", "amazon.nova-2-sonic-v1:0"})
+PROFILE_PREFIXES: Final = ("", "us.", "global.")
+
+
+def known_model(model_id: str) -> bool:
+    return any(model_id.startswith(p) and model_id[len(p) :] in MODELS for p in PROFILE_PREFIXES)
+
+
+NOVA2_VOICES: Final = frozenset(
+    {
+        "tiffany",
+        "matthew",
+        "amy",
+        "olivia",
+        "lupe",
+        "carlos",
+        "ambre",
+        "florian",
+        "tina",
+        "lennart",
+        "beatrice",
+        "lorenzo",
+        "carolina",
+        "leo",
+        "arjun",
+        "kiara",
+    }
+)
+"""Nova 2 Sonic's 16 documented voices (Nova 2 user guide, available voices)."""
+NOVA1_VOICES: Final = frozenset(
+    {
+        "tiffany",
+        "matthew",
+        "amy",
+        "ambre",
+        "florian",
+        "beatrice",
+        "lorenzo",
+        "greta",
+        "lennart",
+        "lupe",
+        "carlos",
+    }
+)
+"""Nova Sonic v1's 11 documented voices (v1 user guide, available voices)."""
+OUTPUT_RATES: Final = (8000, 16000, 24000)
+NOVA2_INPUT_RATES: Final = (8000, 16000)
+NOVA1_INPUT_RATES: Final = (16000,)
+ROLES: Final = ("SYSTEM", "USER", "ASSISTANT", "TOOL", "SYSTEM_SPEECH")
+NOVA1_ROLES: Final = ("SYSTEM", "USER", "ASSISTANT", "TOOL")
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """What differs between the two Nova Sonic generations."""
+
+    nova2: bool
+    voices: frozenset[str]
+    input_rates: tuple[int, ...]
+    roles: tuple[str, ...]
+
+
+def model_of(model_id: str) -> Model:
+    if "nova-2-sonic" in model_id:
+        return Model(True, NOVA2_VOICES, NOVA2_INPUT_RATES, ROLES)
+    return Model(False, NOVA1_VOICES, NOVA1_INPUT_RATES, NOVA1_ROLES)
+
+
+__all__ = [
+    "MODELS",
+    "OUTPUT_RATES",
+    "NOVA1_VOICES",
+    "NOVA2_VOICES",
+    "Model",
+    "known_model",
+    "model_of",
+]
