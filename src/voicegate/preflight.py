@@ -9,7 +9,8 @@ each without loading a model, opening a socket or asking AWS anything:
   the SDK) and the Bedrock model id, region and endpoint are well formed;
 - a ``--cluster-redis`` URL has the Redis client (the ``cluster`` extra) to use it.
 
-Exit 0 with a summary on stdout (never a secret), or 2 with every problem on stderr.
+Exit 0 with a summary on stdout (never a secret), or 2 with every problem on stderr. A
+VOICEGATE_* variable that is no option (a typo ``serve`` would silently ignore) is a warning.
 """
 
 from __future__ import annotations
@@ -19,11 +20,21 @@ import importlib.util
 import os
 import sys
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Final, TextIO
 
 from voicegate import config as cfg
 
-__all__ = ["check_config", "problems_and_summary"]
+__all__ = ["check_config", "problems_and_summary", "unknown_variables"]
+
+OTHER_VARIABLES: Final = frozenset({"VOICEGATE_WORKER_INDEX", "VOICEGATE_TOKEN"})
+"""VOICEGATE_* names that are not ``serve`` options but are read elsewhere: a supervised
+worker's index (voicegate.cluster.workers) and the load generator's access token."""
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """VOICEGATE_* variables in ``env`` that no option reads, sorted."""
+    known = {cfg.env_name(opt) for opt in cfg.OPTIONS} | OTHER_VARIABLES
+    return sorted(k for k in env if k.startswith("VOICEGATE_") and k not in known)
 
 
 def _raw(args: argparse.Namespace | None, env: Mapping[str, str], name: str) -> str:
@@ -58,6 +69,9 @@ def _backend_problems(
             overrides = {
                 key: value for key in ("model_id", "region") if (value := _raw(args, env, key))
             }
+            for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):  # the environment checked
+                if "region" not in overrides and env.get(name):
+                    overrides["region"] = env[name]
             endpoint = _raw(args, env, "bedrock_endpoint")
             settings = BedrockSettings(**overrides, endpoint=endpoint or None)  # type: ignore[arg-type]
             problems += [f"bedrock: {problem}" for problem in settings.validate()]
@@ -113,6 +127,9 @@ def check_config(
     """Print the verdict; 0 when the configuration is valid, 2 otherwise."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    env = os.environ if env is None else env
+    for name in unknown_variables(env):
+        print(f"voicegate: warning: {name} is not a voicegate serve option (ignored)", file=err)
     problems, summary = problems_and_summary(args, env)
     if problems:
         print("voicegate: invalid configuration:", file=err)
