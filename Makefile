@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 DEBS := espeak-ng sox chromium coturn iproute2 redis-server
 STAMP = $(VENV)/.installed-$(1)-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full standin clean
+.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full standin clean \
+	image image-local image-test image-debs
 
 run: setup
 	$(VENV)/bin/voicegate serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
@@ -67,6 +68,27 @@ bench-full: setup-test debs
 
 standin: setup
 	$(VENV)/bin/voicegate standin --port 8443 --cert-dir .standin
+
+# The container image (Dockerfile, docs/deploy.md) with whichever of docker, podman, buildah
+# works. `image` builds FROM python:3.12-slim (needs a registry); `image-local` FROM a Debian
+# trixie base made here with mmdebstrap (no registry needed, PyPI through the host's pip
+# configuration); `image-test` builds that and checks the running container (minutes).
+IMAGE ?= voicegate:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_DEBS := podman buildah mmdebstrap runc
+# runc where present: crun cannot set rlimits in some sandboxes.
+OCI_RUNTIME ?= $(if $(shell command -v runc),runc,)
+
+image:
+	IMAGE=$(IMAGE) scripts/build-image
+
+image-local: image-debs
+	IMAGE=$(IMAGE) OCI_RUNTIME=$(OCI_RUNTIME) scripts/build-image --local
+
+image-test: setup-test image-debs
+	VOICEGATE_IMAGE_TEST=1 AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/test_deploy.py -k image $(PYTEST_ARGS)
+
+image-debs:
+	@$(MAKE) --no-print-directory debs DEBS="$(IMAGE_DEBS)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
