@@ -117,6 +117,11 @@ class Supervisor:
                 )
                 if remote is not None:
                     return await self.router.forward(request, body, remote)
+            if target is None and self.draining:
+                # No other node took it: a draining node starts no call, as one process would.
+                raise ApiError(
+                    503, "voicegate is shutting down (draining calls); retry", retry_after=5
+                )
             if target is None:
                 target = self.pool.pick(exclude=owner.index if owner is not None else None)
             target = target or self.pool.any_alive()
