@@ -48,13 +48,20 @@ class TurnConfig:
     def enabled(self) -> bool:
         return bool(self.urls)
 
-    def browser_servers(self, session: str) -> list[dict[str, Any]]:
-        """RTCIceServer dicts for a browser: every URL, one credential."""
+    def browser_servers(
+        self, session: str, *, subject: str | None = None, not_after: float | None = None
+    ) -> list[dict[str, Any]]:
+        """RTCIceServer dicts for a browser: every URL, one credential, named after the token
+        ``subject`` when there is one and expiring no later than ``not_after`` (the token's)."""
         if not self.urls:
             return []
         entry: dict[str, Any] = {"urls": list(self.urls)}
         if any(u.startswith("turn") for u in self.urls) and self.secret:
-            entry["username"], entry["credential"] = mint(self.secret, session, self.ttl)
+            ttl = self.ttl
+            if not_after is not None:
+                ttl = max(0, min(ttl, int(not_after - time.time())))
+            name = subject if subject is not None else session
+            entry["username"], entry["credential"] = mint(self.secret, name, ttl)
         return [entry]
 
     def server_servers(self, session: str) -> list[RTCIceServer]:
