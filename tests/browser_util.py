@@ -234,12 +234,15 @@ async def chromium(
     extra_args: Sequence[str] = (),
     loop_mic: bool = False,
     allow_mic: bool = True,
+    bypass_csp: bool = True,
 ) -> AsyncIterator[Any]:
     """A fresh headless Debian chromium profile (Playwright BrowserContext) with a fake mic.
 
     ``--mute-audio`` (a Playwright default) is dropped so the page's audio graph really runs.
     ``%noloop`` stops Chromium replaying the WAV, so one utterance gives one turn. With
     ``allow_mic=False`` the microphone permission prompt is answered "deny", as a user would.
+    ``bypass_csp``: Playwright's ``wait_for_function`` evaluates its predicate with ``eval``,
+    which the page's Content-Security-Policy forbids; tests of the policy itself pass False.
     """
     require_browser()
     from playwright.async_api import async_playwright
@@ -259,6 +262,7 @@ async def chromium(
                     ignore_default_args=["--mute-audio"],
                     args=args,
                     timeout=60_000,
+                    bypass_csp=bypass_csp,
                 )
             try:
                 yield ctx
