@@ -28,8 +28,8 @@ CHROMIUM = Path(os.environ.get("VOICEGATE_CHROMIUM", "/usr/bin/chromium"))
 SERVER_START_TIMEOUT_S = 120.0  # the local backend loads Whisper and TTS weights before listening
 HTTP_TIMEOUT_S = 10.0
 
-# Chromium flags from the recipe that worked on this class of machine
-# (../shared/reference/aiortc-on-this-machine.md section 4).
+# Chromium flags for a headless root run on a machine with no outside network: no sandbox,
+# no GPU, and none of Chromium's background connections (they would all be refused).
 CHROMIUM_ARGS: tuple[str, ...] = (
     "--no-sandbox",  # tests run as root in containers, where the setuid sandbox cannot start
     "--disable-gpu",

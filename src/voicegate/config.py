@@ -294,7 +294,7 @@ OPTIONS: Final = (
         "answer, freeing its slot and model stream (default 15)",
         float,
     ),
-    # issue 7: recording and logs (docs/observability.md)
+    # recording and logs (docs/observability.md)
     _Opt(
         "record_dir",
         "directory for call recordings; calls are recorded only when their offer asks for it "
