@@ -1,4 +1,4 @@
-"""Handover gap of stream renewals and recoveries (issue 4), through the real SDK.
+"""Handover gap of stream renewals and recoveries, through the real SDK.
 
     .venv/bin/python -m benchmarks.renewal_gap [--renewals 20] [--history 12]
 

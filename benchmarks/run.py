@@ -152,7 +152,13 @@ def _gateway_cmd(kind: str, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def gateway(kind: str, port: int, env: dict[str, str], tmp: Path) -> Iterator[int]:
-    full = {**_env(), **env, "VOICEGATE_MAX_SESSIONS": "400"}
+    # Every simulated caller comes from 127.0.0.1: the per-address connection cap is off.
+    full = {
+        **_env(),
+        **env,
+        "VOICEGATE_MAX_SESSIONS": "400",
+        "VOICEGATE_MAX_CONNECTIONS_PER_IP": "0",
+    }
     if kind == "pipecat":
         full.pop("PYTHONPATH", None)
     log = open(tmp / f"{kind}.log", "w")  # noqa: SIM115

@@ -1,4 +1,4 @@
-"""History shaping and the replay buffer: what a new model stream is given (issue 4)."""
+"""History shaping and the replay buffer: what a new model stream is given."""
 
 from __future__ import annotations
 

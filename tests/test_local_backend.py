@@ -21,16 +21,9 @@ from functools import cache
 import numpy as np
 import pytest
 
-from voicegate.backends.local import (
-    REPLIES,
-    LocalBackend,
-    LocalStream,
-    SpeechModels,
-    intent,
-    load_models,
-    quote_reply,
-    time_reply,
-)
+from voicegate.backends.local import LocalBackend, LocalStream
+from voicegate.backends.speech.models import SpeechModels, load_models
+from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
 from voicegate.conversation.tools import default_tools
 from voicegate.media.levels import rms
 from voicegate.media.resample import resample_pcm16

@@ -342,7 +342,11 @@ async def test_refusals_are_counted_by_status() -> None:
     async with running_server(EchoBackend(), max_sessions=1) as (url, _app):
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(10):
-                async with http.post(f"{url}/api/offer", data=b"{not json") as resp:
+                async with http.post(
+                    f"{url}/api/offer",
+                    data=b"{not json",
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
                     assert resp.status == 400
         client = CallClient(url)
         second = CallClient(url)

@@ -1,4 +1,4 @@
-"""Recovery from model stream failures and from the browser's connection dropping (issue 4).
+"""Recovery from model stream failures and from the browser's connection dropping.
 
 Everything is real: an aiortc peer -> voicegate -> the real AWS SDK -> the stand-in, whose
 scripted brain kills its stream mid-reply or mid-tool-call (``:once``: only the first stream of

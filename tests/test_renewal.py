@@ -1,4 +1,4 @@
-"""Stream renewal past the model's session limit (issue 4).
+"""Stream renewal past the model's session limit.
 
 The long test is a whole call through the production path (aiortc peer -> voicegate -> the real
 AWS SDK -> the stand-in with a 15 s session limit) that runs for over a minute; the others drive

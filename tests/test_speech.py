@@ -16,7 +16,7 @@ import pytest
 
 import voicegate
 from voicegate.backends import BackendUnavailable, speech
-from voicegate.backends.local import LocalBackend, SpeechModels, load_models
+from voicegate.backends.local import LocalBackend
 from voicegate.backends.speech import (
     INSTALL_HINT,
     SpeechModelError,
@@ -24,6 +24,7 @@ from voicegate.backends.speech import (
     missing_package,
 )
 from voicegate.backends.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
+from voicegate.backends.speech.models import SpeechModels, load_models
 from voicegate.backends.speech.tts import float_to_pcm16
 from voicegate.backends.speech.vad import (
     FRAME_SAMPLES,
@@ -205,7 +206,7 @@ def test_models_load_with_the_network_blocked() -> None:
         socket.socket.connect = refuse
         socket.create_connection = refuse
         socket.getaddrinfo = refuse
-        from voicegate.backends.local import load_models
+        from voicegate.backends.speech.models import load_models
 
         models = load_models()
         assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -1094,7 +1094,7 @@ async def test_local_brain_answers_real_speech(
     from voicegate.standin.factories import BrainUnavailable
 
     try:
-        from voicegate.backends.local import load_models
+        from voicegate.backends.speech.models import load_models
 
         # Model loading and synthesis are blocking work: keep them off the loop.
         speech = await asyncio.to_thread(lambda: load_models().tts.synthesize("Hello.", 16000))

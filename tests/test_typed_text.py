@@ -178,7 +178,7 @@ async def test_typed_text_is_answered_by_voice_and_text_through_the_sdk(
     """The whole path: conversation -> real SDK -> stand-in running the local brain -> spoken
     and written answer back."""
     try:
-        from voicegate.backends.local import REPLIES
+        from voicegate.backends.speech.policy import REPLIES
         from voicegate.standin.factories import BrainUnavailable
     except ImportError as exc:
         require(False, f"the local brain is not installed: {exc}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Sequence
@@ -58,11 +59,10 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = None) -> int:
     """One process serving calls: the whole node (``--workers 1``) or worker ``worker`` of a
     supervised node, which listens on a private loopback port."""
-    from aiohttp import web
-
     from voicegate import media
     from voicegate.config import media_setup
     from voicegate.signaling.app import create_app
+    from voicegate.signaling.listener import serve
 
     log = structlog.get_logger("voicegate")
     media.configure(media_setup(conf))
@@ -83,22 +83,18 @@ async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = 
         from voicegate.cluster.node import join_cluster
 
         join_cluster(app, conf, worker)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = ("127.0.0.1", 0) if worker is not None else (conf.host, conf.port)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    # aiohttp exposes no public way to learn the port picked for --port 0.
-    sockets = getattr(site._server, "sockets", None)
-    if sockets:
-        port = sockets[0].getsockname()[1]
-    url = f"http://{host}:{port}"
+    if worker is None:
+        listener = await serve(app, conf)
+    else:
+        # A worker listens on a private loopback port; the supervisor owns the public one and
+        # serves the node's /metrics.
+        listener = await serve(app, dataclasses.replace(conf, metrics_port=0), "127.0.0.1", 0)
     if conf.cluster_redis:
         from voicegate.cluster.node import start_cluster
 
-        await start_cluster(app, conf.node_url or url)
-    log.info("listening", url=url, backend=backend.name)
-    print(f"voicegate {__version__} listening on {url}", flush=True)
+        await start_cluster(app, conf.node_url or listener.url)
+    log.info("listening", url=listener.url, backend=backend.name, metrics=listener.metrics_url)
+    print(f"voicegate {__version__} listening on {listener.url}", flush=True)
     # The first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
     # --drain-timeout, then end with a message); a second one cuts the drain short.
     stop = asyncio.Event()
@@ -123,23 +119,45 @@ async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = 
         await move_calls(app, conf.drain_timeout, cut)
     ended = await drain(app, conf.drain_timeout, cut)
     log.info("drained", calls_ended=ended)
-    await runner.cleanup()
+    await listener.close()
     return 0
+
+
+def _token_secret(args: argparse.Namespace) -> str:
+    import os
+    from pathlib import Path
+
+    if args.secret:
+        return str(args.secret)
+    path = args.secret_file or os.environ.get("VOICEGATE_AUTH_SECRET_FILE", "")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return os.environ.get("VOICEGATE_AUTH_SECRET", "")
 
 
 def _token(args: argparse.Namespace) -> int:
     """Print one access token, alone on stdout, so scripts can capture it with $(...)."""
-    import os
-
     from voicegate.signaling import auth
 
-    secret = args.secret or os.environ.get("VOICEGATE_AUTH_SECRET", "")
+    try:
+        secret = _token_secret(args)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"voicegate: cannot read the secret file: {exc}", file=sys.stderr)
+        return 2
     if not secret:
-        print("voicegate: no secret: pass --secret or set VOICEGATE_AUTH_SECRET", file=sys.stderr)
+        print(
+            "voicegate: no secret: pass --secret or --secret-file, or set VOICEGATE_AUTH_SECRET "
+            "or VOICEGATE_AUTH_SECRET_FILE",
+            file=sys.stderr,
+        )
         return 2
     try:
         token = auth.mint(
-            secret, args.ttl, subject=args.subject, max_call_seconds=args.max_call_seconds
+            secret,
+            args.ttl,
+            subject=args.subject,
+            max_call_seconds=args.max_call_seconds,
+            audience=args.audience,
         )
     except ValueError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
@@ -159,6 +177,11 @@ def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--secret", default=None, help="the server's auth secret [env VOICEGATE_AUTH_SECRET]"
     )
     token.add_argument(
+        "--secret-file",
+        default=None,
+        help="file holding the auth secret [env VOICEGATE_AUTH_SECRET_FILE]",
+    )
+    token.add_argument(
         "--ttl", type=float, default=300.0, help="seconds the token is valid (default 300)"
     )
     token.add_argument("--subject", default=None, help="who the token is for (shown in logs)")
@@ -167,6 +190,11 @@ def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=None,
         help="cap on the length of calls this token starts (default: the server's limit)",
+    )
+    token.add_argument(
+        "--audience",
+        default=None,
+        help="audience claim (aud), for a server started with --token-audience",
     )
     token.set_defaults(func=_token)
 

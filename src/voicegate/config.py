@@ -6,6 +6,7 @@ fails at once with every problem listed, not on the first call.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,16 @@ __all__ = [
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+_number.__name__ = "finite number"
 
 
 def _bool(text: str) -> bool:
@@ -112,7 +123,19 @@ class ServeConfig:
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
     connect_timeout: float = 15.0
-    # issue 7 (observability and recording)
+    auth_secret_file: str = ""
+    turn_secret_file: str = ""
+    max_token_ttl: float = 7 * 86400.0
+    token_audience: str = ""
+    max_calls_per_subject: int = 3
+    request_timeout: float = 10.0
+    max_connections_per_ip: int = 32
+    allow_private_candidates: bool = False
+    allow_mdns_candidates: bool = False
+    metrics_token: str = field(default="", repr=False)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # observability and recording
     record_dir: str = ""
     record_s3_bucket: str = ""
     record_s3_prefix: str = "voicegate/"
@@ -158,7 +181,7 @@ OPTIONS: Final = (
     _Opt("web_dir", "directory served at / (default: the bundled web/)"),
     _Opt("max_sessions", "maximum concurrent calls (default 20)", int),
     _Opt("max_body_bytes", "maximum HTTP request body in bytes (default 65536)", int),
-    _Opt("max_call_seconds", "maximum call duration in seconds (default 3600)", float),
+    _Opt("max_call_seconds", "maximum call duration in seconds (default 3600)", _number),
     _Opt("system_prompt", "system prompt for the model"),
     _Opt("voice", "Nova Sonic voice id (default matthew)"),
     _Opt("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
@@ -210,7 +233,7 @@ OPTIONS: Final = (
         metavar="ORIGIN",
         flag="--allowed-origin",
     ),
-    _Opt("offer_rate", "call offers per minute per client address (default 60; 0: off)", float),
+    _Opt("offer_rate", "call offers per minute per client address (default 60; 0: off)", _number),
     _Opt("offer_burst", "call offers a client address may make at once (default 20)", int),
     _Opt(
         "trust_forwarded_for",
@@ -221,12 +244,49 @@ OPTIONS: Final = (
         "idle_timeout",
         "end a call after this many seconds without speech from the browser or the bot "
         "(default 300; 0: never)",
-        float,
+        _number,
     ),
     _Opt(
         "drain_timeout",
         "on SIGTERM, seconds calls may go on before they are ended (default 30)",
-        float,
+        _number,
+    ),
+    _Opt("auth_secret_file", "file holding the auth secret (instead of --auth-secret)"),
+    _Opt("turn_secret_file", "file holding the TURN secret (instead of --turn-secret)"),
+    _Opt(
+        "max_token_ttl",
+        "refuse access tokens valid for longer than this many seconds (default 604800: 7 days)",
+        _number,
+    ),
+    _Opt("token_audience", "require this audience (claim aud) in access tokens (default: none)"),
+    _Opt(
+        "max_calls_per_subject",
+        "live calls one token subject may hold at once (default 3; 0: no limit)",
+        int,
+    ),
+    _Opt(
+        "request_timeout",
+        "seconds a client has to send a whole request (headers, and an API body); also how "
+        "long an idle connection stays open (default 10)",
+        _number,
+    ),
+    _Opt(
+        "max_connections_per_ip",
+        "open HTTP connections one client address may hold (default 32; 0: no limit)",
+        int,
+    ),
+    _Opt(
+        "allow_private_candidates",
+        "use callers' ICE candidates in private ranges the server has no address in (LAN)",
+        _bool,
+    ),
+    _Opt("allow_mdns_candidates", "resolve callers' mDNS (.local) ICE candidates", _bool),
+    _Opt("metrics_token", "require Authorization: Bearer <this> on /metrics (default: open)"),
+    _Opt("metrics_host", "address of the separate metrics listener (default 127.0.0.1)"),
+    _Opt(
+        "metrics_port",
+        "serve /metrics on its own listener at this port, not on the main one (default: off)",
+        int,
     ),
     _Opt(
         "connect_timeout",
@@ -234,7 +294,7 @@ OPTIONS: Final = (
         "answer, freeing its slot and model stream (default 15)",
         float,
     ),
-    # issue 7: recording and logs (docs/observability.md)
+    # recording and logs (docs/observability.md)
     _Opt(
         "record_dir",
         "directory for call recordings; calls are recorded only when their offer asks for it "
@@ -248,18 +308,18 @@ OPTIONS: Final = (
         "renew_after",
         "seconds after which a model stream is renewed at the next natural point (default 360; "
         "Bedrock ends streams at ~480)",
-        float,
+        _number,
     ),
     _Opt(
         "renew_force_after",
         "seconds past renew_after after which the renewal happens even mid-turn (default 60)",
-        float,
+        _number,
     ),
     _Opt("recovery_attempts", "reconnects after a model stream fails (default 3; 0: none)", int),
     _Opt(
         "reconnect_grace",
         "seconds a call waits for its browser to reconnect after the connection drops (default 30)",
-        float,
+        _number,
     ),
     # media path and capacity (benchmarks/README.md)
     _Opt(
@@ -275,7 +335,7 @@ OPTIONS: Final = (
     _Opt(
         "max_loop_lag_ms",
         "refuse new calls (503) while the event loop runs this many ms late (default 25; 0: off)",
-        float,
+        _number,
     ),
     _Opt(
         "model_chunk_ms",
@@ -383,10 +443,34 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
         import socket
 
         config = _replace(config, node_id=socket.gethostname() or "voicegate")
+    config = _read_secret_files(config, problems)
     problems += validate(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
+    """Secrets from files (a mounted secret), so they need not sit in flags or the env."""
+    changes: dict[str, str] = {}
+    for name in ("auth_secret", "turn_secret"):
+        path = getattr(config, f"{name}_file")
+        if not path:
+            continue
+        if getattr(config, name):
+            problems.append(f"give {name} or {name}_file, not both")
+            continue
+        try:
+            changes[name] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{name}_file {path!r} cannot be read: {exc.strerror or exc}")
+            continue
+        except UnicodeDecodeError:
+            problems.append(f"{name}_file {path!r} is not UTF-8 text")
+            continue
+        if not changes[name]:
+            problems.append(f"{name}_file {path!r} is empty")
+    return _replace(config, **changes) if changes else config
 
 
 def _replace(config: ServeConfig, **changes: Any) -> ServeConfig:

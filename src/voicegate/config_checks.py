@@ -170,6 +170,45 @@ def _validate_access(c: ServeConfig) -> list[str]:
         problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
     if not 0.5 <= c.connect_timeout <= 300:
         problems.append(f"connect_timeout {c.connect_timeout} must be between 0.5 and 300 seconds")
+    return problems + _validate_exposure(c)
+
+
+def _validate_exposure(c: ServeConfig) -> list[str]:
+    """Settings that open the server wider need tokens; limits that keep one caller small."""
+    from voicegate.signaling.auth import MAX_TTL_S, MIN_SECRET_CHARS
+
+    problems: list[str] = []
+    for wide, name in (
+        ("*" in c.allowed_origins, "--allowed-origin '*' (any web page may call the API)"),
+        (c.trust_forwarded_for, "--trust-forwarded-for (requests come through a proxy)"),
+    ):
+        if wide and not c.auth_secret:
+            problems.append(
+                f"{name} needs --auth-secret: without one, only requests made on this machine "
+                "are served, and these settings would let others in"
+            )
+    if not 60 <= c.max_token_ttl <= MAX_TTL_S:
+        problems.append(f"max_token_ttl {c.max_token_ttl} must be between 60 and {MAX_TTL_S} s")
+    if len(c.token_audience) > 256 or not c.token_audience.isprintable():
+        problems.append("token_audience must be at most 256 printable characters")
+    if not 0 <= c.max_calls_per_subject <= 10000:
+        problems.append(
+            f"max_calls_per_subject {c.max_calls_per_subject} must be between 0 and 10000"
+        )
+    if not 1 <= c.request_timeout <= 300:
+        problems.append(f"request_timeout {c.request_timeout} must be between 1 and 300 seconds")
+    if not 0 <= c.max_connections_per_ip <= 100000:
+        problems.append(
+            f"max_connections_per_ip {c.max_connections_per_ip} must be between 0 and 100000"
+        )
+    if c.metrics_token and len(c.metrics_token) < MIN_SECRET_CHARS:
+        problems.append(f"metrics_token must have at least {MIN_SECRET_CHARS} characters")
+    if not 0 <= c.metrics_port <= 65535:
+        problems.append(f"metrics_port {c.metrics_port} is outside 0-65535")
+    elif c.metrics_port and c.metrics_port == c.port:
+        problems.append("metrics_port must differ from port")
+    if c.metrics_port and not c.metrics_host:
+        problems.append("metrics_host must not be empty")
     return problems
 
 

@@ -26,18 +26,12 @@ process-wide gate (a decode uses both cores for ~300 ms); VAD (~50 us a frame) r
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import re
-import resource
-import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import structlog
@@ -46,11 +40,16 @@ from numpy.typing import NDArray
 from voicegate.backends.base import BackendError
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.backends.speech import SpeechModelError, check_installed
-from voicegate.backends.speech.asr import Transcriber
-from voicegate.backends.speech.tts import Synthesizer
+from voicegate.backends.speech.models import (
+    SpeechModels,
+    available_cpus,
+    decode_gate,
+    load_models,
+    run_gated,
+)
+from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
 from voicegate.backends.speech.vad import (
     SAMPLE_RATE,
-    SileroModel,
     SpeechEnd,
     SpeechStart,
     VadConfig,
@@ -68,7 +67,6 @@ CHUNK_MS: Final = 160
 TOOL_RESULT_TIMEOUT: Final = 15.0
 """Longer than the tool registry's own 10 s limit, so a slow tool yields its error result."""
 MAX_SEGMENT_SAMPLES: Final = 28 * SAMPLE_RATE
-MAX_QUOTE_WORDS: Final = 40
 MAX_STATS: Final = 64
 MAX_UNCLAIMED_RESULTS: Final = 16
 
@@ -77,136 +75,6 @@ class LocalModelUnavailable(BackendError):
     """The offline models cannot be loaded; the message says what to install."""
 
     kind = "local_model_unavailable"
-
-
-# ---------------------------------------------------------------------------------------------
-# Models: loaded once per process
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechModels:
-    vad: SileroModel
-    asr: Transcriber
-    tts: Synthesizer
-    load_seconds: float
-    rss_after_load_mb: float
-
-
-_models: SpeechModels | None = None
-_models_lock = threading.Lock()
-
-
-def load_models() -> SpeechModels:
-    """Load (once per process) and warm the three models. Blocking: ~1-2 s the first time."""
-    global _models
-    with _models_lock:
-        if _models is not None:
-            return _models
-        started = time.perf_counter()
-        vad = SileroModel()
-        asr = Transcriber()
-        tts = Synthesizer()
-        asr.warm_up()
-        tts.warm_up()
-        seconds = time.perf_counter() - started
-        rss_mb = _rss_mb()
-        _models = SpeechModels(vad, asr, tts, seconds, rss_mb)
-        log.info("local_models_loaded", seconds=round(seconds, 2), rss_mb=round(rss_mb))
-        return _models
-
-
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def decode_gate(limit: int) -> asyncio.Semaphore:
-    """The process-wide bound on concurrent ASR decodes (one semaphore per event loop)."""
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(limit)
-    return gate
-
-
-async def run_gated[T](gate: asyncio.Semaphore, func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` in a worker thread under ``gate``.
-
-    The gate is released when the *thread* finishes, not when the caller is cancelled: a barge-in
-    cancels the turn at once, but the decode keeps its cores until it is really done, so decodes
-    never pile up beyond the limit.
-    """
-    await gate.acquire()
-    try:
-        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    except BaseException:
-        gate.release()
-        raise
-
-    def done(fut: asyncio.Future[T]) -> None:
-        gate.release()
-        if not fut.cancelled():
-            fut.exception()  # retrieved, so an abandoned failure is not logged as unhandled
-
-    work.add_done_callback(done)
-    return await asyncio.shield(work)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reply policy
-# ---------------------------------------------------------------------------------------------
-
-_TIME = re.compile(
-    r"\bwhat(?: is|'s|s)? the time\b|\bwhat time(?: is it)?\b|\btime is it\b|"
-    r"\b(?:tell|give) me the time\b|\bcurrent time\b"
-)
-_GREETING = re.compile(r"\b(?:hello|hi|hey|greet\w*|good (?:morning|afternoon|evening))\b")
-_GOODBYE = re.compile(r"\b(?:good ?bye|bye|see you|farewell)\b")
-
-
-def intent(transcript: str) -> str:
-    """``time`` | ``goodbye`` | ``greeting`` | ``echo`` for a user transcript."""
-    text = re.sub(r"[^a-z' ]+", " ", transcript.lower())
-    if _TIME.search(text):
-        return "time"
-    if _GOODBYE.search(text):
-        return "goodbye"
-    if _GREETING.search(text):
-        return "greeting"
-    return "echo"
-
-
-def quote_reply(transcript: str) -> str:
-    words = transcript.split()
-    quoted = " ".join(words[:MAX_QUOTE_WORDS]) + (" ..." if len(words) > MAX_QUOTE_WORDS else "")
-    quoted = quoted.rstrip(" .!?,;:")
-    return f"You said: {quoted}."
-
-
-def time_reply(result_json: str) -> str:
-    """What to say about a get_current_time result (or its error)."""
-    try:
-        result = json.loads(result_json)
-    except json.JSONDecodeError:
-        result = None
-    if isinstance(result, dict):
-        spoken = result.get("spoken") or result.get("time")
-        if isinstance(spoken, str) and spoken:
-            zone = result.get("timezone")
-            # "in UTC", not "p.m. UTC.": a capital after "p.m." would start a new sentence.
-            place = zone.rsplit("/", 1)[-1].replace("_", " ") if isinstance(zone, str) else ""
-            where = f" in {place}" if place else ""
-            return f"It is {spoken}{where}."
-    return "Sorry, I could not get the time."
-
-
-REPLIES: Final = {
-    "greeting": "Hello! I am the offline voicegate assistant. How can I help you?",
-    "goodbye": "Goodbye! Talk to you soon.",
-    "no_clock": "Sorry, I have no clock tool to tell the time with.",
-    "tool_timeout": "Sorry, the clock did not answer in time.",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +356,7 @@ class LocalBackend:
 
             raise BackendUnavailable(str(exc)) from exc
         # A decode uses two threads; more decodes than core pairs only slows all of them.
-        cores = len(_available_cpus())
+        cores = len(available_cpus())
         self._limit = max_concurrent_decodes or max(1, cores // 2)
         self._vad_config = vad_config
         self._clock = clock
@@ -524,22 +392,3 @@ class LocalBackend:
     async def aclose(self) -> None:
         # The models are process-wide and may serve another backend instance: keep them.
         self._models = None
-
-
-def _rss_mb() -> float:
-    """Resident memory now (Linux), else the peak: the figure the README quotes."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _available_cpus() -> set[int]:
-    try:
-        return os.sched_getaffinity(0)
-    except AttributeError:  # not on Linux
-        return set(range(os.cpu_count() or 1))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from voicegate.conversation.continuation import shape_history
 from voicegate.conversation.dialogue import Conversation
 from voicegate.signaling.calls import StoredCall
 
@@ -25,13 +24,7 @@ MAX_PROMPT_BYTES: Final = 40_000
 def encode(conversation: Conversation, subject: str | None) -> str:
     """The stored form of ``conversation``: never more than ``MAX_STATE_BYTES``."""
     settings = conversation.settings
-    c = settings.continuation
-    history = shape_history(
-        conversation.stats.history,
-        c.history_max_messages,
-        c.history_max_message_bytes,
-        c.history_max_bytes,
-    )
+    history = conversation.shaped_history()
     prompt = settings.system_prompt
     data: dict[str, Any] = {
         "v": VERSION,

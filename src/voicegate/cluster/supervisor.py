@@ -21,6 +21,7 @@ import signal
 import time
 from typing import Final
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -31,7 +32,9 @@ from voicegate.cluster.router import NodeRouter, Placement, peek_call
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
 from voicegate.signaling.errors import ApiError, json_error
-from voicegate.signaling.keys import CONFIG
+from voicegate.signaling.health import METRICS_HANDLER, check_metrics_token, metrics_elsewhere
+from voicegate.signaling.keys import CONFIG, Gate
+from voicegate.signaling.listener import serve
 from voicegate.signaling.middleware import client_address, errors_as_json
 from voicegate.signaling.ratelimit import RateLimiter
 
@@ -50,7 +53,9 @@ class Supervisor:
         self.config = config
         self.pool = WorkerPool(config, count)
         self.pool.lost_listeners.append(self._worker_lost)
-        self.limiter = RateLimiter(config.offer_rate, config.offer_burst)
+        # Workers see every request from loopback, so the per-address limits (offers, trickled
+        # candidates, ICE credentials) are applied here, at the first hop, as one process would.
+        self.gate = Gate.for_rate(config.offer_rate, config.offer_burst)
         self.owners: dict[str, tuple[int, int]] = {}
         """pc_id -> (worker index, that worker's incarnation) from the offers' answers."""
         self.draining = False
@@ -93,15 +98,13 @@ class Supervisor:
     async def offer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         pc_id, restart = peek_call(body)
-        if request.method == "POST":
-            wait = self.limiter.check(client_address(request))
-            if wait > 0:
-                seconds = RateLimiter.retry_after(wait)
-                return json_error(
-                    429,
-                    f"too many call offers from your address; retry in {seconds} s",
-                    retry_after=seconds,
-                )
+        refused = self._rate_limited(
+            request,
+            self.gate.offers if request.method == "POST" else self.gate.patches,
+            "call offers" if request.method == "POST" else "candidate updates",
+        )
+        if refused is not None:
+            return refused
         owner = self.owner(pc_id) if pc_id else None
         if request.method == "POST":
             target = owner
@@ -117,6 +120,11 @@ class Supervisor:
                 )
                 if remote is not None:
                     return await self.router.forward(request, body, remote)
+            if target is None and self.draining:
+                # No other node took it: a draining node starts no call, as one process would.
+                raise ApiError(
+                    503, "voicegate is shutting down (draining calls); retry", retry_after=5
+                )
             if target is None:
                 target = self.pool.pick(exclude=owner.index if owner is not None else None)
             target = target or self.pool.any_alive()
@@ -139,7 +147,25 @@ class Supervisor:
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         """The page, its files, ICE servers: any live worker answers the same."""
+        if request.method == "GET" and request.path == "/api/ice-servers":
+            refused = self._rate_limited(request, self.gate.ice_servers, "ICE server requests")
+            if refused is not None:
+                return refused
         return await self._to_worker(request, await request.read(), self.pool.any_alive())
+
+    def _rate_limited(
+        self, request: web.Request, limiter: RateLimiter, what: str
+    ) -> web.Response | None:
+        wait = limiter.check(client_address(request))
+        if wait <= 0:
+            return None
+        seconds = RateLimiter.retry_after(wait)
+        return json_error(
+            429,
+            f"too many {what} from your address; retry in {seconds} s",
+            reason="rate_limited",
+            retry_after=seconds,
+        )
 
     async def _to_worker(
         self, request: web.Request, body: bytes, w: Worker | None, learn: bool = False
@@ -200,9 +226,15 @@ class Supervisor:
     async def metrics(self, request: web.Request) -> web.Response:
         from voicegate.observability.metrics import CONTENT_TYPE
 
+        check_metrics_token(request)
+        token = self.config.metrics_token
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+
         async def one(w: Worker) -> tuple[str, str] | None:
             try:
-                async with self.pool.client.get(w.url + "/metrics", timeout=2.0) as resp:  # type: ignore[arg-type]
+                async with self.pool.client.get(
+                    w.url + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0), headers=auth
+                ) as resp:
                     return str(w.index), (await resp.read()).decode()
             except (OSError, TimeoutError, ValueError, Exception):
                 return None
@@ -242,7 +274,8 @@ def create_supervisor_app(sup: Supervisor) -> web.Application:
     r = app.router
     r.add_get("/healthz", sup.healthz)
     r.add_get("/readyz", sup.readyz)
-    r.add_get("/metrics", sup.metrics)
+    app[METRICS_HANDLER] = sup.metrics
+    r.add_get("/metrics", metrics_elsewhere if sup.config.metrics_port else sup.metrics)
     r.add_post("/api/offer", sup.offer)
     r.add_patch("/api/offer", sup.offer)
     r.add_delete("/api/sessions/{pc_id}", sup.delete)
@@ -261,15 +294,10 @@ async def run_supervisor(config: ServeConfig, count: int) -> int:
         print(f"voicegate: {exc}", flush=True)
         return exc.code if exc.code and exc.code > 0 else 1
     app = create_supervisor_app(sup)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = config.port
-    sockets = getattr(site._server, "sockets", None)
-    if sockets:
-        port = sockets[0].getsockname()[1]
-    url = f"http://{config.host}:{port}"
+    # The public listener: the same request timeout and per-address connection bound as a
+    # single process (and the separate /metrics listener when one is configured).
+    listener = await serve(app, config)
+    url = listener.url
     if config.cluster_redis:
         sup.router = NodeRouter(config, config.node_url or url, sup.placement)
         await sup.router.start()
@@ -303,7 +331,7 @@ async def run_supervisor(config: ServeConfig, count: int) -> int:
     await sup.pool.kill_all()
     if sup.router is not None:
         await sup.router.aclose()
-    await runner.cleanup()
+    await listener.close()
     await sup.pool.aclose()
     log.info("drained")
     return 0

@@ -64,8 +64,10 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
     values = {f.name: getattr(config, f.name) for f in fields(config)}
     values["workers"] = "1"
     values["max_sessions"] = max(1, math.ceil(config.max_sessions / count))
-    # The supervisor applies the offer rate limit: a worker sees every offer from loopback.
+    # The supervisor applies the per-address limits: a worker sees every request from loopback.
     values["offer_rate"] = 0.0
+    values["max_connections_per_ip"] = 0
+    values["metrics_port"] = 0
     from voicegate.media.ice import parse_port_range
 
     ports = parse_port_range(config.rtc_ports)

@@ -221,15 +221,19 @@ class Legs:
         self._leg_went_live()
         self._leg_changed.set()
 
-    def _continuation_payload(self) -> tuple[list[tuple[Role, str]], list[bytes]]:
+    def shaped_history(self) -> list[tuple[Role, str]]:
+        """The history as the next model stream would get it (Nova Sonic's limits applied):
+        what renewal and recovery replay, and what a cluster keeps for adopting the call."""
         c = self._cont
-        history = shape_history(
+        return shape_history(
             self.stats.history,
             c.history_max_messages,
             c.history_max_message_bytes,
             c.history_max_bytes,
         )
-        return history, self._replay.replay()
+
+    def _continuation_payload(self) -> tuple[list[tuple[Role, str]], list[bytes]]:
+        return self.shaped_history(), self._replay.replay()
 
     def _account(self, history: list[tuple[Role, str]], audio: list[bytes]) -> tuple[int, float]:
         size = history_bytes(history)

@@ -65,10 +65,8 @@ class Metric:
         raise NotImplementedError
 
 
-class Counter(Metric):
-    """A monotonically growing count; ``inc`` with a negative amount is refused."""
-
-    kind = "counter"
+class _Valued(Metric):
+    """One number per label set, or one read from a callback at scrape time."""
 
     def __init__(
         self,
@@ -80,6 +78,29 @@ class Counter(Metric):
         super().__init__(name, help_text, labelnames)
         self._values: dict[LabelValues, float] = {}
         self._read = read
+
+    def samples(self) -> list[str]:
+        if self._read is not None:
+            return [f"{self.name} {_fmt(self._read())}"]
+        return [
+            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
+            for k, v in sorted(self._values.items())
+        ]
+
+
+class Counter(_Valued):
+    """A monotonically growing count; ``inc`` with a negative amount is refused."""
+
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        read: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(name, help_text, labelnames, read)
         if not self.labelnames:
             self._values[()] = 0.0
 
@@ -92,41 +113,14 @@ class Counter(Metric):
     def value(self, **labels: str) -> float:
         return self._values.get(tuple(labels[n] for n in self.labelnames), 0.0)
 
-    def samples(self) -> list[str]:
-        if self._read is not None:
-            return [f"{self.name} {_fmt(self._read())}"]
-        return [
-            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
-            for k, v in sorted(self._values.items())
-        ]
 
-
-class Gauge(Metric):
+class Gauge(_Valued):
     """A value that goes up and down, set directly or read from a callback at scrape time."""
 
     kind = "gauge"
 
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
-        read: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
-        self._read = read
-
     def set(self, value: float, **labels: str) -> None:
         self._values[self._key(labels, self._values)] = value
-
-    def samples(self) -> list[str]:
-        if self._read is not None:
-            return [f"{self.name} {_fmt(self._read())}"]
-        return [
-            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
-            for k, v in sorted(self._values.items())
-        ]
 
 
 @dataclass(slots=True)

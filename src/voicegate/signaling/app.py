@@ -21,7 +21,7 @@ from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.conversation.tools import ToolRegistry, default_tools
-from voicegate.netaddr import is_loopback_host
+from voicegate.media import ice
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder, RecordingOptions
 from voicegate.signaling import health, offers, pages
@@ -30,6 +30,7 @@ from voicegate.signaling.calls import CallRegistry
 from voicegate.signaling.keys import (
     ADMISSION,
     BACKEND,
+    CANDIDATES,
     CONFIG,
     COUNTERS,
     GATE,
@@ -41,8 +42,12 @@ from voicegate.signaling.keys import (
     TOOLS,
     Gate,
 )
-from voicegate.signaling.middleware import access_control, count_offers, errors_as_json
-from voicegate.signaling.ratelimit import RateLimiter
+from voicegate.signaling.middleware import (
+    access_control,
+    count_offers,
+    errors_as_json,
+    security_headers,
+)
 
 __all__ = [
     "ADMISSION",
@@ -97,30 +102,33 @@ def create_app(
     )
     if recording.enabled:
         app[RECORDER] = Recorder(recording, metrics)
-    auth_required = bool(config.auth_secret) or not is_loopback_host(config.host)
-    app[GATE] = Gate(auth_required, RateLimiter(config.offer_rate, config.offer_burst))
-    if not auth_required:
+    app[GATE] = Gate.for_rate(config.offer_rate, config.offer_burst)
+    app[CANDIDATES] = ice.candidate_policy(
+        config.allow_private_candidates, config.allow_mdns_candidates
+    )
+    if not config.auth_secret:
         log.warning(
             "open_dev_mode",
-            note="no auth secret and listening on loopback: signaling needs no token; "
-            "set --auth-secret before exposing voicegate",
+            note="no auth secret: signaling needs no token, and serves only requests made on "
+            "this machine (loopback, no proxy); set --auth-secret before exposing voicegate",
         )
     # One loop probe for the process: admission decides on it, metrics report it.
     monitor = LagMonitor(on_sample=metrics.observe_loop_lag)
     app[ADMISSION] = Admission(config.max_sessions, config.max_loop_lag_ms, monitor)
-    _routes(app.router)
+    _routes(app.router, separate_metrics=bool(config.metrics_port))
+    app.on_response_prepare.append(security_headers)
     app.on_startup.append(_start)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
 
 
-def _routes(router: web.UrlDispatcher) -> None:
+def _routes(router: web.UrlDispatcher, separate_metrics: bool) -> None:
     router.add_get("/", pages.index)
     router.add_get("/static/{path:.+}", pages.static_file)
     router.add_get("/healthz", health.healthz)
     router.add_get("/readyz", health.readyz)
-    router.add_get("/metrics", health.metrics)
+    router.add_get("/metrics", health.metrics_elsewhere if separate_metrics else health.metrics)
     router.add_get("/api/ice-servers", offers.ice_servers)
     router.add_post("/api/offer", offers.post_offer)
     router.add_patch("/api/offer", offers.patch_offer)

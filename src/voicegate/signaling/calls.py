@@ -5,6 +5,10 @@ time limit, end of its reconnect grace), and is handed from one connection to th
 browser restart (``restart_pc``) without leaving. Nothing else adds or removes calls, so the
 count that admission, readiness, metrics and drain read is always the same count. For everyone
 else the registry is a read-only ``Mapping[str, PeerSession]``.
+
+Beside each call it keeps what limits that call's caller: the token subject that started it
+(one subject holds only so many live calls) and the distinct remote ICE candidates its current
+connection was given (offer and trickle together are bounded).
 """
 
 from __future__ import annotations
@@ -44,10 +48,15 @@ class CallStore(Protocol):
     async def adopt(self, pc_id: str) -> StoredCall | None: ...
 
 
+CandidateKey = tuple[str, int, str]
+
+
 class CallRegistry(Mapping[str, PeerSession]):
     def __init__(self) -> None:
         self._calls: dict[str, PeerSession] = {}
         self.store: CallStore | None = None
+        self._subjects: dict[str, str] = {}
+        self._candidates: dict[str, set[CandidateKey]] = {}
 
     # -- the read-only mapping ----------------------------------------------------------------
 
@@ -62,9 +71,34 @@ class CallRegistry(Mapping[str, PeerSession]):
 
     # -- changes ------------------------------------------------------------------------------
 
-    def add(self, session: PeerSession) -> None:
-        """Count ``session`` as a live call from now on (it replaces a restarted connection)."""
+    def add(
+        self,
+        session: PeerSession,
+        subject: str | None = None,
+        candidates: frozenset[CandidateKey] = frozenset(),
+    ) -> None:
+        """Count ``session`` as a live call from now on (it replaces a restarted connection),
+        held by token ``subject`` (None: open dev mode), its offer naming ``candidates``."""
         self._calls[session.pc_id] = session
+        if subject is not None:
+            self._subjects[session.pc_id] = subject
+        self._candidates[session.pc_id] = set(candidates)
+
+    def subject(self, pc_id: str) -> str | None:
+        return self._subjects.get(pc_id)
+
+    def held_by(self, subject: str) -> int:
+        """Live calls held by ``subject``."""
+        return sum(1 for s in self._subjects.values() if s == subject)
+
+    def add_candidates(self, pc_id: str, keys: set[CandidateKey], limit: int) -> int:
+        """Count trickled candidates against the call's connection; returns the new total, or
+        leaves the count unchanged and returns what it would have been if over ``limit``."""
+        seen = self._candidates.setdefault(pc_id, set())
+        total = len(seen | keys)
+        if total <= limit:
+            seen |= keys
+        return total
 
     async def detach(self, pc_id: str) -> Conversation | None:
         """A restart: release the call's current connection, keep its conversation (model
@@ -79,6 +113,8 @@ class CallRegistry(Mapping[str, PeerSession]):
             del self._calls[session.pc_id]
             if self.store is not None and session.close_reason != "restart":
                 self.store.call_ended(session)
+            self._subjects.pop(session.pc_id, None)
+            self._candidates.pop(session.pc_id, None)
 
     # -- ending many ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import ConversationSettings
 from voicegate.conversation.tools import ToolRegistry
+from voicegate.media.ice import CandidatePolicy
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder
 from voicegate.signaling import auth
@@ -23,11 +24,21 @@ from voicegate.signaling.ratelimit import RateLimiter
 
 @dataclass(slots=True)
 class Gate:
-    """Who may come in: whether tokens are needed, the offer rate limit, and the drain flag."""
+    """Who may come in: the per-address rate limits (call offers, trickled candidates, ICE
+    server credentials; each its own bucket, same rate) and the drain flag."""
 
-    auth_required: bool
-    limiter: RateLimiter
+    offers: RateLimiter
+    patches: RateLimiter
+    ice_servers: RateLimiter
     draining: bool = False
+
+    @classmethod
+    def for_rate(cls, per_minute: float, burst: int) -> Gate:
+        return cls(
+            RateLimiter(per_minute, burst),
+            RateLimiter(per_minute, burst),
+            RateLimiter(per_minute, burst),
+        )
 
 
 CONFIG: Final = web.AppKey("config", ServeConfig)
@@ -43,5 +54,7 @@ RECORDER: Final = web.AppKey("recorder", Recorder)
 """Absent unless a recording destination is configured."""
 ADMISSION: Final = web.AppKey("admission", Admission)
 GATE: Final = web.AppKey("gate", Gate)
+CANDIDATES: Final = web.AppKey("candidates", CandidatePolicy)
+"""Which remote ICE candidates the server may be made to send to."""
 CLAIMS: Final = web.RequestKey("claims", auth.Claims)
 """The verified token claims of a request (absent in open dev mode)."""

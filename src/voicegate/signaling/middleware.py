@@ -1,6 +1,7 @@
 """The layers every request passes, outermost first: ``count_offers`` (the final status of
-every offer, for metrics), ``access_control`` (CORS, rate limits, bearer tokens for /api/) and
-``errors_as_json`` (every refusal as a JSON body).
+every offer, for metrics), ``access_control`` (CORS, rate limits, bearer tokens or open dev
+mode for /api/: ``signaling.access``) and ``errors_as_json`` (every refusal as a JSON body);
+and ``security_headers``, added to every response as it is sent.
 
 Access is decided here, before any handler runs, for every spelling of an /api/ path; handlers
 then read the verified claims from ``CLAIMS`` and only decide which call a token may touch.
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from voicegate.config import ServeConfig
 from voicegate.signaling import auth
+from voicegate.signaling.access import authenticate
 from voicegate.signaling.errors import ApiError, Handler, json_error
 from voicegate.signaling.keys import CLAIMS, CONFIG, COUNTERS, GATE, METRICS, Gate
 from voicegate.signaling.ratelimit import RateLimiter
@@ -149,27 +151,68 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
+_LIMITS: Final = {
+    ("POST", "/api/offer"): ("offers", "call offers"),
+    ("PATCH", "/api/offer"): ("patches", "candidate updates"),
+    ("GET", "/api/ice-servers"): ("ice_servers", "ICE server requests"),
+}
+
+
+def _limiter(request: web.Request, gate: Gate) -> tuple[RateLimiter, str] | None:
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    found = _LIMITS.get((request.method, path))
+    if found is None:
+        return None
+    attribute, what = found
+    limiter: RateLimiter = getattr(gate, attribute)
+    return limiter, what
+
+
 async def _admit(
     request: web.Request, handler: Handler, gate: Gate, config: ServeConfig
 ) -> web.StreamResponse:
-    if request.method == "POST" and request.path == "/api/offer":
-        wait = gate.limiter.check(client_address(request))
+    limited = _limiter(request, gate)
+    if limited is not None:
+        limiter, what = limited
+        wait = limiter.check(client_address(request))
         if wait > 0:
-            request.app[COUNTERS]["calls_refused"] += 1
+            if limiter is gate.offers:
+                request.app[COUNTERS]["calls_refused"] += 1
             seconds = RateLimiter.retry_after(wait)
             return json_error(
                 429,
-                f"too many call offers from your address; retry in {seconds} s",
+                f"too many {what} from your address; retry in {seconds} s",
+                reason="rate_limited",
                 retry_after=seconds,
             )
-    if gate.auth_required:
-        try:
-            if not config.auth_secret:
-                raise auth.AuthError("unconfigured", "this server has no auth secret configured")
-            token = auth.bearer(request.headers.get("Authorization"))
-            request[CLAIMS] = auth.verify(config.auth_secret, token)
-        except auth.AuthError as exc:
-            response = json_error(401, exc.message, reason=exc.reason, auth_required=True)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="voicegate"'
-            return response
+    try:
+        claims = authenticate(request, config)
+    except auth.AuthError as exc:
+        log.info("request_refused", reason=exc.reason, path=request.path)
+        response = json_error(401, exc.message, reason=exc.reason, auth_required=True)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="voicegate"'
+        return response
+    if claims is not None:
+        request[CLAIMS] = claims
     return await handler(request)
+
+
+# -- headers of every response --------------------------------------------------------------------
+
+PAGE_POLICY: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+"""The page runs only its own files: no inline script or style, no other origin to talk to, no
+framing. web/index.html keeps to that (tests/test_security.py checks it)."""
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the page's address (and any token in it) never goes out as a
+    Referer, nothing is sniffed into another type, and pages carry their content policy."""
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if not request.path.startswith("/api/"):
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)

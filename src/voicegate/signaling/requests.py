@@ -8,6 +8,7 @@ and nowhere else. The field names follow Pipecat's SmallWebRTC runner (``pc_id``
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,9 +24,22 @@ MAX_CANDIDATES: Final = 64
 MAX_PC_ID_CHARS: Final = 128
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object (aiohttp enforces client_max_size -> 413)."""
-    raw = await request.read()
+async def json_object(request: web.Request, timeout: float) -> dict[str, Any]:
+    """The request body as a JSON object: declared as JSON (415 otherwise: a form or text/plain
+    body is what a cross-site page can send without asking), complete within ``timeout``
+    seconds (408) and no larger than client_max_size (aiohttp: 413)."""
+    if request.content_type != "application/json":
+        declared = request.headers.get("Content-Type", "none")
+        raise ApiError(
+            415,
+            f"the request body must be JSON sent as Content-Type: application/json "
+            f"(got {declared[:100]!r})",
+        )
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s") from None
     if not raw:
         raise ApiError(400, "the request body is empty; expected a JSON object")
     try:

@@ -127,7 +127,7 @@ class CallClient:
         token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        # issue 7: the access token for the offer; the answer's per-call session_token then
+        # The access token for the offer; the answer's per-call session_token then
         # replaces it for everything that touches this call (hang-up).
         self.token = token
         self.session_token: str | None = None
@@ -190,7 +190,7 @@ class CallClient:
         self, session: aiohttp.ClientSession | None = None, restart_of: str | None = None
     ) -> dict[str, Any]:
         """``restart_of``: the pc_id of a call whose connection dropped; the new connection
-        takes over its conversation (issue 4, like the page's automatic reconnect)."""
+        takes over its conversation (like the page's automatic reconnect)."""
         self.pc.addTrack(self.mic)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)

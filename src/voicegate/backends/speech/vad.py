@@ -2,7 +2,7 @@
 
 The model is the ONNX file that ships inside faster-whisper (``assets/silero_vad_v6.onnx``), run
 frame by frame with onnxruntime: about 50 us per 32 ms frame, so it runs inline on the event loop.
-Silero, unlike webrtcvad, holds up in noise (see ../shared/reference/offline-speech.md): it is
+Silero, unlike webrtcvad, holds up in noise (measured on spoken test sets here): it is
 what decides turns for the embedded brain.
 
 One :class:`SileroModel` (the ONNX session, thread-safe and stateless) is shared by the process;
