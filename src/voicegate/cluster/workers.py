@@ -68,6 +68,9 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
     values["offer_rate"] = 0.0
     values["max_connections_per_ip"] = 0
     values["metrics_port"] = 0
+    # The secrets are already read: the files would make a worker see both and refuse to start.
+    values["auth_secret_file"] = ""
+    values["turn_secret_file"] = ""
     from voicegate.media.ice import parse_port_range
 
     ports = parse_port_range(config.rtc_ports)
