@@ -46,9 +46,14 @@ def one(kind: str, name: str) -> dict[str, Any]:
     return found
 
 
-def container_env(container: dict[str, Any]) -> dict[str, str]:
+def container_env(
+    container: dict[str, Any], pod: dict[str, Any] | None = None, files: Path | None = None
+) -> dict[str, str]:
     """A container's environment as the kubelet builds it: fieldRefs and Secrets given sample
-    values, ``$(VAR)`` expanded from the variables defined before it."""
+    values, ``$(VAR)`` expanded from the variables defined before it. With ``pod`` and
+    ``files``, the Secrets the container mounts are written under ``files`` (each key with a
+    sample value) and paths into their mounts point there instead."""
+    mounts = _secret_mounts(container, pod, files) if pod is not None and files else {}
     env: dict[str, str] = {}
     for item in container.get("env", []):
         if "value" in item:
@@ -58,8 +63,29 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
         else:
             assert "secretKeyRef" in item["valueFrom"], item
             value = SECRET_VALUE
+        for mount, local in mounts.items():
+            if value.startswith(mount + "/"):
+                value = str(local) + value[len(mount) :]
         env[item["name"]] = value
     return env
+
+
+def _secret_mounts(container: dict[str, Any], pod: dict[str, Any], files: Path) -> dict[str, Path]:
+    """mountPath -> local directory holding the mounted Secret's keys (sample values)."""
+    secrets = {
+        v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v
+    }
+    out: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] not in secrets:
+            continue
+        secret = one("Secret", secrets[mount["name"]])
+        local = files / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for key in secret["stringData"]:
+            (local / key).write_text(SECRET_VALUE + "\n")
+        out[mount["mountPath"].rstrip("/")] = local
+    return out
 
 
 def compose() -> dict[str, Any]:

@@ -3,14 +3,15 @@ VOICEGATE_IMAGE_TEST=1 or `make image-test`: the build takes minutes).
 
 The image is built FROM a local base (scripts/local-image-base: Debian trixie made with
 mmdebstrap) because no registry is assumed reachable, with the host's pip configuration mounted
-(scripts/build-image --local). It then runs with the echo backend on the host network: /healthz
-answers from outside, the image's HEALTHCHECK passes, it runs as the unprivileged user, a wrong
-environment is refused by --check-config (exit 2), and SIGTERM drains and exits 0. Then the
-compose file's two nodes run as containers of the image (their environment from
-deploy/compose.yaml, with loopback addresses, a host redis-server and the echo backend in place
-of the compose network, Redis and coturn images, which need a registry): both register in the
-Redis directory, a real call through one of them carries audio both ways, and a stopped node
-exits 0.
+(scripts/build-image --local). It then runs with the echo backend on the host network, as the
+Kubernetes manifests run it: /healthz answers from outside, the image's HEALTHCHECK passes, the
+auth secret is read from a mounted file, /metrics is served on its own port and not on the
+public one, the process runs as the unprivileged user, a wrong environment is refused by
+--check-config (exit 2), and SIGTERM drains and exits 0. Then the compose file's two nodes run
+as containers of the image (their environment from deploy/compose.yaml, with loopback
+addresses, a host redis-server and the echo backend in place of the compose network, Redis and
+coturn images, which need a registry): both register in the Redis directory, a real call
+through one of them carries audio both ways, and a stopped node exits 0.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests import cluster_util
 from tests.conftest import require
@@ -41,8 +45,6 @@ def _free_port() -> int:
 
 
 def build_and_run_image(root: Path, tmp: Path) -> None:
-    import pytest
-
     if os.environ.get("VOICEGATE_IMAGE_TEST", "") not in ("1", "true", "yes"):
         pytest.skip("builds a container image (minutes): VOICEGATE_IMAGE_TEST=1 or make image-test")
     for tool in ("podman", "mmdebstrap"):
@@ -75,18 +77,30 @@ def build_and_run_image(root: Path, tmp: Path) -> None:
     assert refused.returncode == 2, refused.stderr
     assert "set --auth-secret" in refused.stderr  # the image listens on 0.0.0.0
 
-    port = _free_port()
+    # As in the Kubernetes manifests: the secret as a mounted file, /metrics on its own port.
+    port, metrics_port = _free_port(), _free_port()
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    (secrets / "auth-secret").write_text(SECRET + "\n")
     name = f"voicegate-image-test-{port}"
     run = subprocess.run(
         [*podman, "run", "-d", "--name", name, "--network=host",
+         "-v", f"{secrets}:/run/secrets/voicegate:ro",
+         "-e", "VOICEGATE_AUTH_SECRET_FILE=/run/secrets/voicegate/auth-secret",
          "-e", "VOICEGATE_BACKEND=echo", "-e", f"VOICEGATE_PORT={port}",
-         "-e", f"VOICEGATE_AUTH_SECRET={SECRET}", "-e", "VOICEGATE_WORKERS=2", IMAGE],
+         "-e", "VOICEGATE_METRICS_HOST=127.0.0.1", "-e", f"VOICEGATE_METRICS_PORT={metrics_port}",
+         "-e", "VOICEGATE_WORKERS=2", IMAGE],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     try:
         health = _wait_healthz(f"http://127.0.0.1:{port}/healthz", 90)
         assert health["status"] == "ok" and health["backend"] == "echo"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert b"voicegate_calls_active" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as refused_metrics:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert refused_metrics.value.code == 404  # not on the public port
         check = subprocess.run(
             ["podman", "healthcheck", "run", name], env=env, capture_output=True, timeout=60
         )

@@ -139,9 +139,9 @@ def test_custom_resources() -> None:
             assert rule["labels"]["severity"] in ("warning", "critical")
 
 
-def test_voicegate_pods_are_wired_for_a_cluster() -> None:
-    """Probes, the drain, the node URL from the downward API, Secrets that exist, selectors."""
-    secret = one("Secret", "voicegate-secrets")
+def test_voicegate_pods_are_wired_for_a_cluster(tmp_path: Path) -> None:
+    """Probes, the drain, the node URL from the downward API, secrets as files from a Secret
+    that has them, the metrics port, selectors."""
     for workload, container in voicegate_containers():
         pod = workload["spec"]["template"]["spec"]
         env = container_env(container)
@@ -155,15 +155,16 @@ def test_voicegate_pods_are_wired_for_a_cluster() -> None:
         node_url = next(e for e in container["env"] if e["name"] == "VOICEGATE_NODE_URL")
         assert re.fullmatch(r"http://\$\((POD|HOST)_IP\):8080", node_url["value"])
         assert env["VOICEGATE_NODE_URL"] in ("http://10.1.2.3:8080", "http://10.0.0.7:8080")
-        refs = [
-            e["valueFrom"]["secretKeyRef"]
-            for e in container["env"]
-            if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
-        ]
-        assert {r["key"] for r in refs} == {"auth-secret", "turn-secret"}
-        assert all(
-            r["name"] == "voicegate-secrets" and r["key"] in secret["stringData"] for r in refs
+        assert not any(
+            "valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in container["env"]
         )
+        files = container_env(container, pod, tmp_path / workload["metadata"]["name"])
+        for name in ("VOICEGATE_AUTH_SECRET_FILE", "VOICEGATE_TURN_SECRET_FILE"):
+            assert Path(files[name]).read_text().strip(), f"{name} is not a key of the Secret"
+        metrics = {p["containerPort"] for p in container["ports"] if p["name"] == "metrics"}
+        assert metrics == {int(env["VOICEGATE_METRICS_PORT"])}
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == env["VOICEGATE_METRICS_PORT"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert (
             "limits" not in container["resources"] or "cpu" not in container["resources"]["limits"]
@@ -175,9 +176,10 @@ def test_voicegate_pods_are_wired_for_a_cluster() -> None:
         assert selector.items() <= labels.items(), kind
 
 
-def test_pod_environments_pass_check_config() -> None:
+def test_pod_environments_pass_check_config(tmp_path: Path) -> None:
     for workload, container in voicegate_containers():
-        env = container_env(container)
+        pod = workload["spec"]["template"]["spec"]
+        env = container_env(container, pod, tmp_path / workload["metadata"]["name"])
         unknown = {k for k in env if k.startswith("VOICEGATE_")} - OPTION_VARIABLES
         assert not unknown, f"{workload['metadata']['name']}: not voicegate options: {unknown}"
         result = check_config(env)
@@ -320,3 +322,26 @@ def test_image_builds_and_answers_healthz(tmp_path: Path) -> None:
     from tests.image_check import build_and_run_image
 
     build_and_run_image(ROOT, tmp_path)
+
+
+def test_workers_start_from_secret_files(tmp_path: Path) -> None:
+    """The pods' shape (secrets as files, several workers): each worker's environment, built by
+    its supervisor, is a valid configuration with the secrets the supervisor read."""
+    from voicegate.cluster.workers import worker_env
+    from voicegate.config import resolve
+
+    (tmp_path / "auth").write_text("a-long-enough-auth-secret\n")
+    (tmp_path / "turn").write_text("turn-secret\n")
+    node = resolve(
+        None,
+        env={
+            "VOICEGATE_AUTH_SECRET_FILE": str(tmp_path / "auth"),
+            "VOICEGATE_TURN_SECRET_FILE": str(tmp_path / "turn"),
+            "VOICEGATE_TURN_URLS": "turn:turn.example.com:3478",
+            "VOICEGATE_WORKERS": "2",
+        },
+    )
+    for index in range(2):
+        worker = resolve(None, env=worker_env(node, index, 2))
+        assert worker.auth_secret == "a-long-enough-auth-secret"
+        assert worker.turn_secret == "turn-secret"
