@@ -66,6 +66,23 @@ def test_model_ids_accepted(model_id: str) -> None:
     assert BedrockSettings(region="us-east-1", model_id=model_id).validate() == []
 
 
+@pytest.mark.parametrize(
+    "model_id", ["amazon.titan-text-v1", "xx.amazon.nova-2-sonic-v1:0", "amazon.nova-3-sonic-v1:0"]
+)
+def test_an_undocumented_model_id_is_used_with_a_warning(model_id: str) -> None:
+    # Models released after this code must stay usable: a warning, not a refusal.
+    settings = BedrockSettings(region="us-east-1", model_id=model_id)
+    assert settings.validate() == []
+    assert any("not a documented Nova Sonic model" in w for w in settings.warnings())
+
+
+def test_a_region_the_model_is_not_offered_in_warns() -> None:
+    assert BedrockSettings(region="us-west-2").warnings() == []
+    warned = BedrockSettings(region="eu-west-1").warnings()
+    assert len(warned) == 1 and "eu-west-1" in warned[0] and "us-east-1" in warned[0]
+    assert BedrockSettings(region="us-west-2", model_id="amazon.nova-sonic-v1:0").warnings()
+
+
 def test_nova2_detection() -> None:
     assert BedrockSettings(region="us-east-1").is_nova2
     assert BedrockSettings(region="us-east-1", model_id="global.amazon.nova-2-sonic-v1:0").is_nova2
@@ -75,9 +92,8 @@ def test_nova2_detection() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"model_id": "amazon.titan-text-v1"}, "not a Nova Sonic model"),
-        ({"model_id": "xx.amazon.nova-2-sonic-v1:0"}, "not a Nova Sonic model"),
-        ({"model_id": "amazon.nova-2-sonic-v1"}, "not a Nova Sonic model"),
+        ({"model_id": ""}, "empty or has white space"),
+        ({"model_id": "amazon.nova-2-sonic-v1:0 "}, "empty or has white space"),
         ({"region": "us_east_1"}, "not an AWS region"),
         ({"region": ""}, "not an AWS region"),
         ({"endpoint": "http://127.0.0.1:8443"}, "must be an https:// URL"),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
+from voicegate.sonic.models import DEFAULT_MODEL_ID, voice_problem
 
 if TYPE_CHECKING:
     from voicegate.config import ServeConfig
@@ -36,6 +37,8 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append("greeting is longer than 4000 bytes")
     if not c.voice.isidentifier():
         problems.append(f"voice {c.voice!r} is not a valid voice id")
+    elif problem := voice_problem(c.model_id or DEFAULT_MODEL_ID, c.voice):
+        problems.append(problem)
     for address in c.ice_addresses:
         try:
             ipaddress.ip_address(address)

@@ -37,7 +37,7 @@ from voicegate.sonic import (
     ToolResultContentStart,
     ToolSpec,
 )
-from voicegate.standin.models import OUTPUT_RATES, Model, model_of
+from voicegate.sonic.models import OUTPUT_RATES, Model, model_of
 
 TOOL_NAME: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 """Bedrock's ToolSpecification name constraint (pattern and 1-64 characters)."""

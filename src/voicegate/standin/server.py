@@ -36,10 +36,10 @@ from urllib.parse import unquote
 
 import structlog
 
+from voicegate.sonic.models import MODELS, known_model
 from voicegate.standin.certs import ensure_certs, server_context
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
-from voicegate.standin.models import MODELS, known_model
 from voicegate.standin.records import MAX_SESSION_RECORDS, Rejection, SessionRecord
 from voicegate.standin.session import Session
 from voicegate.standin.sigv4 import (

@@ -16,10 +16,11 @@ from typing import Final
 
 import structlog
 
+from voicegate.sonic.models import DEFAULT_MODEL_ID, known_model, model_of
+
 log = structlog.get_logger(__name__)
 
 AWS_HOST_SUFFIXES: Final = (".amazonaws.com", ".amazonaws.com.cn")
-DEFAULT_MODEL_ID: Final = "amazon.nova-2-sonic-v1:0"
 NOVA_SONIC_V1_MODEL_ID: Final = "amazon.nova-sonic-v1:0"
 DEFAULT_REGION: Final = "us-east-1"
 
@@ -72,13 +73,8 @@ class BedrockSettings:
         errors: list[str] = []
         if not _REGION.match(self.region):
             errors.append(f"region {self.region!r} is not an AWS region name (e.g. us-east-1)")
-        if not _valid_model_id(self.model_id):
-            errors.append(
-                f"model id {self.model_id!r} is not a Nova Sonic model: use "
-                f"{DEFAULT_MODEL_ID} (Nova 2 Sonic, default) or {NOVA_SONIC_V1_MODEL_ID} "
-                "(v1), optionally with a cross-region prefix such as 'us.' or 'global.', or an "
-                "inference-profile ARN"
-            )
+        if not self.model_id.strip() or any(ch.isspace() for ch in self.model_id):
+            errors.append(f"model id {self.model_id!r} is empty or has white space")
         endpoint = self.endpoint
         source = "endpoint"
         if endpoint is None:
@@ -149,6 +145,27 @@ class BedrockSettings:
                 source=source,
                 note="not an *.amazonaws.com host: calls go to this endpoint, not to AWS",
             )
+        for warning in self.warnings():
+            log.warning("bedrock_settings_unusual", note=warning)
+
+    def warnings(self) -> list[str]:
+        """What is allowed but likely wrong: a model id Nova Sonic's documentation does not
+        name (accepted, for models released later), a region the model is not offered in."""
+        found: list[str] = []
+        if not _valid_model_id(self.model_id):
+            found.append(
+                f"model id {self.model_id!r} is not a documented Nova Sonic model "
+                f"({DEFAULT_MODEL_ID}, {NOVA_SONIC_V1_MODEL_ID}, with 'us.' or 'global.', or an "
+                "inference-profile ARN); using it as given"
+            )
+        elif known_model(self.model_id):
+            model = model_of(self.model_id)
+            if self.region not in model.regions:
+                found.append(
+                    f"{model.name} is documented in {', '.join(sorted(model.regions))}, not in "
+                    f"{self.region}: the stream may be refused (the model's region must match)"
+                )
+        return found
 
 
 def _valid_model_id(model_id: str) -> bool:
