@@ -85,7 +85,7 @@ image-local: image-debs
 	IMAGE=$(IMAGE) OCI_RUNTIME=$(OCI_RUNTIME) scripts/build-image --local
 
 image-test: setup-test image-debs
-	VOICEGATE_IMAGE_TEST=1 AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/test_deploy.py -k image $(PYTEST_ARGS)
+	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/test_deploy.py -m image $(PYTEST_ARGS)
 
 image-debs:
 	@$(MAKE) --no-print-directory debs DEBS="$(IMAGE_DEBS)"

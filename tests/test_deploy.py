@@ -9,7 +9,7 @@ voicegate:
   and name only real options; a wrong environment is refused with every problem listed;
 - every metric the Grafana dashboard and the alert rules read exists on the /metrics of a live
   voicegate (echo backend, two workers) after one real call;
-- opt-in (VOICEGATE_IMAGE_TEST=1, `make image-test`; minutes): the image builds with podman and
+- on demand (`make image-test`, marker ``image``; minutes): the image builds with podman and
   the running container answers /healthz.
 """
 
@@ -317,6 +317,7 @@ async def test_dashboard_and_alerts_read_only_live_metrics(
 # -- the container image (opt-in: minutes) ---------------------------------------------------------
 
 
+@pytest.mark.image  # deselected by `make test`; `make image-test` runs it
 @pytest.mark.timeout(1800)  # a cold build downloads every wheel
 def test_image_builds_and_answers_healthz(tmp_path: Path) -> None:
     from tests.image_check import build_and_run_image
