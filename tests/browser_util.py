@@ -200,6 +200,10 @@ class Server:
                 f"/healthz sessions stayed {last}, expected {expected}:\n{self.log_tail()}"
             ) from None
 
+    async def aclose(self) -> None:
+        """``stop`` off the event loop: the server drains on SIGTERM, which takes a while."""
+        await asyncio.to_thread(self.stop)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -225,7 +229,7 @@ async def running_server(
         await server.start()
         yield server
     finally:
-        server.stop()
+        await server.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -137,7 +137,7 @@ async def assert_policy_held(page: Any, console: list[str]) -> None:
 async def test_spoken_call_under_strict_csp(server: Server, spoken_wav: Path) -> None:
     """The whole call (modules, stylesheet, icon, fetch, WebRTC, WebAudio) needs nothing the
     policy refuses."""
-    async with chromium(spoken_wav) as ctx:
+    async with chromium(spoken_wav, bypass_csp=False) as ctx:
         page, console = await strict_page(ctx, f"{server.base}/?raw=1")
         assert (await page.text_content("#state", timeout=10_000)) == "idle"
         async with asyncio.timeout(10):
@@ -190,7 +190,10 @@ async def test_token_never_travels_in_a_url_or_referer(
     require_browser()
     token = auth.mint(AUTH_SECRET, 300, subject="page-test")
     env = {"VOICEGATE_AUTH_SECRET": AUTH_SECRET}
-    async with running_server("echo", tmp_path, env=env) as server, chromium(spoken_wav) as ctx:
+    async with (
+        running_server("echo", tmp_path, env=env) as server,
+        chromium(spoken_wav, bypass_csp=False) as ctx,
+    ):
         seen: list[tuple[str, str, dict[str, str]]] = []
         pending: list[asyncio.Task[None]] = []
 
@@ -231,7 +234,7 @@ async def test_typed_text_goes_out_as_rtvi_send_text(server: Server, spoken_wav:
     """Enter in the text box sends ``send-text`` on the data channel, with exactly the RTVI
     shape, and the text appears in the transcript as the user's."""
     text = "What is the weather like on Mars?"
-    async with chromium(spoken_wav) as ctx:
+    async with chromium(spoken_wav, bypass_csp=False) as ctx:
         page, console = await strict_page(ctx, f"{server.base}/?raw=1")
         assert await page.is_disabled("#say-text", timeout=10_000)
         await connected(page, server)
@@ -291,7 +294,7 @@ async def test_server_request_to_move_reconnects_the_same_call(
     server only sends it while it drains."""
     move: dict[str, Any] = {"label": "rtvi-ai", "type": "server-message", "id": "m1"}
     move["data"] = {"type": "reconnect", "reason": "drain"}
-    async with chromium(spoken_wav) as ctx:
+    async with chromium(spoken_wav, bypass_csp=False) as ctx:
         page, console = await strict_page(ctx, f"{server.base}/?raw=1")
         await connected(page, server)
         async with asyncio.timeout(10):

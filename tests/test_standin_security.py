@@ -214,6 +214,8 @@ async def test_serve_announces_the_endpoint_from_the_environment(tmp_path: Path)
         "bedrock",
         "--port",
         "0",
+        "--workers",
+        "1",
         "--log-format",
         "json",
         stdout=asyncio.subprocess.PIPE,

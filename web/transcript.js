@@ -44,7 +44,19 @@ function render(entry) {
   li.scrollIntoView({ block: "nearest" });
 }
 
+// Typed texts shown at once and not yet confirmed by the server: the server reports each typed
+// turn back as the user's final transcript, which must not put the same words there twice.
+const typedUnconfirmed = [];
+const MAX_TYPED_UNCONFIRMED = 8;
+
 export function transcriptUser(text, final) {
+  if (final && text) {
+    const i = typedUnconfirmed.indexOf(text.trim());
+    if (i >= 0) {
+      typedUnconfirmed.splice(i, 1);
+      return;
+    }
+  }
   const entry = currentEntry("user");
   // Interim user transcripts are the whole utterance so far: replace, never append.
   entry.pending = final || !text ? [] : [text];
@@ -54,6 +66,8 @@ export function transcriptUser(text, final) {
 
 // Text the user typed: final at once, on the user's line like speech.
 export function transcriptTyped(text) {
+  typedUnconfirmed.push(text.trim());
+  if (typedUnconfirmed.length > MAX_TYPED_UNCONFIRMED) typedUnconfirmed.shift();
   const entry = currentEntry("user");
   entry.parts.push(text);
   render(entry);

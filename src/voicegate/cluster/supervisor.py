@@ -31,6 +31,7 @@ from voicegate.cluster.proxy import ForwardError, forward
 from voicegate.cluster.router import NodeRouter, Placement, peek_call
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
+from voicegate.signaling.admission import RETRY_AFTER_S
 from voicegate.signaling.errors import ApiError, json_error
 from voicegate.signaling.health import METRICS_HANDLER, check_metrics_token, metrics_elsewhere
 from voicegate.signaling.keys import CONFIG, Gate
@@ -82,6 +83,18 @@ class Supervisor:
         self.owners.pop(pc_id, None)
         self.owners[pc_id] = (w.index, w.restarts)
 
+    def _calls(self) -> int:
+        return sum(w.sessions for w in self.pool.workers if w.alive)
+
+    def _has_room(self) -> bool:
+        """Whether this node takes one more call: not draining, under --max-sessions, and a
+        ready worker with room."""
+        return (
+            not self.draining
+            and self._calls() < self.config.max_sessions
+            and self.pool.pick() is not None
+        )
+
     def placement(self) -> Placement:
         """This node's load as the cluster directory sees it."""
         alive = [w for w in self.pool.workers if w.alive]
@@ -89,7 +102,7 @@ class Supervisor:
             calls=sum(w.sessions for w in alive),
             capacity=sum(max(w.max_sessions, 1) for w in alive),
             lag_ms=max((w.lag_ms for w in alive), default=0.0),
-            ready=not self.draining and self.pool.pick() is not None,
+            ready=self._has_room(),
             draining=self.draining,
         )
 
@@ -116,7 +129,7 @@ class Supervisor:
                     pc_id,
                     restart,
                     owned=target is not None,
-                    can_take=not self.draining and self.pool.pick() is not None,
+                    can_take=self._has_room(),
                 )
                 if remote is not None:
                     return await self.router.forward(request, body, remote)
@@ -124,6 +137,16 @@ class Supervisor:
                 # No other node took it: a draining node starts no call, as one process would.
                 raise ApiError(
                     503, "voicegate is shutting down (draining calls); retry", retry_after=5
+                )
+            if target is None and self._calls() >= self.config.max_sessions:
+                # --max-sessions is the node's limit: the workers' shares round up, so the
+                # supervisor, which sees them all, keeps the total.
+                raise ApiError(
+                    503,
+                    f"voicegate is at its limit of {self.config.max_sessions} concurrent calls; "
+                    "retry later",
+                    reason="max_sessions",
+                    retry_after=RETRY_AFTER_S,
                 )
             if target is None:
                 target = self.pool.pick(exclude=owner.index if owner is not None else None)
@@ -183,9 +206,13 @@ class Supervisor:
         if learn and response.status == 200 and response.body is not None:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 answer = json.loads(bytes(response.body))  # type: ignore[arg-type]
-                if isinstance(answer.get("pc_id"), str):
-                    self._remember(answer["pc_id"], w)
-                    w.sessions += 1  # until the next poll says otherwise
+                pc_id = answer.get("pc_id")
+                if isinstance(pc_id, str):
+                    # A new call counts at once (until the next poll says otherwise); a restart
+                    # on the worker that already holds the call replaces it, it adds none.
+                    if self.owner(pc_id) is not w:
+                        w.sessions += 1
+                    self._remember(pc_id, w)
         return response
 
     # -- health of the whole node ------------------------------------------------------------

@@ -110,6 +110,8 @@ class Conversation(Renewal):
         self._turn_audio_seen = False
         self._reply_expected_at: float | None = None
         self._speculative_open = 0
+        self._seeded = False
+        """``seed`` gave this conversation another node's history: the first stream replays it."""
         self._typed: deque[str] = deque(maxlen=MAX_TYPED_KEPT)
         """Typed texts recently sent, so a model's echo of one is not a second user turn."""
 
@@ -120,10 +122,11 @@ class Conversation(Renewal):
         gets it replayed like a renewal would (the bot knows what was said before)."""
         self.stats.history = list(history)[-MAX_HISTORY:]
         self._history_version += 1
+        self._seeded = True
 
     async def start(self) -> None:
         """Open the stream and set the session up. Raises BackendError if that fails."""
-        history = self._continuation_payload()[0] if self.stats.history else []
+        history = self.shaped_history() if self._seeded else []
         # An adopted call has been greeted already; only a new one hears the greeting.
         greeting = None if history else (self.settings.greeting.strip() or None)
         async with asyncio.timeout(SETUP_TIMEOUT):
