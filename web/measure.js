@@ -27,6 +27,7 @@ export function newMeasurement(ctx) {
     micOnsets: [], // context times (s) of marker onsets in the microphone stream
     botOnsets: [], // ... and in the bot's stream
     mouthToEarMs: [], // one per paired marker
+    lastPaired: -1, // index in micOnsets of the last paired marker
     errors: [],
   };
   return vg.measure;
@@ -66,12 +67,11 @@ function onOnset(m, { label, t }) {
   }
   if (m.botOnsets.length >= MAX_ONSETS) return;
   m.botOnsets.push(t);
-  let sent = null;
-  for (let i = m.micOnsets.length - 1; i >= 0; i--) {
-    if (m.micOnsets[i] < t) {
-      sent = m.micOnsets[i];
-      break;
-    }
-  }
-  if (sent !== null && t - sent < MAX_PAIR_S) m.mouthToEarMs.push((t - sent) * 1000);
+  let i = m.micOnsets.length - 1;
+  while (i >= 0 && m.micOnsets[i] >= t) i--;
+  // A marker pairs once: a second onset of the same returning tone (a gap concealed inside it)
+  // is not a second round trip.
+  if (i < 0 || i === m.lastPaired || t - m.micOnsets[i] >= MAX_PAIR_S) return;
+  m.lastPaired = i;
+  m.mouthToEarMs.push((t - m.micOnsets[i]) * 1000);
 }
