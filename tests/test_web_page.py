@@ -21,6 +21,8 @@ from voicegate.backends.echo import EchoBackend
 WEB = Path(__file__).resolve().parents[1] / "web"
 JS_TYPES = {"text/javascript", "application/javascript"}
 IMPORT = re.compile(r"""^\s*(?:import|export)\b[^;]*?\bfrom\s+["']([^"']+)["']""", re.M | re.S)
+# A worklet module is loaded by URL (audioWorklet.addModule), not imported.
+MODULE_URL = re.compile(r"""new URL\(\s*["']([^"']+)["']\s*,\s*import\.meta\.url\s*\)""")
 
 
 class _Tags(HTMLParser):
@@ -72,7 +74,7 @@ def test_modules_import_only_files_of_the_page() -> None:
     reached = {"app.js"}
     for module in modules:
         text = module.read_text()
-        for target in IMPORT.findall(text):
+        for target in IMPORT.findall(text) + MODULE_URL.findall(text):
             assert target.startswith("./") and target.endswith(".js"), (module.name, target)
             assert (WEB / target[2:]).is_file(), (module.name, target)
             reached.add(target[2:])

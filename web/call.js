@@ -3,9 +3,10 @@
 // conversation when the connection drops or the server asks the page to move.
 
 import { deleteSession, describeError, requestJson } from "./http.js";
+import { measureStream, newMeasurement } from "./measure.js";
 import { makeAnalyser, resetMeters, rmsOf, updateMeters } from "./meters.js";
 import { clearError, enableTyping, logEvent, setState, showError, ui, vg } from "./page.js";
-import { RAW, RELAY, TOKEN } from "./params.js";
+import { MEASURE, RAW, RELAY, TOKEN } from "./params.js";
 import { clientReady, handleServerMessage, sendTextMessage } from "./rtvi.js";
 import { updateStats } from "./stats.js";
 import { transcriptTyped } from "./transcript.js";
@@ -57,6 +58,7 @@ export async function connect() {
     timers: [],
   };
   call = c;
+  if (MEASURE) newMeasurement(c.audioCtx);
   const check = () => {
     if (c.closed) throw new Cancelled();
   };
@@ -69,6 +71,7 @@ export async function connect() {
       throw new Cancelled();
     }
     c.micAnalyser = makeAnalyser(c.audioCtx, c.stream);
+    if (MEASURE) measureStream(c.audioCtx, c.stream, "mic");
 
     const pc = new RTCPeerConnection({
       iceServers: Array.isArray(iceServers) ? iceServers : [],
@@ -173,6 +176,7 @@ function onRemoteTrack(c, ev) {
     /* autoplay refusal: the Connect click normally prevents it; the meters still work */
   });
   c.botAnalyser = makeAnalyser(c.audioCtx, stream);
+  if (MEASURE) measureStream(c.audioCtx, stream, "bot");
 }
 
 function onConnectionState(c) {

@@ -57,6 +57,8 @@ export const vg = {
   // performance.now() marks of the current call (the connect-time benchmark reads them):
   // click, offerSent, answered, connected, firstBotAudio (first meter tick above the floor).
   timing: {},
+  // ?measure=1 only (measure.js): marker onsets and mouth-to-ear samples of the current call.
+  measure: null,
 };
 
 // The text box works while a data channel is open.

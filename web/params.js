@@ -7,6 +7,10 @@ const fragment = new URLSearchParams(location.hash.slice(1));
 // Tests use it: a fake microphone fed from a WAV must reach the server unaltered.
 export const RAW = query.get("raw") === "1";
 
+// ?measure=1 timestamps marker tones on the microphone and on the bot's audio (measure.js):
+// mouth-to-ear latency with a fake microphone that plays markers and a brain that echoes.
+export const MEASURE = query.get("measure") === "1";
+
 // ?relay=1 forces ICE through TURN, to check that the relay works for users behind strict NATs.
 export const RELAY = query.get("relay") === "1";
 
