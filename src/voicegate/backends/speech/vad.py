@@ -8,6 +8,9 @@ what decides turns for the embedded brain.
 One :class:`SileroModel` (the ONNX session, thread-safe and stateless) is shared by the process;
 each call owns a :class:`VadStream` with the recurrent state (``h``, ``c``), the 64-sample context
 the model expects in front of every frame, the pre-roll ring and the segment being collected.
+
+Events: :class:`SpeechStart`; :class:`SpeechPause` once ~200 ms into each silence inside speech
+(the segment so far, so ASR can start early); :class:`SpeechEnd` when the hangover confirms it.
 """
 
 from __future__ import annotations
