@@ -24,6 +24,7 @@ import pytest
 from voicegate.backends.local import LocalBackend, LocalStream
 from voicegate.backends.speech.models import SpeechModels, load_models
 from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
 from voicegate.media.levels import rms
 from voicegate.media.resample import resample_pcm16
@@ -82,6 +83,12 @@ def espeak(text: str) -> bytes:
     with wave.open(io.BytesIO(proc.stdout)) as w:
         rate, pcm = w.getframerate(), w.readframes(w.getnframes())
     return resample_pcm16(pcm, rate, RATE)
+
+
+def trimmed(pcm: bytes, floor: int = 200) -> bytes:
+    """``pcm`` without the near-silence at either end."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > floor)
+    return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)] if len(loud) else b""
 
 
 class FakeClock:
@@ -357,6 +364,50 @@ async def test_a_pause_while_transcribing_makes_one_turn(models: SpeechModels) -
     heard = user_text(events).lower()
     assert "hello" in heard and "how are you" in heard
     assert not any(isinstance(e, TextOutput) and is_interruption_marker(e.content) for e in events)
+
+
+async def test_a_short_pause_discards_the_speculative_transcript(models: SpeechModels) -> None:
+    """A pause longer than the speculation point but shorter than the hangover: Whisper starts on
+    the first part and finishes, yet the user goes on, so that guess is thrown away and one turn
+    hears the whole utterance."""
+    call = await Call.start(LocalBackend())
+    stream = call.stream
+    # hibari pads its output with ~0.3 s of silence each side: trim it to control the pause.
+    await call.feed(silence(0.3) + trimmed(say("Hello.")) + silence(0.3))
+    guess = stream.speculation.pending
+    assert guess is not None and stream.segments == 0  # decoding, but no end confirmed
+    heard_first, _ms = await guess  # the guess really completes: it heard only "hello"
+    assert "hello" in heard_first.lower() and "how" not in heard_first.lower()
+    await call.feed(trimmed(say("How are you?")) + silence(1.0))
+    events = await call.turn()
+    heard = user_text(events).lower()
+    assert "hello" in heard and "how are you" in heard
+    assert stream.segments == 1 and len(stream.stats) == 1
+    assert stream.stats[-1].speculative  # the end's own guess was used...
+    assert stream.speculation.started == 2 and stream.speculation.used == 1
+    assert stream.speculation.discarded == 1  # ...and the pause's was not
+    await call.hang_up()
+
+
+async def test_a_normal_turn_uses_its_speculative_transcript(models: SpeechModels) -> None:
+    call = await Call.start(LocalBackend())
+    await call.feed(silence(0.3) + say("The weather is lovely today.") + silence(1.0))
+    events = await call.turn()
+    assert "weather is lovely" in user_text(events).lower()
+    assert len(call.stream.stats) == 1 and call.stream.stats[-1].speculative
+    assert call.stream.speculation.used == 1 and call.stream.speculation.discarded == 0
+    await call.hang_up()
+
+
+async def test_without_speculation_the_turn_is_decoded_after_the_end(
+    models: SpeechModels,
+) -> None:
+    call = await Call.start(LocalBackend(vad_config=VadConfig(speculate_ms=0)))
+    await call.feed(silence(0.3) + say("Hello.") + silence(1.0))
+    events = await call.turn()
+    assert "hello" in user_text(events).lower()
+    assert not call.stream.stats[-1].speculative and call.stream.speculation.started == 0
+    await call.hang_up()
 
 
 # -- barge-in --------------------------------------------------------------------------------

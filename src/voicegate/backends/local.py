@@ -21,6 +21,9 @@ never used here because it flags noise as speech.
 
 Models are loaded once per process and shared by every call. ASR runs in worker threads behind a
 process-wide gate (a decode uses both cores for ~300 ms); VAD (~50 us a frame) runs inline.
+Whisper starts speculatively ~200 ms into a pause (``speech/speculate.py``), so by the time the
+hangover confirms the end the transcript is usually ready; if the user speaks on, the guess is
+discarded.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ from voicegate.backends.speech.models import (
     run_gated,
 )
 from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.speculate import Decoded, Speculator
 from voicegate.backends.speech.vad import (
     SAMPLE_RATE,
     SpeechEnd,
+    SpeechPause,
     SpeechStart,
     VadConfig,
     VadStream,
@@ -93,6 +98,8 @@ class TurnStats:
     """From the last voiced input frame to the first reply audio chunk (real-time input)."""
     audio_seconds: float = 0.0
     interrupted: bool = False
+    speculative: bool = False
+    """The transcript came from a decode started before the end was confirmed."""
 
 
 @dataclass(slots=True)
@@ -100,6 +107,7 @@ class _Turn:
     audio: NDArray[np.float32]
     speech_ended_at: float
     stats: TurnStats = field(default_factory=TurnStats)
+    decoding: asyncio.Task[Decoded] | None = None  # a speculative decode of exactly this audio
     task: asyncio.Task[None] | None = None
     replying: bool = False  # the USER transcript is out: a barge-in now interrupts
     audio_cid: str | None = None  # the open AUDIO content, if any
@@ -125,6 +133,7 @@ class LocalStream(InProcessStream):
         self._models = models
         self._gate = gate
         self._vad = VadStream(models.vad, vad_config)
+        self.speculation = Speculator(gate, models.asr.transcribe)
         self._clock = clock
         self._tool_timeout = tool_timeout
         self._turn: _Turn | None = None
@@ -145,6 +154,8 @@ class LocalStream(InProcessStream):
         for event in self._vad.feed(pcm):
             if isinstance(event, SpeechStart):
                 await self._speech_started()
+            elif isinstance(event, SpeechPause):
+                self.speculation.offer(event.voiced_until, self._with_carry(event.audio))
             else:
                 self._speech_ended(event)
 
@@ -175,9 +186,11 @@ class LocalStream(InProcessStream):
 
     async def on_session_end(self) -> None:
         self._cancel_turn()
+        self.speculation.cancel()
 
     async def on_close(self) -> None:
         self._cancel_turn()
+        self.speculation.cancel()
 
     async def idle(self) -> None:
         """Wait until the brain has finished the turn it is working on (tests, benchmarks)."""
@@ -216,22 +229,29 @@ class LocalStream(InProcessStream):
         await self.emit_interrupted(audio_cid)
         await self.end_completion("INTERRUPTED")
 
+    def _with_carry(self, audio: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The segment with the start of an utterance the user paused in, if any."""
+        if self._carry is None:
+            return audio
+        return np.concatenate([self._carry, audio])[-MAX_SEGMENT_SAMPLES:]
+
     def _speech_ended(self, event: SpeechEnd) -> None:
         self.segments += 1
-        audio = event.audio
-        if self._carry is not None:
-            audio = np.concatenate([self._carry, audio])[-MAX_SEGMENT_SAMPLES:]
-            self._carry = None
+        audio = self._with_carry(event.audio)
+        self._carry = None
         self._cancel_turn()  # never two turns at once (a start always cancelled it already)
         # Input arrives in real time, so speech really ended trailing_samples ago.
         ended = self._clock() - event.trailing_samples / SAMPLE_RATE
-        turn = _Turn(audio, ended)
+        turn = _Turn(audio, ended, decoding=self.speculation.claim(event.voiced_until, audio))
         self._turn = turn
         turn.task = self.spawn(self._run_turn(turn))
 
     async def _run_turn(self, turn: _Turn, typed: str | None = None) -> None:
         stats = turn.stats
-        if typed is None:
+        if turn.decoding is not None:
+            text, stats.asr_ms = await turn.decoding
+            stats.speculative = True
+        elif typed is None:
             started = time.perf_counter()
             text = await run_gated(self._gate, self._models.asr.transcribe, turn.audio)
             stats.asr_ms = (time.perf_counter() - started) * 1000
