@@ -365,10 +365,11 @@ async def _load_run(
 def _readme(results: dict[str, Any]) -> None:
     a, b, c = (results.get(k, {}).get("result") for k in ("failover", "rolling", "workers"))
     loads = {k: results[k]["load"] for k in ("failover", "rolling", "workers") if k in results}
-    lines = [START, "", f"Cluster (`benchmarks/cluster_failover.py`, commit "
-             f"{results['git']['commit'][:9]}{' dirty' if results['git']['dirty'] else ''}; "
-             "1-min load average before -> after each part: "
-             + ", ".join(f"{k} {v[0][0]} -> {v[1][0]}" for k, v in loads.items()) + "):",
+    lines = [START, "", "Cluster (`benchmarks/cluster_failover.py`; "
+             "per part its commit and 1-min load average before -> after: "
+             + ", ".join(f"{k} {results[k]['git']['commit'][:9]}"
+                         f"{' dirty' if results[k]['git']['dirty'] else ''} "
+                         f"{v[0][0]} -> {v[1][0]}" for k, v in loads.items()) + "):",
              ""]  # fmt: skip
     if a:
         k, s, t = a["kill_to_bot_audio_s"], a["kill_to_turn_sent_s"], a["turn_to_bot_audio_s"]

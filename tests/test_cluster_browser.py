@@ -29,7 +29,7 @@ import pytest
 from tests.browser_util import chromium, make_speech_wav, require_browser
 from tests.cluster_util import Node, free_port, redis_server, serve_node, token
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 
 BOT_RMS_FLOOR = 0.02
 MOVE_TIMEOUT_MS = 45_000  # ICE needs some seconds to call a silent peer disconnected
