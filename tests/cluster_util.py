@@ -10,7 +10,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +62,18 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def serve_node(
-    tmp_path: Path, *args: str, name: str = "node", env: dict[str, str] | None = None
+    tmp_path: Path,
+    *args: str,
+    name: str = "node",
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> AsyncIterator[Node]:
+    """``prefix`` wraps the command, e.g. ``ip netns exec NS`` (which execs: same pid)."""
     log = tmp_path / f"{name}.log"
     full_env = {**os.environ, **(env or {}), "VOICEGATE_AUTH_SECRET": SECRET}
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             sys.executable,
             "-m",
             "voicegate",
