@@ -18,6 +18,7 @@ from voicegate.testing.signals import percentiles
 if TYPE_CHECKING:
     from voicegate.testing.loadtest import Caller, LoadOptions
 
+MAX_EVENTS = 200
 PACKAGES = ("voicegate", "aiortc", "aioice", "av", "aiohttp", "aws-sdk-bedrock-runtime", "awscrt")
 
 
@@ -45,6 +46,19 @@ def _inbound(client: Any) -> dict[str, int]:
     return out
 
 
+def _server_events(client: Any, t0: float) -> list[dict[str, Any]]:
+    """The call's server messages (stream renewals, recoveries...; not the periodic RTP
+    statistics), with their arrival in seconds from the window's start."""
+    if client is None:
+        return []
+    out = []
+    for msg in client.of_type("server-message"):
+        data = msg.get("data", {})
+        if isinstance(data, dict) and data.get("kind") != "rtp-stats":
+            out.append({"at_s": round(msg["_t"] - t0, 2), **data})
+    return out[:MAX_EVENTS]
+
+
 def call_result(caller: Caller, t0: float, t1: float) -> dict[str, Any]:
     """One call's entry in the JSON ``calls`` list."""
     result: dict[str, Any] = {
@@ -61,6 +75,7 @@ def call_result(caller: Caller, t0: float, t1: float) -> dict[str, Any]:
     result.update(_inbound(caller.client))
     pair = caller.client.selected_candidate_types() if caller.client is not None else None
     result["candidates"] = list(pair) if pair else None
+    result["server_events"] = _server_events(caller.client, t0)
     if result["ok"] and result["frames"] == 0:
         result["ok"] = False
         result["reason"] = caller.reason = "no audio received in the window"

@@ -107,13 +107,14 @@ class PacketTrack(MediaStreamTrack):
 
 
 def offset_for(signal: Signal, index: int) -> int:
-    """Where call ``index`` starts in the signal: markers calls are staggered by a few frames
-    (so that their markers do not all hit the gateway in the same tick); turns calls start at
-    the beginning of a turn."""
+    """Where call ``index`` starts in the signal: markers calls are staggered by 17 frames (so
+    that their markers do not all reach the gateway in the same tick, and three calls' markers
+    are 340 ms apart: a one-way split stays unambiguous); turns calls start at the beginning of
+    a turn."""
     if signal.name == "turns":
         per_turn = len(signal.packets) // TURN_COUNT
         return (index % TURN_COUNT) * per_turn
-    return (index * 13) % 50
+    return (index * 17) % 50
 
 
 @dataclass
