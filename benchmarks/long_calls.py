@@ -1,0 +1,181 @@
+"""Long calls: latency over time across model-stream renewals, and what a renewal costs.
+
+    python -m benchmarks.long_calls [--seconds 45] [--runs 3] [--calls 3]
+        [--variants echo,echo-live,turns] [--session-limit 15] [--renew-after 8]
+
+The stand-in ends every model stream after ``--session-limit`` seconds (as Bedrock does at ~8
+minutes) and voicegate renews its stream after ``--renew-after`` seconds (at a natural point, or
+forced ``--renew-force-after`` seconds later), so a short call crosses several renewals. Each
+variant is ``--runs`` fresh runs of ``--calls`` calls:
+
+- ``echo``: markers through the per-chunk echo brain. Continuous speech never gives a natural
+  point, so every renewal is forced mid-speech, and the audio voicegate replays into the new
+  stream (the user's speech since the last final transcript; the echo brain makes none) is
+  echoed a second time;
+- ``echo-live``: the same, with an echo that does not answer audio arriving in a burst ahead of
+  real time (the replay), to separate the echo's double answer from the gateway's own cost;
+- ``turns``: turns through the turns brain, which answers each turn once and sends a USER
+  transcript as Nova Sonic does: the conversation a renewal is built for.
+
+Prints and writes benchmarks/results/long-calls.json and long-calls.png: per renewal, the audio
+replayed, the handover gap, the RTT before, its peak after and how long it took to drain back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import procs
+
+RESULTS = procs.ROOT / "benchmarks" / "results"
+BRAINS = {"echo": "echo", "echo-live": "echo-live", "turns": "turns"}
+
+
+def one_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vgbench-long-") as name:
+        tmp = Path(name)
+        extra = ["--renew-after", str(args.renew_after)]
+        extra += ["--renew-force-after", str(args.renew_force_after)]
+        with (
+            procs.standin(tmp, BRAINS[variant], args.session_limit) as (info, _),
+            procs.gateway("voicegate", info, tmp, extra) as (url, _),
+        ):
+            workload = "turns" if variant == "turns" else "markers"
+            think = info.get("think_ms") if workload == "turns" else None
+            return procs.loadtest(
+                url, tmp / "load.json", args.calls, args.seconds, workload=workload,
+                think_ms=think, warmup=1.0, ramp=5,
+            )  # fmt: skip
+
+
+def renewals(call: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """Per renewal seen by this call: what was replayed, and the latency around it."""
+    key = "rtt" if workload == "markers" else "turn"
+    series = list(zip(call.get(f"{key}_at_s", []), call.get(f"{key}_ms", []), strict=True))
+    out = []
+    for event in call.get("server_events", []):
+        if event.get("kind") not in ("renewal", "recovery"):
+            continue
+        at = event["at_s"]
+        before = [ms for t, ms in series if at - 4.0 <= t < at - 0.5]
+        after = [(t, ms) for t, ms in series if at - 0.5 <= t <= at + 8.0]
+        base = statistics.median(before) if before else None
+        peak = max((ms for _, ms in after), default=None)
+        drained = None
+        if base is not None and after:
+            late = [t for t, ms in after if ms > base + 20.0]
+            drained = round(max(late) - at, 2) if late else 0.0
+        out.append(
+            {
+                "kind": event["kind"],
+                "at_s": at,
+                "forced": event.get("forced"),
+                "gap_ms": event.get("gap_ms"),
+                "replayed_ms": event.get("replayed_ms"),
+                "rtt_before_ms": base,
+                "rtt_peak_after_ms": peak,
+                "excess_ms": round(peak - base, 1) if peak is not None and base else None,
+                "drained_after_s": drained,
+            }
+        )
+    return out
+
+
+def _median(values: list[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def summarize(variant: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    workload = "turns" if variant == "turns" else "markers"
+    events = [r for d in docs for c in d["calls"] for r in renewals(c, workload)]
+    key = "rtt_ms" if workload == "markers" else "turn_ms"
+    return {
+        "variant": variant,
+        "workload": workload,
+        "runs": len(docs),
+        "calls_failed": sum(d["summary"]["calls_failed"] for d in docs),
+        "renewals": len(events),
+        "forced": sum(1 for e in events if e["forced"]),
+        "replayed_ms_median": _median([e["replayed_ms"] for e in events]),
+        "replayed_ms_max": max((e["replayed_ms"] or 0 for e in events), default=None),
+        "gap_ms_median": _median([e["gap_ms"] for e in events]),
+        "latency_p50_per_run": [d["summary"][key]["p50"] for d in docs],
+        "latency_p95_per_run": [d["summary"][key]["p95"] for d in docs],
+        "before_ms_median": _median([e["rtt_before_ms"] for e in events]),
+        "excess_ms_median": _median([e["excess_ms"] for e in events]),
+        "excess_ms_max": max((e["excess_ms"] or 0 for e in events), default=None),
+        "drained_after_s_median": _median([e["drained_after_s"] for e in events]),
+        "markers_lost": sum(d["summary"].get("markers_lost", 0) for d in docs),
+        "turns_unanswered": sum(d["summary"].get("turns_unanswered", 0) for d in docs),
+        "events": events,
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    variants = [v for v in results["variants"] if results["runs"].get(v)]
+    fig, axes = plt.subplots(len(variants), 1, figsize=(9, 2.6 * len(variants)), squeeze=False)
+    for ax, variant in zip(axes[:, 0], variants, strict=True):
+        call = results["runs"][variant][0]["calls"][0]
+        key = "turn" if variant == "turns" else "rtt"
+        ax.plot(call.get(f"{key}_at_s", []), call.get(f"{key}_ms", []), ".-", ms=3)
+        for event in call.get("server_events", []):
+            if event.get("kind") in ("renewal", "recovery"):
+                ax.axvline(event["at_s"], color="red", alpha=0.4, lw=1)
+        label = "speech end -> answer ms" if variant == "turns" else "marker RTT ms"
+        ax.set(ylabel=label, title=f"{variant} (red: stream renewals)")
+        ax.set_ylim(bottom=0)
+    axes[-1, 0].set_xlabel("seconds into the measured window")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--variants", default="echo,echo-live,turns")
+    parser.add_argument("--session-limit", type=float, default=15.0)
+    parser.add_argument("--renew-after", type=float, default=8.0)
+    parser.add_argument("--renew-force-after", type=float, default=2.0)
+    args = parser.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    results: dict[str, Any] = {
+        "meta": procs.machine_meta() | {"load_avg_before": procs.load_avg()},
+        "settings": vars(args),
+        "variants": variants,
+        "runs": {},
+        "summary": {},
+    }
+    for variant in variants:
+        docs = []
+        for i in range(args.runs):
+            print(f"  long calls: {variant} run {i + 1}/{args.runs} ...", flush=True)
+            docs.append(one_run(variant, args))
+        results["runs"][variant] = docs
+        results["summary"][variant] = summarize(variant, docs)
+    results["meta"]["load_avg_after"] = procs.load_avg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "long-calls.json").write_text(json.dumps(results, indent=1))
+    plot(results, RESULTS / "long-calls.png")
+    for s in results["summary"].values():
+        print(json.dumps({k: v for k, v in s.items() if k != "events"}))
+
+
+if __name__ == "__main__":
+    main()

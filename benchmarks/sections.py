@@ -1,0 +1,174 @@
+"""The benchmark report's longer sections (capacity, long calls, soak), the summary table of the
+top-level README.md, and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.tables import _f, _load, cell
+
+LABELS = {
+    "voicegate": "voicegate (full Bedrock path: SDK + stand-in)",
+    "patched": "stock gateway + voicegate's aiortc patches (no model hop)",
+    "stock": "stock gateway, stock aiortc (no model hop)",
+    "pipecat": "Pipecat SmallWebRTC + Nova Sonic service",
+}
+
+
+def _why(step: dict[str, Any]) -> str:
+    agg = step["agg"]
+    parts = []
+    if agg.get("calls_failed", {}).get("median", 0):
+        parts.append(f"calls failed {cell(agg, 'calls_failed')}")
+    if (agg.get("rtt_p95", {}).get("median") or 0) > 80:
+        parts.append(f"RTT p95 {cell(agg, 'rtt_p95')}")
+    if (agg.get("fps_min", {}).get("median") or 50) < 49.5:
+        parts.append(f"fps {cell(agg, 'fps_min')}")
+    if agg.get("markers_lost", {}).get("max", 0):
+        parts.append(f"lost {cell(agg, 'markers_lost')}")
+    return ", ".join(parts) or f"{step['passed_runs']} of {len(step['runs'])} runs in budget"
+
+
+def capacity_lines(results: dict[str, Any]) -> list[str]:
+    cap = results.get("capacity")
+    if not cap:
+        return []
+    steps = results["meta"]["settings"]["steps"]
+    lines = [
+        "",
+        f"**Capacity** (N stepped {', '.join(map(str, steps))} for every system, stopping at "
+        "the first miss; budget: no failed call, RTT p95 <= 80 ms, >= 49.5 frames/s for every "
+        "call, no lost marker, met by most runs of a step; per added call = slope of a line "
+        "through every run's (N, figure), leaving out steps above 90 % of the gateway's core):",
+        "",
+        "| system | capacity | first miss | CPU % of a core per added call | RSS MB per added "
+        "call |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, c in cap.items():
+        miss = c["first_miss"]
+        why = f"N={miss}: {_why(c['steps'][str(miss)])}" if miss else "none"
+        lines.append(
+            f"| {LABELS.get(kind, kind)} | {_f(c['capacity'])} | {why} | "
+            f"{_f(c['cpu_per_call_percent'])} | {_f(c['rss_per_call_mb'])} |"
+        )
+    lines += [
+        "",
+        "| system, N | runs in budget | RTT p50 ms | p95 | fps min | lost | gateway CPU % "
+        "| RSS MB | load 1-min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, c in cap.items():
+        for n, step in c["steps"].items():
+            agg = step["agg"]
+            lines.append(
+                f"| {kind} N={n} | {step['passed_runs']}/{len(step['runs'])} | "
+                f"{cell(agg, 'rtt_p50')} | {cell(agg, 'rtt_p95')} | {cell(agg, 'fps_min')} | "
+                f"{cell(agg, 'markers_lost')} | {cell(agg, 'cpu_percent')} | "
+                f"{cell(agg, 'rss_mb')} | {_load(agg)} |"
+            )
+    return lines
+
+
+def long_lines(results: dict[str, Any]) -> list[str]:
+    long = results.get("long")
+    if not long:
+        return []
+    st = long["settings"]
+    lines = [
+        "",
+        f"**Long calls across stream renewals** (stand-in ends streams after "
+        f"{st['session_limit']:g} s, voicegate renews after {st['renew_after']:g} s, forced "
+        f"{st['renew_force_after']:g} s later; {st['runs']} runs x {st['calls']} calls x "
+        f"{st['seconds']:g} s; curve: `results/long-calls.png` from `benchmarks.long_calls`):",
+        "",
+        "| brain | renewals (forced) | audio replayed ms | handover gap ms | latency before ms "
+        "| excess after ms (max) | drained after s | lost / unanswered |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in ("echo", "echo-live", "turns"):
+        s = long.get(variant)
+        if not s:
+            continue
+        lost = s["markers_lost"] if s["workload"] == "markers" else s["turns_unanswered"]
+        lines.append(
+            f"| {variant} | {s['renewals']} ({s['forced']}) | {_f(s['replayed_ms_median'])} | "
+            f"{_f(s['gap_ms_median'])} | {_f(s['before_ms_median'])} | "
+            f"{_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
+            f"{_f(s['drained_after_s_median'])} | {lost} |"
+        )
+    return lines
+
+
+def soak_lines(results: dict[str, Any]) -> list[str]:
+    soak = results.get("soak")
+    if not soak or not soak.get("rss_samples"):
+        return []
+    (t0, mb0), (t1, mb1) = soak["rss_samples"][0], soak["rss_samples"][-1]
+    return [
+        "",
+        f"**Soak** (one run: {soak['summary']['calls']} calls for {t1} s): RSS {mb0} MB at "
+        f"{t0} s, {mb1} MB at {t1} s; growth after the first minute "
+        f"{soak['rss_growth_mb_after_first_minute']} MB; calls failed "
+        f"{soak['summary']['calls_failed']}.",
+    ]
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The short table in the top-level README.md."""
+    meta = results["meta"]
+    lat, turns, cap = (results.get(k, {}) for k in ("latency", "turns", "capacity"))
+    lines = [
+        f"{meta['mode'].capitalize()} run {meta['started_utc']}, commit "
+        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}, "
+        f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
+        f"{(meta.get('load_avg_after') or [0])[0]:g} after. Median of "
+        f"{meta['settings']['runs']} runs x {meta['settings']['calls']} calls (min–max); "
+        "details and method: [benchmarks/README.md](benchmarks/README.md#results).",
+        "",
+        "| | marker RTT p50 / p99 ms | speech end -> answer, minus 500 ms think | capacity "
+        "(RTT p95 <= 80 ms) | CPU % per added call |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, label in LABELS.items():
+        if kind not in lat and kind not in cap:
+            continue
+        agg = lat.get(kind, {}).get("agg", {})
+        t = turns.get(kind, {}).get("agg", {})
+        c = cap.get(kind, {})
+        lines.append(
+            f"| {label} | {cell(agg, 'rtt_p50')} / {cell(agg, 'rtt_p99')} | "
+            f"{cell(t, 'gateway_p50') if t else '–'} | {_f(c.get('capacity'))} | "
+            f"{_f(c.get('cpu_per_call_percent'))} |"
+        )
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    cap = results.get("capacity", {})
+    if cap:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for kind, c in cap.items():
+            if c["cpu_points"]:
+                a1.plot(*zip(*c["cpu_points"], strict=True), "o", label=kind, alpha=0.6)
+            ns = [int(n) for n in c["steps"]]
+            p95 = [s["agg"].get("rtt_p95", {}).get("median") for s in c["steps"].values()]
+            a2.plot(ns, [v or 0 for v in p95], "o-", label=kind)
+        a2.axhline(80, color="grey", ls="--", lw=1)
+        a1.set(xlabel="concurrent calls", ylabel="gateway CPU % of one core", title="CPU")
+        a2.set(xlabel="concurrent calls", ylabel="RTT p95 ms (median of runs)", title="Latency")
+        a1.legend()
+        a2.legend()
+        fig.savefig(out / "capacity.png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        made.append("capacity.png")
+    return made
