@@ -14,8 +14,13 @@ variant is ``--runs`` fresh runs of ``--calls`` calls:
   echoed a second time;
 - ``echo-live``: the same, with an echo that does not answer audio arriving in a burst ahead of
   real time (the replay), to separate the echo's double answer from the gateway's own cost;
+- ``control``: ``echo`` without renewals (no session limit, renewal after 400 s): what the same
+  machine does to the same calls meanwhile, so that a bump a renewal did not cause is seen;
 - ``turns``: turns through the turns brain, which answers each turn once and sends a USER
   transcript as Nova Sonic does: the conversation a renewal is built for.
+
+Runs are interleaved (run 1 of every variant, then run 2...) so that a shared machine's load
+falls on every variant alike.
 
 Prints and writes benchmarks/results/long-calls.json and long-calls.png: per renewal, the audio
 replayed, the handover gap, the RTT before, its peak after and how long it took to drain back.
@@ -33,16 +38,19 @@ from typing import Any
 from benchmarks import procs
 
 RESULTS = procs.ROOT / "benchmarks" / "results"
-BRAINS = {"echo": "echo", "echo-live": "echo-live", "turns": "turns"}
+BRAINS = {"echo": "echo", "echo-live": "echo-live", "control": "echo", "turns": "turns"}
+VARIANTS = ("echo", "echo-live", "control", "turns")
 
 
 def one_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vgbench-long-") as name:
         tmp = Path(name)
-        extra = ["--renew-after", str(args.renew_after)]
+        control = variant == "control"
+        extra = ["--renew-after", str(400 if control else args.renew_after)]
         extra += ["--renew-force-after", str(args.renew_force_after)]
+        limit = None if control else args.session_limit
         with (
-            procs.standin(tmp, BRAINS[variant], args.session_limit) as (info, _),
+            procs.standin(tmp, BRAINS[variant], limit) as (info, _),
             procs.gateway("voicegate", info, tmp, extra) as (url, _),
         ):
             workload = "turns" if variant == "turns" else "markers"
@@ -91,10 +99,21 @@ def _median(values: list[Any]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def bumps(call: dict[str, Any], threshold_ms: float = 100.0) -> int:
+    """Markers whose round trip exceeds the call's median by ``threshold_ms``."""
+    rtts = call.get("rtt_ms", [])
+    if not rtts:
+        return 0
+    base = statistics.median(rtts)
+    return sum(1 for ms in rtts if ms > base + threshold_ms)
+
+
 def summarize(variant: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
     workload = "turns" if variant == "turns" else "markers"
     events = [r for d in docs for c in d["calls"] for r in renewals(c, workload)]
     key = "rtt_ms" if workload == "markers" else "turn_ms"
+    calls = [c for d in docs for c in d["calls"]]
+    measured = sum(len(c.get(key, [])) for c in calls)
     return {
         "variant": variant,
         "workload": workload,
@@ -112,7 +131,13 @@ def summarize(variant: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
         "excess_ms_max": max((e["excess_ms"] or 0 for e in events), default=None),
         "drained_after_s_median": _median([e["drained_after_s"] for e in events]),
         "markers_lost": sum(d["summary"].get("markers_lost", 0) for d in docs),
+        "markers_sent": sum(c.get("markers_sent", 0) for c in calls),
+        "markers_heard": sum(c.get("markers_heard", 0) for c in calls),
         "turns_unanswered": sum(d["summary"].get("turns_unanswered", 0) for d in docs),
+        "late_share_percent": round(100 * sum(bumps(c) for c in calls) / measured, 1)
+        if measured and workload == "markers"
+        else None,
+        "load_1min_after_runs": [d["meta"]["load_avg_after"][0] for d in docs],
         "events": events,
     }
 
@@ -144,12 +169,22 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def interleaved(variants: list[str], args: argparse.Namespace) -> dict[str, list[Any]]:
+    """Run 1 of every variant, then run 2...: a shared machine's load falls on all alike."""
+    runs: dict[str, list[Any]] = {v: [] for v in variants}
+    for i in range(args.runs):
+        for variant in variants:
+            print(f"  long calls: {variant} run {i + 1}/{args.runs} ...", flush=True)
+            runs[variant].append(one_run(variant, args))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=45.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3)
-    parser.add_argument("--variants", default="echo,echo-live,turns")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--session-limit", type=float, default=15.0)
     parser.add_argument("--renew-after", type=float, default=8.0)
     parser.add_argument("--renew-force-after", type=float, default=2.0)
@@ -162,13 +197,9 @@ def main() -> None:
         "runs": {},
         "summary": {},
     }
+    results["runs"] = interleaved(variants, args)
     for variant in variants:
-        docs = []
-        for i in range(args.runs):
-            print(f"  long calls: {variant} run {i + 1}/{args.runs} ...", flush=True)
-            docs.append(one_run(variant, args))
-        results["runs"][variant] = docs
-        results["summary"][variant] = summarize(variant, docs)
+        results["summary"][variant] = summarize(variant, results["runs"][variant])
     results["meta"]["load_avg_after"] = procs.load_avg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "long-calls.json").write_text(json.dumps(results, indent=1))

@@ -59,7 +59,7 @@ def rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def standin(
-    tmp: Path, brain: str = "echo", session_limit: float | None = None
+    tmp: Path, brain: str = "echo", session_limit: float | None = None, think_s: float = 0.2
 ) -> Iterator[tuple[dict[str, Any], Path]]:
     """A fresh stand-in (benchmarks/standin_proc.py) on CPU 1: its client env and marks file."""
     marks = tmp / "marks.json"
@@ -67,6 +67,8 @@ def standin(
     cmd += ["--cert-dir", str(tmp / "certs"), "--marks", str(marks), "--brain", brain]
     if session_limit:
         cmd += ["--session-limit", str(session_limit)]
+    if brain == "turns":
+        cmd += ["--think", str(think_s)]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.PIPE,

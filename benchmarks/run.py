@@ -189,11 +189,8 @@ def scenario_long(mode: Mode) -> dict[str, Any]:
         renew_force_after=2.0,
     )  # fmt: skip
     out: dict[str, Any] = {"settings": vars(args)}
-    for variant in ("echo", "echo-live", "turns"):
-        docs = []
-        for i in range(RUNS):
-            print(f"  long calls {variant}: run {i + 1}/{RUNS} ...", flush=True)
-            docs.append(long_calls.one_run(variant, args))
+    runs = long_calls.interleaved(list(long_calls.VARIANTS), args)
+    for variant, docs in runs.items():
         out[variant] = long_calls.summarize(variant, docs)
     return out
 

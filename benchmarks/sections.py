@@ -84,10 +84,11 @@ def long_lines(results: dict[str, Any]) -> list[str]:
         f"{st['seconds']:g} s; curve: `results/long-calls.png` from `benchmarks.long_calls`):",
         "",
         "| brain | renewals (forced) | audio replayed ms | handover gap ms | latency before ms "
-        "| excess after ms (max) | drained after s | lost / unanswered |",
-        "|---|---|---|---|---|---|---|---|",
+        "| excess after ms (max) | drained after s | late markers % | markers sent / heard "
+        "| lost / unanswered |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for variant in ("echo", "echo-live", "turns"):
+    for variant in ("echo", "echo-live", "control", "turns"):
         s = long.get(variant)
         if not s:
             continue
@@ -96,7 +97,8 @@ def long_lines(results: dict[str, Any]) -> list[str]:
             f"| {variant} | {s['renewals']} ({s['forced']}) | {_f(s['replayed_ms_median'])} | "
             f"{_f(s['gap_ms_median'])} | {_f(s['before_ms_median'])} | "
             f"{_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
-            f"{_f(s['drained_after_s_median'])} | {lost} |"
+            f"{_f(s['drained_after_s_median'])} | {_f(s.get('late_share_percent'))} | "
+            f"{s.get('markers_sent', '–')} / {s.get('markers_heard', '–')} | {lost} |"
         )
     return lines
 

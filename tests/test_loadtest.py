@@ -68,6 +68,7 @@ async def test_markers_two_calls_report_round_trips_and_frames() -> None:
     assert s["connect_ms"]["p50"] is not None and s["connect_ms"]["max"] is not None
     for call in doc["calls"]:
         assert call["ok"] and call["frames"] > 0 and call["rtt_ms"]
+        assert call["markers_heard"] >= len(call["rtt_ms"])
         assert call["candidates"] == ["host", "host"]
 
 

@@ -150,6 +150,9 @@ def table(doc: dict[str, Any], per_call_limit: int = 20) -> str:
                 f"  minus think {_f(s['think_ms'])} ms  {_pct(s['gateway_ms'])}  (gateway's own)"
             )
         lines.append(f"  turns unanswered   {s['turns_unanswered']} of {s['turns']}")
+        if not s["turns"]:
+            lines.append("  (no turn ended inside the window: turns are ~6 s apart, use a longer "
+                         "--duration)")  # fmt: skip
     lines.append(f"  frames/s received  min {_f(s['fps_min'])}  mean {_f(s['fps_mean'])}")
     lines.append(
         f"  loss               {_f(s['loss_percent'])} % ({s['packets_lost']} of "

@@ -176,6 +176,8 @@ class Analyzer:
             out["rtt_at_s"] = [round(t - t0, 2) for t, _ in rtts]
             out["markers_sent"] = sent_n
             out["markers_lost"] = max(0, sent_n - len(rtts))
+            # More markers heard than sent: the far end played some of them twice.
+            out["markers_heard"] = sum(1 for t in self.detector.on_marker if t0 <= t <= t1)
         else:
             turns = [(t, ms) for t, ms in self.turn_times(sent) if t0 <= t <= t1]
             out["turn_ms"] = [round(ms, 1) for _, ms in turns if ms is not None]
