@@ -5,6 +5,7 @@ Behaviours covered:
   trips and received frames;
 - the turns workload through the turns brain (fixed think time) answers every turn once, never
   sooner than the brain's think time, and reports the gateway's own share;
+- --relay takes the TURN server from GET /api/ice-servers and goes through a real coturn;
 - the command fails clearly (exit 1, a reason per call) on an unreachable URL, on a 401 (a server
   with an auth secret, no token) and on a refused call (503 at --max-sessions 1 with 2 calls),
   and exits 2 on a URL that is not one; its --json holds the documented summary fields;
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from tests.conftest import running_server
+from tests.coturn_util import running_coturn
 from voicegate.backends.base import BackendStream
 from voicegate.sonic import events as sonic
 from voicegate.standin.brains import EchoBrain
@@ -89,6 +92,26 @@ async def test_turns_are_answered_once_after_the_think_time() -> None:
     assert s["rtt_ms"]["p50"] is None  # no markers on this workload
 
 
+async def test_relay_goes_through_the_servers_turn(tmp_path: Path) -> None:
+    with running_coturn(tmp_path, SECRET) as turn:
+        async with running_server(
+            EchoBrainBackend(),
+            turn_urls=(f"turn:127.0.0.1:{turn.port}?transport=udp",),
+            turn_secret=SECRET,
+        ) as (url, _):
+            doc = await run(LoadOptions(url, calls=1, duration=2.0, warmup=0.5, relay=True))
+    s = doc["summary"]
+    assert (s["calls_ok"], s["calls_failed"]) == (1, 0), s["failures"]
+    assert doc["calls"][0]["candidates"][0] == "relay"
+    assert s["rtt_ms"]["n"] >= 1
+
+
+async def test_relay_without_a_turn_server_is_refused_before_calling() -> None:
+    async with running_server(EchoBrainBackend()) as (url, _):
+        with pytest.raises(RuntimeError, match="no TURN server"):
+            await run(LoadOptions(url, calls=1, duration=1.0, relay=True))
+
+
 # -- the command: exit status and messages -----------------------------------------------------
 
 
@@ -132,7 +155,7 @@ async def test_missing_token_fails_with_401() -> None:
 
 async def test_refused_call_fails_with_503(tmp_path: Path) -> None:
     report = tmp_path / "load.json"
-    async with running_server(EchoBrainBackend(), max_sessions=1) as (url, app):
+    async with running_server(EchoBrainBackend(), max_sessions=1) as (url, _):
         code, out, err = await _cli(url, "--calls", "2", "--duration", "2", "--json", str(report))
     assert code == 1, out + err
     doc: dict[str, Any] = json.loads(report.read_text())
