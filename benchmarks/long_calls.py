@@ -17,7 +17,10 @@ variant is ``--runs`` fresh runs of ``--calls`` calls:
 - ``control``: ``echo`` without renewals (no session limit, renewal after 400 s): what the same
   machine does to the same calls meanwhile, so that a bump a renewal did not cause is seen;
 - ``turns``: turns through the turns brain, which answers each turn once and sends a USER
-  transcript as Nova Sonic does: the conversation a renewal is built for.
+  transcript as Nova Sonic does: the conversation a renewal is built for;
+- ``turns-slow``: the same with a brain that takes 1 s from the end of a turn to its answer
+  (300 ms end-of-turn silence + 700 ms think, closer to a real model), longer than the 0.5 s of
+  user silence voicegate takes for a natural renewal point.
 
 Runs are interleaved (run 1 of every variant, then run 2...) so that a shared machine's load
 falls on every variant alike.
@@ -38,8 +41,16 @@ from typing import Any
 from benchmarks import procs
 
 RESULTS = procs.ROOT / "benchmarks" / "results"
-BRAINS = {"echo": "echo", "echo-live": "echo-live", "control": "echo", "turns": "turns"}
+BRAINS = {
+    "echo": "echo",
+    "echo-live": "echo-live",
+    "control": "echo",
+    "turns": "turns",
+    "turns-slow": "turns",
+}
+THINK_S = {"turns-slow": 0.7}
 VARIANTS = ("echo", "echo-live", "control", "turns")
+"""What the full benchmark runs; ``turns-slow`` on request (--variants)."""
 
 
 def one_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -50,10 +61,10 @@ def one_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         extra += ["--renew-force-after", str(args.renew_force_after)]
         limit = None if control else args.session_limit
         with (
-            procs.standin(tmp, BRAINS[variant], limit) as (info, _),
+            procs.standin(tmp, BRAINS[variant], limit, THINK_S.get(variant, 0.2)) as (info, _),
             procs.gateway("voicegate", info, tmp, extra) as (url, _),
         ):
-            workload = "turns" if variant == "turns" else "markers"
+            workload = "turns" if variant.startswith("turns") else "markers"
             think = info.get("think_ms") if workload == "turns" else None
             return procs.loadtest(
                 url, tmp / "load.json", args.calls, args.seconds, workload=workload,
@@ -109,7 +120,7 @@ def bumps(call: dict[str, Any], threshold_ms: float = 100.0) -> int:
 
 
 def summarize(variant: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
-    workload = "turns" if variant == "turns" else "markers"
+    workload = "turns" if variant.startswith("turns") else "markers"
     events = [r for d in docs for c in d["calls"] for r in renewals(c, workload)]
     key = "rtt_ms" if workload == "markers" else "turn_ms"
     calls = [c for d in docs for c in d["calls"]]
@@ -153,14 +164,17 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     variants = [v for v in results["variants"] if results["runs"].get(v)]
     fig, axes = plt.subplots(len(variants), 1, figsize=(9, 2.6 * len(variants)), squeeze=False)
     for ax, variant in zip(axes[:, 0], variants, strict=True):
-        call = results["runs"][variant][0]["calls"][0]
-        key = "turn" if variant == "turns" else "rtt"
-        ax.plot(call.get(f"{key}_at_s", []), call.get(f"{key}_ms", []), ".-", ms=3)
-        for event in call.get("server_events", []):
-            if event.get("kind") in ("renewal", "recovery"):
-                ax.axvline(event["at_s"], color="red", alpha=0.4, lw=1)
-        label = "speech end -> answer ms" if variant == "turns" else "marker RTT ms"
+        key = "turn" if variant.startswith("turns") else "rtt"
+        for i, doc in enumerate(results["runs"][variant]):
+            call = doc["calls"][0]  # the first call of each run; its runs' renewals in red
+            ax.plot(call.get(f"{key}_at_s", []), call.get(f"{key}_ms", []), ".-", ms=3,
+                    lw=0.8, label=f"run {i + 1}")  # fmt: skip
+            for event in call.get("server_events", []):
+                if event.get("kind") in ("renewal", "recovery"):
+                    ax.axvline(event["at_s"], color="red", alpha=0.25, lw=1)
+        label = "speech end -> answer ms" if key == "turn" else "marker RTT ms"
         ax.set(ylabel=label, title=f"{variant} (red: stream renewals)")
+        ax.legend(fontsize=7, loc="upper right")
         ax.set_ylim(bottom=0)
     axes[-1, 0].set_xlabel("seconds into the measured window")
     fig.tight_layout()
@@ -179,6 +193,11 @@ def interleaved(variants: list[str], args: argparse.Namespace) -> dict[str, list
     return runs
 
 
+def replot(name: str = "long-calls") -> None:
+    """Redraw results/NAME.png from results/NAME.json."""
+    plot(json.loads((RESULTS / f"{name}.json").read_text()), RESULTS / f"{name}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=45.0)
@@ -188,6 +207,7 @@ def main() -> None:
     parser.add_argument("--session-limit", type=float, default=15.0)
     parser.add_argument("--renew-after", type=float, default=8.0)
     parser.add_argument("--renew-force-after", type=float, default=2.0)
+    parser.add_argument("--name", default="long-calls", help="results/NAME.json and NAME.png")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     results: dict[str, Any] = {
@@ -202,8 +222,8 @@ def main() -> None:
         results["summary"][variant] = summarize(variant, results["runs"][variant])
     results["meta"]["load_avg_after"] = procs.load_avg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "long-calls.json").write_text(json.dumps(results, indent=1))
-    plot(results, RESULTS / "long-calls.png")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    plot(results, RESULTS / f"{args.name}.png")
     for s in results["summary"].values():
         print(json.dumps({k: v for k, v in s.items() if k != "events"}))
 

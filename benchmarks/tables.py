@@ -92,8 +92,11 @@ def _slope(points: list[tuple[int, float]]) -> tuple[float, float] | None:
 
 def capacity(steps: dict[str, Any]) -> dict[str, Any]:
     """Capacity within the budget, and CPU / RSS as the slope over N (growth per added call)."""
-    passed = [int(n) for n, s in steps.items() if s["passes"]]
-    missed = [int(n) for n, s in steps.items() if not s["passes"]]
+    ladder = sorted(int(n) for n in steps)
+    missed = [n for n in ladder if not steps[str(n)]["passes"]]
+    within = [n for n in ladder if not missed or n < missed[0]]
+    live = [n for n in ladder if steps[str(n)].get("real_time", True)]
+    lost = [n for n in ladder if not steps[str(n)].get("real_time", True)]
     cpu: list[tuple[int, float]] = []
     rss: list[tuple[int, float]] = []
     for n, step in steps.items():
@@ -107,8 +110,11 @@ def capacity(steps: dict[str, Any]) -> dict[str, Any]:
                 rss.append((int(n), g["rss_mb"]))
     cpu_fit, rss_fit = _slope(cpu), _slope(rss)
     return {
-        "capacity": max(passed) if passed else None,
-        "first_miss": min(missed) if missed else None,
+        "capacity": max(within) if within else None,
+        "first_miss": missed[0] if missed else None,
+        "real_time_up_to": max(n for n in live if not lost or n < lost[0]) if live else None,
+        "real_time_lost_at": lost[0] if lost else None,
+        "ladder_top": ladder[-1] if ladder else None,
         "cpu_per_call_percent": cpu_fit[0] if cpu_fit else None,
         "cpu_intercept_percent": cpu_fit[1] if cpu_fit else None,
         "rss_per_call_mb": rss_fit[0] if rss_fit else None,
