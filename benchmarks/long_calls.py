@@ -35,6 +35,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +194,29 @@ def interleaved(variants: list[str], args: argparse.Namespace) -> dict[str, list
     return runs
 
 
-def replot(name: str = "long-calls") -> None:
-    """Redraw results/NAME.png from results/NAME.json."""
-    plot(json.loads((RESULTS / f"{name}.json").read_text()), RESULTS / f"{name}.png")
+def render(name: str = "long-calls") -> None:
+    """Redraw results/NAME.png and the NAME block of benchmarks/README.md from NAME.json."""
+    from benchmarks.sections import long_table
+    from benchmarks.tables import replace_block
+
+    results = json.loads((RESULTS / f"{name}.json").read_text())
+    plot(results, RESULTS / f"{name}.png")
+    meta = results["meta"]
+    dirty = " (dirty tree)" if meta["git_dirty"] else ""
+    text = "\n".join(
+        [
+            f"Run {meta.get('started_utc') or '(start not recorded)'} at commit "
+            f"`{meta['git_commit'][:10]}`{dirty}, "
+            f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
+            f"{meta['load_avg_after'][0]:g} after (raw: `results/{name}.json`).",
+            "",
+            *long_table(results["summary"], results["settings"], name),
+        ]
+    )
+    replace_block(
+        procs.ROOT / "benchmarks" / "README.md", f"<!-- {name}:start -->", f"<!-- {name}:end -->",
+        text,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -208,10 +229,20 @@ def main() -> None:
     parser.add_argument("--renew-after", type=float, default=8.0)
     parser.add_argument("--renew-force-after", type=float, default=2.0)
     parser.add_argument("--name", default="long-calls", help="results/NAME.json and NAME.png")
+    parser.add_argument(
+        "--render", action="store_true", help="only redraw NAME.png and its README block"
+    )
     args = parser.parse_args()
+    if args.render:
+        render(args.name)
+        return
     variants = [v for v in args.variants.split(",") if v]
     results: dict[str, Any] = {
-        "meta": procs.machine_meta() | {"load_avg_before": procs.load_avg()},
+        "meta": procs.machine_meta()
+        | {
+            "load_avg_before": procs.load_avg(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
         "settings": vars(args),
         "variants": variants,
         "runs": {},
@@ -224,6 +255,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     plot(results, RESULTS / f"{args.name}.png")
+    render(args.name)
     for s in results["summary"].values():
         print(json.dumps({k: v for k, v in s.items() if k != "events"}))
 

@@ -246,8 +246,22 @@ def main() -> None:
     )
     parser.add_argument("--peers", default="stock,pipecat", help="peers to compare with")
     parser.add_argument("--soak-s", type=float, help="soak length (full: 600 s)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="write the README tables even when the machine was shared (marked as such)",
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the README blocks from the last JSON"
+    )
     args = parser.parse_args()
     mode = FULL if args.full else SHORT
+    if args.render:
+        name = f"results-{mode.name}.json"
+        results = json.loads((RESULTS / name).read_text())
+        made = [m for m in ("capacity.png",) if (RESULTS / m).exists()]
+        tables.write_readmes(results, tables.report(results, name, made), name, args.publish)
+        return
     if args.soak_s is not None:
         mode.soak_s = args.soak_s
     only = set(args.only.split(","))
@@ -298,7 +312,7 @@ def main() -> None:
     text = tables.report(results, name, made)
     print("\n" + text)
     if not suffix:
-        tables.write_readmes(results, text)
+        tables.write_readmes(results, text, name, args.publish)
 
 
 if __name__ == "__main__":

@@ -87,30 +87,36 @@ def long_lines(results: dict[str, Any]) -> list[str]:
     long = results.get("long")
     if not long:
         return []
-    st = long["settings"]
+    summaries = {k: v for k, v in long.items() if k != "settings"}
+    return ["", *long_table(summaries, long["settings"], "long-calls")]
+
+
+def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list[str]:
+    """The long-call table: per brain, renewals, replay, gap and what latency did around them."""
     lines = [
-        "",
         f"**Long calls across stream renewals** (stand-in ends streams after "
         f"{st['session_limit']:g} s, voicegate renews after {st['renew_after']:g} s, forced "
-        f"{st['renew_force_after']:g} s later; {st['runs']} runs x {st['calls']} calls x "
-        f"{st['seconds']:g} s; curve: `results/long-calls.png` from `benchmarks.long_calls`):",
+        f"{st['renew_force_after']:g} s later; {st['runs']} interleaved runs x {st['calls']} "
+        f"calls x {st['seconds']:g} s; medians over all renewals; curves: `results/{name}.png`):",
         "",
-        "| brain | renewals (forced) | audio replayed ms | handover gap ms | latency before ms "
-        "| excess after ms (max) | drained after s | late markers % | markers sent / heard "
-        "| lost / unanswered |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| brain | renewals (forced) | audio replayed ms | handover gap ms | p50 per run ms "
+        "| excess after a renewal ms (max) | drained after s | late markers % | markers sent "
+        "/ heard | lost / unanswered | load 1-min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in ("echo", "echo-live", "control", "turns", "turns-slow"):
-        s = long.get(variant)
+        s = summaries.get(variant)
         if not s:
             continue
         lost = s["markers_lost"] if s["workload"] == "markers" else s["turns_unanswered"]
+        heard = f"{s['markers_sent']} / {s['markers_heard']}" if s["markers_sent"] else "–"
+        loads = s.get("load_1min_after_runs") or []
         lines.append(
             f"| {variant} | {s['renewals']} ({s['forced']}) | {_f(s['replayed_ms_median'])} | "
-            f"{_f(s['gap_ms_median'])} | {_f(s['before_ms_median'])} | "
-            f"{_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
-            f"{_f(s['drained_after_s_median'])} | {_f(s.get('late_share_percent'))} | "
-            f"{s.get('markers_sent', '–')} / {s.get('markers_heard', '–')} | {lost} |"
+            f"{_f(s['gap_ms_median'])} | {', '.join(_f(v) for v in s['latency_p50_per_run'])} "
+            f"| {_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
+            f"{_f(s['drained_after_s_median'])} | {_f(s.get('late_share_percent'))} | {heard} | "
+            f"{lost} | {'–'.join(_f(v) for v in (min(loads), max(loads))) if loads else '–'} |"
         )
     return lines
 

@@ -253,7 +253,7 @@ def report(results: dict[str, Any], name: str, made: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _replace_block(path: Path, start: str, end: str, text: str) -> None:
+def replace_block(path: Path, start: str, end: str, text: str) -> None:
     body = path.read_text() if path.exists() else f"{start}\n{end}\n"
     if start not in body:
         body += f"\n{start}\n{end}\n"
@@ -262,16 +262,28 @@ def _replace_block(path: Path, start: str, end: str, text: str) -> None:
     path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
-def write_readmes(results: dict[str, Any], text: str) -> None:
+def write_readmes(results: dict[str, Any], text: str, name: str, publish: bool) -> None:
+    """The README blocks. A run on a shared machine (see BUSY_LOAD) is not published there
+    unless ``publish``: the blocks then say so, and where the raw figures are."""
     from benchmarks.sections import summary
 
-    _replace_block(
+    busy = _busy(results)
+    short = summary(results)
+    if busy and not publish:
+        meta = results["meta"]
+        text = short = (
+            f"Not published: the last run ({meta['mode']}, {meta['started_utc']}, commit "
+            f"`{meta['git_commit'][:10]}`) was on a shared machine ({busy}), where other "
+            "processes' load moves latencies by hundreds of ms between runs. Its raw figures are "
+            f"in `benchmarks/results/{name}`; run `make bench` on a quiet machine to publish "
+            "(`python -m benchmarks.run --publish` publishes anyway, marked as shared)."
+        )
+    replace_block(
         ROOT / "benchmarks" / "README.md", "<!-- results:start -->", "<!-- results:end -->", text
     )
-    _replace_block(
-        ROOT / "README.md", "<!-- bench-summary:start -->", "<!-- bench-summary:end -->",
-        summary(results),
-    )  # fmt: skip
+    replace_block(
+        ROOT / "README.md", "<!-- bench-summary:start -->", "<!-- bench-summary:end -->", short
+    )
 
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:
