@@ -111,6 +111,19 @@ def _median(values: list[Any]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def replayed_turns(call: dict[str, Any]) -> list[float]:
+    """Answer times of the turns that a renewal replayed: the last turn that ended within 6 s
+    before a renewal which replayed audio (its answer was pending when the stream changed)."""
+    turns = list(zip(call.get("turn_at_s", []), call.get("turn_ms", []), strict=True))
+    out = []
+    for event in call.get("server_events", []):
+        if event.get("kind") == "renewal" and (event.get("replayed_ms") or 0) > 0:
+            before = [ms for t, ms in turns if 0 < event["at_s"] - t < 6.0]
+            if before:
+                out.append(before[-1])
+    return out
+
+
 def bumps(call: dict[str, Any], threshold_ms: float = 100.0) -> int:
     """Markers whose round trip exceeds the call's median by ``threshold_ms``."""
     rtts = call.get("rtt_ms", [])
@@ -146,6 +159,13 @@ def summarize(variant: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
         "markers_sent": sum(c.get("markers_sent", 0) for c in calls),
         "markers_heard": sum(c.get("markers_heard", 0) for c in calls),
         "turns_unanswered": sum(d["summary"].get("turns_unanswered", 0) for d in docs),
+        "renewals_replaying": sum(1 for e in events if (e["replayed_ms"] or 0) > 0),
+        "replayed_turn_answer_ms": _median([ms for c in calls for ms in replayed_turns(c)])
+        if workload == "turns"
+        else None,
+        "answer_ms_median": _median([ms for c in calls for ms in c.get("turn_ms", [])])
+        if workload == "turns"
+        else None,
         "late_share_percent": round(100 * sum(bumps(c) for c in calls) / measured, 1)
         if measured and workload == "markers"
         else None,

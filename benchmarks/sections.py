@@ -99,10 +99,11 @@ def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list
         f"{st['renew_force_after']:g} s later; {st['runs']} interleaved runs x {st['calls']} "
         f"calls x {st['seconds']:g} s; medians over all renewals; curves: `results/{name}.png`):",
         "",
-        "| brain | renewals (forced) | audio replayed ms | handover gap ms | p50 per run ms "
-        "| excess after a renewal ms (max) | drained after s | late markers % | markers sent "
-        "/ heard | lost / unanswered | load 1-min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| brain | renewals (forced, replaying) | audio replayed ms (max) | handover gap ms | "
+        "p50 / p95 per run ms | excess after a renewal ms (max) | drained after s | late "
+        "markers % | markers sent / heard | answer ms: all turns / turns a renewal replayed "
+        "| lost / unanswered | load 1-min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in ("echo", "echo-live", "control", "turns", "turns-slow"):
         s = summaries.get(variant)
@@ -111,12 +112,23 @@ def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list
         lost = s["markers_lost"] if s["workload"] == "markers" else s["turns_unanswered"]
         heard = f"{s['markers_sent']} / {s['markers_heard']}" if s["markers_sent"] else "–"
         loads = s.get("load_1min_after_runs") or []
+        load = f"{_f(min(loads))}–{_f(max(loads))}" if loads else "–"
+        answers = (
+            f"{_f(s.get('answer_ms_median'))} / {_f(s.get('replayed_turn_answer_ms'))}"
+            if s["workload"] == "turns"
+            else "–"
+        )
+        per_run = ", ".join(
+            f"{_f(a)} / {_f(b)}"
+            for a, b in zip(s["latency_p50_per_run"], s["latency_p95_per_run"], strict=True)
+        )
         lines.append(
-            f"| {variant} | {s['renewals']} ({s['forced']}) | {_f(s['replayed_ms_median'])} | "
-            f"{_f(s['gap_ms_median'])} | {', '.join(_f(v) for v in s['latency_p50_per_run'])} "
+            f"| {variant} | {s['renewals']} ({s['forced']}, {s.get('renewals_replaying', '–')}) "
+            f"| {_f(s['replayed_ms_median'])} "
+            f"({_f(s['replayed_ms_max'])}) | {_f(s['gap_ms_median'])} | {per_run} "
             f"| {_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
             f"{_f(s['drained_after_s_median'])} | {_f(s.get('late_share_percent'))} | {heard} | "
-            f"{lost} | {'–'.join(_f(v) for v in (min(loads), max(loads))) if loads else '–'} |"
+            f"{answers} | {lost} | {load} |"
         )
     return lines
 
