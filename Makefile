@@ -8,10 +8,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 BACKEND ?= auto
 PYTEST_ARGS ?=
-DEBS := espeak-ng sox chromium coturn iproute2
+DEBS := espeak-ng sox chromium coturn iproute2 redis-server
 STAMP = $(VENV)/.installed-$(1)-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full standin clean
+.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full standin clean \
+	image image-local image-test image-debs
 
 run: setup
 	$(VENV)/bin/voicegate serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
@@ -33,7 +34,7 @@ setup-test: $(PY)
 	  touch "$(call STAMP,test)" "$(call STAMP,default)"; fi
 
 # Debian packages the tests drive for real: espeak-ng and sox make speech, chromium is the browser,
-# coturn the TURN relay, iproute2 the network namespaces.
+# coturn the TURN relay, iproute2 the network namespaces, redis-server the cluster directory.
 debs:
 	@missing=""; \
 	for pkg in $(DEBS); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
@@ -47,6 +48,7 @@ debs:
 lint: setup-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 typecheck: setup-test
 	$(VENV)/bin/mypy
@@ -66,6 +68,27 @@ bench-full: setup-test debs
 
 standin: setup
 	$(VENV)/bin/voicegate standin --port 8443 --cert-dir .standin
+
+# The container image (Dockerfile, docs/deploy.md) with whichever of docker, podman, buildah
+# works. `image` builds FROM python:3.12-slim (needs a registry); `image-local` FROM a Debian
+# trixie base made here with mmdebstrap (no registry needed, PyPI through the host's pip
+# configuration); `image-test` builds that and checks the running container (minutes).
+IMAGE ?= voicegate:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_DEBS := podman buildah mmdebstrap runc
+# runc where present: crun cannot set rlimits in some sandboxes.
+OCI_RUNTIME ?= $(if $(shell command -v runc),runc,)
+
+image:
+	IMAGE=$(IMAGE) scripts/build-image
+
+image-local: image-debs
+	IMAGE=$(IMAGE) OCI_RUNTIME=$(OCI_RUNTIME) scripts/build-image --local
+
+image-test: setup-test image-debs
+	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/test_deploy.py -m image $(PYTEST_ARGS)
+
+image-debs:
+	@$(MAKE) --no-print-directory debs DEBS="$(IMAGE_DEBS)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from voicegate import sonic
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings, BedrockStream
-from voicegate.sonic import events as sonic
 
 CHUNK_SAMPLES = 512  # 32 ms at 16 kHz, what the conversation layer sends
 CHUNK_S = CHUNK_SAMPLES / 16000
@@ -90,7 +90,7 @@ async def micro(n: int = 5000) -> dict[str, float]:
     from smithy_core.aio.interfaces import ProtocolSettings
     from smithy_core.aio.types import AsyncBytesReader
 
-    from voicegate.backends.bedrock.client import _input_chunk
+    from voicegate.backends.bedrock.stream import _input_chunk
 
     codec = RestJsonClientProtocol(
         ProtocolSettings(

@@ -125,7 +125,12 @@ async def measure(runs: int) -> dict[str, list[dict[str, Any]]]:
     """``runs`` calls per mode (after one warm-up call per voicegate process)."""
     with tempfile.TemporaryDirectory(prefix="vg-bench-") as tmp:
         workdir = Path(tmp)
-        with standin(workdir) as env, running_coturn(workdir, SECRET) as relay:
+        # The stand-in and coturn are separate processes whose start and stop wait on them:
+        # that waiting happens in a thread, so the loop that carries the calls never stalls.
+        helpers = contextlib.ExitStack()
+        try:
+            env = await asyncio.to_thread(helpers.enter_context, standin(workdir))
+            relay = await asyncio.to_thread(helpers.enter_context, running_coturn(workdir, SECRET))
             results: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
             async with (
                 server(workdir, relay.port, False, env) as plain,
@@ -145,6 +150,8 @@ async def measure(runs: int) -> dict[str, list[dict[str, Any]]]:
                         r = await one_call(ctx, srv, query)
                         results[mode].append(r)
                         print(f"run {i} {mode:10} {json.dumps(r)}", flush=True)
+        finally:
+            await asyncio.to_thread(helpers.close)
     return results
 
 

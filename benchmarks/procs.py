@@ -162,13 +162,18 @@ def gateway(
     kind: str, standin_env: dict[str, Any], tmp: Path, extra: list[str] | None = None
 ) -> Iterator[tuple[str, Sampler]]:
     """A fresh gateway on CPU 0 (its URL and CPU/RSS sampler). voicegate runs with the offer
-    rate limit and loop-lag shedding off: one load client makes every offer, and capacity is
-    measured against the latency budget, not against a shedding threshold."""
+    rate limit, the per-address connection cap and loop-lag shedding off: one load client makes
+    every offer, and capacity is measured against the latency budget, not against a shedding
+    threshold."""
     port = free_port()
     full = {k: str(v) for k, v in standin_env.items() if k != "think_ms"}
     full = {**env(), **full}
+    # Every simulated caller comes from 127.0.0.1: the per-address caps are off too.
     full.update(
-        VOICEGATE_MAX_SESSIONS="400", VOICEGATE_OFFER_RATE="0", VOICEGATE_MAX_LOOP_LAG_MS="0"
+        VOICEGATE_MAX_SESSIONS="400",
+        VOICEGATE_OFFER_RATE="0",
+        VOICEGATE_MAX_LOOP_LAG_MS="0",
+        VOICEGATE_MAX_CONNECTIONS_PER_IP="0",
     )
     if kind == "pipecat":
         full.pop("PYTHONPATH", None)

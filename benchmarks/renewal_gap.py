@@ -1,4 +1,4 @@
-"""Handover gap of stream renewals and recoveries (issue 4), through the real SDK.
+"""Handover gap of stream renewals and recoveries, through the real SDK.
 
     .venv/bin/python -m benchmarks.renewal_gap [--renewals 20] [--history 12]
 
@@ -26,13 +26,13 @@ import numpy as np
 
 from voicegate.backends.base import StreamLost
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings, BedrockStream
-from voicegate.conversation.dialogue import (
-    CHUNK_SAMPLES,
+from voicegate.conversation import (
     Conversation,
     ConversationEvent,
     ConversationSettings,
+    default_tools,
 )
-from voicegate.conversation.tools import default_tools
+from voicegate.media.audio import CHUNK_SAMPLES, MODEL_INPUT_RATE
 
 
 class Sink:
@@ -74,7 +74,7 @@ async def _feed(conv: Conversation, stop: asyncio.Event, voiced: asyncio.Event) 
     while not stop.is_set():
         conv.send_audio(voice if voiced.is_set() else silence)
         n += 1
-        await asyncio.sleep(max(0.0, start + n * 0.032 - loop.time()))
+        await asyncio.sleep(max(0.0, start + n * CHUNK_SAMPLES / MODEL_INPUT_RATE - loop.time()))
 
 
 async def main(renewals: int, history: int) -> dict[str, Any]:

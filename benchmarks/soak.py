@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from voicegate import logs
+from voicegate import logs, media
 from voicegate.backends.echo import EchoBackend
-from voicegate.config import ServeConfig, resolve
+from voicegate.config import ServeConfig, media_setup, resolve
 from voicegate.media import ice
-from voicegate.observability.metrics import open_fds, rss_bytes
+from voicegate.observability.process import open_fds, rss_bytes
 from voicegate.signaling.app import SESSIONS, create_app
 from voicegate.testing.client import CallClient
 
@@ -98,7 +98,9 @@ async def echo_server(**overrides: Any) -> AsyncIterator[tuple[str, web.Applicat
     base = resolve(None, env={})
     values = {f: getattr(base, f) for f in ServeConfig.__dataclass_fields__}
     values.update(overrides, port=0)
-    app = create_app(ServeConfig(**values), EchoBackend())
+    config = ServeConfig(**values)
+    media.configure(media_setup(config))
+    app = create_app(config, EchoBackend())
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

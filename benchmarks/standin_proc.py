@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from voicegate.standin.brains import BrainFactory, EchoBrain
+from voicegate.standin.brains import EchoBrain
+from voicegate.standin.factories import BrainFactory
 from voicegate.standin.scripted_turns import TurnsFactory
 from voicegate.standin.server import StandIn
 from voicegate.testing.signals import Detector

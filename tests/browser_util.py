@@ -28,8 +28,8 @@ CHROMIUM = Path(os.environ.get("VOICEGATE_CHROMIUM", "/usr/bin/chromium"))
 SERVER_START_TIMEOUT_S = 120.0  # the local backend loads Whisper and TTS weights before listening
 HTTP_TIMEOUT_S = 10.0
 
-# Chromium flags from the recipe that worked on this class of machine
-# (../shared/reference/aiortc-on-this-machine.md section 4).
+# Chromium flags for a headless root run on a machine with no outside network: no sandbox,
+# no GPU, and none of Chromium's background connections (they would all be refused).
 CHROMIUM_ARGS: tuple[str, ...] = (
     "--no-sandbox",  # tests run as root in containers, where the setuid sandbox cannot start
     "--disable-gpu",
@@ -200,6 +200,10 @@ class Server:
                 f"/healthz sessions stayed {last}, expected {expected}:\n{self.log_tail()}"
             ) from None
 
+    async def aclose(self) -> None:
+        """``stop`` off the event loop: the server drains on SIGTERM, which takes a while."""
+        await asyncio.to_thread(self.stop)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -225,7 +229,7 @@ async def running_server(
         await server.start()
         yield server
     finally:
-        server.stop()
+        await server.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -234,12 +238,15 @@ async def chromium(
     extra_args: Sequence[str] = (),
     loop_mic: bool = False,
     allow_mic: bool = True,
+    bypass_csp: bool = True,
 ) -> AsyncIterator[Any]:
     """A fresh headless Debian chromium profile (Playwright BrowserContext) with a fake mic.
 
     ``--mute-audio`` (a Playwright default) is dropped so the page's audio graph really runs.
     ``%noloop`` stops Chromium replaying the WAV, so one utterance gives one turn. With
     ``allow_mic=False`` the microphone permission prompt is answered "deny", as a user would.
+    ``bypass_csp``: Playwright's ``wait_for_function`` evaluates its predicate with ``eval``,
+    which the page's Content-Security-Policy forbids; tests of the policy itself pass False.
     """
     require_browser()
     from playwright.async_api import async_playwright
@@ -259,6 +266,7 @@ async def chromium(
                     ignore_default_args=["--mute-audio"],
                     args=args,
                     timeout=60_000,
+                    bypass_csp=bypass_csp,
                 )
             try:
                 yield ctx

@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
+from voicegate import media
 from voicegate.backends.base import Backend
-from voicegate.config import ServeConfig, resolve
+from voicegate.config import ServeConfig, media_setup, resolve
 from voicegate.media import ice
+
+# Imported here, once, so that no test pays for importing aiortc's codecs inside its running loop.
+from voicegate.media import patch as _aiortc_patch  # noqa: F401
 from voicegate.signaling.app import create_app
+from voicegate.signaling.listener import serve
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Tests never probe the EC2 instance metadata service: all their traffic stays on loopback.
@@ -50,16 +56,13 @@ async def running_server(
     values.update(overrides)
     values["port"] = 0
     config = ServeConfig(**values)
+    media.configure(media_setup(config))
     app = create_app(config, backend)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    listener = await serve(app, config, host="127.0.0.1", port=0)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield listener.url, app
     finally:
-        await runner.cleanup()
+        await listener.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
-"""A real coturn for tests: the repository's dev config, rewritten for a free port and a secret.
+"""A real coturn for tests: the repository's own configs with only their placeholders filled.
 
-Shared by the browser relay tests and the NAT test (which runs coturn inside a network namespace
-the test creates), so both start the relay exactly the way turn/README.md tells people to.
+The dev config (loopback, a free port, a secret) serves the browser relay tests and the NAT test
+(which runs coturn inside a network namespace the test creates); the production config (realm,
+secret, certificate and addresses filled in, nothing else changed) serves the hardening test.
+Both start the relay exactly the way turn/README.md tells people to.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.browser_util import missing
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_CONF = REPO / "turn" / "turnserver-dev.conf"
+PROD_CONF = REPO / "turn" / "turnserver.conf"
 START_TIMEOUT_S = 10.0
 START_ATTEMPTS = 3
 
@@ -64,6 +67,32 @@ def dev_config(
     return "".join(f"listening-ip={ip}\n" for ip in listen_ips) + conf
 
 
+def prod_config(
+    secret: str,
+    *,
+    realm: str,
+    listen_ips: Sequence[str],
+    relay_ips: Sequence[str],
+    cert: Path,
+    pkey: Path,
+) -> str:
+    """turn/turnserver.conf with its CHANGE values and the addresses filled in; ports, quotas,
+    denied ranges and every other line exactly as shipped."""
+    conf = PROD_CONF.read_text()
+    values = {
+        "realm": realm,
+        "server-name": realm,
+        "static-auth-secret": secret,
+        "cert": str(cert),
+        "pkey": str(pkey),
+    }
+    for key, value in values.items():
+        conf, found = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", conf)
+        assert found == 1, f"turn/turnserver.conf has {found} lines {key}=, expected one"
+    head = [f"listening-ip={ip}" for ip in listen_ips] + [f"relay-ip={ip}" for ip in relay_ips]
+    return "\n".join(head) + "\n" + conf
+
+
 def stun_answers(
     address: tuple[str, int], timeout: float, make_socket: Callable[[], socket.socket] | None = None
 ) -> bool:
@@ -100,15 +129,19 @@ def running_coturn(
     relay_ip: str = "127.0.0.1",
     prefix: Sequence[str] = (),
     make_socket: Callable[[], socket.socket] | None = None,
+    config: tuple[str, int] | None = None,
 ) -> Iterator[Coturn]:
-    """coturn with the dev config on a free port. ``prefix`` wraps the command
-    (e.g. ``ip netns exec NS``), ``make_socket`` makes the readiness probe's socket there too."""
+    """coturn with the dev config on a free port, or with ``config`` = (text, its port), e.g.
+    :func:`prod_config` inside a namespace of the test's own where every port is free.
+    ``prefix`` wraps the command (e.g. ``ip netns exec NS``), ``make_socket`` makes the
+    readiness probe's socket there too."""
     binary = require_coturn()
-    for attempt in range(START_ATTEMPTS):
-        port = free_port_pair()
+    for attempt in range(1 if config else START_ATTEMPTS):
+        port = config[1] if config else free_port_pair()
+        text = config[0] if config else dev_config(port, secret, listen_ips, relay_ip)
         path = workdir / f"turnserver-{port}.conf"
         pidfile = workdir / f"turn-{port}.pid"
-        path.write_text(dev_config(port, secret, listen_ips, relay_ip) + f"pidfile={pidfile}\n")
+        path.write_text(text + f"pidfile={pidfile}\n")
         log_path = workdir / f"turnserver-{port}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(

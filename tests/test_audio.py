@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from voicegate.media.audio import Chunker, InboundResampler, dbfs, pcm_frame, rms
+from voicegate.media.audio import Chunker, InboundResampler, pcm_frame
+from voicegate.media.levels import dbfs, rms
 
 
 def _stereo48(samples: np.ndarray, pts: int) -> av.AudioFrame:

@@ -296,7 +296,7 @@ async def test_a_token_cannot_touch_another_call() -> None:
 
 
 async def test_a_call_restarts_with_its_own_session_token() -> None:
-    """Reconnect after a network change (issue 4) under auth: the call's session_token is the
+    """Reconnect after a network change under auth: the call's session_token is the
     credential, and the restarted call keeps that token (and so its expiry)."""
     async with running_server(EchoBackend(), auth_secret=SECRET) as (url, app):
         first = CallClient(url, token=auth.mint(SECRET, 60))

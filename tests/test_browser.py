@@ -149,7 +149,7 @@ async def test_unreachable_server_is_reported(server: Server, spoken_wav: Path) 
         page = ctx.pages[0] if ctx.pages else await ctx.new_page()
         async with asyncio.timeout(30):
             await page.goto(f"{server.base}/?raw=1", timeout=30_000)
-        server.stop()  # the page is loaded; now the server goes away
+        await server.aclose()  # the page is loaded; now the server goes away
         async with asyncio.timeout(10):
             await page.click("#connect", timeout=10_000)
         await wait_js(page, "vg.errors.length > 0", 20_000, "an error message", server)

@@ -227,7 +227,7 @@ async def test_turn_secret_never_reaches_the_browser_or_the_log(
         "data channel": json.dumps(vg["events"]),
         "page": html,
     }
-    server.stop()  # flush and close the log before reading it whole
+    await server.aclose()  # flush and close the log before reading it whole
     received["server log"] = server.log_path.read_text(errors="replace")
     assert "listening" in received["server log"], received["server log"][-2000:]
     for where, text in received.items():

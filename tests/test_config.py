@@ -8,6 +8,7 @@ import pytest
 
 from voicegate import config
 from voicegate.cli import main
+from voicegate.config import ConfigError, resolve
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -60,3 +61,35 @@ def test_help_lists_env_vars(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--help"])
     out = capsys.readouterr().out
     assert "VOICEGATE_BACKEND" in out and "--max-sessions" in out
+
+
+V1 = "amazon.nova-sonic-v1:0"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"VOICEGATE_VOICE": "greta"}, "not a documented voice of Nova 2 Sonic"),
+        (
+            {"VOICEGATE_VOICE": "kiara", "VOICEGATE_MODEL_ID": "amazon.nova-sonic-v1:0"},
+            "Nova Sonic v1",
+        ),
+    ],
+)
+def test_a_voice_the_model_does_not_have_is_refused_at_start(
+    env: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(None, env=env)
+    assert any(fragment in p for p in caught.value.problems)
+
+
+def test_documented_voices_and_unknown_models_pass() -> None:
+    assert resolve(None, env={"VOICEGATE_VOICE": "kiara"}).voice == "kiara"
+    assert resolve(
+        None, env={"VOICEGATE_VOICE": "greta", "VOICEGATE_MODEL_ID": "amazon.nova-sonic-v1:0"}
+    )
+    # A model released later: its voices cannot be judged here, so none is refused.
+    assert resolve(
+        None, env={"VOICEGATE_VOICE": "zed", "VOICEGATE_MODEL_ID": "amazon.nova-3-sonic-v1:0"}
+    )

@@ -8,7 +8,7 @@ import json
 
 from voicegate.backends.base import BackendStream, Throttled
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.conversation.dialogue import (
+from voicegate.conversation import (
     BotInterrupted,
     BotText,
     Conversation,
@@ -20,7 +20,7 @@ from voicegate.conversation.dialogue import (
     ToolCallStarted,
 )
 from voicegate.conversation.tools import default_tools
-from voicegate.sonic.events import ContentEnd, InputEvent, PromptEnd, SessionEnd
+from voicegate.sonic import ContentEnd, InputEvent, PromptEnd, SessionEnd
 
 
 class Listener:
@@ -77,6 +77,9 @@ class OneBackend:
 
     async def open(self) -> BackendStream:
         return self.stream
+
+    def credentials_expiration(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         pass
@@ -176,9 +179,61 @@ async def test_grammar_violation_surfaces_as_validation_error() -> None:
     brain = Recorder()
     conv, listener = await _start(brain)
     # Opening a second audio content is refused, like Bedrock does.
-    from voicegate.sonic.events import AudioContentStart
+    from voicegate.sonic import AudioContentStart
 
     await conv._send(AudioContentStart(conv.prompt_name, "second"))
     err = await listener.wait(ConversationError)
     assert isinstance(err, ConversationError) and err.kind == "validation"
     await conv.close()
+
+
+class VoiceCounter(Recorder):
+    """Sets ``heard`` once ``want`` non-silent chunks arrived."""
+
+    def __init__(self, want: int) -> None:
+        super().__init__()
+        self.want = want
+        self.voiced = 0
+        self.heard = asyncio.Event()
+
+    async def on_audio(self, pcm: bytes) -> None:
+        await super().on_audio(pcm)
+        if any(pcm):
+            self.voiced += 1
+            if self.voiced >= self.want:
+                self.heard.set()
+
+
+async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> None:
+    """The caller's chunks and the silence filled in have one length (the configured model
+    chunk), and the replay buffer holds exactly ``replay_max_s`` of them."""
+    from voicegate.conversation import ContinuationSettings
+    from voicegate.media import audio
+    from voicegate.sonic import AudioInput
+
+    try:
+        for ms in (20, 40):
+            audio.configure_chunks(ms)
+            size = 16 * ms * 2
+            chunks = 2000 // ms  # 2 s of speech, twice what the buffer holds
+            brain = VoiceCounter(chunks)
+            settings = ConversationSettings(continuation=ContinuationSettings(replay_max_s=1.0))
+            conv = Conversation(OneBackend(brain), settings, default_tools(), Listener())
+            await conv.start()
+            try:
+                await asyncio.sleep(0.35)  # no caller audio: silence is filled in
+                voiced = (b"\x00\x10\x00\xf0") * (size // 4)
+                for _ in range(chunks):
+                    conv.send_audio(voiced)
+                    await asyncio.sleep(0)
+                async with asyncio.timeout(5):
+                    await brain.heard.wait()
+                sent = [len(e.content) for e in brain.inputs if isinstance(e, AudioInput)]
+                assert conv.stats.silence_chunks_sent > 0
+                assert set(sent) == {size}, (ms, set(sent))
+                assert conv._replay.seconds == 1.0
+                assert sum(map(len, conv._replay.replay())) == 16000 * 2
+            finally:
+                await conv.close()
+    finally:
+        audio.configure_chunks(audio.CHUNK_SAMPLES * 1000 // audio.MODEL_INPUT_RATE)

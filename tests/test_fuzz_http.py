@@ -368,7 +368,9 @@ def test_mutated_real_offers(server: ServerThread, data: st.DataObject) -> None:
         if not lines:
             break
     body = json.dumps({"sdp": "\r\n".join(lines) + "\r\n", "type": "offer"}).encode()
-    status, headers, rbody = server.request(http_request("POST", "/api/offer", body))
+    status, headers, rbody = server.request(
+        http_request("POST", "/api/offer", body, {"Content-Type": "application/json"})
+    )
     _check(status, headers, rbody, "POST", api=True)
     assert status in (200, 400), (status, rbody[:300])
 

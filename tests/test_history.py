@@ -1,11 +1,11 @@
-"""History shaping and the replay buffer: what a new model stream is given (issue 4)."""
+"""History shaping and the replay buffer: what a new model stream is given."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from voicegate.conversation.continuation import ReplayBuffer, history_bytes, shape_history
-from voicegate.sonic.events import Role
+from voicegate.sonic import Role
 
 CHUNK_S = 0.032
 
@@ -81,7 +81,7 @@ def test_a_too_large_newest_message_leaves_nothing_rather_than_breaking_the_cap(
 
 
 def test_replay_is_empty_without_speech() -> None:
-    buf = ReplayBuffer(CHUNK_S, max_s=2.0, preroll_s=0.1)
+    buf = ReplayBuffer(max_s=2.0, preroll_s=0.1)
     for _ in range(20):
         buf.add(SILENCE)
     assert buf.replay() == []
@@ -89,7 +89,7 @@ def test_replay_is_empty_without_speech() -> None:
 
 
 def test_replay_starts_a_preroll_before_speech_and_runs_to_now() -> None:
-    buf = ReplayBuffer(CHUNK_S, max_s=2.0, preroll_s=0.064)  # 2 chunks of pre-roll
+    buf = ReplayBuffer(max_s=2.0, preroll_s=0.064)  # 2 chunks of pre-roll
     quiet = [bytes([i, 0]) * 512 for i in range(5)]  # distinct, all below the voiced level
     for q in quiet:
         buf.add(q)
@@ -98,11 +98,11 @@ def test_replay_starts_a_preroll_before_speech_and_runs_to_now() -> None:
         buf.add(s)
     buf.add(SILENCE)
     assert buf.replay() == [quiet[3], quiet[4], *speech, SILENCE]
-    assert buf.quiet_chunks == 1
+    assert buf.quiet_s == CHUNK_S
 
 
 def test_commit_forgets_transcribed_speech_but_keeps_a_preroll() -> None:
-    buf = ReplayBuffer(CHUNK_S, max_s=2.0, preroll_s=0.064)
+    buf = ReplayBuffer(max_s=2.0, preroll_s=0.064)
     for _ in range(5):
         buf.add(_voice())
     buf.commit()
@@ -117,7 +117,18 @@ def test_commit_forgets_transcribed_speech_but_keeps_a_preroll() -> None:
 
 
 def test_the_buffer_is_bounded() -> None:
-    buf = ReplayBuffer(CHUNK_S, max_s=1.0, preroll_s=0.1)
+    buf = ReplayBuffer(max_s=1.0, preroll_s=0.1)
     for _ in range(1000):
         buf.add(_voice())
     assert len(buf.replay()) == round(1.0 / CHUNK_S)
+
+
+def test_the_bound_is_a_duration_whatever_the_chunk_length() -> None:
+    # 20 ms chunks (the caller's default), 32 ms and 100 ms ones: always exactly max_s held.
+    for samples in (320, 512, 1600):
+        buf = ReplayBuffer(max_s=8.0, preroll_s=0.3)
+        voice = (3000 * np.sin(2 * np.pi * 200 * np.arange(samples) / 16000)).astype("<i2")
+        for _ in range(round(20 * 16000 / samples)):
+            buf.add(voice.tobytes())
+        assert buf.seconds == 8.0, samples
+        assert sum(len(c) for c in buf.replay()) == 8 * 16000 * 2

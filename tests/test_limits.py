@@ -15,11 +15,13 @@ import pytest
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ConfigError, resolve
+from voicegate.signaling import auth
 from voicegate.signaling.app import SESSIONS
 from voicegate.signaling.ratelimit import RateLimiter, client_key
 from voicegate.testing.client import CallClient, load_wav
 
 BAD_OFFER: dict[str, Any] = {"sdp": "hello", "type": "offer"}
+SECRET = "limits-secret-0123456789abcdef"
 
 
 class FakeClock:
@@ -87,14 +89,21 @@ async def test_offer_rate_limit_answers_429_with_retry_after() -> None:
 
 
 async def test_forwarded_for_is_used_only_when_trusted() -> None:
+    # Forwarded requests need a token (open dev mode serves only local ones), and trusting
+    # X-Forwarded-For needs an auth secret.
+    token = {"Authorization": f"Bearer {auth.mint(SECRET, 60)}"}
     for trusted, statuses in ((False, [400, 429]), (True, [400, 400])):
         server = running_server(
-            EchoBackend(), offer_rate=1, offer_burst=1, trust_forwarded_for=trusted
+            EchoBackend(),
+            offer_rate=1,
+            offer_burst=1,
+            trust_forwarded_for=trusted,
+            auth_secret=SECRET,
         )
         async with server as (url, _), aiohttp.ClientSession() as http:
             got = []
             for client in ("203.0.113.1", "203.0.113.2"):
-                headers = {"X-Forwarded-For": f"198.51.100.9, {client}"}
+                headers = {"X-Forwarded-For": f"198.51.100.9, {client}", **token}
                 async with http.post(f"{url}/api/offer", json=BAD_OFFER, headers=headers) as r:
                     got.append(r.status)
             assert got == statuses
@@ -221,5 +230,12 @@ def test_limit_options_are_validated_together() -> None:
     for needle in ("offer_rate", "offer_burst", "idle_timeout", "drain_timeout", "ftp://", "/path"):
         assert needle in text
     assert "ok.example" not in text
-    good = resolve(None, env={"VOICEGATE_IDLE_TIMEOUT": "0", "VOICEGATE_ALLOWED_ORIGINS": "*"})
+    good = resolve(
+        None,
+        env={
+            "VOICEGATE_IDLE_TIMEOUT": "0",
+            "VOICEGATE_ALLOWED_ORIGINS": "*",
+            "VOICEGATE_AUTH_SECRET": SECRET,
+        },
+    )
     assert good.idle_timeout == 0 and good.allowed_origins == ("*",)

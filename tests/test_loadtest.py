@@ -182,6 +182,9 @@ async def test_turns_brain_answers_each_turn_once_with_a_finite_reply() -> None:
     for event in (
         sonic.SessionStart(),
         sonic.PromptStart("p"),
+        sonic.TextContentStart("p", "s", "SYSTEM"),
+        sonic.TextInput("p", "s", "You are a test."),
+        sonic.ContentEnd("p", "s"),
         sonic.AudioContentStart("p", "a"),
     ):
         await brain.send(event)

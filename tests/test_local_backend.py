@@ -14,25 +14,21 @@ import json
 import shutil
 import subprocess
 import wave
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from functools import cache
 
 import numpy as np
 import pytest
 
-from voicegate.backends.local import (
-    REPLIES,
-    LocalBackend,
-    LocalStream,
-    SpeechModels,
-    intent,
-    load_models,
-    quote_reply,
-    time_reply,
-)
-from voicegate.backends.speech.tts import resample_pcm16
+from voicegate.backends.local import LocalBackend, LocalStream
+from voicegate.backends.speech.models import SpeechModels, load_models
+from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
-from voicegate.sonic.events import (
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     AudioOutput,
@@ -89,6 +85,12 @@ def espeak(text: str) -> bytes:
     return resample_pcm16(pcm, rate, RATE)
 
 
+def trimmed(pcm: bytes, floor: int = 200) -> bytes:
+    """``pcm`` without the near-silence at either end."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > floor)
+    return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)] if len(loud) else b""
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -119,6 +121,13 @@ class Call:
     async def feed(self, pcm: bytes) -> None:
         for i in range(0, len(pcm), CHUNK_BYTES):
             await self.stream.send(AudioInput("p", "mic", pcm[i : i + CHUNK_BYTES]))
+
+    async def type(self, text: str) -> None:
+        """Typed input: an interactive USER text while the audio content is open."""
+        send = self.stream.send
+        await send(TextContentStart("p", "typed", "USER", interactive=True))
+        await send(TextInput("p", "typed", text))
+        await send(ContentEnd("p", "typed"))
 
     async def until(self, done: Callable[[OutputEvent], bool]) -> list[OutputEvent]:
         """Events up to and including the first one for which ``done`` is true."""
@@ -168,11 +177,6 @@ def user_text(events: list[OutputEvent]) -> str:
 
 def reply_audio(events: list[OutputEvent]) -> bytes:
     return b"".join(e.content for e in events if isinstance(e, AudioOutput))
-
-
-def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
 
 
 def is_audio_start(event: OutputEvent) -> bool:
@@ -227,6 +231,66 @@ async def test_greeting_turn_has_nova_sonic_shape(models: SpeechModels) -> None:
     stats = call.stream.stats[-1]
     assert stats.latency_ms is not None and stats.audio_seconds > 1.5
     assert await call.hang_up() == []
+
+
+async def test_typed_text_is_answered_by_voice_without_a_transcript(
+    models: SpeechModels,
+) -> None:
+    call = await Call.start(LocalBackend())
+    await call.feed(silence(0.3))
+    await call.type("What time is it?")
+    before = await call.until(lambda e: isinstance(e, ToolUse))
+    use = before[-1]
+    assert isinstance(use, ToolUse) and use.tool_name == "get_current_time"
+    await call.stream.send(ToolResultContentStart("p", "r", use.tool_use_id))
+    result = {"spoken": "3:04 p.m.", "timezone": "UTC"}
+    await call.stream.send(ToolResult("p", "r", json.dumps(result)))
+    await call.stream.send(ContentEnd("p", "r"))
+    events = before + await call.turn()
+    blocks = text_blocks(events)
+    # No USER transcript: the client has the text it typed.
+    assert [(role, stage) for role, stage, _, _ in blocks] == [
+        ("ASSISTANT", "SPECULATIVE"),
+        ("ASSISTANT", "FINAL"),
+    ]
+    assert blocks[-1][2] == "It is 3:04 p.m. in UTC."
+    assert len(reply_audio(events)) / 2 / 24000 > 0.5 and rms(reply_audio(events)) > 500
+    assert call.stream.user_texts == deque(["What time is it?"])
+    assert await call.hang_up() == []
+
+
+async def test_a_greeting_instruction_makes_the_assistant_speak_first(
+    models: SpeechModels,
+) -> None:
+    from voicegate.conversation import BotText, Conversation, ConversationSettings
+
+    class Listener:
+        def __init__(self) -> None:
+            self.audio = 0
+            self.texts: asyncio.Queue[BotText] = asyncio.Queue()
+
+        def on_audio(self, pcm: bytes) -> None:
+            self.audio += len(pcm)
+
+        def on_flush(self) -> int:
+            return 0
+
+        def on_event(self, event: object) -> None:
+            if isinstance(event, BotText) and event.final:
+                self.texts.put_nowait(event)
+
+    listener = Listener()
+    settings = ConversationSettings(greeting="Greet the caller and offer your help.")
+    conv = Conversation(LocalBackend(), settings, default_tools(), listener)
+    await conv.start()  # nobody speaks: only silence is sent
+    try:
+        async with asyncio.timeout(WAIT):
+            text = await listener.texts.get()
+        assert text.text == REPLIES["greeting"]
+        assert listener.audio / 2 / 24000 > 1.0
+        assert not any(role == "USER" for role, _ in conv.stats.history)
+    finally:
+        await conv.close()
 
 
 async def test_time_question_makes_a_real_tool_call(models: SpeechModels) -> None:
@@ -302,6 +366,50 @@ async def test_a_pause_while_transcribing_makes_one_turn(models: SpeechModels) -
     assert not any(isinstance(e, TextOutput) and is_interruption_marker(e.content) for e in events)
 
 
+async def test_a_short_pause_discards_the_speculative_transcript(models: SpeechModels) -> None:
+    """A pause longer than the speculation point but shorter than the hangover: Whisper starts on
+    the first part and finishes, yet the user goes on, so that guess is thrown away and one turn
+    hears the whole utterance."""
+    call = await Call.start(LocalBackend())
+    stream = call.stream
+    # hibari pads its output with ~0.3 s of silence each side: trim it to control the pause.
+    await call.feed(silence(0.3) + trimmed(say("Hello.")) + silence(0.3))
+    guess = stream.speculation.pending
+    assert guess is not None and stream.segments == 0  # decoding, but no end confirmed
+    heard_first, _ms = await guess  # the guess really completes: it heard only "hello"
+    assert "hello" in heard_first.lower() and "how" not in heard_first.lower()
+    await call.feed(trimmed(say("How are you?")) + silence(1.0))
+    events = await call.turn()
+    heard = user_text(events).lower()
+    assert "hello" in heard and "how are you" in heard
+    assert stream.segments == 1 and len(stream.stats) == 1
+    assert stream.stats[-1].speculative  # the end's own guess was used...
+    assert stream.speculation.started == 2 and stream.speculation.used == 1
+    assert stream.speculation.discarded == 1  # ...and the pause's was not
+    await call.hang_up()
+
+
+async def test_a_normal_turn_uses_its_speculative_transcript(models: SpeechModels) -> None:
+    call = await Call.start(LocalBackend())
+    await call.feed(silence(0.3) + say("The weather is lovely today.") + silence(1.0))
+    events = await call.turn()
+    assert "weather is lovely" in user_text(events).lower()
+    assert len(call.stream.stats) == 1 and call.stream.stats[-1].speculative
+    assert call.stream.speculation.used == 1 and call.stream.speculation.discarded == 0
+    await call.hang_up()
+
+
+async def test_without_speculation_the_turn_is_decoded_after_the_end(
+    models: SpeechModels,
+) -> None:
+    call = await Call.start(LocalBackend(vad_config=VadConfig(speculate_ms=0)))
+    await call.feed(silence(0.3) + say("Hello.") + silence(1.0))
+    events = await call.turn()
+    assert "hello" in user_text(events).lower()
+    assert not call.stream.stats[-1].speculative and call.stream.speculation.started == 0
+    await call.hang_up()
+
+
 # -- barge-in --------------------------------------------------------------------------------
 
 
@@ -318,11 +426,16 @@ async def test_barge_in_while_the_reply_is_generated(models: SpeechModels) -> No
     assert not any(isinstance(e, AudioOutput) for e in cut)
     assert any(isinstance(e, TextOutput) and is_interruption_marker(e.content) for e in cut)
     assert ("ASSISTANT", "FINAL", '{ "interrupted" : true }', "INTERRUPTED") in text_blocks(cut)
+    # Nova 2's order: the AUDIO content ends as END_TURN before the INTERRUPTED text.
+    (audio_end,) = [
+        i
+        for i, e in enumerate(cut)
+        if isinstance(e, OutputContentEnd) and e.content_id == audio_cid.content_id
+    ]
+    assert cut[audio_end].stop_reason == "END_TURN"  # type: ignore[union-attr]
     assert any(
-        isinstance(e, OutputContentEnd)
-        and e.content_id == audio_cid.content_id
-        and e.stop_reason == "INTERRUPTED"
-        for e in cut
+        isinstance(e, TextOutput) and is_interruption_marker(e.content)
+        for e in cut[audio_end + 1 :]
     )
     end = cut[-1]
     assert isinstance(end, CompletionEnd) and end.stop_reason == "INTERRUPTED"
@@ -402,6 +515,7 @@ async def test_models_are_loaded_once_and_shared(models: SpeechModels) -> None:
         ("Okay, bye.", "goodbye"),
         ("The weather is nice.", "echo"),
         ("This is history.", "echo"),  # "hi" inside a word is no greeting
+        ("Greet the caller and offer your help.", "greeting"),  # a --greeting instruction
     ],
 )
 def test_intent(heard: str, expected: str) -> None:

@@ -4,7 +4,7 @@ outbound track giving back latency that stalls added.
 Stock aiortc turns one lost packet into a ~320 ms stall, 100 ms of skipped audio and +200 ms for
 the rest of the call (aiortc#543). With voicegate's receive path a lost packet is one concealed
 (or FEC-recovered) frame: every 20 ms of time arrives, and the delay after the loss is what it
-was before it.
+was before it. A frame counts as FEC-recovered only when the packet after it carried LBRR data.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
 
-from voicegate.media import audio
+from voicegate.media import audio, encode, opus, receive
 from voicegate.media import patch as rtcpatch
 from voicegate.media.playout import LEAD_FLOOR_FRAMES, PlayoutTrack
 
@@ -32,12 +33,26 @@ def _speech_like(seconds: float, rate: int = 24000) -> bytes:
     return sig.astype(np.int16).tobytes()
 
 
+def _voiced(seconds: float, rate: int = 24000) -> bytes:
+    """Harmonics of a gliding pitch in ~4 syllables per second: what the encoder's VAD calls
+    speech (a steady tone turns into "noise" for it within a second, and gets no FEC)."""
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(140 + 30 * np.sin(2 * np.pi * 0.7 * t)) / rate
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 - 0.5 * np.cos(2 * np.pi * 4 * t)
+    return (5000 * wave * envelope).astype(np.int16).tobytes()
+
+
 async def _call_with_dropper(
-    drop: Callable[[int], bool], seconds: float, outbound: rtcpatch.OutboundOpus | None = None
-) -> tuple[list[tuple[int, float]], dict[int, float], rtcpatch.ReceiveStats, int]:
-    """Send ``seconds`` of audio from a PlayoutTrack; drop RTP packets where ``drop(n)``.
-    Returns (pts, arrival) of every received frame, send time per RTP timestamp offset, the
-    receive stats and the number of packets dropped."""
+    drop: Callable[[int], bool],
+    seconds: float,
+    outbound: encode.OutboundOpus | None = None,
+    pcm: bytes | None = None,
+) -> tuple[list[tuple[int, float]], dict[int, float], receive.ReceiveStats, int, list[bytes]]:
+    """Send ``seconds`` of audio (``pcm`` at 24 kHz, or a tone) from a PlayoutTrack; drop RTP
+    packets where ``drop(n)``. Returns (pts, arrival) of every received frame, send time per RTP
+    timestamp offset, the receive stats, the number of packets dropped and the Opus payload of
+    each packet sent right after a dropped one (the one that may carry the lost frame's FEC)."""
     previous = rtcpatch.settings()
     if outbound is not None:
         rtcpatch.apply(rtcpatch.MediaSettings(previous.decode_rate, outbound))
@@ -47,10 +62,11 @@ async def _call_with_dropper(
     tracks: list[Any] = []
     callee.on("track", tracks.append)
     track = PlayoutTrack(rate=24000)
-    track.push(_speech_like(seconds + 2))
+    track.push(pcm if pcm is not None else _speech_like(seconds + 2))
     caller.addTrack(track)
     sent: dict[int, float] = {}
     dropped = 0
+    after_loss: list[bytes] = []
     try:
         await caller.setLocalDescription(await caller.createOffer())
         await callee.setRemoteDescription(caller.localDescription)
@@ -62,9 +78,10 @@ async def _call_with_dropper(
         real_send = transport._send_rtp
         first_ts: list[int] = []
         count = 0
+        last_dropped = False
 
         async def send_rtp(data: bytes) -> None:
-            nonlocal count, dropped
+            nonlocal count, dropped, last_dropped
             if 192 <= data[1] <= 223:  # RTCP passes
                 await real_send(data)
                 return
@@ -75,7 +92,11 @@ async def _call_with_dropper(
             count += 1
             if drop(count):
                 dropped += 1
+                last_dropped = True
                 return
+            if last_dropped:
+                after_loss.append(RtpPacket.parse(data).payload)
+                last_dropped = False
             await real_send(data)
 
         transport._send_rtp = send_rtp
@@ -85,9 +106,9 @@ async def _call_with_dropper(
             while len(frames) < seconds * 50:
                 frame = await tracks[0].recv()
                 frames.append((frame.pts, loop.time()))
-        path = rtcpatch.receive_path(callee.getTransceivers()[0].receiver)
+        path = receive.receive_path(callee.getTransceivers()[0].receiver)
         assert path is not None
-        return frames, sent, path.stats, dropped
+        return frames, sent, path.stats, dropped, after_loss
     finally:
         await caller.close()
         await callee.close()
@@ -100,12 +121,13 @@ def _delays_ms(frames: list[tuple[int, float]], sent: dict[int, float]) -> list[
 
 
 async def test_one_lost_packet_is_one_concealed_frame_and_no_lasting_latency() -> None:
-    frames, sent, stats, dropped = await _call_with_dropper(lambda n: n == 100, 4.0)
+    frames, sent, stats, dropped, _ = await _call_with_dropper(lambda n: n == 100, 4.0)
     assert dropped == 1
     pts = [p for p, _ in frames]
     # Every 20 ms of time arrived: no gap where the packet was lost, nothing skipped.
     assert pts == list(range(pts[0], pts[0] + 320 * len(pts), 320))
-    assert stats.concealed + stats.recovered == 1
+    # The default outbound Opus is CELT-only, which has no in-band FEC: concealed, not recovered.
+    assert stats.concealed == 1 and stats.recovered == 0
     delays = _delays_ms(frames, sent)
     before, after = delays[40:95], delays[105:]
     assert after, "frames after the loss arrived"
@@ -117,7 +139,7 @@ async def test_one_lost_packet_is_one_concealed_frame_and_no_lasting_latency() -
 async def test_five_percent_random_loss_costs_exactly_the_lost_frames() -> None:
     rng = random.Random(5)
     losses = {n for n in range(30, 280) if rng.random() < 0.05}
-    frames, sent, stats, dropped = await _call_with_dropper(lambda n: n in losses, 6.0)
+    frames, sent, stats, dropped, _ = await _call_with_dropper(lambda n: n in losses, 6.0)
     assert dropped == len(losses) >= 5
     pts = [p for p, _ in frames]
     assert pts == list(range(pts[0], pts[0] + 320 * len(pts), 320))
@@ -127,10 +149,18 @@ async def test_five_percent_random_loss_costs_exactly_the_lost_frames() -> None:
 
 
 async def test_fec_from_the_next_packet_restores_the_lost_frame() -> None:
-    voip = rtcpatch.OutboundOpus(application="voip", fec=True, loss_percent=20, bitrate=32000)
-    frames, _, stats, dropped = await _call_with_dropper(lambda n: n in (80, 120), 3.0, voip)
-    assert dropped == 2 and stats.recovered == 2 and stats.concealed == 0
-    assert len(frames) >= 150
+    voip = encode.OutboundOpus(application="voip", fec=True, loss_percent=20, bitrate=32000)
+    losses = set(range(40, 280, 15))
+    frames, _, stats, dropped, after_loss = await _call_with_dropper(
+        lambda n: n in losses, 6.0, voip, _voiced(8.0)
+    )
+    assert dropped == len(losses) == len(after_loss)
+    with_fec = sum(opus.packet_has_lbrr(p) for p in after_loss)
+    # The sender put FEC into most packets of voiced audio, and exactly those frames came back
+    # from it; a loss before a packet without FEC (a pause) was concealed.
+    assert with_fec >= dropped // 2
+    assert stats.recovered == with_fec and stats.concealed == dropped - with_fec
+    assert len(frames) >= 300
 
 
 # -- outbound: the playout track gives back latency that stalls added ---------------------

@@ -21,15 +21,9 @@ from voicegate.backends.base import BackendStream, ServiceUnavailable, Throttled
 from voicegate.backends.echo import EchoBackend
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.call import session as peer
-from voicegate.observability.metrics import (
-    MAX_SERIES,
-    Counter,
-    GatewayMetrics,
-    Gauge,
-    Histogram,
-    RtpSample,
-    rtp_sample,
-)
+from voicegate.media.rtp_stats import RtpSample, rtp_sample
+from voicegate.observability.exposition import MAX_SERIES, Counter, Gauge, Histogram
+from voicegate.observability.metrics import GatewayMetrics
 from voicegate.testing.client import CallClient, load_wav
 
 SAMPLE = re.compile(
@@ -300,6 +294,9 @@ class _ScriptedBackend:
             raise Throttled("Too many requests")
         return _BargeThenFail()
 
+    def credentials_expiration(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         pass
 
@@ -345,7 +342,11 @@ async def test_refusals_are_counted_by_status() -> None:
     async with running_server(EchoBackend(), max_sessions=1) as (url, _app):
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(10):
-                async with http.post(f"{url}/api/offer", data=b"{not json") as resp:
+                async with http.post(
+                    f"{url}/api/offer",
+                    data=b"{not json",
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
                     assert resp.status == 400
         client = CallClient(url)
         second = CallClient(url)
@@ -365,7 +366,7 @@ async def test_refusals_are_counted_by_status() -> None:
 
 
 def test_stream_failures_and_handover_gaps_are_exported() -> None:
-    from voicegate.conversation.dialogue import ConversationStats
+    from voicegate.conversation import ConversationStats
     from voicegate.observability.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()

@@ -40,7 +40,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "nat-test-turn-secret-4Hq"
-# voicegate off loopback insists on signaling tokens (issue 7); the caller gets one minted here.
+# voicegate off loopback insists on signaling tokens; the caller gets one minted here.
 AUTH_SECRET = "nat-test-auth-secret-0123456789"
 EDGE_IP = "10.199.0.1"  # private test addresses, only inside namespaces this test creates
 SRV_IP, SRV_GW = "10.199.1.2", "10.199.1.1"

@@ -1,4 +1,4 @@
-"""Recovery from model stream failures and from the browser's connection dropping (issue 4).
+"""Recovery from model stream failures and from the browser's connection dropping.
 
 Everything is real: an aiortc peer -> voicegate -> the real AWS SDK -> the stand-in, whose
 scripted brain kills its stream mid-reply or mid-tool-call (``:once``: only the first stream of
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import running_server
+from tests.test_typed_text import client_texts
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.signaling.app import SESSIONS
 from voicegate.standin import StandIn
@@ -29,7 +30,7 @@ def _kinds(client: CallClient, kind: str) -> list[dict[str, Any]]:
     return [m["data"] for m in client.of_type("server-message") if m["data"].get("kind") == kind]
 
 
-async def test_stream_reset_mid_reply_recovers_with_the_history(
+async def test_stream_reset_mid_reply_recovers_and_resends_the_unanswered_turn(
     standin: StandIn, speech_wav: Callable[[str], Path]
 ) -> None:
     speech = load_wav(speech_wav("hello, can you hear me"))
@@ -54,9 +55,22 @@ async def test_stream_reset_mid_reply_recovers_with_the_history(
             assert len(client.of_type("user-transcription")) == 2
             first, second = list(standin.sessions)[:2]
             assert first.outcome == "reset"
-            # The new stream was given the history (non-interactive) before its audio.
+            # The turn the reset cut off was re-sent to the new stream as interactive USER text
+            # right after its audio content opened (the model answers it), not buried in the
+            # non-interactive history (where the model would wait for the user to repeat it).
+            heard = client.of_type("user-transcription")[0]["data"]["text"]
+            texts = client_texts(second)
+            assert ("USER", True, heard, True) in texts
+            assert not any(text == heard and not interactive for _, interactive, text, _ in texts)
             names = second.input_names()
-            assert names.index("textInput", 4) < names.index("audioInput")
+            audio = names.index("audioInput")
+            assert names[audio - 4 : audio] == [
+                "contentStart",  # AUDIO
+                "contentStart",  # TEXT, USER, interactive
+                "textInput",
+                "contentEnd",
+            ]
+            assert conv.stats.turns_resent == 1
             assert await client.hangup() == 204
         finally:
             await client.close()

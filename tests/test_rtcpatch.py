@@ -1,5 +1,6 @@
-"""voicegate's aiortc patches (rtcpatch.py), each on its own: audio level, the opus encoder,
-the receive path's ordering/concealment logic, and a real pair of patched peers on loopback."""
+"""voicegate's aiortc patches (voicegate.media.patch), each on its own: audio level (levels),
+the opus encoder (encode), the receive path's ordering/concealment logic (receive), and a real
+pair of patched peers on loopback."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-from voicegate.media import opus
+from voicegate.media import encode, levels, opus, receive
 from voicegate.media import patch as rtcpatch
 from voicegate.media.playout import PlayoutTrack
 
@@ -53,22 +54,22 @@ def test_numpy_audio_level_equals_aiortc_within_1_db(layout: str, rate: int, amp
     rng = np.random.default_rng(1)
     for pcm in (_tone(n, rate, amp=amp), (rng.standard_normal(n) * amp).astype(np.int16)):
         frame = _frame(pcm, rate, 0, layout)
-        assert abs(rtcpatch.audio_level_dbov(frame) - original(frame)) <= 1
+        assert abs(levels.audio_level_dbov(frame) - original(frame)) <= 1
     silent = _frame(np.zeros(n, np.int16), rate, 0, layout)
-    assert rtcpatch.audio_level_dbov(silent) == original(silent) == -127
+    assert levels.audio_level_dbov(silent) == original(silent) == -127
 
 
 def test_aiortc_uses_the_numpy_audio_level() -> None:
     from aiortc import rtp
 
-    assert rtp.compute_audio_level_dbov is rtcpatch.audio_level_dbov
+    assert rtp.compute_audio_level_dbov is levels.audio_level_dbov
 
 
 # -- encoder -------------------------------------------------------------------------------
 
 
 def test_encoder_one_packet_per_20ms_frame_with_timestamps_from_pts() -> None:
-    enc = rtcpatch.SpeechEncoder(rtcpatch.OutboundOpus())
+    enc = encode.SpeechEncoder(encode.OutboundOpus())
     decoder = opus.Decoder(24000)
     stamps = []
     for i, pts in enumerate([0, 480, 960, 960 + 480 * 5, 960 + 480 * 6]):
@@ -81,28 +82,28 @@ def test_encoder_one_packet_per_20ms_frame_with_timestamps_from_pts() -> None:
 
 
 def test_encoder_takes_stereo_any_rate_and_10ms_frames() -> None:
-    enc = rtcpatch.SpeechEncoder(rtcpatch.OutboundOpus())
+    enc = encode.SpeechEncoder(encode.OutboundOpus())
     stereo = np.repeat(_tone(960, 48000), 2)
     payloads, ts = enc.encode(_frame(stereo, 48000, 0, "stereo"))
     assert len(payloads) == 1 and ts == 0
     assert opus.packet_samples(payloads[0]) == 960
-    ten = rtcpatch.SpeechEncoder(rtcpatch.OutboundOpus())
+    ten = encode.SpeechEncoder(encode.OutboundOpus())
     assert ten.encode(_frame(_tone(160, 16000), 16000, 0)) == ([], None)
     payloads, ts = ten.encode(_frame(_tone(160, 16000), 16000, 160))
     assert len(payloads) == 1 and ts == 0
-    odd = rtcpatch.SpeechEncoder(rtcpatch.OutboundOpus())
+    odd = encode.SpeechEncoder(encode.OutboundOpus())
     got = [odd.encode(_frame(_tone(441, 22050), 22050, i * 441)) for i in range(6)]
     assert sum(len(p) for p, _ in got) >= 4  # resampled to 48 kHz, still one packet per 20 ms
 
 
 def test_encoder_reuses_the_silence_packet_after_a_few_frames() -> None:
-    enc = rtcpatch.SpeechEncoder(rtcpatch.OutboundOpus())
+    enc = encode.SpeechEncoder(encode.OutboundOpus())
     silence = np.zeros(480, np.int16)
     packets = [enc.encode(_frame(silence, 24000, i * 480))[0][0] for i in range(10)]
-    assert enc.frames_reused == 10 - rtcpatch.SILENT_FRAMES_BEFORE_REUSE
-    assert len(set(packets[rtcpatch.SILENT_FRAMES_BEFORE_REUSE :])) == 1
+    assert enc.frames_reused == 10 - encode.SILENT_FRAMES_BEFORE_REUSE
+    assert len(set(packets[encode.SILENT_FRAMES_BEFORE_REUSE :])) == 1
     enc.encode(_frame(_tone(480, 24000), 24000, 4800))
-    assert enc.frames_encoded == rtcpatch.SILENT_FRAMES_BEFORE_REUSE + 1
+    assert enc.frames_encoded == encode.SILENT_FRAMES_BEFORE_REUSE + 1
 
 
 # -- receive path (ordering, concealment), fed packets directly ------------------------------
@@ -141,7 +142,7 @@ def _drain(receiver: _Receiver) -> list[av.AudioFrame]:
 
 async def test_in_order_packets_are_delivered_at_once_across_wraparound() -> None:
     receiver = _Receiver()
-    path = rtcpatch.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
+    path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     for i, packet in enumerate(_packets(12)):
         path.add(packet)  # type: ignore[arg-type]
         frames = _drain(receiver)
@@ -153,7 +154,7 @@ async def test_in_order_packets_are_delivered_at_once_across_wraparound() -> Non
 
 async def test_one_lost_packet_costs_one_frame_recovered_from_fec() -> None:
     receiver = _Receiver()
-    path = rtcpatch.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
+    path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     packets = _packets(10)
     for packet in packets[:5] + packets[6:]:
         path.add(packet)  # type: ignore[arg-type]
@@ -164,24 +165,25 @@ async def test_one_lost_packet_costs_one_frame_recovered_from_fec() -> None:
     assert np.sqrt(np.mean(lost * lost)) > 1000  # FEC brought the tone back, not silence
 
 
-async def test_a_burst_is_concealed_then_fec_and_a_late_packet_raises_the_hold() -> None:
+async def test_a_burst_without_fec_is_concealed_and_a_late_packet_raises_the_hold() -> None:
     receiver = _Receiver()
-    path = rtcpatch.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
+    path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     packets = _packets(12, fec=False)
     for packet in packets[:3] + packets[6:]:
         path.add(packet)  # type: ignore[arg-type]
     frames = _drain(receiver)
     assert [f.pts for f in frames] == [i * 320 for i in range(12)]
-    assert path.stats.concealed == 2 and path.stats.recovered == 1
+    # No FEC in the packet after the burst: all three frames are concealment, none "recovered".
+    assert path.stats.concealed == 3 and path.stats.recovered == 0
     assert path.hold == 0
     path.add(packets[4])  # type: ignore[arg-type]
     assert path.stats.late == 1 and not _drain(receiver)
-    assert path.hold == rtcpatch.HOLD_STEP
+    assert path.hold == receive.HOLD_STEP
 
 
 async def test_with_a_hold_a_reordered_packet_is_waited_for_not_concealed() -> None:
     receiver = _Receiver()
-    path = rtcpatch.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
+    path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     path.hold = 0.05
     packets = _packets(6)
     path.add(packets[0])  # type: ignore[arg-type]
@@ -199,7 +201,7 @@ async def test_with_a_hold_a_reordered_packet_is_waited_for_not_concealed() -> N
 
 async def test_empty_and_corrupt_packets_become_one_concealed_frame_each() -> None:
     receiver = _Receiver()
-    path = rtcpatch.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
+    path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     packets = _packets(4)
     packets[1]._data = b""
     packets[2]._data = b"\xff\xff\xff"  # an invalid Opus TOC/length
@@ -212,12 +214,12 @@ async def test_empty_and_corrupt_packets_become_one_concealed_frame_each() -> No
 
 async def test_close_ends_the_track_and_the_queue_is_bounded() -> None:
     receiver = _Receiver()
-    path = rtcpatch.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
+    path = receive.AudioReceivePath(receiver, 16000)  # type: ignore[arg-type]
     enc = opus.Encoder(48000)
     pcm = np.zeros(960, np.int16).tobytes()
-    for i in range(rtcpatch.MAX_QUEUED_FRAMES + 20):
+    for i in range(receive.MAX_QUEUED_FRAMES + 20):
         path.add(_Packet(i, i * 960, enc.encode(pcm)))  # type: ignore[arg-type]
-    assert receiver._track._queue.qsize() == rtcpatch.MAX_QUEUED_FRAMES
+    assert receiver._track._queue.qsize() == receive.MAX_QUEUED_FRAMES
     assert path.stats.dropped_unread == 20
     path.close()
     track = receiver._track
@@ -263,7 +265,7 @@ async def test_patched_peers_decode_inline_at_16k_with_continuous_pts() -> None:
         new_threads = {t.name for t in threading.enumerate()} - threads_before
         assert not any("decoder" in name for name in new_threads)
         receiver = callee.getTransceivers()[0].receiver
-        path = rtcpatch.receive_path(receiver)
+        path = receive.receive_path(receiver)
         assert path is not None and path.stats.concealed == 0
     finally:
         await caller.close()

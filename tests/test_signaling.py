@@ -14,6 +14,7 @@ from voicegate.backends.echo import EchoBackend
 from voicegate.testing.client import CallClient
 
 VALID_CANDIDATE = "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host"
+JSON = {"Content-Type": "application/json"}
 
 
 async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -45,7 +46,7 @@ BAD_OFFERS: list[tuple[Any, int, str]] = [
 @pytest.mark.parametrize(("body", "status", "needle"), BAD_OFFERS)
 async def test_bad_offers(body: bytes, status: int, needle: str) -> None:
     async with running_server(EchoBackend()) as (url, app), aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/offer", data=body) as resp:
+        async with http.post(f"{url}/api/offer", data=body, headers=JSON) as resp:
             assert resp.status == status
             assert needle in (await _json(resp))["error"]
         async with http.get(f"{url}/healthz") as resp:
@@ -70,7 +71,7 @@ async def test_body_limit_413() -> None:
     server = running_server(EchoBackend(), max_body_bytes=4096)
     big = b'{"sdp": "' + b"a" * 10000 + b'", "type": "offer"}'
     async with server as (url, _), aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/offer", data=big) as resp:
+        async with http.post(f"{url}/api/offer", data=big, headers=JSON) as resp:
             assert resp.status == 413
             assert "4096" in (await _json(resp))["error"]
 
@@ -180,7 +181,7 @@ async def test_bad_requests_do_not_disturb_a_live_call() -> None:
                 await client.wait_for("bot-ready", 10)
                 async with aiohttp.ClientSession() as http:
                     for body, _, _ in BAD_OFFERS:
-                        async with http.post(f"{url}/api/offer", data=body) as resp:
+                        async with http.post(f"{url}/api/offer", data=body, headers=JSON) as resp:
                             assert resp.status == 400
                     live = {"sdp": "v=0\r\n", "type": "offer", "pc_id": client.pc_id}
                     async with http.post(f"{url}/api/offer", json=live) as resp:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
-from voicegate.sonic import events as sonic
-from voicegate.sonic.events import (
+from voicegate import sonic
+from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
     AudioOutput,
@@ -33,6 +34,7 @@ from voicegate.sonic.events import (
     ToolSpec,
     ToolUse,
     UsageEvent,
+    codec,
 )
 
 TOOL = ToolSpec("get_current_time", "time", {"type": "object", "properties": {}})
@@ -146,3 +148,139 @@ def test_interruption_marker() -> None:
 
 def test_unknown_output_events_are_skipped() -> None:
     assert sonic.decode_output({"event": {"somethingNew": {}}}) is None
+
+
+# -- the client side is tolerant of a growing output schema -----------------------------------
+
+
+@pytest.fixture
+def fresh_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees its own once-per-process log memory."""
+    monkeypatch.setattr(codec, "_reported", set())
+
+
+def _tolerated(logs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [
+        (e["problem"], e["where"], e["detail"])
+        for e in logs
+        if e["event"] == "sonic_output_tolerated"
+    ]
+
+
+@pytest.mark.parametrize("event", OUTPUTS, ids=lambda e: type(e).__name__)
+def test_unknown_output_fields_are_ignored(event: sonic.OutputEvent, fresh_reports: None) -> None:
+    wire = json.loads(sonic.dumps(sonic.encode_output(event)))
+    ((name, body),) = wire["event"].items()
+    body["someNova3Field"] = {"nested": [1, 2]}
+    body["reasoning"] = "x"
+    with capture_logs() as logs:
+        assert sonic.decode_output(wire) == event
+    assert sorted(_tolerated(logs)) == [
+        ("unknown field", name, "reasoning"),
+        ("unknown field", name, "someNova3Field"),
+    ]
+
+
+def test_a_surprise_is_logged_once_per_kind_not_per_event(fresh_reports: None) -> None:
+    audio = json.loads(sonic.dumps(sonic.encode_output(AudioOutput("x", b"\x00\x01", IDS))))
+    audio["event"]["audioOutput"]["newField"] = 1
+    with capture_logs() as logs:
+        for _ in range(50):  # a second of audio events
+            assert isinstance(sonic.decode_output(audio), AudioOutput)
+        for _ in range(3):
+            assert sonic.decode_output({"event": {"somethingNew": {"a": 1}}}) is None
+        end = {"contentId": "x", "type": "AUDIO", "stopReason": "MAX_TOKENS"}
+        for _ in range(3):
+            assert sonic.decode_output({"event": {"contentEnd": end}}) is not None
+    assert _tolerated(logs) == [
+        ("unknown field", "audioOutput", "newField"),
+        ("unknown event", "somethingNew", ""),
+        ("unknown value", "contentEnd.stopReason", "MAX_TOKENS"),
+    ]
+
+
+def test_bounded_log_memory(fresh_reports: None) -> None:
+    with capture_logs() as logs:
+        for i in range(codec.MAX_REPORTED + 50):
+            sonic.decode_output({"event": {"completionStart": {f"f{i}": 1}}})
+    assert len(_tolerated(logs)) == codec.MAX_REPORTED == len(codec._reported)
+
+
+def test_unknown_enum_values_do_not_kill_the_stream(fresh_reports: None) -> None:
+    def out(name: str, **body: Any) -> sonic.OutputEvent | None:
+        return sonic.decode_output({"event": {name: body}})
+
+    # A role voicegate does not know, or none (the Nova 2 schema omits textOutput's role in
+    # places): the model's output, read as ASSISTANT.
+    assert out("textOutput", contentId="x", content="hi") == TextOutput("x", "ASSISTANT", "hi")
+    assert out("textOutput", contentId="x", role="NARRATOR", content="hi") == TextOutput(
+        "x", "ASSISTANT", "hi"
+    )
+    start = out("contentStart", contentId="x", type="AUDIO", role="NARRATOR")
+    assert start == OutputContentStart("x", "AUDIO", "ASSISTANT", None)
+    # An unknown stop reason is a normal end; an unknown content type drops only that event.
+    assert out("contentEnd", contentId="x", type="TEXT", stopReason="MAX_TOKENS") == (
+        OutputContentEnd("x", "TEXT", "END_TURN")
+    )
+    assert out("contentEnd", contentId="x", type="TEXT") == OutputContentEnd(
+        "x", "TEXT", "END_TURN"
+    )
+    assert out("contentStart", contentId="x", type="IMAGE", role="ASSISTANT") is None
+    assert out("contentStart", contentId="x", role="ASSISTANT") is None
+    assert out("contentEnd", contentId="x", type="IMAGE", stopReason="END_TURN") is None
+    assert out("completionEnd", stopReason="SOMETHING_NEW") == CompletionEnd("SOMETHING_NEW")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        {"event": {}},
+        {"event": {"a": {}, "b": {}}},
+        {"event": {"audioOutput": {"contentId": "x", "content": "!!"}}},
+        {"event": {"toolUse": {"contentId": "x", "toolUseId": "u", "content": "{}"}}},
+    ],
+)
+def test_corrupt_output_is_still_an_error(obj: Any) -> None:
+    with pytest.raises(SonicProtocolError):
+        sonic.decode_output(obj)
+
+
+def _tool_use(content: Any) -> ToolUse:
+    body = {"contentId": "x", "toolName": "weather", "toolUseId": "u1", "content": content}
+    event = sonic.decode_output({"event": {"toolUse": body}})
+    assert isinstance(event, ToolUse)
+    return event
+
+
+def test_double_encoded_tool_arguments_are_decoded() -> None:
+    args = {"city": "Paris", "days": 2, "units": ["C"]}
+    once = json.dumps(args)
+    assert json.loads(_tool_use(once).content) == args
+    twice = json.dumps(once)  # a JSON string whose value is the JSON text
+    assert isinstance(json.loads(twice), str)
+    assert json.loads(_tool_use(twice).content) == args
+    assert json.loads(_tool_use(json.dumps(twice)).content) == args  # three layers
+    assert json.loads(_tool_use(args).content) == args  # an object instead of a string
+    # What is not double-encoded JSON passes through as it came, for the tool layer to judge.
+    assert _tool_use('"just words"').content == '"just words"'
+    assert _tool_use("not json").content == "not json"
+    assert _tool_use("").content == "{}"
+    assert _tool_use(None).content == "{}"
+    deep = once
+    for _ in range(10):
+        deep = json.dumps(deep)
+    assert _tool_use(deep).content.startswith('"')  # peeling is bounded (MAX_JSON_LAYERS)
+
+
+def test_the_package_face_exports_every_public_name() -> None:
+    import voicegate.sonic.model_codec as model_codec
+    from voicegate import sonic as events
+
+    for name in sonic.__all__:
+        assert getattr(sonic, name) is not None
+    public = {n for n in vars(events) if not n.startswith("_") and n[0].isupper()}
+    public -= {"Any", "Final", "Literal"}
+    assert public <= set(sonic.__all__)
+    assert {"decode_input", "encode_output"} <= set(sonic.__all__)
+    assert sonic.decode_input is model_codec.decode_input

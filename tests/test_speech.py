@@ -16,7 +16,7 @@ import pytest
 
 import voicegate
 from voicegate.backends import BackendUnavailable, speech
-from voicegate.backends.local import LocalBackend, SpeechModels, load_models
+from voicegate.backends.local import LocalBackend
 from voicegate.backends.speech import (
     INSTALL_HINT,
     SpeechModelError,
@@ -24,16 +24,20 @@ from voicegate.backends.speech import (
     missing_package,
 )
 from voicegate.backends.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
-from voicegate.backends.speech.tts import float_to_pcm16, resample_pcm16
+from voicegate.backends.speech.models import SpeechModels, load_models
+from voicegate.backends.speech.tts import float_to_pcm16
 from voicegate.backends.speech.vad import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     SpeechEnd,
+    SpeechPause,
     SpeechStart,
     VadConfig,
     VadEvent,
     VadStream,
 )
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
 
 pytestmark = pytest.mark.local
 
@@ -45,11 +49,6 @@ def models() -> SpeechModels:
 
 def silence(seconds: float) -> bytes:
     return bytes(2 * int(SAMPLE_RATE * seconds))
-
-
-def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
 
 
 def feed_in_chunks(vad: VadStream, pcm: bytes, chunk: int) -> list[VadEvent]:
@@ -67,9 +66,12 @@ def test_vad_one_utterance_is_one_segment(models: SpeechModels) -> None:
     lead = 0.5
     vad = VadStream(models.vad)
     events = feed_in_chunks(vad, silence(lead) + speech + silence(1.5), FRAME_SAMPLES * 2)
-    assert [type(e) for e in events] == [SpeechStart, SpeechEnd]
-    start, end = events
+    assert [type(e) for e in events] == [SpeechStart, SpeechPause, SpeechEnd]
+    start, pause, end = events
     assert isinstance(start, SpeechStart) and isinstance(end, SpeechEnd)
+    # The pause offered the very audio the end carries, so a speculative decode of it is exact.
+    assert isinstance(pause, SpeechPause) and pause.voiced_until == end.voiced_until
+    assert np.array_equal(pause.audio, end.audio)
     # Start is found near the real onset (hibari leaves a little silence at the front).
     assert lead * SAMPLE_RATE <= start.at_sample <= (lead + 0.6) * SAMPLE_RATE
     # The segment holds the speech: no more than it plus pre-roll and tail, not much less.
@@ -86,8 +88,8 @@ def test_vad_result_does_not_depend_on_chunk_size(models: SpeechModels) -> None:
     pcm = silence(0.3) + models.tts.synthesize("Testing one two three.", SAMPLE_RATE) + silence(1)
     by_frame = feed_in_chunks(VadStream(models.vad), pcm, FRAME_SAMPLES * 2)
     odd = feed_in_chunks(VadStream(models.vad), pcm, 998)  # not a whole frame, not even aligned
-    assert len(by_frame) == len(odd) == 2
-    a, b = by_frame[1], odd[1]
+    assert len(by_frame) == len(odd) == 3
+    a, b = by_frame[2], odd[2]
     assert isinstance(a, SpeechEnd) and isinstance(b, SpeechEnd)
     assert np.array_equal(a.audio, b.audio)
 
@@ -96,7 +98,26 @@ def test_vad_two_utterances_two_segments(models: SpeechModels) -> None:
     one = models.tts.synthesize("Good morning.", SAMPLE_RATE)
     two = models.tts.synthesize("See you later.", SAMPLE_RATE)
     events = VadStream(models.vad).feed(silence(0.2) + one + silence(1.2) + two + silence(1))
-    assert [type(e) for e in events] == [SpeechStart, SpeechEnd, SpeechStart, SpeechEnd]
+    kinds = [SpeechStart, SpeechPause, SpeechEnd]
+    assert [type(e) for e in events] == kinds * 2
+
+
+def test_vad_pause_shorter_than_the_hangover_is_no_end(models: SpeechModels) -> None:
+    one = models.tts.synthesize("Good morning.", SAMPLE_RATE)
+    two = models.tts.synthesize("See you later.", SAMPLE_RATE)
+    vad = VadStream(models.vad, VadConfig(speculate_ms=100, hangover_ms=1500))
+    events = vad.feed(silence(0.2) + one + silence(0.4) + two + silence(2))
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStart and kinds[-1] is SpeechEnd and kinds.count(SpeechEnd) == 1
+    pauses = [e for e in events if isinstance(e, SpeechPause)]
+    assert len(pauses) >= 2  # the pause between the sentences, and the end
+    end = events[-1]
+    assert isinstance(end, SpeechEnd) and pauses[-1].voiced_until == end.voiced_until
+    assert pauses[0].voiced_until < end.voiced_until
+    assert len(pauses[0].audio) < len(end.audio)
+    # Speculation off: no pause events at all.
+    quiet = VadStream(models.vad, VadConfig(speculate_ms=0)).feed(silence(0.2) + one + silence(1))
+    assert [type(e) for e in quiet] == [SpeechStart, SpeechEnd]
 
 
 @pytest.mark.parametrize(
@@ -208,7 +229,7 @@ def test_models_load_with_the_network_blocked() -> None:
         socket.socket.connect = refuse
         socket.create_connection = refuse
         socket.getaddrinfo = refuse
-        from voicegate.backends.local import load_models
+        from voicegate.backends.speech.models import load_models
 
         models = load_models()
         assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -57,7 +57,7 @@ async def test_failures_become_error_results() -> None:
     task = asyncio.ensure_future(ticker())
     text, ok = await reg.run("blocking", "{}")
     task.cancel()
-    assert ok and json.loads(text) == "done" and ticks >= 5
+    assert ok and json.loads(text) == {"result": "done"} and ticks >= 5
 
 
 def test_registration_rules() -> None:
@@ -77,3 +77,28 @@ def test_registration_rules() -> None:
 def test_calculate_refuses_huge_powers() -> None:
     with pytest.raises(ValueError):
         calculate("9 ** 999999")
+
+
+async def test_results_are_always_json_objects() -> None:
+    """Nova Sonic closes the stream on a tool result that is not a JSON object."""
+    reg = ToolRegistry()
+    values: list[object] = [42, "text", [1, 2], None, True, {"already": "object"}, {1: "a"}]
+    for i, value in enumerate(values):
+        reg.add(Tool(f"t{i}", "", {"type": "object"}, lambda v=value: v))
+    reg.add(Tool("odd", "", {"type": "object"}, lambda: {(1, 2): "tuple key"}))
+    results = []
+    for i in range(len(values)):
+        text, ok = await reg.run(f"t{i}", "{}")
+        assert ok
+        results.append(json.loads(text))
+    assert results == [
+        {"result": 42},
+        {"result": "text"},
+        {"result": [1, 2]},
+        {"result": None},
+        {"result": True},
+        {"already": "object"},
+        {"1": "a"},
+    ]
+    text, ok = await reg.run("odd", "{}")
+    assert ok and isinstance(json.loads(text), dict)

@@ -20,7 +20,7 @@ from aiortc import RTCIceServer
 from tests.conftest import running_server
 from tests.coturn_util import running_coturn
 from voicegate.backends.echo import EchoBackend
-from voicegate.signaling.turn import TurnConfig, mint
+from voicegate.signaling.turn import TurnConfig, mint, quota_name
 from voicegate.testing.client import CallClient
 
 SECRET = "test-turn-secret-Zq8"
@@ -32,6 +32,27 @@ def test_mint_matches_the_rest_api_scheme() -> None:
     assert username == "1000600:pc-1"
     expected = hmac.new(SECRET.encode(), b"1000600:pc-1", hashlib.sha1).digest()
     assert base64.b64decode(credential) == expected
+
+
+def test_browser_credentials_name_the_subject_and_end_with_the_token() -> None:
+    """``<expiry>:<subject>`` so coturn's user-quota counts per user (tests/test_turn_prod.py
+    measures that); the expiry is the TTL but never later than ``not_after``."""
+    cfg = TurnConfig(("turn:t.example:3478",), SECRET, 3600)
+    now = time.time()
+    entry = cfg.browser_servers("pc-1", subject="user-42", not_after=now + 300)[0]
+    expiry, who = entry["username"].split(":", 1)
+    assert who == "user-42" and now + 299 <= int(expiry) <= now + 300
+    digest = hmac.new(SECRET.encode(), entry["username"].encode(), hashlib.sha1).digest()
+    assert base64.b64decode(entry["credential"]) == digest
+    # A later not_after leaves the TTL in charge; no subject names the session.
+    entry = cfg.browser_servers("pc-1", not_after=now + 86400)[0]
+    expiry, who = entry["username"].split(":", 1)
+    assert who == "pc-1" and now + 3599 <= int(expiry) <= now + 3600
+    # Subjects coturn's log should not carry verbatim become a digest, the same every time.
+    odd = [cfg.browser_servers(f"pc-{i}", subject="Mallory \n<x>")[0] for i in range(2)]
+    names = {e["username"].split(":", 1)[1] for e in odd}
+    assert len(names) == 1 and re.fullmatch(r"sub-[0-9a-f]{24}", names.pop())
+    assert quota_name("a" * 65).startswith("sub-") and quota_name("a.b@c-d+e_f") == "a.b@c-d+e_f"
 
 
 def test_server_gets_one_udp_turn_url_browser_gets_all() -> None:

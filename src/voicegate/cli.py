@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,12 +25,27 @@ def _serve(args: argparse.Namespace) -> int:
     from voicegate import config as cfg
     from voicegate import logs
 
+    if args.check_config:
+        from voicegate.preflight import check_config
+
+        return check_config(args)
     try:
         conf = cfg.resolve(args)
     except cfg.ConfigError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     logs.configure(conf.log_format, conf.log_level, transcripts=conf.log_transcripts)
+    import os
+
+    from voicegate.cluster.workers import WORKER_ENV
+
+    worker = os.environ.get(WORKER_ENV)
+    count = cfg.worker_count(conf)
+    if worker is None and count > 1:
+        # A node of several workers: this process only supervises and routes (docs/cluster.md).
+        from voicegate.cluster.supervisor import run_supervisor
+
+        return asyncio.run(run_supervisor(conf, count))
     from voicegate.backends import BackendUnavailable, make_backend
 
     try:
@@ -38,17 +54,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     structlog.get_logger("voicegate").info("backend_selected", backend=backend.name, why=why)
-    return asyncio.run(_run_server(conf, backend))
+    return asyncio.run(_run_server(conf, backend, None if worker is None else int(worker)))
 
 
-async def _run_server(conf: ServeConfig, backend: Backend) -> int:
-    from aiohttp import web
-
-    from voicegate.media import ice
+async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = None) -> int:
+    """One process serving calls: the whole node (``--workers 1``) or worker ``worker`` of a
+    supervised node, which listens on a private loopback port."""
+    from voicegate import media
+    from voicegate.config import media_setup
     from voicegate.signaling.app import create_app
+    from voicegate.signaling.listener import serve
 
     log = structlog.get_logger("voicegate")
-    ice.configure_host_addresses(list(conf.ice_addresses) or ice.default_host_addresses(conf.host))
+    media.configure(media_setup(conf))
     warm = getattr(backend, "warm", None)
     if warm is not None:
         from voicegate.backends.base import BackendError
@@ -62,19 +80,23 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
             )
             return 2
     app = create_app(conf, backend)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, conf.host, conf.port)
-    await site.start()
-    port = conf.port
-    # aiohttp exposes no public way to learn the port picked for --port 0.
-    sockets = getattr(site._server, "sockets", None)
-    if sockets:
-        port = sockets[0].getsockname()[1]
-    url = f"http://{conf.host}:{port}"
-    log.info("listening", url=url, backend=backend.name)
-    print(f"voicegate {__version__} listening on {url}", flush=True)
-    # issue 7: the first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
+    if conf.cluster_redis:
+        from voicegate.cluster.node import join_cluster
+
+        join_cluster(app, conf, worker)
+    if worker is None:
+        listener = await serve(app, conf)
+    else:
+        # A worker listens on a private loopback port; the supervisor owns the public one and
+        # serves the node's /metrics.
+        listener = await serve(app, dataclasses.replace(conf, metrics_port=0), "127.0.0.1", 0)
+    if conf.cluster_redis:
+        from voicegate.cluster.node import start_cluster
+
+        await start_cluster(app, conf.node_url or listener.url)
+    log.info("listening", url=listener.url, backend=backend.name, metrics=listener.metrics_url)
+    print(f"voicegate {__version__} listening on {listener.url}", flush=True)
+    # The first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
     # --drain-timeout, then end with a message); a second one cuts the drain short.
     stop = asyncio.Event()
     cut = asyncio.Event()
@@ -92,25 +114,51 @@ async def _run_server(conf: ServeConfig, backend: Backend) -> int:
     from voicegate.signaling.app import drain
 
     log.info("shutting_down", drain_timeout_s=conf.drain_timeout)
+    if conf.cluster_redis:
+        from voicegate.cluster.node import move_calls
+
+        await move_calls(app, conf.drain_timeout, cut)
     ended = await drain(app, conf.drain_timeout, cut)
     log.info("drained", calls_ended=ended)
-    await runner.cleanup()
+    await listener.close()
     return 0
+
+
+def _token_secret(args: argparse.Namespace) -> str:
+    import os
+    from pathlib import Path
+
+    if args.secret:
+        return str(args.secret)
+    path = args.secret_file or os.environ.get("VOICEGATE_AUTH_SECRET_FILE", "")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return os.environ.get("VOICEGATE_AUTH_SECRET", "")
 
 
 def _token(args: argparse.Namespace) -> int:
     """Print one access token, alone on stdout, so scripts can capture it with $(...)."""
-    import os
-
     from voicegate.signaling import auth
 
-    secret = args.secret or os.environ.get("VOICEGATE_AUTH_SECRET", "")
+    try:
+        secret = _token_secret(args)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"voicegate: cannot read the secret file: {exc}", file=sys.stderr)
+        return 2
     if not secret:
-        print("voicegate: no secret: pass --secret or set VOICEGATE_AUTH_SECRET", file=sys.stderr)
+        print(
+            "voicegate: no secret: pass --secret or --secret-file, or set VOICEGATE_AUTH_SECRET "
+            "or VOICEGATE_AUTH_SECRET_FILE",
+            file=sys.stderr,
+        )
         return 2
     try:
         token = auth.mint(
-            secret, args.ttl, subject=args.subject, max_call_seconds=args.max_call_seconds
+            secret,
+            args.ttl,
+            subject=args.subject,
+            max_call_seconds=args.max_call_seconds,
+            audience=args.audience,
         )
     except ValueError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
@@ -130,6 +178,11 @@ def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--secret", default=None, help="the server's auth secret [env VOICEGATE_AUTH_SECRET]"
     )
     token.add_argument(
+        "--secret-file",
+        default=None,
+        help="file holding the auth secret [env VOICEGATE_AUTH_SECRET_FILE]",
+    )
+    token.add_argument(
         "--ttl", type=float, default=300.0, help="seconds the token is valid (default 300)"
     )
     token.add_argument("--subject", default=None, help="who the token is for (shown in logs)")
@@ -138,6 +191,11 @@ def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=None,
         help="cap on the length of calls this token starts (default: the server's limit)",
+    )
+    token.add_argument(
+        "--audience",
+        default=None,
+        help="audience claim (aud), for a server started with --token-audience",
     )
     token.set_defaults(func=_token)
 
@@ -153,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (signaling, media, web page)")
     cfg.add_arguments(serve)
+    serve.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the whole configuration (flags and VOICEGATE_* environment) and exit: "
+        "0 when it is valid, 2 listing every problem; starts nothing",
+    )
     serve.set_defaults(func=_serve)
     _add_token_parser(sub)
     try:

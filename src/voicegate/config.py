@@ -6,17 +6,40 @@ fails at once with every problem listed, not on the first call.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from voicegate.sonic.events import ENDPOINTING
+from voicegate.config_checks import validate
+
+if TYPE_CHECKING:
+    from voicegate.media import MediaSetup
+
+__all__ = [
+    "OPTIONS",
+    "ConfigError",
+    "ServeConfig",
+    "media_setup",
+    "resolve",
+    "validate",
+    "worker_count",
+]
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+_number.__name__ = "finite number"
 
 
 def _bool(text: str) -> bool:
@@ -29,6 +52,29 @@ def _bool(text: str) -> bool:
 
 
 _bool.__name__ = "boolean"
+
+
+def _workers(text: str) -> str:
+    """``auto`` or a positive whole number (kept as text; ``worker_count`` resolves it)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(text)
+    return str(int(value))
+
+
+_workers.__name__ = "worker count (a positive number or auto)"
+
+
+def worker_count(config: ServeConfig) -> int:
+    """Worker processes of this node: ``auto`` is one per core this process may run on."""
+    if config.workers != "auto":
+        return int(config.workers)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class ConfigError(ValueError):
@@ -57,6 +103,7 @@ class ServeConfig:
     system_prompt: str = ""
     voice: str = "matthew"
     endpointing: str = ""
+    greeting: str = ""
     model_id: str = "amazon.nova-2-sonic-v1:0"
     region: str = ""
     bedrock_endpoint: str = ""
@@ -67,7 +114,7 @@ class ServeConfig:
     relay_only: bool = False
     log_format: str = "auto"
     log_level: str = "info"
-    # issue 7 (access and limits)
+    # access and limits
     auth_secret: str = field(default="", repr=False)
     allowed_origins: tuple[str, ...] = ()
     offer_rate: float = 60.0
@@ -75,21 +122,39 @@ class ServeConfig:
     trust_forwarded_for: bool = False
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
-    # issue 7 (observability and recording)
+    connect_timeout: float = 15.0
+    auth_secret_file: str = ""
+    turn_secret_file: str = ""
+    max_token_ttl: float = 7 * 86400.0
+    token_audience: str = ""
+    max_calls_per_subject: int = 3
+    request_timeout: float = 10.0
+    max_connections_per_ip: int = 32
+    allow_private_candidates: bool = False
+    allow_mdns_candidates: bool = False
+    metrics_token: str = field(default="", repr=False)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # observability and recording
     record_dir: str = ""
     record_s3_bucket: str = ""
     record_s3_prefix: str = "voicegate/"
     log_transcripts: bool = False
-    # issue 4 (calls that never break: stream renewal, recovery, browser reconnect)
+    # calls that never break: stream renewal, recovery, browser reconnect
     renew_after: float = 360.0
     renew_force_after: float = 60.0
     recovery_attempts: int = 3
     reconnect_grace: float = 30.0
-    # issue 5 (media path, capacity)
+    # media path, capacity
     rtc_ports: str = ""
     announced_address: str = ""
     max_loop_lag_ms: float = 25.0
     model_chunk_ms: int = 20
+    # many cores, many machines (docs/cluster.md)
+    workers: str = "auto"
+    cluster_redis: str = field(default="", repr=False)
+    node_id: str = ""
+    node_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +181,15 @@ OPTIONS: Final = (
     _Opt("web_dir", "directory served at / (default: the bundled web/)"),
     _Opt("max_sessions", "maximum concurrent calls (default 20)", int),
     _Opt("max_body_bytes", "maximum HTTP request body in bytes (default 65536)", int),
-    _Opt("max_call_seconds", "maximum call duration in seconds (default 3600)", float),
+    _Opt("max_call_seconds", "maximum call duration in seconds (default 3600)", _number),
     _Opt("system_prompt", "system prompt for the model"),
     _Opt("voice", "Nova Sonic voice id (default matthew)"),
     _Opt("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
+    _Opt(
+        "greeting",
+        "instruction sent as the caller's first turn so the assistant speaks first",
+        metavar="TEXT",
+    ),
     _Opt("model_id", "Bedrock model id (default amazon.nova-2-sonic-v1:0; v1 supported)"),
     _Opt("region", "AWS region for Bedrock (default: AWS_REGION, the profile's, else us-east-1)"),
     _Opt(
@@ -149,7 +219,7 @@ OPTIONS: Final = (
         choices=LOG_FORMATS,
     ),
     _Opt("log_level", "log level: debug, info, warning, error"),
-    # issue 7: access control and limits (docs/security.md)
+    # access control and limits (docs/security.md)
     _Opt(
         "auth_secret",
         "HMAC secret for signaling access tokens (>= 16 chars; required unless host is "
@@ -163,7 +233,7 @@ OPTIONS: Final = (
         metavar="ORIGIN",
         flag="--allowed-origin",
     ),
-    _Opt("offer_rate", "call offers per minute per client address (default 60; 0: off)", float),
+    _Opt("offer_rate", "call offers per minute per client address (default 60; 0: off)", _number),
     _Opt("offer_burst", "call offers a client address may make at once (default 20)", int),
     _Opt(
         "trust_forwarded_for",
@@ -174,14 +244,57 @@ OPTIONS: Final = (
         "idle_timeout",
         "end a call after this many seconds without speech from the browser or the bot "
         "(default 300; 0: never)",
-        float,
+        _number,
     ),
     _Opt(
         "drain_timeout",
         "on SIGTERM, seconds calls may go on before they are ended (default 30)",
+        _number,
+    ),
+    _Opt("auth_secret_file", "file holding the auth secret (instead of --auth-secret)"),
+    _Opt("turn_secret_file", "file holding the TURN secret (instead of --turn-secret)"),
+    _Opt(
+        "max_token_ttl",
+        "refuse access tokens valid for longer than this many seconds (default 604800: 7 days)",
+        _number,
+    ),
+    _Opt("token_audience", "require this audience (claim aud) in access tokens (default: none)"),
+    _Opt(
+        "max_calls_per_subject",
+        "live calls one token subject may hold at once (default 3; 0: no limit)",
+        int,
+    ),
+    _Opt(
+        "request_timeout",
+        "seconds a client has to send a whole request (headers, and an API body); also how "
+        "long an idle connection stays open (default 10)",
+        _number,
+    ),
+    _Opt(
+        "max_connections_per_ip",
+        "open HTTP connections one client address may hold (default 32; 0: no limit)",
+        int,
+    ),
+    _Opt(
+        "allow_private_candidates",
+        "use callers' ICE candidates in private ranges the server has no address in (LAN)",
+        _bool,
+    ),
+    _Opt("allow_mdns_candidates", "resolve callers' mDNS (.local) ICE candidates", _bool),
+    _Opt("metrics_token", "require Authorization: Bearer <this> on /metrics (default: open)"),
+    _Opt("metrics_host", "address of the separate metrics listener (default 127.0.0.1)"),
+    _Opt(
+        "metrics_port",
+        "serve /metrics on its own listener at this port, not on the main one (default: off)",
+        int,
+    ),
+    _Opt(
+        "connect_timeout",
+        "end a call whose media (ICE + DTLS) is not connected this many seconds after the "
+        "answer, freeing its slot and model stream (default 15)",
         float,
     ),
-    # issue 7: recording and logs (docs/observability.md)
+    # recording and logs (docs/observability.md)
     _Opt(
         "record_dir",
         "directory for call recordings; calls are recorded only when their offer asks for it "
@@ -190,25 +303,25 @@ OPTIONS: Final = (
     _Opt("record_s3_bucket", "S3 bucket recordings are uploaded to after each recorded call"),
     _Opt("record_s3_prefix", "key prefix of recordings in the S3 bucket (default voicegate/)"),
     _Opt("log_transcripts", "write transcript text to the logs (default: never)", _bool),
-    # issue 4: calls that never break (docs/renewal.md)
+    # calls that never break (docs/renewal.md)
     _Opt(
         "renew_after",
         "seconds after which a model stream is renewed at the next natural point (default 360; "
         "Bedrock ends streams at ~480)",
-        float,
+        _number,
     ),
     _Opt(
         "renew_force_after",
         "seconds past renew_after after which the renewal happens even mid-turn (default 60)",
-        float,
+        _number,
     ),
     _Opt("recovery_attempts", "reconnects after a model stream fails (default 3; 0: none)", int),
     _Opt(
         "reconnect_grace",
         "seconds a call waits for its browser to reconnect after the connection drops (default 30)",
-        float,
+        _number,
     ),
-    # issue 5: media path and capacity (benchmarks/README.md)
+    # media path and capacity (benchmarks/README.md)
     _Opt(
         "rtc_ports",
         "UDP port range for media host candidates, MIN-MAX (e.g. 40000-40999; default: any)",
@@ -222,13 +335,35 @@ OPTIONS: Final = (
     _Opt(
         "max_loop_lag_ms",
         "refuse new calls (503) while the event loop runs this many ms late (default 25; 0: off)",
-        float,
+        _number,
     ),
     _Opt(
         "model_chunk_ms",
         "caller audio per model event in ms, a multiple of 20 (default 20: lowest latency; "
         "40 halves the Bedrock events per call)",
         int,
+    ),
+    # many cores, many machines (docs/cluster.md)
+    _Opt(
+        "workers",
+        "worker processes, each with its own event loop, calls and media ports: a number or "
+        "auto (default: one per usable core; 1: a single process as before)",
+        _workers,
+        metavar="N|auto",
+    ),
+    _Opt(
+        "cluster_redis",
+        "Redis URL of the cluster directory (redis://host:6379/0): nodes register there, "
+        "forward each request to the node that owns its call, and adopt calls of dead or "
+        "draining nodes (default: none, a single node)",
+        metavar="URL",
+    ),
+    _Opt("node_id", "this node's name in the cluster (default: the host name)"),
+    _Opt(
+        "node_url",
+        "the HTTP address other nodes use to reach this node, e.g. http://10.0.0.5:8080 "
+        "(default: http://HOST:PORT when HOST is a specific address)",
+        metavar="URL",
     ),
 )
 
@@ -304,10 +439,38 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
     config = ServeConfig(**values)
     if not config.web_dir:
         config = _replace(config, web_dir=_default_web_dir())
+    if not config.node_id:
+        import socket
+
+        config = _replace(config, node_id=socket.gethostname() or "voicegate")
+    config = _read_secret_files(config, problems)
     problems += validate(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
+    """Secrets from files (a mounted secret), so they need not sit in flags or the env."""
+    changes: dict[str, str] = {}
+    for name in ("auth_secret", "turn_secret"):
+        path = getattr(config, f"{name}_file")
+        if not path:
+            continue
+        if getattr(config, name):
+            problems.append(f"give {name} or {name}_file, not both")
+            continue
+        try:
+            changes[name] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{name}_file {path!r} cannot be read: {exc.strerror or exc}")
+            continue
+        except UnicodeDecodeError:
+            problems.append(f"{name}_file {path!r} is not UTF-8 text")
+            continue
+        if not changes[name]:
+            problems.append(f"{name}_file {path!r} is empty")
+    return _replace(config, **changes) if changes else config
 
 
 def _replace(config: ServeConfig, **changes: Any) -> ServeConfig:
@@ -316,144 +479,15 @@ def _replace(config: ServeConfig, **changes: Any) -> ServeConfig:
     return ServeConfig(**data)
 
 
-def validate(c: ServeConfig) -> list[str]:
-    problems: list[str] = []
-    if not 0 <= c.port <= 65535:
-        problems.append(f"port {c.port} is outside 0-65535")
-    if not c.host:
-        problems.append("host must not be empty")
-    if not 1 <= c.max_sessions <= 10000:
-        problems.append(f"max_sessions {c.max_sessions} must be between 1 and 10000")
-    if not 1024 <= c.max_body_bytes <= 10 * 1024 * 1024:
-        problems.append(f"max_body_bytes {c.max_body_bytes} must be between 1024 and 10485760")
-    if not 1 <= c.max_call_seconds <= 24 * 3600:
-        problems.append(f"max_call_seconds {c.max_call_seconds} must be between 1 and 86400")
-    if not (Path(c.web_dir) / "index.html").is_file():
-        problems.append(f"web_dir {c.web_dir!r} has no index.html")
-    if c.endpointing and c.endpointing not in ENDPOINTING:
-        problems.append(f"endpointing {c.endpointing!r} must be HIGH, MEDIUM or LOW")
-    if len(c.system_prompt) > 40000:
-        problems.append("system_prompt is longer than 40000 characters")
-    if not c.voice.isidentifier():
-        problems.append(f"voice {c.voice!r} is not a valid voice id")
-    for address in c.ice_addresses:
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            problems.append(f"ice address {address!r} is not an IP address")
-    from voicegate.signaling.turn import check_url
+def media_setup(c: ServeConfig) -> MediaSetup:
+    """The process-wide media choices of this configuration (``voicegate.media.configure``)."""
+    from voicegate.media import MediaSetup
+    from voicegate.media.ice import default_host_addresses, parse_port_range
 
-    for url in c.turn_urls:
-        problem = check_url(url)
-        if problem:
-            problems.append(f"turn url {problem}")
-    if any(u.startswith("turn") for u in c.turn_urls) and not c.turn_secret:
-        problems.append("a TURN url needs --turn-secret (coturn's static-auth-secret)")
-    if not 60 <= c.turn_ttl <= 7 * 86400:
-        problems.append(f"turn_ttl {c.turn_ttl} must be between 60 and 604800 seconds")
-    if c.relay_only and not any(u.startswith("turn") for u in c.turn_urls):
-        problems.append("relay_only needs a TURN url")
-    if c.log_level.lower() not in ("debug", "info", "warning", "error"):
-        problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
-    problems += _validate_access(c)
-    problems += _validate_recording(c)
-    problems += _validate_continuation(c)
-    problems += _validate_media(c)
-    return problems
-
-
-def _validate_media(c: ServeConfig) -> list[str]:
-    """issue 5: the media port range, announced address and lag limit."""
-    from voicegate.media.ice import parse_port_range
-
-    problems: list[str] = []
-    try:
-        parse_port_range(c.rtc_ports)
-    except ValueError:
-        problems.append(f"rtc_ports {c.rtc_ports!r} must be MIN-MAX within 1024-65535")
-    if c.announced_address:
-        try:
-            ipaddress.ip_address(c.announced_address)
-        except ValueError:
-            problems.append(f"announced_address {c.announced_address!r} is not an IP address")
-    if not 0 <= c.max_loop_lag_ms <= 10000:
-        problems.append(f"max_loop_lag_ms {c.max_loop_lag_ms} must be between 0 and 10000")
-    if c.model_chunk_ms not in (20, 40, 60, 80, 100):
-        problems.append(f"model_chunk_ms {c.model_chunk_ms} must be 20, 40, 60, 80 or 100")
-    return problems
-
-
-def _validate_continuation(c: ServeConfig) -> list[str]:
-    """issue 4: a renewal must come before Bedrock's ~480 s stream limit."""
-    problems: list[str] = []
-    if not 5 <= c.renew_after <= 470:
-        problems.append(f"renew_after {c.renew_after} must be between 5 and 470 seconds")
-    if not 0 <= c.renew_force_after <= 470 - min(c.renew_after, 470):
-        problems.append(
-            f"renew_force_after {c.renew_force_after} must be >= 0 and end before 470 s "
-            "(renew_after + renew_force_after <= 470)"
-        )
-    if not 0 <= c.recovery_attempts <= 10:
-        problems.append(f"recovery_attempts {c.recovery_attempts} must be between 0 and 10")
-    if not 0 <= c.reconnect_grace <= 600:
-        problems.append(f"reconnect_grace {c.reconnect_grace} must be between 0 and 600 seconds")
-    return problems
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _validate_access(c: ServeConfig) -> list[str]:
-    """issue 7: an exposed gateway without a secret would let anyone spend Bedrock money."""
-    from urllib.parse import urlsplit
-
-    from voicegate.signaling.auth import MIN_SECRET_CHARS
-
-    problems: list[str] = []
-    if c.auth_secret and len(c.auth_secret) < MIN_SECRET_CHARS:
-        problems.append(f"auth_secret must have at least {MIN_SECRET_CHARS} characters")
-    if not c.auth_secret and not is_loopback(c.host):
-        problems.append(
-            f"host {c.host!r} is not a loopback address: set --auth-secret (or "
-            "VOICEGATE_AUTH_SECRET) so that only callers with a token can start calls"
-        )
-    for origin in c.allowed_origins:
-        if origin == "*":
-            continue
-        try:
-            parts = urlsplit(origin)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            parts = urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
-            problems.append(f"allowed origin {origin!r} must look like https://host[:port]")
-    if not 0 <= c.offer_rate <= 100000:
-        problems.append(f"offer_rate {c.offer_rate} must be between 0 and 100000 per minute")
-    if not 1 <= c.offer_burst <= 10000:
-        problems.append(f"offer_burst {c.offer_burst} must be between 1 and 10000")
-    if c.idle_timeout != 0 and not 1 <= c.idle_timeout <= 86400:
-        problems.append(f"idle_timeout {c.idle_timeout} must be 0 (off) or 1-86400 seconds")
-    if not 0 <= c.drain_timeout <= 3600:
-        problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
-    return problems
-
-
-def _validate_recording(c: ServeConfig) -> list[str]:
-    """issue 7: recording destinations (the directory is created on the first recorded call)."""
-    problems: list[str] = []
-    if c.record_dir and Path(c.record_dir).exists() and not Path(c.record_dir).is_dir():
-        problems.append(f"record_dir {c.record_dir!r} exists and is not a directory")
-    bucket = c.record_s3_bucket
-    if bucket and not (
-        3 <= len(bucket) <= 63 and all(ch.islower() or ch.isdigit() or ch in ".-" for ch in bucket)
-    ):
-        problems.append(f"record_s3_bucket {bucket!r} is not a valid S3 bucket name")
-    if len(c.record_s3_prefix) > 512:
-        problems.append("record_s3_prefix is longer than 512 characters")
-    return problems
+    addresses = list(c.ice_addresses) or default_host_addresses(c.host)
+    return MediaSetup(
+        host_addresses=tuple(addresses) if addresses is not None else None,
+        port_range=parse_port_range(c.rtc_ports),
+        announced_address=c.announced_address or None,
+        model_chunk_ms=c.model_chunk_ms,
+    )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from voicegate.backends.base import Backend
+from voicegate.backends.base import Backend, BackendUnavailable
 
-
-class BackendUnavailable(RuntimeError):
-    """The chosen backend cannot run here (a missing extra, missing credentials)."""
+__all__ = ["Backend", "BackendUnavailable", "make_backend"]
 
 
 def make_backend(

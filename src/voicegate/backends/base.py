@@ -9,9 +9,14 @@ which one it talks to.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Protocol
 
-from voicegate.sonic.events import InputEvent, OutputEvent
+from voicegate.sonic import InputEvent, OutputEvent
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run here (a missing extra, missing credentials)."""
 
 
 class BackendError(Exception):
@@ -92,6 +97,12 @@ class Backend(Protocol):
 
     async def open(self) -> BackendStream:
         """Open a new session stream. Raises BackendError when that is impossible."""
+        ...
+
+    def credentials_expiration(self) -> datetime | None:
+        """When the credentials that sign this backend's streams expire (timezone-aware, or
+        naive meaning UTC); None when they do not, or the backend needs none. A conversation
+        moves to a new stream before then."""
         ...
 
     async def aclose(self) -> None:

@@ -3,18 +3,26 @@
 Turn-taking uses a cheap energy VAD with an adaptive noise floor (good for a quiet room or a
 headset; it is not robust to noise, which is why the ``local`` brain uses Silero instead). The
 transcript is a placeholder that says how much speech was heard.
+
+Typed text (and a greeting instruction), which arrives as interactive USER text, is answered
+with a text reply that quotes it and a beep per word (at most eight) as its audio: no speech
+synthesis here, but the reply has the shape of a spoken one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from datetime import datetime
 from typing import Final
 
 import numpy as np
 
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
+from voicegate.media.levels import dbfs
+from voicegate.media.resample import resample_pcm16
+from voicegate.sonic import Role
 
 CHUNK_SECONDS: Final = 0.032
 START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn
@@ -22,6 +30,10 @@ END_SILENCE_S: Final = 0.6  # this much non-speech ends it
 PRE_ROLL_S: Final = 0.3
 MAX_TURN_S: Final = 15.0
 OUT_CHUNK_S: Final = 0.1
+BEEP_S: Final = 0.12
+BEEP_GAP_S: Final = 0.08
+MAX_BEEPS: Final = 8
+MAX_QUOTED_CHARS: Final = 200
 
 
 class EnergyVad:
@@ -33,9 +45,7 @@ class EnergyVad:
         self.absolute_floor_db = absolute_floor_db
 
     def is_speech(self, pcm: np.ndarray) -> bool:
-        x = pcm.astype(np.float32)
-        level = float(np.dot(x, x) / max(1, x.size))
-        db = -127.0 if level <= 0 else 10.0 * math.log10(level / (32768.0**2))
+        db = dbfs(pcm)
         speech = db > max(self.floor_db + self.margin_db, self.absolute_floor_db)
         # Track the floor: fall fast to quieter levels, rise slowly (so speech doesn't lift it).
         if db < self.floor_db:
@@ -58,6 +68,7 @@ class EchoStream(InProcessStream):
         self._reply_until = 0.0  # loop time when the last reply finishes playing
         self._reply_audio_id: str | None = None
         self._turns = 0
+        self._replying = asyncio.Lock()  # a typed and a spoken reply never interleave
 
     async def on_audio(self, pcm: bytes) -> None:
         samples = np.frombuffer(pcm, dtype=np.int16)
@@ -91,13 +102,31 @@ class EchoStream(InProcessStream):
             self._turn = []
             await self._reply(audio)
 
+    async def on_text(self, role: Role, text: str, interactive: bool) -> None:
+        if role == "USER" and interactive and self.audio_started:
+            self.spawn(self._text_reply(text))
+
+    async def _text_reply(self, text: str) -> None:
+        if asyncio.get_running_loop().time() < self._reply_until:
+            self._reply_until = 0.0  # typing while the bot talks interrupts it, like speech
+            await self.emit_interrupted(self._reply_audio_id)
+            await self.end_completion("INTERRUPTED")
+        quoted = text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + " ..."
+        async with self._replying:
+            await self._answer(f"You typed: {quoted}", beeps(len(text.split()), self.output_rate))
+
     async def _reply(self, audio16: bytes) -> None:
         self._turns += 1
         samples = np.frombuffer(audio16, dtype=np.int16)
         seconds = samples.size / self._rate
-        await self.emit_text("USER", f"(echo turn {self._turns}: {seconds:.1f} s of speech)")
-        await self.emit_text("ASSISTANT", "Here is what you said.", stage="SPECULATIVE")
-        out = _resample_linear(samples, self._rate, self.output_rate)
+        async with self._replying:
+            await self.emit_text("USER", f"(echo turn {self._turns}: {seconds:.1f} s of speech)")
+            out = np.frombuffer(resample_pcm16(audio16, self._rate, self.output_rate), np.int16)
+            await self._answer("Here is what you said.", out)
+
+    async def _answer(self, text: str, out: np.ndarray) -> None:
+        """Nova Sonic's shape of an assistant turn: speculative text, audio, final text."""
+        await self.emit_text("ASSISTANT", text, stage="SPECULATIVE")
         cid = await self.begin_audio()
         self._reply_audio_id = cid
         self._reply_until = asyncio.get_running_loop().time() + out.size / self.output_rate
@@ -105,16 +134,19 @@ class EchoStream(InProcessStream):
         for i in range(0, out.size, step):
             await self.emit_audio(cid, out[i : i + step].tobytes())
         await self.end_audio(cid)
-        await self.emit_text("ASSISTANT", "Here is what you said.", stage="FINAL")
+        await self.emit_text("ASSISTANT", text, stage="FINAL")
         await self.end_completion()
 
 
-def _resample_linear(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    if src == dst or x.size == 0:
-        return x.astype(np.int16)
-    n = int(round(x.size * dst / src))
-    t = np.linspace(0, x.size - 1, n, dtype=np.float64)
-    return np.interp(t, np.arange(x.size), x.astype(np.float32)).astype(np.int16)
+def beeps(count: int, rate: int) -> np.ndarray:
+    """``count`` short 880 Hz beeps (1 to MAX_BEEPS), s16 at ``rate``."""
+    t = np.arange(int(BEEP_S * rate)) / rate
+    fade = np.minimum(1.0, np.minimum(t, BEEP_S - t) / 0.01)  # no clicks
+    beep = (6000 * np.sin(2 * math.pi * 880 * t) * fade).astype(np.int16)
+    gap = np.zeros(int(BEEP_GAP_S * rate), dtype=np.int16)
+    return np.concatenate(
+        [part for _ in range(max(1, min(count, MAX_BEEPS))) for part in (beep, gap)]
+    )
 
 
 class EchoBackend:
@@ -122,6 +154,9 @@ class EchoBackend:
 
     async def open(self) -> BackendStream:
         return EchoStream()
+
+    def credentials_expiration(self) -> datetime | None:
+        return None  # no credentials
 
     async def aclose(self) -> None:
         return None

@@ -1,12 +1,13 @@
 """A Nova Sonic session simulated inside the process: the base of every in-process brain.
 
 The echo brain, the embedded offline brain and the stand-in's scripted brain are subclasses.
-This class owns what they share: the session grammar (sessionStart, promptStart, text blocks
-before audio, one audio content, tool results, orderly close) checked the way Bedrock checks it,
-the output queue (bounded), and helpers that emit correctly shaped output sequences.
+This class owns what they share: the session grammar (``grammar.py``: order, roles, history
+rules, tool results, orderly close) checked the way Bedrock checks it, the output queue
+(bounded), and helpers that emit correctly shaped output sequences, in Nova 2's order.
 
 A grammar violation does not raise from ``send``: like Bedrock, it arrives as an error on the
-output side (``events()`` raises ValidationFailed) and the session is over.
+output side (``events()`` raises ValidationFailed) and the session is over. Only an event sent
+after sessionEnd, when the output has already ended in order, raises from ``send``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
 
 from voicegate.backends.base import BackendError, StreamLost, ValidationFailed
-from voicegate.sonic.events import (
+from voicegate.backends.grammar import OpenContent, SessionGrammar
+from voicegate.sonic import (
     INTERRUPTED_MARKER,
     AudioContentStart,
     AudioInput,
@@ -34,23 +36,19 @@ from voicegate.sonic.events import (
     OutputContentEnd,
     OutputContentStart,
     OutputEvent,
-    PromptEnd,
     PromptStart,
     Role,
     SessionEnd,
     SessionStart,
     StopReason,
-    TextContentStart,
-    TextInput,
     TextOutput,
-    ToolResult,
-    ToolResultContentStart,
     ToolSpec,
     ToolUse,
 )
 
 log = structlog.get_logger(__name__)
 
+MAX_USER_TEXTS_KEPT: Final = 32
 MAX_QUEUED_OUTPUT: Final = 4096
 """Output events waiting for the consumer; a brain that outruns it waits (backpressure)."""
 
@@ -62,29 +60,16 @@ class _End:
 _END: Final = _End()
 
 
-@dataclass(slots=True)
-class _OpenContent:
-    name: str
-    kind: str  # "TEXT" | "AUDIO" | "TOOL"
-    role: Role
-    interactive: bool = False
-    tool_use_id: str = ""
-    parts: list[str] = field(default_factory=list)
-
-
 class InProcessStream:
     """Base class for brains. Subclasses override the ``on_*`` hooks and use ``emit_*``."""
 
     def __init__(self) -> None:
         self.session_id = str(uuid.uuid4())
-        self.session: SessionStart | None = None
-        self.prompt: PromptStart | None = None
+        self.grammar = SessionGrammar()
         self.tools: dict[str, ToolSpec] = {}
-        self.system_prompt = ""
-        self.history: list[tuple[Role, str]] = []
-        self.audio_started = False
+        self.user_texts: deque[str] = deque(maxlen=MAX_USER_TEXTS_KEPT)
+        """Interactive USER texts received (typed input, a greeting, a re-sent turn)."""
         self.completion_id = ""
-        self._contents: dict[str, _OpenContent] = {}
         self._out: asyncio.Queue[OutputEvent | BackendError | _End] = asyncio.Queue(
             MAX_QUEUED_OUTPUT
         )
@@ -94,13 +79,46 @@ class InProcessStream:
 
     # -- the BackendStream interface ------------------------------------------------------
 
+    @property
+    def session(self) -> SessionStart | None:
+        return self.grammar.session
+
+    @property
+    def prompt(self) -> PromptStart | None:
+        return self.grammar.prompt
+
+    @property
+    def system_prompt(self) -> str:
+        return self.grammar.system_prompt or ""
+
+    @property
+    def history(self) -> list[tuple[Role, str]]:
+        """The chat history the client sent before the audio content (role, text)."""
+        return self.grammar.history
+
+    @property
+    def audio_started(self) -> bool:
+        return self.grammar.audio_started
+
+    @property
+    def ended_in_order(self) -> bool:
+        """The client closed the session in order (sessionEnd after promptEnd)."""
+        return self.grammar.session_ended
+
     async def send(self, event: InputEvent) -> None:
         if self._closed:
             raise StreamLost("the session is closed")
-        if self._finished:
+        if self._finished and not self.ended_in_order:
             return  # like Bedrock after an error: input is ignored
         try:
-            await self._accept(event)
+            content = self.grammar.accept(event)
+        except ValidationFailed as exc:
+            if self._finished:
+                raise  # the output already ended in order: nothing left to carry the error
+            await self.fail(exc)
+            return
+        try:
+            await self._dispatch(event, content)
         except ValidationFailed as exc:
             await self.fail(exc)
 
@@ -222,20 +240,23 @@ class InProcessStream:
         await self.begin_completion()
         cid = str(uuid.uuid4())
         tool_use_id = str(uuid.uuid4())
+        self.grammar.tool_use_issued(tool_use_id)
         await self.emit(OutputContentStart(cid, "TOOL", "TOOL", None, ids=self.ids))
         await self.emit(ToolUse(cid, tool_name, tool_use_id, json.dumps(arguments), self.ids))
         await self.emit(OutputContentEnd(cid, "TOOL", "TOOL_USE", self.ids))
         return tool_use_id
 
     async def emit_interrupted(self, audio_content_id: str | None = None) -> None:
-        """Nova Sonic's barge-in signals: the marker text and INTERRUPTED stop reasons."""
+        """Nova 2's barge-in, in its order: the assistant's AUDIO content ends as END_TURN
+        first, then an ASSISTANT text with the ``{ "interrupted" : true }`` marker whose
+        contentEnd carries stopReason INTERRUPTED (the signal clients act on)."""
         await self.begin_completion()
+        if audio_content_id is not None:
+            await self.end_audio(audio_content_id, "END_TURN")
         cid = str(uuid.uuid4())
         await self.emit(OutputContentStart(cid, "TEXT", "ASSISTANT", "FINAL", ids=self.ids))
         await self.emit(TextOutput(cid, "ASSISTANT", INTERRUPTED_MARKER, self.ids))
         await self.emit(OutputContentEnd(cid, "TEXT", "INTERRUPTED", self.ids))
-        if audio_content_id is not None:
-            await self.end_audio(audio_content_id, "INTERRUPTED")
 
     async def fail(self, error: BackendError) -> None:
         self._fail_nowait(error)
@@ -256,94 +277,30 @@ class InProcessStream:
         self._finished = True
         _force_put(self._out, _END)
 
-    # -- grammar ---------------------------------------------------------------------------
+    # -- dispatch to the brain's hooks -----------------------------------------------------
 
-    async def _accept(self, event: InputEvent) -> None:
+    async def _dispatch(self, event: InputEvent, closed: OpenContent | None) -> None:
+        """Run the brain's hooks for an event the grammar accepted."""
         match event:
-            case SessionStart():
-                if self.session is not None:
-                    raise ValidationFailed("sessionStart may only be sent once")
-                self.session = event
             case PromptStart():
-                if self.session is None:
-                    raise ValidationFailed("promptStart must follow sessionStart")
-                if self.prompt is not None:
-                    raise ValidationFailed("only one prompt per session is supported")
-                self.prompt = event
                 self.tools = {t.name: t for t in event.tools}
-            case TextContentStart() | AudioContentStart() | ToolResultContentStart():
-                self._check_prompt(event.prompt_name)
-                if event.content_name in self._contents:
-                    raise ValidationFailed(f"content {event.content_name!r} is already open")
-                if isinstance(event, TextContentStart):
-                    if any(c.kind == "TEXT" for c in self._contents.values()):
-                        raise ValidationFailed("a text content is already open")
-                    self._contents[event.content_name] = _OpenContent(
-                        event.content_name, "TEXT", event.role, event.interactive
-                    )
-                elif isinstance(event, AudioContentStart):
-                    if self.audio_started:
-                        raise ValidationFailed("only one audio content per prompt is supported")
-                    self.audio_started = True
-                    self._contents[event.content_name] = _OpenContent(
-                        event.content_name, "AUDIO", event.role
-                    )
-                    await self.on_audio_start()
-                else:
-                    self._contents[event.content_name] = _OpenContent(
-                        event.content_name, "TOOL", "TOOL", tool_use_id=event.tool_use_id
-                    )
-            case TextInput() | ToolResult():
-                content = self._content(event.prompt_name, event.content_name)
-                expected = "TEXT" if isinstance(event, TextInput) else "TOOL"
-                if content.kind != expected:
-                    raise ValidationFailed(
-                        f"{type(event).__name__} sent into a {content.kind} content"
-                    )
-                content.parts.append(event.content)
+            case AudioContentStart():
+                await self.on_audio_start()
             case AudioInput():
-                content = self._content(event.prompt_name, event.content_name)
-                if content.kind != "AUDIO":
-                    raise ValidationFailed("audioInput sent into a non-audio content")
-                if any(c.kind == "TEXT" and not c.interactive for c in self._contents.values()):
-                    raise ValidationFailed(
-                        "Chat history should be sent completely before streaming audio."
-                    )
-                if len(event.content) % 2:
-                    raise ValidationFailed("audioInput must hold whole 16-bit samples")
                 await self.on_audio(event.content)
-            case ContentEnd():
-                content = self._content(event.prompt_name, event.content_name)
-                del self._contents[event.content_name]
-                text = "".join(content.parts)
-                if content.kind == "TEXT":
-                    if content.role == "SYSTEM":
-                        self.system_prompt = text
-                    elif not self.audio_started and not content.interactive:
-                        self.history.append((content.role, text))
-                    await self.on_text(content.role, text, content.interactive)
-                elif content.kind == "TOOL":
-                    await self.on_tool_result(content.tool_use_id, text)
-            case PromptEnd():
-                self._check_prompt(event.prompt_name)
-                if self._contents:
-                    raise ValidationFailed("promptEnd sent while contents are still open")
+            case ContentEnd() if closed is not None:
+                text = "".join(closed.parts)
+                if closed.kind == "TEXT":
+                    if closed.interactive and closed.role == "USER" and self.audio_started:
+                        self.user_texts.append(text)
+                    await self.on_text(closed.role, text, closed.interactive)
+                elif closed.kind == "TOOL":
+                    await self.on_tool_result(closed.tool_use_id, text)
             case SessionEnd():
                 await self.on_session_end()
                 await self.finish()
-
-    def _check_prompt(self, prompt_name: str) -> None:
-        if self.prompt is None:
-            raise ValidationFailed("content sent before promptStart")
-        if prompt_name != self.prompt.prompt_name:
-            raise ValidationFailed(f"unknown promptName {prompt_name!r}")
-
-    def _content(self, prompt_name: str, content_name: str) -> _OpenContent:
-        self._check_prompt(prompt_name)
-        content = self._contents.get(content_name)
-        if content is None:
-            raise ValidationFailed(f"content {content_name!r} is not open")
-        return content
+            case _:
+                pass
 
 
 def _force_put(queue: asyncio.Queue[Any], item: Any) -> None:

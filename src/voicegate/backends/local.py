@@ -9,6 +9,10 @@ above cannot tell this brain from Bedrock:
     ASSISTANT text SPECULATIVE, AUDIO (24 kHz chunks), ASSISTANT text FINAL,
     usageEvent, completionEnd
 
+Typed text (interactive USER text, Nova 2's cross-modal input) is a turn without speech
+recognition: the same reply policy, spoken the same way. A greeting instruction ("greet the
+caller ...", sent by ``--greeting``) is a greeting by that policy.
+
 Barge-in: the VAD keeps listening while the bot talks. Speech that starts while a reply is being
 generated, or while its audio is still playing at the browser (audio is produced faster than
 real time, so "playing" is judged from wall time since the first chunk), cancels the reply and
@@ -17,22 +21,20 @@ never used here because it flags noise as speech.
 
 Models are loaded once per process and shared by every call. ASR runs in worker threads behind a
 process-wide gate (a decode uses both cores for ~300 ms); VAD (~50 us a frame) runs inline.
+Whisper starts speculatively ~200 ms into a pause (``speech/speculate.py``), so by the time the
+hangover confirms the end the transcript is usually ready; if the user speaks on, the guess is
+discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import re
-import resource
-import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from datetime import datetime
+from typing import Final
 
 import numpy as np
 import structlog
@@ -41,17 +43,24 @@ from numpy.typing import NDArray
 from voicegate.backends.base import BackendError
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.backends.speech import SpeechModelError, check_installed
-from voicegate.backends.speech.asr import Transcriber
-from voicegate.backends.speech.tts import Synthesizer
+from voicegate.backends.speech.models import (
+    SpeechModels,
+    available_cpus,
+    decode_gate,
+    load_models,
+    run_gated,
+)
+from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.speculate import Decoded, Speculator
 from voicegate.backends.speech.vad import (
     SAMPLE_RATE,
-    SileroModel,
     SpeechEnd,
+    SpeechPause,
     SpeechStart,
     VadConfig,
     VadStream,
 )
-from voicegate.sonic.events import UsageEvent
+from voicegate.sonic import Role, UsageEvent
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +72,6 @@ CHUNK_MS: Final = 160
 TOOL_RESULT_TIMEOUT: Final = 15.0
 """Longer than the tool registry's own 10 s limit, so a slow tool yields its error result."""
 MAX_SEGMENT_SAMPLES: Final = 28 * SAMPLE_RATE
-MAX_QUOTE_WORDS: Final = 40
 MAX_STATS: Final = 64
 MAX_UNCLAIMED_RESULTS: Final = 16
 
@@ -72,136 +80,6 @@ class LocalModelUnavailable(BackendError):
     """The offline models cannot be loaded; the message says what to install."""
 
     kind = "local_model_unavailable"
-
-
-# ---------------------------------------------------------------------------------------------
-# Models: loaded once per process
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechModels:
-    vad: SileroModel
-    asr: Transcriber
-    tts: Synthesizer
-    load_seconds: float
-    rss_after_load_mb: float
-
-
-_models: SpeechModels | None = None
-_models_lock = threading.Lock()
-
-
-def load_models() -> SpeechModels:
-    """Load (once per process) and warm the three models. Blocking: ~1-2 s the first time."""
-    global _models
-    with _models_lock:
-        if _models is not None:
-            return _models
-        started = time.perf_counter()
-        vad = SileroModel()
-        asr = Transcriber()
-        tts = Synthesizer()
-        asr.warm_up()
-        tts.warm_up()
-        seconds = time.perf_counter() - started
-        rss_mb = _rss_mb()
-        _models = SpeechModels(vad, asr, tts, seconds, rss_mb)
-        log.info("local_models_loaded", seconds=round(seconds, 2), rss_mb=round(rss_mb))
-        return _models
-
-
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def decode_gate(limit: int) -> asyncio.Semaphore:
-    """The process-wide bound on concurrent ASR decodes (one semaphore per event loop)."""
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(limit)
-    return gate
-
-
-async def run_gated[T](gate: asyncio.Semaphore, func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` in a worker thread under ``gate``.
-
-    The gate is released when the *thread* finishes, not when the caller is cancelled: a barge-in
-    cancels the turn at once, but the decode keeps its cores until it is really done, so decodes
-    never pile up beyond the limit.
-    """
-    await gate.acquire()
-    try:
-        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    except BaseException:
-        gate.release()
-        raise
-
-    def done(fut: asyncio.Future[T]) -> None:
-        gate.release()
-        if not fut.cancelled():
-            fut.exception()  # retrieved, so an abandoned failure is not logged as unhandled
-
-    work.add_done_callback(done)
-    return await asyncio.shield(work)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reply policy
-# ---------------------------------------------------------------------------------------------
-
-_TIME = re.compile(
-    r"\bwhat(?: is|'s|s)? the time\b|\bwhat time(?: is it)?\b|\btime is it\b|"
-    r"\b(?:tell|give) me the time\b|\bcurrent time\b"
-)
-_GREETING = re.compile(r"\b(?:hello|hi|hey|good (?:morning|afternoon|evening))\b")
-_GOODBYE = re.compile(r"\b(?:good ?bye|bye|see you|farewell)\b")
-
-
-def intent(transcript: str) -> str:
-    """``time`` | ``goodbye`` | ``greeting`` | ``echo`` for a user transcript."""
-    text = re.sub(r"[^a-z' ]+", " ", transcript.lower())
-    if _TIME.search(text):
-        return "time"
-    if _GOODBYE.search(text):
-        return "goodbye"
-    if _GREETING.search(text):
-        return "greeting"
-    return "echo"
-
-
-def quote_reply(transcript: str) -> str:
-    words = transcript.split()
-    quoted = " ".join(words[:MAX_QUOTE_WORDS]) + (" ..." if len(words) > MAX_QUOTE_WORDS else "")
-    quoted = quoted.rstrip(" .!?,;:")
-    return f"You said: {quoted}."
-
-
-def time_reply(result_json: str) -> str:
-    """What to say about a get_current_time result (or its error)."""
-    try:
-        result = json.loads(result_json)
-    except json.JSONDecodeError:
-        result = None
-    if isinstance(result, dict):
-        spoken = result.get("spoken") or result.get("time")
-        if isinstance(spoken, str) and spoken:
-            zone = result.get("timezone")
-            # "in UTC", not "p.m. UTC.": a capital after "p.m." would start a new sentence.
-            place = zone.rsplit("/", 1)[-1].replace("_", " ") if isinstance(zone, str) else ""
-            where = f" in {place}" if place else ""
-            return f"It is {spoken}{where}."
-    return "Sorry, I could not get the time."
-
-
-REPLIES: Final = {
-    "greeting": "Hello! I am the offline voicegate assistant. How can I help you?",
-    "goodbye": "Goodbye! Talk to you soon.",
-    "no_clock": "Sorry, I have no clock tool to tell the time with.",
-    "tool_timeout": "Sorry, the clock did not answer in time.",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +98,8 @@ class TurnStats:
     """From the last voiced input frame to the first reply audio chunk (real-time input)."""
     audio_seconds: float = 0.0
     interrupted: bool = False
+    speculative: bool = False
+    """The transcript came from a decode started before the end was confirmed."""
 
 
 @dataclass(slots=True)
@@ -227,6 +107,7 @@ class _Turn:
     audio: NDArray[np.float32]
     speech_ended_at: float
     stats: TurnStats = field(default_factory=TurnStats)
+    decoding: asyncio.Task[Decoded] | None = None  # a speculative decode of exactly this audio
     task: asyncio.Task[None] | None = None
     replying: bool = False  # the USER transcript is out: a barge-in now interrupts
     audio_cid: str | None = None  # the open AUDIO content, if any
@@ -252,6 +133,7 @@ class LocalStream(InProcessStream):
         self._models = models
         self._gate = gate
         self._vad = VadStream(models.vad, vad_config)
+        self.speculation = Speculator(gate, models.asr.transcribe)
         self._clock = clock
         self._tool_timeout = tool_timeout
         self._turn: _Turn | None = None
@@ -272,8 +154,27 @@ class LocalStream(InProcessStream):
         for event in self._vad.feed(pcm):
             if isinstance(event, SpeechStart):
                 await self._speech_started()
+            elif isinstance(event, SpeechPause):
+                self.speculation.offer(event.voiced_until, self._with_carry(event.audio))
             else:
                 self._speech_ended(event)
+
+    async def on_text(self, role: Role, text: str, interactive: bool) -> None:
+        """Typed text: answered like a spoken turn, interrupting one under way."""
+        text = text.strip()
+        if role != "USER" or not interactive or not self.audio_started or not text:
+            return
+        turn = self._turn
+        if turn is not None and turn.running:
+            self._cancel_turn()
+            if turn.replying:
+                turn.stats.interrupted = True
+                await self._interrupt(turn.audio_cid, "generation")
+        elif self._clock() < self._playing_until:
+            await self._interrupt(None, "playback")
+        typed = _Turn(np.zeros(0, dtype=np.float32), self._clock())
+        self._turn = typed
+        typed.task = self.spawn(self._run_turn(typed, text))
 
     async def on_tool_result(self, tool_use_id: str, content: str) -> None:
         waiter = self._tool_waits.pop(tool_use_id, None)
@@ -285,9 +186,11 @@ class LocalStream(InProcessStream):
 
     async def on_session_end(self) -> None:
         self._cancel_turn()
+        self.speculation.cancel()
 
     async def on_close(self) -> None:
         self._cancel_turn()
+        self.speculation.cancel()
 
     async def idle(self) -> None:
         """Wait until the brain has finished the turn it is working on (tests, benchmarks)."""
@@ -326,31 +229,42 @@ class LocalStream(InProcessStream):
         await self.emit_interrupted(audio_cid)
         await self.end_completion("INTERRUPTED")
 
+    def _with_carry(self, audio: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The segment with the start of an utterance the user paused in, if any."""
+        if self._carry is None:
+            return audio
+        return np.concatenate([self._carry, audio])[-MAX_SEGMENT_SAMPLES:]
+
     def _speech_ended(self, event: SpeechEnd) -> None:
         self.segments += 1
-        audio = event.audio
-        if self._carry is not None:
-            audio = np.concatenate([self._carry, audio])[-MAX_SEGMENT_SAMPLES:]
-            self._carry = None
+        audio = self._with_carry(event.audio)
+        self._carry = None
         self._cancel_turn()  # never two turns at once (a start always cancelled it already)
         # Input arrives in real time, so speech really ended trailing_samples ago.
         ended = self._clock() - event.trailing_samples / SAMPLE_RATE
-        turn = _Turn(audio, ended)
+        turn = _Turn(audio, ended, decoding=self.speculation.claim(event.voiced_until, audio))
         self._turn = turn
         turn.task = self.spawn(self._run_turn(turn))
 
-    async def _run_turn(self, turn: _Turn) -> None:
+    async def _run_turn(self, turn: _Turn, typed: str | None = None) -> None:
         stats = turn.stats
-        started = time.perf_counter()
-        text = await run_gated(self._gate, self._models.asr.transcribe, turn.audio)
-        stats.asr_ms = (time.perf_counter() - started) * 1000
+        if turn.decoding is not None:
+            text, stats.asr_ms = await turn.decoding
+            stats.speculative = True
+        elif typed is None:
+            started = time.perf_counter()
+            text = await run_gated(self._gate, self._models.asr.transcribe, turn.audio)
+            stats.asr_ms = (time.perf_counter() - started) * 1000
+        else:
+            text = typed
         stats.transcript = text
         self.stats.append(stats)
         if not any(ch.isalnum() for ch in text):
             log.info("turn_empty", asr_ms=round(stats.asr_ms))
             return  # nothing was said: no turn (an empty USER text confuses clients)
         turn.replying = True
-        await self.emit_text("USER", text, "FINAL")
+        if typed is None:  # typed text is the client's own; only speech gets a transcript
+            await self.emit_text("USER", text, "FINAL")
         reply = await self._decide(text)
         stats.reply = reply
         await self._speak(turn, reply)
@@ -458,11 +372,11 @@ class LocalBackend:
         try:
             check_installed()
         except SpeechModelError as exc:
-            from voicegate.backends import BackendUnavailable
+            from voicegate.backends.base import BackendUnavailable
 
             raise BackendUnavailable(str(exc)) from exc
         # A decode uses two threads; more decodes than core pairs only slows all of them.
-        cores = len(_available_cpus())
+        cores = len(available_cpus())
         self._limit = max_concurrent_decodes or max(1, cores // 2)
         self._vad_config = vad_config
         self._clock = clock
@@ -492,25 +406,9 @@ class LocalBackend:
             tool_timeout=self._tool_timeout,
         )
 
+    def credentials_expiration(self) -> datetime | None:
+        return None  # offline: no credentials
+
     async def aclose(self) -> None:
         # The models are process-wide and may serve another backend instance: keep them.
         self._models = None
-
-
-def _rss_mb() -> float:
-    """Resident memory now (Linux), else the peak: the figure the README quotes."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _available_cpus() -> set[int]:
-    try:
-        return os.sched_getaffinity(0)
-    except AttributeError:  # not on Linux
-        return set(range(os.cpu_count() or 1))

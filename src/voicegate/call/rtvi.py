@@ -1,7 +1,9 @@
 """Data-channel messages in Pipecat's RTVI shape, so RTVI client SDKs understand voicegate.
 
 Every message is ``{"label": "rtvi-ai", "type": ..., "id": ..., "data": {...}}``. The full list,
-with voicegate's additions, is documented in docs/protocol.md.
+with voicegate's additions, is documented in docs/protocol.md. This module owns the shapes (which
+conversation event becomes which message, ``conversation_message``), the parsing of client
+messages, and the ``Outbox`` that holds messages until the browser's channel opens.
 """
 
 from __future__ import annotations
@@ -9,10 +11,31 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 from typing import Any, Final
+
+from aiortc.rtcdatachannel import RTCDataChannel
+
+from voicegate.conversation import (
+    BotInterrupted,
+    BotText,
+    ConversationError,
+    ConversationEvent,
+    SessionContinued,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+    UserTranscript,
+)
+from voicegate.media.rtp_stats import RtpSample
 
 LABEL: Final = "rtvi-ai"
 PROTOCOL_VERSION: Final = "1.0.0"
+MAX_TEXT_CHARS: Final = 2000
+"""Longest typed text (``send-text`` content) passed on; Nova Sonic takes ~1 KB per text event
+and the conversation splits longer ones, so this bounds what one message can ask of it."""
+MAX_PENDING_MESSAGES: Final = 64
+"""Data-channel messages kept while the channel is not open yet; older ones give way, counted."""
 
 
 def message(type_: str, data: dict[str, Any] | None = None, id_: str | None = None) -> str:
@@ -42,8 +65,8 @@ def user_transcription(text: str, final: bool, user_id: str) -> str:
     )
 
 
-def error(text: str, fatal: bool, kind: str = "error") -> str:
-    return message("error", {"message": text, "fatal": fatal, "kind": kind})
+def error(text: str, fatal: bool, kind: str = "error", id_: str | None = None) -> str:
+    return message("error", {"message": text, "fatal": fatal, "kind": kind}, id_)
 
 
 def server_message(kind: str, **fields: Any) -> str:
@@ -66,3 +89,153 @@ def parse(raw: str | bytes) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         return None
     return obj
+
+
+def request_id(msg: dict[str, Any]) -> str | None:
+    """The client's ``id`` of a request, echoed in the answer (only a string is echoed)."""
+    value = msg.get("id")
+    return value if isinstance(value, str) and len(value) <= 128 else None
+
+
+def send_text_content(msg: dict[str, Any]) -> str:
+    """The text of a ``send-text`` message (trimmed), or ``ValueError`` saying what is wrong.
+    ``options.run_immediately`` and ``options.audio_response`` are accepted (booleans): the text
+    always goes to the model at once, and Nova Sonic always answers in speech."""
+    data = msg.get("data")
+    if not isinstance(data, dict):
+        raise ValueError('send-text needs "data": {"content": "<text>"}')
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise ValueError("send-text data.content must be a string")
+    if len(content) > MAX_TEXT_CHARS:
+        raise ValueError(f"send-text data.content is longer than {MAX_TEXT_CHARS} characters")
+    text = content.strip()
+    if not text:
+        raise ValueError("send-text data.content is empty")
+    options = data.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ValueError("send-text data.options must be an object")
+    for name in ("run_immediately", "audio_response"):
+        if options.get(name) is not None and not isinstance(options[name], bool):
+            raise ValueError(f"send-text data.options.{name} must be a boolean")
+    return text
+
+
+# -- conversation events -> messages -----------------------------------------------------------
+
+
+def conversation_message(event: ConversationEvent, user_id: str) -> str | None:
+    """The message a conversation event becomes on the data channel (None: not shown)."""
+    match event:
+        case UserTranscript():
+            return user_transcription(event.text, event.final, user_id)
+        case BotText():
+            return message(
+                "bot-transcription" if event.final else "bot-llm-text", {"text": event.text}
+            )
+        case BotInterrupted():
+            return message("bot-interrupted", {"dropped_ms": event.dropped_samples / 24})
+        case ToolCallStarted():
+            return message(
+                "llm-function-call",
+                {
+                    "function_name": event.name,
+                    "tool_call_id": event.tool_use_id,
+                    "args": _json_or_text(event.arguments),
+                },
+            )
+        case ToolCallFinished():
+            return server_message(
+                "tool-result",
+                function_name=event.name,
+                tool_call_id=event.tool_use_id,
+                ok=event.ok,
+                result=_json_or_text(event.result),
+            )
+        case Usage():
+            return message(
+                "metrics",
+                {
+                    "usage": {
+                        "input_tokens": event.input_tokens,
+                        "output_tokens": event.output_tokens,
+                        "total_tokens": event.total_tokens,
+                    }
+                },
+            )
+        case ConversationError():
+            return error(event.message, event.fatal, event.kind)
+        case SessionContinued():  # renewal/recovery: for the debug panel, never an error
+            return server_message(
+                event.kind,
+                reason=event.reason,
+                stream=event.leg,
+                gap_ms=event.gap_ms,
+                forced=event.forced,
+                attempts=event.attempts,
+                history_messages=event.history_messages,
+                history_bytes=event.history_bytes,
+                replayed_ms=event.replayed_ms,
+            )
+        case _:  # BotAudioStarted, BotTurnDone, ConversationEnded: the call's own business
+            return None
+
+
+def turn_latency(total_ms: float, model_ms: float | None) -> str:
+    return server_message(
+        "turn-latency",
+        total_ms=round(total_ms, 1),
+        model_ms=None if model_ms is None else round(model_ms, 1),
+        playout_ms=None if model_ms is None else round(total_ms - model_ms, 1),
+    )
+
+
+def rtp_stats(sample: RtpSample) -> str:
+    return server_message("rtp-stats", **sample.as_dict())
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+# -- the outbox --------------------------------------------------------------------------------
+
+
+class Outbox:
+    """Messages for one call's data channel. Until the browser's channel opens (it is created by
+    the browser, so it may come after the first events) they wait, at most
+    ``MAX_PENDING_MESSAGES``; older ones give way and are counted in ``dropped``."""
+
+    def __init__(self) -> None:
+        self.channel: RTCDataChannel | None = None
+        self._pending: deque[str] = deque(maxlen=MAX_PENDING_MESSAGES)
+        self.dropped = 0
+
+    def attach(self, channel: RTCDataChannel) -> bool:
+        """Use ``channel`` from now on; False (ignored) when the call has one already."""
+        if self.channel is not None:
+            return False
+        self.channel = channel
+        channel.on("open", self.flush)
+        if channel.readyState == "open":
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        channel = self.channel
+        while self._pending and channel is not None and channel.readyState == "open":
+            channel.send(self._pending.popleft())
+
+    def send(self, text: str) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(text)
+            return
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+        self._pending.append(text)

@@ -1,8 +1,8 @@
 """What a conversation carries from one model stream to the next: settings, shaped history and
 the rolling buffer of the user's latest audio.
 
-A Nova Sonic stream lives about 8 minutes and can die earlier (../shared/reference/nova-sonic.md
-sections 5 and 8), so one call is a sequence of streams ("legs"). Moving to a new leg must not
+A Nova Sonic stream lives about 8 minutes and can die earlier (docs/renewal.md), so one call is
+a sequence of streams ("legs"). Moving to a new leg must not
 lose or repeat anything the user said, and must not make the model answer old turns again:
 
 - History is replayed as non-interactive text blocks, shaped the way Bedrock accepts it: first
@@ -20,9 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-import numpy as np
-
-from voicegate.sonic.events import Role
+from voicegate.media.levels import rms
+from voicegate.sonic import Role
 
 VOICED_RMS: Final = 150.0
 """RMS (16-bit scale, about -47 dBFS) above which a chunk may hold speech. Only decides where a
@@ -65,7 +64,8 @@ class ContinuationSettings:
 # -- history ---------------------------------------------------------------------------------
 
 
-def _cap_bytes(text: str, limit: int) -> str:
+def cap_bytes(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes on a character boundary, marked when cut."""
     raw = text.encode()
     if len(raw) <= limit:
         return text
@@ -98,7 +98,7 @@ def shape_history(
     for role, text in reversed(merged):
         if len(kept) >= max_messages:
             break
-        text = _cap_bytes(text, max_message_bytes)
+        text = cap_bytes(text, max_message_bytes)
         size = len(text.encode())
         if total + size > max_bytes:
             break
@@ -119,45 +119,60 @@ def history_bytes(history: Iterable[tuple[Role, str]]) -> int:
 
 class ReplayBuffer:
     """The user's latest audio, kept so the next stream hears what the current one has not
-    transcribed yet. Bounded: at most ``max_s`` seconds of chunks."""
+    transcribed yet. Bounded by duration (``max_s`` seconds of samples, whatever the chunk
+    length fed), so the bound stays true when the caller's chunk length is configured."""
 
-    def __init__(self, chunk_s: float, max_s: float = 8.0, preroll_s: float = 0.3) -> None:
-        self.chunk_s = chunk_s
-        self._chunks: deque[tuple[bytes, bool]] = deque(maxlen=max(1, round(max_s / chunk_s)))
-        self._preroll = max(0, round(preroll_s / chunk_s))
-        self.quiet_chunks = 0
-        """Consecutive unvoiced chunks at the end (how long the user has been silent)."""
+    def __init__(self, max_s: float = 8.0, preroll_s: float = 0.3, rate: int = 16000) -> None:
+        self.rate = rate
+        self._max_bytes = round(max_s * rate) * 2
+        self._preroll_bytes = round(preroll_s * rate) * 2
+        self._chunks: deque[tuple[bytes, bool]] = deque()
+        self._bytes = 0
+        self.quiet_samples = 0
+        """Unvoiced samples at the end (how long the user has been silent)."""
 
     def add(self, pcm: bytes) -> None:
         voiced = _voiced(pcm)
         self._chunks.append((pcm, voiced))
-        self.quiet_chunks = 0 if voiced else self.quiet_chunks + 1
+        self._bytes += len(pcm)
+        while self._bytes > self._max_bytes and len(self._chunks) > 1:
+            self._bytes -= len(self._chunks.popleft()[0])
+        self.quiet_samples = 0 if voiced else self.quiet_samples + len(pcm) // 2
+
+    @property
+    def seconds(self) -> float:
+        """Audio held now."""
+        return self._bytes / 2 / self.rate
 
     @property
     def quiet_s(self) -> float:
-        return self.quiet_chunks * self.chunk_s
+        return self.quiet_samples / self.rate
+
+    def _preroll_start(self, end: int) -> int:
+        """Index from which the chunks before ``end`` cover the pre-roll."""
+        start, covered = end, 0
+        while start > 0 and covered < self._preroll_bytes:
+            start -= 1
+            covered += len(self._chunks[start][0])
+        return start
 
     def commit(self) -> None:
         """The live stream produced a final user transcript: what it heard so far is in the
         history now. Only a pre-roll stays, marked unvoiced, so it is replayed only in front of
         new speech."""
-        tail = list(self._chunks)[-self._preroll :] if self._preroll else []
+        tail = list(self._chunks)[self._preroll_start(len(self._chunks)) :]
         self._chunks.clear()
         self._chunks.extend((pcm, False) for pcm, _ in tail)
+        self._bytes = sum(len(pcm) for pcm, _ in tail)
 
     def replay(self) -> list[bytes]:
         """Chunks to send to a new stream: from the pre-roll before the first voiced chunk to
         now; nothing when there was no speech since the last transcript."""
-        chunks = list(self._chunks)
-        first = next((i for i, (_, voiced) in enumerate(chunks) if voiced), None)
+        first = next((i for i, (_, voiced) in enumerate(self._chunks) if voiced), None)
         if first is None:
             return []
-        return [pcm for pcm, _ in chunks[max(0, first - self._preroll) :]]
+        return [pcm for pcm, _ in list(self._chunks)[self._preroll_start(first) :]]
 
 
 def _voiced(pcm: bytes) -> bool:
-    samples = np.frombuffer(pcm, dtype="<i2")
-    if samples.size == 0:
-        return False
-    x = samples.astype(np.float32)
-    return float(np.sqrt(np.mean(x * x))) >= VOICED_RMS
+    return rms(pcm) >= VOICED_RMS

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from voicegate.sonic.events import ToolSpec
+from voicegate.sonic import ToolSpec
 
 ToolFunc = Callable[..., Any]
 
@@ -100,7 +100,7 @@ class ToolRegistry:
         return name in self._tools
 
     async def run(self, name: str, arguments_json: str) -> tuple[str, bool]:
-        """Run one tool call. Returns (result JSON text, ok). Never raises."""
+        """Run one tool call. Returns (result JSON object text, ok). Never raises."""
         tool = self._tools.get(name)
         if tool is None:
             return _error(f"unknown tool {name!r}"), False
@@ -122,10 +122,14 @@ class ToolRegistry:
             return _error(f"bad arguments for {name!r}: {exc}"), False
         except Exception as exc:
             return _error(f"the tool {name!r} failed: {exc}"), False
+        if not isinstance(result, dict):
+            # Nova Sonic takes a tool result only as a JSON object ("Tool Response parsing
+            # error" otherwise): wrap anything else.
+            result = {"result": result}
         try:
             text = json.dumps(result, default=str)
         except (TypeError, ValueError):
-            text = json.dumps(str(result))
+            text = json.dumps({"result": str(result)})
         if len(text.encode()) > MAX_RESULT_BYTES:
             return _error(f"the tool {name!r} returned more than {MAX_RESULT_BYTES} bytes"), False
         return text, True

@@ -1,18 +1,22 @@
-"""Audio plumbing on the hot path: resampling, framing and level metering.
+"""Audio plumbing on the hot path between the media tracks and the conversation.
 
-Pure functions and small stateful classes, no I/O, so they are unit-tested and measured on their
-own. Everything here runs once per 20 ms frame per call, so it avoids per-sample Python loops.
+Caller audio to model input (``InboundResampler``: any frame -> 16 kHz mono, lost time filled
+with silence; ``Chunker``: fixed-size model chunks) and raw PCM to frames (``pcm_frame``). Pure
+functions and small stateful classes, no I/O, so they are unit-tested and measured on their own.
+Everything here runs once per 20 ms frame per call, so it avoids per-sample Python loops. Rate
+conversion itself is ``resample``'s, level metering ``levels``'.
 """
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Final
 
 import av
 import numpy as np
 import numpy.typing as npt
+
+from voicegate.media.resample import FrameResampler
 
 MODEL_INPUT_RATE: Final = 16000
 CHUNK_SAMPLES: Final = 320
@@ -49,7 +53,7 @@ class InboundResampler:
 
     def __init__(self, rate: int = MODEL_INPUT_RATE) -> None:
         self.rate = rate
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        self._resampler = FrameResampler(rate)
         self._next_pts: int | None = None
         self._in_rate = 0
         self.gap_samples = 0
@@ -76,10 +80,7 @@ class InboundResampler:
             # mono): no resampler pass, just a view of the samples.
             parts.append(np.frombuffer(memoryview(frame.planes[0]), np.int16)[: frame.samples])
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
-        for out in self._resampler.resample(frame):
-            parts.append(out.to_ndarray().reshape(-1).astype(np.int16, copy=False))
-        if not parts:
-            return np.zeros(0, dtype=np.int16)
+        parts.append(self._resampler.process(frame))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -104,20 +105,6 @@ class Chunker:
     @property
     def pending_samples(self) -> int:
         return len(self._buf) // 2
-
-
-def rms(pcm: Int16Array) -> float:
-    """Root mean square of int16 samples, in sample units (0..32767)."""
-    if pcm.size == 0:
-        return 0.0
-    x = pcm.astype(np.float32)
-    return float(np.sqrt(np.dot(x, x) / x.size))
-
-
-def dbfs(pcm: Int16Array) -> float:
-    """Level in dB relative to full scale; -127 for digital silence."""
-    value = rms(pcm)
-    return -127.0 if value <= 0 else max(-127.0, 20.0 * math.log10(value / 32768.0))
 
 
 def pcm_frame(pcm: bytes, rate: int, pts: int) -> av.AudioFrame:

@@ -7,6 +7,10 @@ is the only interface, and such a server should offer *only* loopback, never the
 addresses. So the module function aioice calls is replaced by one that returns the configured list
 (or aioice's own enumeration when nothing is configured). The patch is process-wide, as aioice's
 lookup is, and is applied once at start-up by ``configure_host_addresses``.
+
+Below it: the UDP port range and announced address (``configure_media``), and which *remote*
+candidates the server may be made to send to (``CandidatePolicy``), judged by these same own
+addresses.
 """
 
 from __future__ import annotations
@@ -15,12 +19,18 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aioice.ice
 import aioice.turn
 import structlog
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc import RTCIceCandidate
+from aiortc.sdp import candidate_from_sdp
+
+from voicegate import netaddr
+from voicegate.netaddr import is_loopback_host
 
 log = structlog.get_logger(__name__)
 
@@ -49,15 +59,6 @@ def configure_host_addresses(addresses: Sequence[str] | None) -> None:
     aioice.ice.get_host_addresses = _host_addresses
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def default_host_addresses(bind_host: str) -> list[str] | None:
     """Loopback-only for a server bound to loopback; otherwise every interface (None)."""
     if is_loopback_host(bind_host):
@@ -65,7 +66,7 @@ def default_host_addresses(bind_host: str) -> list[str] | None:
     return None
 
 
-# -- UDP port range and announced address (issue 5) ------------------------------------------
+# -- UDP port range and announced address ----------------------------------------------------
 #
 # aioice binds every host candidate to a random OS port (``local_addr=(address, 0)``) and has no
 # option for a range (aiortc/aioice#47, PR #112 unmerged), so firewalls and containers would have
@@ -177,3 +178,114 @@ async def _get_component_candidates(
 
 def _same_family(a: str, b: str) -> bool:
     return ipaddress.ip_address(a).version == ipaddress.ip_address(b).version
+
+
+# -- remote candidates: which addresses the server may be made to send to ---------------------
+#
+# Every remote candidate makes aioice send STUN checks to its address, from the server. A caller
+# who lists candidates at addresses of the server's own neighbourhood (its loopback, its private
+# network, multicast groups, mDNS names resolved on its LAN) turns the gateway into a prober of
+# places the caller cannot reach itself. ``CandidatePolicy`` keeps only addresses the server
+# could legitimately reach a caller at, judged by the server's *own* ICE addresses: loopback
+# candidates only when the server offers loopback itself (a caller on the same machine),
+# private ranges only when the server has an address in that same range (or the operator
+# allows them for a LAN deployment). Signaling applies it to the offer's SDP and to trickled
+# candidates before aiortc sees either.
+
+MAX_REMOTE_CANDIDATES: Final = 32
+"""Distinct remote candidates one connection may name (offer and trickle together)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CandidatePolicy:
+    own_addresses: tuple[str, ...] = ()
+    allow_private: bool = False
+    allow_mdns: bool = False
+
+    def refusal(self, host: str) -> str | None:
+        """Why a remote candidate at ``host`` is ignored, or None to use it."""
+        if host.lower().endswith(".local"):
+            if self.allow_mdns:
+                return None
+            return "an mDNS (.local) name; the server resolves none (--allow-mdns-candidates)"
+        address = netaddr.ip(host)
+        if address is None:
+            return "not an IP address"
+        own = [a for a in (netaddr.ip(o) for o in self.own_addresses) if a is not None]
+        if address.is_unspecified or address in _THIS_NETWORK:
+            return "an unspecified address"
+        if address.is_multicast:
+            return "a multicast address"
+        if address.is_link_local:
+            return "a link-local address"
+        if address.is_loopback:
+            if any(a.is_loopback for a in own):
+                return None
+            return "a loopback address, and the server's ICE addresses are not loopback"
+        if (address.version == 4 and address.is_reserved) or address == _BROADCAST:
+            return "a reserved address"
+        for network in netaddr.PRIVATE_NETWORKS:
+            if address in network:
+                if self.allow_private or any(a in network for a in own):
+                    return None
+                return (
+                    f"a private address ({network}) in no network of the server's "
+                    "(--allow-private-candidates for LAN deployments)"
+                )
+        return None
+
+
+_THIS_NETWORK: Final = ipaddress.ip_network("0.0.0.0/8")
+_BROADCAST: Final = ipaddress.ip_address("255.255.255.255")
+
+
+def own_addresses() -> tuple[str, ...]:
+    """The addresses this process offers as ICE host candidates (configured, else every
+    interface's), plus the announced one."""
+    found = list(_configured) if _configured is not None else _original(True, True)
+    if _announced:
+        found.append(_announced)
+    return tuple(found)
+
+
+def candidate_policy(allow_private: bool = False, allow_mdns: bool = False) -> CandidatePolicy:
+    """The policy for this process's ICE addresses as configured now."""
+    return CandidatePolicy(own_addresses(), allow_private, allow_mdns)
+
+
+def candidate_key(candidate: RTCIceCandidate) -> tuple[str, int, str]:
+    """What makes two remote candidates the same to aioice: the transport address."""
+    return candidate.ip.lower(), candidate.port, candidate.protocol.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredSdp:
+    sdp: str
+    keys: frozenset[tuple[str, int, str]]
+    """Every distinct candidate the SDP named, used or not (they count against the limit)."""
+    ignored: tuple[tuple[str, str], ...]
+    """(address, reason) of each candidate left out."""
+
+
+def filter_sdp(sdp: str, policy: CandidatePolicy) -> FilteredSdp:
+    """``sdp`` without the ``a=candidate`` lines ``policy`` refuses. Lines that do not parse
+    are left for aiortc's own parser to refuse."""
+    lines = sdp.splitlines(keepends=True)
+    kept: list[str] = []
+    keys: set[tuple[str, int, str]] = set()
+    ignored: dict[tuple[str, int, str], tuple[str, str]] = {}
+    for line in lines:
+        if line.startswith("a=candidate:"):
+            try:
+                candidate = candidate_from_sdp(line.strip().removeprefix("a=candidate:"))
+            except (ValueError, IndexError, KeyError, AssertionError):
+                kept.append(line)
+                continue
+            key = candidate_key(candidate)
+            keys.add(key)
+            reason = policy.refusal(candidate.ip)
+            if reason is not None:
+                ignored[key] = (candidate.ip, reason)
+                continue
+        kept.append(line)
+    return FilteredSdp("".join(kept), frozenset(keys), tuple(ignored.values()))

@@ -9,7 +9,9 @@ fallback. ctypes releases the GIL around each call, and a call costs a few micro
 overhead, far below the codec work itself.
 
 Only the stable libopus API is used (``opus_encoder_*``, ``opus_decoder_*``,
-``opus_packet_get_nb_samples``), so any libopus >= 1.1 works.
+``opus_packet_get_nb_samples``), so any libopus >= 1.1 works. ``opus_packet_has_lbrr`` (libopus
+>= 1.5; PyAV's wheel ships 1.6) is used when present; with an older library (Debian bookworm's
+libopus0 is 1.3.1) the same flag is read from the packet here (``_has_lbrr_parsed``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ SET_DTX: Final = 4016
 SET_SIGNAL: Final = 4024
 SIGNAL_VOICE: Final = 3001
 MAX_PACKET: Final = 1500
+RTP_RATE: Final = 48000
+"""Opus's RTP clock (RFC 7587), whatever the rate of the audio inside."""
 RATES: Final = (8000, 12000, 16000, 24000, 48000)
 """Sample rates libopus encodes from and decodes to natively (no resampler needed)."""
 
@@ -71,6 +75,9 @@ def _load() -> ctypes.CDLL:
     lib.opus_decode.argtypes = [vp, ctypes.c_char_p, ctypes.c_int32, i16p, ip, ip]
     lib.opus_packet_get_nb_samples.restype = ip
     lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
+    if hasattr(lib, "opus_packet_has_lbrr"):
+        lib.opus_packet_has_lbrr.restype = ip
+        lib.opus_packet_has_lbrr.argtypes = [ctypes.c_char_p, ctypes.c_int32]
     return lib
 
 
@@ -95,6 +102,98 @@ def packet_samples(packet: bytes, rate: int = 48000) -> int:
         return 0
     n: int = lib().opus_packet_get_nb_samples(packet, len(packet), rate)
     return n
+
+
+def packet_has_lbrr(packet: bytes) -> bool:
+    """True when ``packet`` carries in-band FEC (SILK LBRR) data for the frame before it, i.e.
+    when ``Decoder.recover`` would rebuild that frame rather than conceal it."""
+    if not packet:
+        return False
+    fn = getattr(lib(), "opus_packet_has_lbrr", None)
+    if fn is None:
+        return _has_lbrr_parsed(packet)
+    result: int = fn(packet, len(packet))
+    return result > 0
+
+
+def _has_lbrr_parsed(packet: bytes) -> bool:
+    """``opus_packet_has_lbrr`` for libopus < 1.5, from the packet itself (RFC 6716).
+
+    The TOC byte (3.1) gives the mode, the frame size and the stereo flag; the framing code
+    (3.2) locates the first Opus frame. That frame begins with the SILK header flags (4.2.3):
+    one VAD flag per 20 ms SILK frame, then the LBRR flag, for the mid channel, then the same
+    for the side channel in stereo. They are range-coded with probability one half each, which
+    makes them exactly the leading bits of the frame's first byte."""
+    toc = packet[0]
+    config = toc >> 3
+    if config >= 16:  # CELT-only: no SILK layer, no LBRR
+        return False
+    stereo = bool(toc & 0x04)
+    # SILK and hybrid configs cycle through 10/20/40/60 ms (SILK) or 10/20 ms (hybrid).
+    ms = (10, 20, 40, 60)[config & 3] if config < 12 else (10, 20)[config & 1]
+    silk_frames = max(1, ms // 20)
+    first = _first_frame_offset(packet)
+    if first is None or first >= len(packet):
+        return False
+    flags = packet[first]
+    lbrr = (flags >> (7 - silk_frames)) & 1
+    if stereo:
+        lbrr |= (flags >> (6 - 2 * silk_frames)) & 1
+    return bool(lbrr)
+
+
+def _length(packet: bytes, pos: int) -> tuple[int, int] | None:
+    """A frame length (RFC 6716 3.2.1: one byte, or two from 252 up) and where it ends."""
+    if pos >= len(packet):
+        return None
+    b0 = packet[pos]
+    if b0 < 252:
+        return b0, pos + 1
+    if pos + 1 >= len(packet):
+        return None
+    return b0 + 4 * packet[pos + 1], pos + 2
+
+
+def _first_frame_offset(packet: bytes) -> int | None:
+    """Where the first frame's data starts (RFC 6716 3.2); None when that frame is empty (DTX)
+    or the packet is malformed."""
+    n = len(packet)
+    code = packet[0] & 3
+    if code == 0:
+        return 1 if n > 1 else None
+    if code == 1:
+        return 1 if (n - 1) // 2 > 0 else None
+    if code == 2:
+        got = _length(packet, 1)
+        return got[1] if got is not None and got[0] > 0 and got[1] < n else None
+    if n < 2:
+        return None
+    vbr, padded, count = bool(packet[1] & 0x80), bool(packet[1] & 0x40), packet[1] & 0x3F
+    if count == 0:
+        return None
+    pos, padding = 2, 0
+    if padded:  # each byte of 255 adds 254 bytes of padding; the first byte below 255 ends it
+        while pos < n and packet[pos] == 255:
+            padding += 254
+            pos += 1
+        if pos >= n:
+            return None
+        padding += packet[pos]
+        pos += 1
+    if vbr:
+        first = -1
+        for _ in range(count - 1):  # every frame's length but the last's
+            got = _length(packet, pos)
+            if got is None:
+                return None
+            if first < 0:
+                first = got[0]
+            pos = got[1]
+        if first < 0:  # a single frame: everything but the padding
+            first = n - pos - padding
+    else:
+        first = (n - pos - padding) // count
+    return pos if first > 0 and pos < n else None
 
 
 class Encoder:

@@ -1,30 +1,31 @@
-"""Prometheus metrics for ``GET /metrics``, in the text exposition format, written by hand.
+"""The gateway's metrics for ``GET /metrics``: what they count, and the call observer feeding them.
 
-Why by hand: the handful of metric types voicegate needs (counters, gauges, histograms with a few
-fixed labels) fit in a page, and a self-rendered registry has no process-global state, so every
-app (and every test server in one process) has its own numbers. Everything here is cheap and
-synchronous: observing is a dict update on the event loop; process figures (RSS, fds, threads)
-are read from /proc only when scraped.
-
-Label values come from voicegate's own code (error kinds, close reasons, latency stages), never
-from a request; still, each metric keeps at most ``MAX_SERIES`` label sets and folds the rest into
-``other`` so a bug cannot grow memory without bound.
+Everything here is cheap and synchronous: observing is a dict update on the event loop; process
+figures (RSS, fds, threads) are read from /proc only when scraped (``process.py``); the text
+format is rendered by ``exposition.py``. Calls feed the metrics as a ``CallObserver``
+(``on_call_event``): signaling registers ``GatewayMetrics`` on every call it creates, and the
+call publishes its start, end, turn latencies, RTP samples, barge-ins and errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import math
-import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-MAX_SERIES: Final = 64
+from voicegate.call.events import CallEnded, CallEvent, CallStarted, RtpStats, TurnLatency
+from voicegate.conversation import BotInterrupted, ConversationError
+from voicegate.media.rtp_stats import RtpSample
+from voicegate.observability.exposition import CONTENT_TYPE, Counter, Gauge, Histogram, Metric
+from voicegate.observability.process import asyncio_tasks, cpu_seconds, open_fds, rss_bytes
+
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "failures_by_kind", "numeric_fields"]
+
 LATENCY_BUCKETS: Final = (
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
 )  # fmt: skip
@@ -33,262 +34,7 @@ JITTER_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 
 RTT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 LOSS_BUCKETS: Final = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 LAG_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-LAG_INTERVAL: Final = 0.25
-"""Seconds between event-loop lag probes: frequent enough to catch stalls, cost nil."""
-RTP_SAMPLE_INTERVAL: Final = 5.0
-"""Seconds between per-call ``getStats()`` samples (RTCP reports arrive about every 5 s anyway)."""
-OPUS_CLOCK: Final = 48000
 _NAME_OK: Final = re.compile(r"[^a-zA-Z0-9_]")
-
-LabelValues = tuple[str, ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _fmt(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
-
-    def _key(self, labels: dict[str, str], known: Mapping[LabelValues, object]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        if key not in known and len(known) >= MAX_SERIES:
-            key = tuple("other" for _ in self.labelnames)
-        return key
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-    def samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    """A monotonically growing count; ``inc`` with a negative amount is refused."""
-
-    kind = "counter"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
-        read: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
-        self._read = read
-        if not self.labelnames:
-            self._values[()] = 0.0
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels, self._values)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(labels[n] for n in self.labelnames), 0.0)
-
-    def samples(self) -> list[str]:
-        if self._read is not None:
-            return [f"{self.name} {_fmt(self._read())}"]
-        return [
-            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
-            for k, v in sorted(self._values.items())
-        ]
-
-
-class Gauge(_Metric):
-    """A value that goes up and down, set directly or read from a callback at scrape time."""
-
-    kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
-        read: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
-        self._read = read
-
-    def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels, self._values)] = value
-
-    def samples(self) -> list[str]:
-        if self._read is not None:
-            return [f"{self.name} {_fmt(self._read())}"]
-        return [
-            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
-            for k, v in sorted(self._values.items())
-        ]
-
-
-@dataclass(slots=True)
-class _HistogramState:
-    counts: list[int]
-    total: float = 0.0
-    count: int = 0
-
-
-class Histogram(_Metric):
-    """Cumulative buckets, ``_sum`` and ``_count`` per label set (Prometheus semantics)."""
-
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        buckets: Sequence[float],
-        labelnames: Sequence[str] = (),
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self._states: dict[LabelValues, _HistogramState] = {}
-
-    def observe(self, value: float, **labels: str) -> None:
-        if math.isnan(value):
-            return
-        key = self._key(labels, self._states)
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = _HistogramState([0] * len(self.buckets))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                state.counts[i] += 1
-                break
-        state.total += value
-        state.count += 1
-
-    def count(self, **labels: str) -> int:
-        state = self._states.get(tuple(labels[n] for n in self.labelnames))
-        return 0 if state is None else state.count
-
-    def samples(self) -> list[str]:
-        lines: list[str] = []
-        for key, state in sorted(self._states.items()):
-            cumulative = 0
-            for bound, n in zip(self.buckets, state.counts, strict=True):
-                cumulative += n
-                le = _labels(self.labelnames, key, f'le="{_fmt(bound)}"')
-                lines.append(f"{self.name}_bucket{le} {cumulative}")
-            inf = _labels(self.labelnames, key, 'le="+Inf"')
-            lines.append(f"{self.name}_bucket{inf} {state.count}")
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_fmt(state.total)}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {state.count}")
-        return lines
-
-
-# -- process figures ---------------------------------------------------------------------------
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 0
-
-
-def _asyncio_tasks() -> int:
-    try:
-        return len(asyncio.all_tasks())
-    except RuntimeError:  # no running loop (rendered from a thread)
-        return 0
-
-
-# -- RTP statistics ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RtpSample:
-    """One call's RTP figures from aiortc's ``getStats()`` (RTCP-derived where noted).
-
-    ``inbound_*``: the browser's stream as voicegate receives it. ``outbound_*``: voicegate's
-    stream as the browser reports it in RTCP receiver reports (None until the first report)."""
-
-    inbound_packets: int = 0
-    inbound_lost: int = 0
-    inbound_jitter_s: float | None = None
-    outbound_packets_sent: int = 0
-    outbound_lost: int | None = None
-    outbound_fraction_lost: float | None = None
-    outbound_jitter_s: float | None = None
-    rtt_s: float | None = None
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return dataclasses.asdict(self)
-
-
-def rtp_sample(report: Iterable[object]) -> RtpSample:
-    """Digest an aiortc ``RTCStatsReport``'s values (audio only) into one ``RtpSample``.
-
-    aiortc reports jitter in RTP timestamp units (Opus: 48 kHz clock) and RTT in seconds."""
-    sample = RtpSample()
-    for stats in report:
-        kind = getattr(stats, "kind", "audio")
-        if kind != "audio":
-            continue
-        match getattr(stats, "type", ""):
-            case "inbound-rtp":
-                sample.inbound_packets += int(getattr(stats, "packetsReceived", 0) or 0)
-                sample.inbound_lost += max(0, int(getattr(stats, "packetsLost", 0) or 0))
-                jitter = getattr(stats, "jitter", None)
-                if jitter is not None:
-                    sample.inbound_jitter_s = float(jitter) / OPUS_CLOCK
-            case "outbound-rtp":
-                sample.outbound_packets_sent += int(getattr(stats, "packetsSent", 0) or 0)
-            case "remote-inbound-rtp":
-                lost = getattr(stats, "packetsLost", None)
-                if lost is not None:
-                    sample.outbound_lost = max(0, int(lost))
-                fraction = getattr(stats, "fractionLost", None)
-                if fraction is not None:
-                    # RTCP carries it as an 8-bit fixed-point fraction (0-255).
-                    value = float(fraction)
-                    sample.outbound_fraction_lost = value / 256 if value > 1 else value
-                jitter = getattr(stats, "jitter", None)
-                if jitter is not None:
-                    sample.outbound_jitter_s = float(jitter) / OPUS_CLOCK
-                rtt = getattr(stats, "roundTripTime", None)
-                if rtt is not None and rtt >= 0:
-                    sample.rtt_s = float(rtt)
-    return sample
 
 
 @dataclass(slots=True)
@@ -303,7 +49,8 @@ class _RtpTotals:
 
 
 class GatewayMetrics:
-    """Every metric ``/metrics`` shows, with the hooks signaling and peer call.
+    """Every metric ``/metrics`` shows; a ``CallObserver`` of every call, plus the hooks
+    signaling calls (offers by status, backend errors at call start, live stats).
 
     Per-call conversation counters (barge-ins, tool calls, dropped chunks, and whatever other
     integer fields ``ConversationStats`` grows, such as renewals) are read by field name without
@@ -400,7 +147,7 @@ class GatewayMetrics:
         )
         self.loop_lag = Histogram(
             "voicegate_event_loop_lag_seconds",
-            f"how late a {LAG_INTERVAL}s sleep on the event loop wakes up",
+            "how late a short sleep on the event loop wakes up (admission control's probe)",
             LAG_BUCKETS,
         )
         self.loop_lag_last = Gauge(
@@ -416,6 +163,11 @@ class GatewayMetrics:
         )
         self._process = [
             Gauge("voicegate_process_resident_memory_bytes", "RSS", read=lambda: rss_bytes()),
+            Counter(
+                "voicegate_process_cpu_seconds_total",
+                "CPU time of this process, user + system, all threads",
+                read=cpu_seconds,
+            ),
             Gauge("voicegate_process_open_fds", "open file descriptors", read=lambda: open_fds()),
             Gauge(
                 "voicegate_process_threads",
@@ -425,9 +177,33 @@ class GatewayMetrics:
             Gauge(
                 "voicegate_asyncio_tasks",
                 "asyncio tasks on the event loop",
-                read=lambda: _asyncio_tasks(),
+                read=lambda: asyncio_tasks(),
             ),
         ]
+
+    # -- the call observer ---------------------------------------------------------------------
+
+    wants_audio = False  # CallObserver: no per-frame audio events for the metrics
+
+    def on_call_event(self, call_id: str, event: CallEvent) -> None:
+        match event:
+            case CallStarted():
+                self.call_started(call_id)
+            case CallEnded():
+                # A replaced connection (restart_pc) hands its conversation and cumulative
+                # stats to the call's next connection; that one's end counts the call, once.
+                if not event.handed_over:
+                    self.call_ended(call_id, event.reason, event.seconds, event.stats)
+            case TurnLatency():
+                self.observe_turn(event.total_s, event.model_s)
+            case RtpStats():
+                self.observe_rtp(call_id, event.sample)
+            case BotInterrupted():
+                self.barge_ins.inc()
+            case ConversationError():
+                self.backend_errors.inc(kind=event.kind)
+            case _:
+                pass
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -498,15 +274,10 @@ class GatewayMetrics:
             for gap_ms in _floats(getattr(stats, field_name, ())):
                 self.handover_gap.observe(gap_ms / 1000.0, kind=kind)
 
-    async def watch_loop_lag(self) -> None:
-        """Probe the event loop forever (cancel to stop): the lag is how late a sleep wakes."""
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(LAG_INTERVAL)
-            lag = max(0.0, loop.time() - start - LAG_INTERVAL)
-            self.loop_lag.observe(lag)
-            self.loop_lag_last.set(lag)
+    def observe_loop_lag(self, lag_s: float) -> None:
+        """One event-loop lag probe (signaling's admission monitor runs the probe)."""
+        self.loop_lag.observe(lag_s)
+        self.loop_lag_last.set(lag_s)
 
     # -- exposition ------------------------------------------------------------------------------
 
@@ -539,7 +310,7 @@ class GatewayMetrics:
             counter.inc(count, kind=kind)
         return counter
 
-    def metrics(self) -> list[_Metric]:
+    def metrics(self) -> list[Metric]:
         return [
             self.calls_active,
             self.calls_total,
@@ -572,9 +343,6 @@ class GatewayMetrics:
             lines += metric.header()
             lines += metric.samples()
         return "\n".join(lines) + "\n"
-
-
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def numeric_fields(stats: object) -> dict[str, float]:

@@ -24,36 +24,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import queue
 import shutil
 import tempfile
 import threading
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import structlog
 
+from voicegate.call.events import BotAudio, CallClosing, CallEnded, CallEvent, UserAudio
+from voicegate.conversation import (
+    BotInterrupted,
+    BotText,
+    ToolCallFinished,
+    UserTranscript,
+)
+from voicegate.observability.callfiles import (
+    BOT_RATE,
+    USER_RATE,
+    CallFiles,
+    close_files,
+    open_call_files,
+    write_audio,
+)
 from voicegate.observability.metrics import GatewayMetrics
+from voicegate.observability.upload import default_s3_client as _default_s3_client
+from voicegate.observability.upload import upload_with_retries
 
 log = structlog.get_logger(__name__)
 
-USER_RATE: Final = 16000
-BOT_RATE: Final = 24000
 MAX_QUEUED: Final = 4096
 """Data items waiting for the writer (about 80 s of one call's audio); beyond, chunks drop."""
-PART_BYTES: Final = 8 * 1024 * 1024
-"""Multipart part size (S3's minimum is 5 MiB for every part but the last)."""
 UPLOAD_ATTEMPTS: Final = 4
 UPLOAD_BACKOFF: Final = 0.5
 CLOSE_TIMEOUT: Final = 30.0
 """Seconds ``Recorder.aclose`` waits for pending writes and uploads at shutdown."""
-MAX_GAP_SECONDS: Final = 3600.0
-"""A position further than this from a stream's end is a clock bug, not a gap to fill."""
 FILES: Final = ("user.wav", "bot.wav", "transcript.jsonl", "call.json")
 
 
@@ -107,7 +116,13 @@ class RecordingResult:
 
 
 class CallRecording:
-    """One call's recording, fed from the event loop. Every method returns at once."""
+    """One call's recording, fed from the event loop. Every method returns at once.
+
+    It is a ``CallObserver`` of its call (signaling registers it when the call asked to be
+    recorded): the call's audio both ways, its final transcripts, tool results and barge-ins
+    become the files; ``CallClosing`` closes them."""
+
+    wants_audio = True  # CallObserver: UserAudio and BotAudio, every frame
 
     def __init__(self, recorder: Recorder, call_id: str, clock: Callable[[], float]) -> None:
         self.call_id = call_id
@@ -123,6 +138,25 @@ class CallRecording:
 
     def elapsed(self) -> float:
         return self._clock() - self._t0
+
+    def on_call_event(self, call_id: str, event: CallEvent) -> None:
+        match event:
+            case UserAudio():
+                self.user(event.pcm)
+            case BotAudio():
+                self.bot(event.pcm)
+            case UserTranscript(final=True):
+                self.line("user", text=event.text)
+            case BotText(final=True):
+                self.line("assistant", text=event.text)
+            case BotInterrupted():
+                self.line("interrupted", dropped_ms=event.dropped_samples / 24)
+            case ToolCallFinished():
+                self.line("tool", name=event.name, ok=event.ok, result=event.result)
+            case CallClosing() | CallEnded():
+                self.close()
+            case _:
+                pass
 
     def user(self, pcm: bytes) -> None:
         """16 kHz mono s16 as the model receives it."""
@@ -163,14 +197,6 @@ class CallRecording:
         metrics = self._recorder.metrics
         if metrics is not None:
             metrics.recording_dropped.inc(stream=stream)
-
-
-@dataclass(slots=True)
-class _Files:
-    directory: Path
-    wavs: dict[str, wave.Wave_write]
-    written: dict[str, int]
-    transcript: IO[str]
 
 
 class Recorder:
@@ -254,13 +280,13 @@ class Recorder:
         return self._staging
 
     def _write_loop(self) -> None:
-        files: dict[int, _Files] = {}
+        files: dict[int, CallFiles] = {}
         while True:
             item = self._queue.get()
             if item is None:
                 for open_files in files.values():
                     with contextlib.suppress(Exception):
-                        _close_files(open_files)
+                        close_files(open_files)
                 return
             key = id(item.call)
             try:
@@ -269,7 +295,7 @@ class Recorder:
                         files[key] = self._open_files(call)
                     case _Audio(call=call, stream=stream, position=position, pcm=pcm):
                         if key in files:
-                            _write_audio(files[key], stream, position, pcm)
+                            write_audio(files[key], stream, position, pcm)
                     case _Line(call=call, record=record):
                         if key in files:
                             files[key].transcript.write(json.dumps(record) + "\n")
@@ -288,29 +314,14 @@ class Recorder:
                     files.pop(key, None)
                     call.finished.set()
 
-    def _open_files(self, call: CallRecording) -> _Files:
-        # A restarted call (same pc_id, new connection) gets a directory of its own.
-        base = self._root() / _safe_name(call.call_id)
-        directory, n = base, 1
-        while directory.exists():
-            n += 1
-            directory = base.with_name(f"{base.name}-{n}")
-        directory.mkdir(parents=True)
-        wavs: dict[str, wave.Wave_write] = {}
-        for stream, rate in (("user", USER_RATE), ("bot", BOT_RATE)):
-            w = wave.open(str(directory / f"{stream}.wav"), "wb")  # noqa: SIM115 (kept open)
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            wavs[stream] = w
-        transcript = open(directory / "transcript.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (kept open)
-        return _Files(directory, wavs, {"user": 0, "bot": 0}, transcript)
+    def _open_files(self, call: CallRecording) -> CallFiles:
+        return open_call_files(self._root(), call.call_id)
 
-    def _finish_files(self, call: CallRecording, opened: _Files) -> None:
+    def _finish_files(self, call: CallRecording, opened: CallFiles) -> None:
         seconds = {
             s: n / (USER_RATE if s == "user" else BOT_RATE) for s, n in opened.written.items()
         }
-        _close_files(opened)
+        close_files(opened)
         meta = {
             "call_id": call.call_id,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(call.started_wall)),
@@ -348,7 +359,14 @@ class Recorder:
                     path = directory / name
                     if path.is_file():
                         key = prefix + name
-                        _upload_with_retries(client, path, self.options.s3_bucket, key)
+                        upload_with_retries(
+                            client,
+                            path,
+                            self.options.s3_bucket,
+                            key,
+                            UPLOAD_ATTEMPTS,
+                            UPLOAD_BACKOFF,
+                        )
                         call.result.s3_keys.append(key)
                 if self.metrics is not None:
                     self.metrics.recording_uploads.inc(result="ok")
@@ -367,81 +385,3 @@ class Recorder:
                     self.metrics.recording_uploads.inc(result="failed")
             finally:
                 call.finished.set()
-
-
-def _write_audio(files: _Files, stream: str, position: int, pcm: bytes) -> None:
-    written = files.written[stream]
-    rate = USER_RATE if stream == "user" else BOT_RATE
-    if position > written:
-        gap = position - written
-        if gap > MAX_GAP_SECONDS * rate:
-            return
-        files.wavs[stream].writeframes(bytes(2 * gap))  # dropped chunks become silence
-        written = position
-    skip = (written - position) * 2  # never rewrite what is already on disk
-    if skip >= len(pcm):
-        return
-    data = pcm[skip:]
-    files.wavs[stream].writeframes(data)
-    files.written[stream] = written + len(data) // 2
-
-
-def _close_files(files: _Files) -> None:
-    for w in files.wavs.values():
-        w.close()
-    files.transcript.close()
-
-
-def _safe_name(call_id: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)[:128]
-    return cleaned.lstrip(".") or "call"
-
-
-def _default_s3_client() -> Any:
-    """A boto3 S3 client from the standard chain (credentials, region, AWS_ENDPOINT_URL_S3)."""
-    import boto3
-
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    return boto3.session.Session().client("s3", region_name=region)
-
-
-def _upload_with_retries(client: Any, path: Path, bucket: str, key: str) -> None:
-    """Upload one file with S3's multipart API, retrying the whole file with backoff."""
-    delay = UPLOAD_BACKOFF
-    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-        try:
-            _multipart_upload(client, path, bucket, key)
-            return
-        except Exception as exc:
-            if attempt == UPLOAD_ATTEMPTS:
-                raise
-            log.warning("recording_upload_retry", key=key, attempt=attempt, error=str(exc))
-            time.sleep(delay)
-            delay *= 2
-
-
-def _multipart_upload(client: Any, path: Path, bucket: str, key: str) -> None:
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
-    upload_id = upload["UploadId"]
-    try:
-        parts = []
-        with open(path, "rb") as f:
-            number = 1
-            while True:
-                data = f.read(PART_BYTES)
-                if not data and number > 1:
-                    break
-                part = client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-                )
-                parts.append({"ETag": part["ETag"], "PartNumber": number})
-                number += 1
-                if len(data) < PART_BYTES:
-                    break
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-        )
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        raise

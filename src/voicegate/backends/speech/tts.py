@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
+from voicegate.media.resample import resample_pcm16
 
 VOICE: Final = "heart"
 SAMPLE_RATE: Final = 24000
@@ -27,21 +28,6 @@ MAX_TEXT_CHARS: Final = 1000
 def float_to_pcm16(audio: NDArray[np.float32]) -> bytes:
     """float32 in [-1, 1] -> 16-bit little-endian PCM bytes (clipped, not wrapped)."""
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-
-def resample_pcm16(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
-    """Resample one whole utterance of mono s16 PCM with libswresample (through av)."""
-    if from_rate == to_rate or not pcm:
-        return pcm
-    import av
-
-    samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
-    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-    frame.sample_rate = from_rate
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=to_rate)
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(out).astype("<i2").tobytes() if out else b""
 
 
 class Synthesizer:

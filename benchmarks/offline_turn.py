@@ -1,0 +1,325 @@
+"""Turn latency and word error rate of the embedded offline brain, with real-time input.
+
+Every utterance is spoken by espeak-ng (two voices, alternating), resampled to 16 kHz and fed to
+a :class:`~voicegate.backends.local.LocalStream` in 20 ms chunks paced on the monotonic clock,
+as a caller's microphone would: 0.5 s of silence, the utterance, 2 s of silence. Each mode
+(``--modes``: VAD settings, e.g. speculative decoding off and on) has its own stream, and the
+modes take turns utterance by utterance, so they are compared under the same machine load. The
+brain's own ``TurnStats.latency_ms`` is the latency (last voiced input frame to first reply
+audio chunk);
+the transcripts of the turns an utterance produced, joined, are scored against the text spoken
+(word error rate: word edit distance over normalised words). ``turns`` counts utterances that
+came out as more than one turn (an utterance cut at a pause).
+
+Usage::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/offline_turn.py [--modes serial,speculative] \
+        [--compare benchmarks/results/offline-turn-before.json]
+
+Writes ``benchmarks/results/offline-turn.json`` (or ``--out``) and rewrites the block between
+the ``offline-turn`` markers in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+from voicegate.backends.local import LocalBackend, LocalStream
+from voicegate.backends.speech.vad import VadConfig
+from voicegate.conversation.tools import default_tools
+from voicegate.media.resample import resample_pcm16
+from voicegate.sonic import (
+    AudioContentStart,
+    AudioInput,
+    ContentEnd,
+    PromptEnd,
+    PromptStart,
+    SessionEnd,
+    SessionStart,
+    TextContentStart,
+    TextInput,
+    ToolResult,
+    ToolResultContentStart,
+    ToolUse,
+)
+
+RATE = 16000
+CHUNK_BYTES = RATE * 20 // 1000 * 2
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+START, END = "<!-- offline-turn:start -->", "<!-- offline-turn:end -->"
+VOICES = ("en-us", "en-us+m3")
+MODES = {
+    "serial": VadConfig(speculate_ms=0),  # decode only once the hangover confirms the end
+    "speculative": VadConfig(),  # decode from ~200 ms into a pause (the default)
+    "speculative-400": VadConfig(hangover_ms=400),
+}
+
+UTTERANCES = (
+    "Hello.",
+    "Hi there, how are you today?",
+    "Good morning.",
+    "What time is it?",
+    "What's the time right now?",
+    "Can you tell me the time, please?",
+    "The weather is lovely today.",
+    "I would like to book a table for two people tomorrow evening.",
+    "Where is the nearest train station?",
+    "How far is it to the airport from here?",
+    "My flight leaves at seven in the morning.",
+    "Please remind me to call my mother on Sunday.",
+    "Do you know a good place to eat around here?",
+    "The meeting has been moved to next Thursday afternoon.",
+    "Could you read that back to me one more time?",
+    "I think the printer on the second floor is broken again.",
+    "Thank you very much for your help.",
+    "Is it going to rain this weekend?",
+    "We need more coffee, milk and bread from the shop.",
+    "Okay, goodbye.",
+    "Hello. I have a question about my order.",
+    "Turn off the lights in the kitchen, please.",
+    "How many days are there until the end of the month?",
+    "This sentence is a little longer than the others, because it keeps going for a while.",
+)
+
+
+def espeak(text: str, voice: str) -> bytes:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise SystemExit("espeak-ng is needed (apt-get install espeak-ng)")
+    proc = subprocess.run(
+        [exe, "-v", voice, "--stdout", text], capture_output=True, check=True, timeout=30
+    )
+    with wave.open(io.BytesIO(proc.stdout)) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    return resample_pcm16(pcm, rate, RATE)
+
+
+def words(text: str) -> list[str]:
+    """Lower case, punctuation dropped, apostrophes kept inside words ("what's")."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edit distance, reference word count)."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)
+
+
+async def answer_tools(stream: LocalStream) -> None:
+    """Consume the brain's events; answer its clock tool calls at once."""
+    tools = default_tools()
+    async for event in stream.events():
+        if isinstance(event, ToolUse):
+            result, _ok = await tools.run(event.tool_name, event.content)
+            cid = f"r-{event.tool_use_id}"
+            await stream.send(ToolResultContentStart("p", cid, event.tool_use_id))
+            await stream.send(ToolResult("p", cid, result))
+            await stream.send(ContentEnd("p", cid))
+
+
+async def feed_real_time(stream: LocalStream, pcm: bytes) -> None:
+    """20 ms chunks, each sent at its own deadline (as the microphone delivers them)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n, offset in enumerate(range(0, len(pcm), CHUNK_BYTES)):
+        delay = start + n * 0.020 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await stream.send(AudioInput("p", "mic", pcm[offset : offset + CHUNK_BYTES]))
+
+
+async def open_stream(config: VadConfig) -> tuple[LocalStream, asyncio.Task[None]]:
+    backend = LocalBackend(vad_config=config)
+    await backend.warm()
+    stream = await backend.open()
+    for event in (
+        SessionStart(),
+        PromptStart("p", tools=default_tools().specs()),
+        TextContentStart("p", "sys", "SYSTEM"),
+        TextInput("p", "sys", "You are a helpful assistant."),
+        ContentEnd("p", "sys"),
+        AudioContentStart("p", "mic"),
+    ):
+        await stream.send(event)
+    return stream, asyncio.create_task(answer_tools(stream))
+
+
+async def utterance(stream: LocalStream, text: str, voice: str) -> dict[str, Any]:
+    silence = bytes(2 * RATE // 2)
+    before = len(stream.stats)
+    segments = stream.segments
+    await feed_real_time(stream, silence + espeak(text, voice) + silence * 4)
+    await stream.idle()
+    # Stats are appended once a turn's transcript is known; a turn merged into the next one
+    # (the user went on) never appends.
+    turns = list(stream.stats)[before:]
+    spoken = [t for t in turns if any(ch.isalnum() for ch in t.transcript)]
+    heard = " ".join(t.transcript for t in spoken)
+    errors, count = word_errors(text, heard)
+    # Let the reply finish playing at the "browser", so the next utterance is a new turn and
+    # not a barge-in (the brain judges playback from wall time).
+    await asyncio.sleep(max(0.0, sum(t.audio_seconds for t in turns) - 0.8))
+    latencies = [t.latency_ms for t in spoken if t.latency_ms is not None]
+    return {
+        "text": text,
+        "voice": voice,
+        "heard": heard,
+        "errors": errors,
+        "words": count,
+        "turns": len(spoken),
+        "segments": stream.segments - segments,
+        "latency_ms": round(latencies[-1], 1) if latencies else None,
+        "asr_ms": round(spoken[-1].asr_ms, 1) if spoken else None,
+        "speculative": bool(spoken) and spoken[-1].speculative,
+    }
+
+
+def summarise(rows: list[dict[str, Any]], stream: LocalStream) -> dict[str, Any]:
+    lat = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+    spec = stream.speculation
+    return {
+        "n": len(rows),
+        "latency_ms": {
+            "n": len(lat),
+            "median": round(statistics.median(lat), 1) if lat else None,
+            "min": min(lat, default=None),
+            "max": max(lat, default=None),
+        },
+        "wer_percent": round(
+            100 * sum(r["errors"] for r in rows) / max(1, sum(r["words"] for r in rows)), 2
+        ),
+        "split_utterances": sum(1 for r in rows if r["turns"] != 1),
+        "speculation": {
+            "started": spec.started,
+            "used": spec.used,
+            "discarded": spec.discarded,
+            "skipped": spec.skipped,
+        },
+        "utterances": rows,
+    }
+
+
+async def run(modes: list[str], repeats: int) -> dict[str, Any]:
+    streams = {mode: await open_stream(MODES[mode]) for mode in modes}
+    rows: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for rep in range(repeats):
+        for n, text in enumerate(UTTERANCES):
+            voice = VOICES[(n + rep) % len(VOICES)]
+            for mode in modes:
+                row = await utterance(streams[mode][0], text, voice)
+                rows[mode].append(row)
+                print(mode, json.dumps(row), flush=True)
+    results = {}
+    for mode, (stream, consumer) in streams.items():
+        for event in (ContentEnd("p", "mic"), PromptEnd("p"), SessionEnd()):
+            await stream.send(event)
+        await consumer
+        await stream.close()
+        results[mode] = summarise(rows[mode], stream)
+    return results
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=HERE, capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    commit = f"`{result['commit'][:10]}`{'+dirty' if result['dirty'] else ''}"
+    load = " / ".join(str(x) for x in result["load_before"])
+    lines = []
+    for mode, m in result["modes"].items():
+        lat, spec = m["latency_ms"], m["speculation"]
+        lines.append(
+            f"| {result['label']}: {mode} | {commit} | {m['n']} | {lat['median']} "
+            f"| {lat['min']}-{lat['max']} | {m['wer_percent']} | {m['split_utterances']} "
+            f"| {spec['used']}/{spec['started']} | {load} |"
+        )
+    return lines
+
+
+def write_readme(result: dict[str, Any], compare: dict[str, Any] | None, out: Path) -> None:
+    rows = [r for r in (compare, result) if r is not None]
+    block = "\n".join(
+        [
+            START,
+            f"Offline brain turn (`offline_turn.py`; raw: `{out.relative_to(HERE)}`), "
+            f"{platform.machine()} {os.cpu_count()} CPUs, real-time input, espeak-ng voices "
+            f"{', '.join(VOICES)}, modes interleaved utterance by utterance. Latency: last voiced "
+            "input frame to first reply audio chunk. Split: utterances heard as more than one "
+            "turn. Guesses: speculative decodes kept / started. The machine is shared: see the "
+            "load average (1 / 5 / 15 min) before the run.",
+            "",
+            "| run | commit | N | latency median ms | min-max ms | WER % | split | guesses kept "
+            "| load before |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(line for r in rows for line in summary_lines(r)),
+            END,
+        ]
+    )
+    text = README.read_text(encoding="utf-8")
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Offline brain turn\n\n" + block + "\n"
+    README.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="current")
+    parser.add_argument("--modes", default="serial,speculative", help=", ".join(MODES))
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "offline-turn.json")
+    parser.add_argument("--compare", type=Path, help="an earlier results file to show beside")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    started = time.time()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        parser.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
+    modes_result = asyncio.run(run(modes, args.repeats))
+    result = {
+        "label": args.label,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks/offline_turn.py")),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "modes": modes_result,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    compare = json.loads(args.compare.read_text(encoding="utf-8")) if args.compare else None
+    if not args.no_readme:
+        write_readme(result, compare, args.out.resolve())
+    print("\n".join(summary_lines(result)))
+
+
+if __name__ == "__main__":
+    main()

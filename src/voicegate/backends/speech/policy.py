@@ -1,0 +1,69 @@
+"""What the offline brain answers: a small rule-based reply policy over a user transcript.
+
+A greeting, the time (through a real ``get_current_time`` tool call), a goodbye, or a quote of
+what it heard. Rules, not a language model: the brain is there to exercise the whole call path
+(turns, tools, barge-in) offline, and its answers must be predictable enough to test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Final
+
+MAX_QUOTE_WORDS: Final = 40
+
+
+_TIME = re.compile(
+    r"\bwhat(?: is|'s|s)? the time\b|\bwhat time(?: is it)?\b|\btime is it\b|"
+    r"\b(?:tell|give) me the time\b|\bcurrent time\b"
+)
+_GREETING = re.compile(r"\b(?:hello|hi|hey|greet\w*|good (?:morning|afternoon|evening))\b")
+_GOODBYE = re.compile(r"\b(?:good ?bye|bye|see you|farewell)\b")
+
+
+def intent(transcript: str) -> str:
+    """``time`` | ``goodbye`` | ``greeting`` | ``echo`` for a user transcript."""
+    text = re.sub(r"[^a-z' ]+", " ", transcript.lower())
+    if _TIME.search(text):
+        return "time"
+    if _GOODBYE.search(text):
+        return "goodbye"
+    if _GREETING.search(text):
+        return "greeting"
+    return "echo"
+
+
+def quote_reply(transcript: str) -> str:
+    words = transcript.split()
+    quoted = " ".join(words[:MAX_QUOTE_WORDS]) + (" ..." if len(words) > MAX_QUOTE_WORDS else "")
+    quoted = quoted.rstrip(" .!?,;:")
+    return f"You said: {quoted}."
+
+
+def time_reply(result_json: str) -> str:
+    """What to say about a get_current_time result (or its error)."""
+    try:
+        result = json.loads(result_json)
+    except json.JSONDecodeError:
+        result = None
+    if isinstance(result, dict):
+        spoken = result.get("spoken") or result.get("time")
+        if isinstance(spoken, str) and spoken:
+            zone = result.get("timezone")
+            # "in UTC", not "p.m. UTC.": a capital after "p.m." would start a new sentence.
+            place = zone.rsplit("/", 1)[-1].replace("_", " ") if isinstance(zone, str) else ""
+            where = f" in {place}" if place else ""
+            return f"It is {spoken}{where}."
+    return "Sorry, I could not get the time."
+
+
+REPLIES: Final = {
+    "greeting": "Hello! I am the offline voicegate assistant. How can I help you?",
+    "goodbye": "Goodbye! Talk to you soon.",
+    "no_clock": "Sorry, I have no clock tool to tell the time with.",
+    "tool_timeout": "Sorry, the clock did not answer in time.",
+}
+
+
+__all__ = ["REPLIES", "intent", "quote_reply", "time_reply"]

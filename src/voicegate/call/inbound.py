@@ -1,0 +1,202 @@
+"""The user's side of a call: the inbound audio pump, the gateway's speaking detector, turn timing.
+
+The pump consumes the browser's track at once (aiortc queues received frames without bound),
+resamples to 16 kHz and hands model-sized chunks to the conversation. Beside it, webrtcvad marks
+where the user starts and stops speaking: only for the page (``user-started-speaking``) and for
+turn timing, because the model decides turns itself. A track that goes quiet (no frames at all,
+not silence: browsers send frames continuously) is reported as stalled, since aiortc only
+notices a dead path after ~30 s of ICE consent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import av
+import structlog
+import webrtcvad
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from voicegate.media.audio import Chunker, InboundResampler, Int16Array
+
+log = structlog.get_logger(__name__)
+
+VAD_FRAME: Final = 320  # 20 ms at 16 kHz, what webrtcvad accepts
+VAD_START_FRAMES: Final = 3
+VAD_STOP_FRAMES: Final = 25  # 500 ms of non-speech
+MAX_TYPED_TEXTS: Final = 8
+"""Typed texts waiting for the conversation; a client flooding the channel gets errors."""
+
+
+@dataclass(slots=True)
+class TurnTiming:
+    user_stopped: float | None = None
+    model_audio: float | None = None
+    reported: bool = True
+
+
+class TurnClock:
+    """Per turn: user stopped speaking -> first model audio -> first audio frame handed to the
+    sender. Times are loop times; a turn is measured once, from the user's last speech frame."""
+
+    def __init__(self) -> None:
+        self._timing = TurnTiming()
+
+    def user_started(self, at: float) -> None:
+        self._timing = TurnTiming(user_stopped=at, reported=False)
+
+    def user_speech(self, at: float) -> None:
+        self._timing.user_stopped = at
+
+    def model_audio(self, at: float) -> None:
+        if self._timing.model_audio is None:
+            self._timing.model_audio = at
+
+    def bot_started(self, at: float) -> tuple[float, float | None] | None:
+        """``(total_ms, model_ms)`` of the turn the bot starts answering, or None when there is
+        no unmeasured user turn (the bot speaks again, or first)."""
+        timing = self._timing
+        if timing.reported or timing.user_stopped is None:
+            return None
+        timing.reported = True
+        total = (at - timing.user_stopped) * 1000
+        model = (
+            (timing.model_audio - timing.user_stopped) * 1000
+            if timing.model_audio is not None
+            else None
+        )
+        return total, model
+
+
+class InboundListener(Protocol):
+    """What the pump tells its call."""
+
+    def inbound_stalled(self) -> None:
+        """No frame for ``stall_after`` seconds; the pump keeps waiting."""
+
+    def inbound_frame(self) -> None:
+        """A frame arrived (the path works, whatever was said about it before)."""
+
+    def inbound_audio(self, pcm: Int16Array) -> None:
+        """The user's audio as the model receives it (16 kHz mono int16), before chunking."""
+
+    def user_speech(self) -> None:
+        """A 20 ms frame the speaking detector counts as speech."""
+
+    def user_started_speaking(self) -> None: ...
+
+    def user_stopped_speaking(self) -> None: ...
+
+
+class InboundPump:
+    """Reads one inbound audio track until it ends; ``stats`` counts frames in, chunks out."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        listener: InboundListener,
+        clock: TurnClock,
+        stall_after: float,
+        stats: dict[str, int],
+    ) -> None:
+        self._send = send
+        self._listener = listener
+        self._clock = clock
+        self._stall_after = stall_after
+        self.stats = stats
+        self.user_speaking = False
+
+    async def run(self, track: MediaStreamTrack) -> None:
+        resampler = InboundResampler()
+        chunker = Chunker()
+        vad_chunker = Chunker(VAD_FRAME)
+        vad = webrtcvad.Vad(3)
+        speech_run = 0
+        quiet_run = 0
+        loop = asyncio.get_running_loop()
+        send = self._send
+        listener = self._listener
+        while True:
+            try:
+                async with asyncio.timeout(self._stall_after):
+                    frame = await track.recv()
+            except MediaStreamError:
+                return
+            except TimeoutError:
+                listener.inbound_stalled()  # keep waiting: the reconnect grace runs
+                continue
+            listener.inbound_frame()
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            self.stats["frames_in"] += 1
+            pcm = resampler.process(frame)
+            listener.inbound_audio(pcm)
+            for chunk in chunker.push(pcm):
+                send(chunk)
+                self.stats["chunks_out"] += 1
+            for vframe in vad_chunker.push(pcm):
+                if vad.is_speech(vframe, 16000):
+                    listener.user_speech()
+                    speech_run += 1
+                    quiet_run = 0
+                    if self.user_speaking:
+                        self._clock.user_speech(loop.time())
+                    elif speech_run >= VAD_START_FRAMES:
+                        self.user_speaking = True
+                        self._clock.user_started(loop.time())
+                        listener.user_started_speaking()
+                else:
+                    speech_run = 0
+                    quiet_run += 1
+                    if self.user_speaking and quiet_run >= VAD_STOP_FRAMES:
+                        self.user_speaking = False
+                        listener.user_stopped_speaking()
+
+
+async def drain(track: MediaStreamTrack) -> None:
+    """Consume a track nobody listens to (video): aiortc would queue its frames without bound."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+
+
+class TypedText:
+    """The user's typed text (RTVI ``send-text``) on its way to the conversation: in order, one
+    at a time, at most ``MAX_TYPED_TEXTS`` waiting. Every failure is told to the page through
+    ``on_error(message, request_id)``; none of them ends the call.
+
+    The conversation's entry point is looked up by its exact name, ``send_text`` (``async def
+    send_text(self, text: str) -> None`` on ``Conversation``), when each text is sent: a
+    conversation without it answers every text with an error instead of failing the call."""
+
+    def __init__(self, target: object, on_error: Callable[[str, str | None], None]) -> None:
+        self._target = target
+        self._on_error = on_error
+        self._queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(MAX_TYPED_TEXTS)
+
+    def put(self, text: str, request_id: str | None) -> None:
+        try:
+            self._queue.put_nowait((text, request_id))
+        except asyncio.QueueFull:
+            self._on_error(
+                f"too many typed messages at once (at most {MAX_TYPED_TEXTS} wait); "
+                "this one was dropped",
+                request_id,
+            )
+
+    async def run(self) -> None:
+        while True:
+            text, request_id = await self._queue.get()
+            send = getattr(self._target, "send_text", None)
+            if not callable(send):
+                self._on_error("typed text is not supported by this server", request_id)
+                continue
+            try:
+                await send(text)
+            except Exception as exc:  # the conversation refused it: tell the page, carry on
+                log.warning("send_text_failed", error=f"{type(exc).__name__}: {exc}")
+                self._on_error("the text could not be sent to the model", request_id)

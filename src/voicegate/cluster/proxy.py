@@ -1,0 +1,87 @@
+"""Forwarding one HTTP request to another process (a worker of this node) or another node, and
+its answer back, unchanged.
+
+Signaling requests are small JSON bodies and answers, so the body is read whole (already bounded
+by the receiving app's ``client_max_size``) and forwarded with the original method, path, query
+and headers, ``Host`` included: the receiver then makes the same same-origin and token decisions
+as if the browser had reached it directly. ``FORWARDED_BY`` marks a request one node already
+routed, so the next node handles it locally and a request never travels in circles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+__all__ = ["FORWARDED_BY", "ForwardError", "forward"]
+
+log = structlog.get_logger(__name__)
+
+FORWARDED_BY: Final = "X-Voicegate-Forwarded-By"
+"""Set on a request another node of the cluster forwarded: the receiver routes no further."""
+CLIENT_ADDRESS: Final = "X-Voicegate-Client"
+"""The address the first hop saw (informational: rate limits are applied at the first hop)."""
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+    }
+)
+
+
+class ForwardError(Exception):
+    """The receiver could not be reached or did not answer in time."""
+
+
+def _copy(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+async def forward(
+    client: aiohttp.ClientSession,
+    base_url: str,
+    request: web.Request,
+    body: bytes,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """``request`` (whose body was ``body``) sent to ``base_url``; its answer as a Response.
+    Raises ForwardError when the receiver is unreachable or too slow."""
+    out = _copy(request.headers, _HOP_BY_HOP)
+    for name, value in (headers or {}).items():
+        out[name] = value
+    url = base_url.rstrip("/") + request.rel_url.path_qs
+    try:
+        async with client.request(
+            request.method,
+            url,
+            data=body if body else None,
+            headers=out,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            payload = await resp.read()
+            answer = web.Response(status=resp.status, body=payload)
+            answer.headers.update(_copy(resp.headers, _HOP_BY_HOP | {"date", "server"}))
+            return answer
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.info("forward_failed", url=base_url, path=request.path, error=repr(exc))
+        raise ForwardError(str(exc) or type(exc).__name__) from None

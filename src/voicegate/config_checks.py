@@ -1,0 +1,230 @@
+"""Checks of a whole ``ServeConfig``, each returning the problems it finds, so ``voicegate
+serve`` can refuse a bad deployment at start with every problem listed at once (exit 2)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from voicegate.netaddr import is_loopback_host
+from voicegate.sonic import ENDPOINTING
+from voicegate.sonic.models import DEFAULT_MODEL_ID, voice_problem
+
+if TYPE_CHECKING:
+    from voicegate.config import ServeConfig
+
+
+def validate(c: ServeConfig) -> list[str]:
+    problems: list[str] = []
+    if not 0 <= c.port <= 65535:
+        problems.append(f"port {c.port} is outside 0-65535")
+    if not c.host:
+        problems.append("host must not be empty")
+    if not 1 <= c.max_sessions <= 10000:
+        problems.append(f"max_sessions {c.max_sessions} must be between 1 and 10000")
+    if not 1024 <= c.max_body_bytes <= 10 * 1024 * 1024:
+        problems.append(f"max_body_bytes {c.max_body_bytes} must be between 1024 and 10485760")
+    if not 1 <= c.max_call_seconds <= 24 * 3600:
+        problems.append(f"max_call_seconds {c.max_call_seconds} must be between 1 and 86400")
+    if not (Path(c.web_dir) / "index.html").is_file():
+        problems.append(f"web_dir {c.web_dir!r} has no index.html")
+    if c.endpointing and c.endpointing not in ENDPOINTING:
+        problems.append(f"endpointing {c.endpointing!r} must be HIGH, MEDIUM or LOW")
+    if len(c.system_prompt) > 40000:
+        problems.append("system_prompt is longer than 40000 characters")
+    if len(c.greeting.encode()) > 4000:
+        problems.append("greeting is longer than 4000 bytes")
+    if not c.voice.isidentifier():
+        problems.append(f"voice {c.voice!r} is not a valid voice id")
+    elif problem := voice_problem(c.model_id or DEFAULT_MODEL_ID, c.voice):
+        problems.append(problem)
+    for address in c.ice_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            problems.append(f"ice address {address!r} is not an IP address")
+    from voicegate.signaling.turn import check_url
+
+    for url in c.turn_urls:
+        problem = check_url(url)
+        if problem:
+            problems.append(f"turn url {problem}")
+    if any(u.startswith("turn") for u in c.turn_urls) and not c.turn_secret:
+        problems.append("a TURN url needs --turn-secret (coturn's static-auth-secret)")
+    if not 60 <= c.turn_ttl <= 7 * 86400:
+        problems.append(f"turn_ttl {c.turn_ttl} must be between 60 and 604800 seconds")
+    if c.relay_only and not any(u.startswith("turn") for u in c.turn_urls):
+        problems.append("relay_only needs a TURN url")
+    if c.log_level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
+    problems += _validate_access(c)
+    problems += _validate_recording(c)
+    problems += _validate_continuation(c)
+    problems += _validate_media(c)
+    problems += _validate_cluster(c)
+    return problems
+
+
+def _validate_cluster(c: ServeConfig) -> list[str]:
+    """Workers, the Redis directory and how other nodes reach this one."""
+    from urllib.parse import urlsplit
+
+    from voicegate.media.ice import parse_port_range
+
+    problems: list[str] = []
+    if c.workers != "auto" and int(c.workers) > 256:
+        problems.append(f"workers {c.workers} must be between 1 and 256 (or auto)")
+    try:
+        ports = parse_port_range(c.rtc_ports)
+    except ValueError:
+        ports = None
+    if ports is not None and c.workers != "auto" and ports[1] - ports[0] + 1 < 2 * int(c.workers):
+        problems.append(f"rtc_ports {c.rtc_ports!r} is too small to give each worker 2 ports")
+    if c.cluster_redis:
+        scheme = urlsplit(c.cluster_redis).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            problems.append(
+                f"cluster_redis {c.cluster_redis!r} must be a redis://, rediss:// or unix:// URL"
+            )
+    if len(c.node_id) > 128 or not all(ch.isalnum() or ch in "-_." for ch in c.node_id):
+        problems.append(f"node_id {c.node_id!r} must be 1-128 letters, digits, '-', '_' or '.'")
+    if c.node_url:
+        parts = urlsplit(c.node_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"node_url {c.node_url!r} must look like http://host:port")
+    elif c.cluster_redis and c.host in ("0.0.0.0", "::", ""):
+        problems.append(
+            f"with --cluster-redis and host {c.host!r}, set --node-url: other nodes need an "
+            "address they can reach this node at"
+        )
+    return problems
+
+
+def _validate_media(c: ServeConfig) -> list[str]:
+    """The media port range, announced address and lag limit."""
+    from voicegate.media.ice import parse_port_range
+
+    problems: list[str] = []
+    try:
+        parse_port_range(c.rtc_ports)
+    except ValueError:
+        problems.append(f"rtc_ports {c.rtc_ports!r} must be MIN-MAX within 1024-65535")
+    if c.announced_address:
+        try:
+            ipaddress.ip_address(c.announced_address)
+        except ValueError:
+            problems.append(f"announced_address {c.announced_address!r} is not an IP address")
+    if not 0 <= c.max_loop_lag_ms <= 10000:
+        problems.append(f"max_loop_lag_ms {c.max_loop_lag_ms} must be between 0 and 10000")
+    if c.model_chunk_ms not in (20, 40, 60, 80, 100):
+        problems.append(f"model_chunk_ms {c.model_chunk_ms} must be 20, 40, 60, 80 or 100")
+    return problems
+
+
+def _validate_continuation(c: ServeConfig) -> list[str]:
+    """A renewal must come before Bedrock's ~480 s stream limit."""
+    problems: list[str] = []
+    if not 5 <= c.renew_after <= 470:
+        problems.append(f"renew_after {c.renew_after} must be between 5 and 470 seconds")
+    if not 0 <= c.renew_force_after <= 470 - min(c.renew_after, 470):
+        problems.append(
+            f"renew_force_after {c.renew_force_after} must be >= 0 and end before 470 s "
+            "(renew_after + renew_force_after <= 470)"
+        )
+    if not 0 <= c.recovery_attempts <= 10:
+        problems.append(f"recovery_attempts {c.recovery_attempts} must be between 0 and 10")
+    if not 0 <= c.reconnect_grace <= 600:
+        problems.append(f"reconnect_grace {c.reconnect_grace} must be between 0 and 600 seconds")
+    return problems
+
+
+def _validate_access(c: ServeConfig) -> list[str]:
+    """An exposed gateway without a secret would let anyone spend Bedrock money."""
+    from urllib.parse import urlsplit
+
+    from voicegate.signaling.auth import MIN_SECRET_CHARS
+
+    problems: list[str] = []
+    if c.auth_secret and len(c.auth_secret) < MIN_SECRET_CHARS:
+        problems.append(f"auth_secret must have at least {MIN_SECRET_CHARS} characters")
+    if not c.auth_secret and not is_loopback_host(c.host):
+        problems.append(
+            f"host {c.host!r} is not a loopback address: set --auth-secret (or "
+            "VOICEGATE_AUTH_SECRET) so that only callers with a token can start calls"
+        )
+    for origin in c.allowed_origins:
+        if origin == "*":
+            continue
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
+            problems.append(f"allowed origin {origin!r} must look like https://host[:port]")
+    if not 0 <= c.offer_rate <= 100000:
+        problems.append(f"offer_rate {c.offer_rate} must be between 0 and 100000 per minute")
+    if not 1 <= c.offer_burst <= 10000:
+        problems.append(f"offer_burst {c.offer_burst} must be between 1 and 10000")
+    if c.idle_timeout != 0 and not 1 <= c.idle_timeout <= 86400:
+        problems.append(f"idle_timeout {c.idle_timeout} must be 0 (off) or 1-86400 seconds")
+    if not 0 <= c.drain_timeout <= 3600:
+        problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
+    if not 0.5 <= c.connect_timeout <= 300:
+        problems.append(f"connect_timeout {c.connect_timeout} must be between 0.5 and 300 seconds")
+    return problems + _validate_exposure(c)
+
+
+def _validate_exposure(c: ServeConfig) -> list[str]:
+    """Settings that open the server wider need tokens; limits that keep one caller small."""
+    from voicegate.signaling.auth import MAX_TTL_S, MIN_SECRET_CHARS
+
+    problems: list[str] = []
+    for wide, name in (
+        ("*" in c.allowed_origins, "--allowed-origin '*' (any web page may call the API)"),
+        (c.trust_forwarded_for, "--trust-forwarded-for (requests come through a proxy)"),
+    ):
+        if wide and not c.auth_secret:
+            problems.append(
+                f"{name} needs --auth-secret: without one, only requests made on this machine "
+                "are served, and these settings would let others in"
+            )
+    if not 60 <= c.max_token_ttl <= MAX_TTL_S:
+        problems.append(f"max_token_ttl {c.max_token_ttl} must be between 60 and {MAX_TTL_S} s")
+    if len(c.token_audience) > 256 or not c.token_audience.isprintable():
+        problems.append("token_audience must be at most 256 printable characters")
+    if not 0 <= c.max_calls_per_subject <= 10000:
+        problems.append(
+            f"max_calls_per_subject {c.max_calls_per_subject} must be between 0 and 10000"
+        )
+    if not 1 <= c.request_timeout <= 300:
+        problems.append(f"request_timeout {c.request_timeout} must be between 1 and 300 seconds")
+    if not 0 <= c.max_connections_per_ip <= 100000:
+        problems.append(
+            f"max_connections_per_ip {c.max_connections_per_ip} must be between 0 and 100000"
+        )
+    if c.metrics_token and len(c.metrics_token) < MIN_SECRET_CHARS:
+        problems.append(f"metrics_token must have at least {MIN_SECRET_CHARS} characters")
+    if not 0 <= c.metrics_port <= 65535:
+        problems.append(f"metrics_port {c.metrics_port} is outside 0-65535")
+    elif c.metrics_port and c.metrics_port == c.port:
+        problems.append("metrics_port must differ from port")
+    if c.metrics_port and not c.metrics_host:
+        problems.append("metrics_host must not be empty")
+    return problems
+
+
+def _validate_recording(c: ServeConfig) -> list[str]:
+    """Recording destinations (the directory is created on the first recorded call)."""
+    problems: list[str] = []
+    if c.record_dir and Path(c.record_dir).exists() and not Path(c.record_dir).is_dir():
+        problems.append(f"record_dir {c.record_dir!r} exists and is not a directory")
+    bucket = c.record_s3_bucket
+    if bucket and not (
+        3 <= len(bucket) <= 63 and all(ch.islower() or ch.isdigit() or ch in ".-" for ch in bucket)
+    ):
+        problems.append(f"record_s3_bucket {bucket!r} is not a valid S3 bucket name")
+    if len(c.record_s3_prefix) > 512:
+        problems.append("record_s3_prefix is longer than 512 characters")
+    return problems

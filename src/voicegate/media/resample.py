@@ -1,0 +1,102 @@
+"""Sample-rate conversion: the one place voicegate changes the rate of mono 16-bit audio.
+
+Two engines, each chosen for what it guarantees:
+
+- libswresample (through PyAV): a proper windowed-sinc filter with anti-aliasing, for
+  everything a listener or a model hears. ``FrameResampler`` converts a stream of decoded
+  frames (any rate, layout or sample format) and keeps its filter state between frames, so
+  consecutive frames join without clicks; ``resample_pcm16`` converts one whole buffer (a
+  synthesized sentence, a WAV file, an echoed turn) and flushes the filter's tail.
+- ``LinearResampler``: streaming linear interpolation that turns every chunk into exactly its
+  share of output samples with one input sample of delay. The stand-in's echo brain needs that
+  (each audio chunk answered at once by exactly rate-ratio times its samples, as Nova does);
+  libswresample holds back its filter delay and cannot promise a count per chunk.
+
+A leaf module (numpy; PyAV imported only when a libswresample engine is built), so backends and
+the stand-in may import it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import av
+
+Int16Array = npt.NDArray[np.int16]
+
+
+def _swr(rate: int) -> Any:
+    import av
+
+    return av.AudioResampler(format="s16", layout="mono", rate=rate)
+
+
+def _samples(frames: list[av.AudioFrame]) -> Int16Array:
+    parts = [f.to_ndarray().reshape(-1).astype(np.int16, copy=False) for f in frames]
+    if not parts:
+        return np.zeros(0, dtype=np.int16)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class FrameResampler:
+    """Decoded audio frames (any rate/layout/format) -> mono s16 samples at ``rate``.
+
+    One per stream: libswresample keeps filter state between frames. Output lags input by the
+    filter delay (a millisecond or so), so the first frames may yield fewer samples."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._swr = _swr(rate)
+
+    def process(self, frame: av.AudioFrame) -> Int16Array:
+        """The samples that ``frame`` makes available (possibly none)."""
+        return _samples(self._swr.resample(frame))
+
+
+def resample_pcm16(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
+    """One whole buffer of mono s16 PCM at another rate (libswresample, tail flushed)."""
+    if from_rate == to_rate or not pcm:
+        return pcm
+    import av
+
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.sample_rate = from_rate
+    swr = _swr(to_rate)
+    out = _samples(swr.resample(frame) + swr.resample(None))
+    return out.astype("<i2", copy=False).tobytes()
+
+
+class LinearResampler:
+    """Cheap streaming linear-interpolation resampler for s16le mono.
+
+    Carries the previous chunk's last sample so chunk borders stay continuous (one input sample
+    of delay). Good enough for an echo used in latency benchmarks; not for listening tests.
+    """
+
+    def __init__(self, src: int, dst: int) -> None:
+        self.src = src
+        self.dst = dst
+        self._last = 0.0
+        self._phase = 0.0  # output position carried across chunks, in input samples
+
+    def process(self, pcm: bytes) -> bytes:
+        x = np.frombuffer(pcm, dtype="<i2")
+        if self.src == self.dst or x.size == 0:
+            return pcm
+        step = self.src / self.dst
+        xp = np.arange(-1, x.size, dtype=np.float64)
+        fp = np.concatenate(([self._last], x.astype(np.float64)))
+        # Output sample k sits at input position phase + k*step, delayed by one sample so that
+        # position -1 (the previous chunk's last sample) is available; emit all k < size.
+        count = max(0, math.ceil((x.size - self._phase) / step - 1e-9))
+        pos = self._phase - 1 + step * np.arange(count, dtype=np.float64)
+        y = np.interp(pos, xp, fp)
+        self._phase = self._phase + step * count - x.size
+        self._last = float(x[-1])
+        return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()

@@ -1,0 +1,74 @@
+"""The files of one recorded call, written by the recorder's writer thread only.
+
+``user.wav`` and ``bot.wav`` are placed on the call's clock: each chunk carries its sample position
+from the start of the recording, a gap (dropped chunks) becomes silence and an overlap is never
+written twice, so both files keep the call's timeline and line up sample for sample.
+"""
+
+from __future__ import annotations
+
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+USER_RATE: Final = 16000
+BOT_RATE: Final = 24000
+MAX_GAP_SECONDS: Final = 3600.0
+"""A position further than this from a stream's end is a clock bug, not a gap to fill."""
+
+
+@dataclass(slots=True)
+class CallFiles:
+    directory: Path
+    wavs: dict[str, wave.Wave_write]
+    written: dict[str, int]
+    transcript: IO[str]
+
+
+def open_call_files(root: Path, call_id: str) -> CallFiles:
+    """Create ``<root>/<call id>/`` with the two WAV files and the transcript, open."""
+    # A restarted call (same pc_id, new connection) gets a directory of its own.
+    base = root / safe_name(call_id)
+    directory, n = base, 1
+    while directory.exists():
+        n += 1
+        directory = base.with_name(f"{base.name}-{n}")
+    directory.mkdir(parents=True)
+    wavs: dict[str, wave.Wave_write] = {}
+    for stream, rate in (("user", USER_RATE), ("bot", BOT_RATE)):
+        w = wave.open(str(directory / f"{stream}.wav"), "wb")  # noqa: SIM115 (kept open)
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        wavs[stream] = w
+    transcript = open(directory / "transcript.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (kept open)
+    return CallFiles(directory, wavs, {"user": 0, "bot": 0}, transcript)
+
+
+def write_audio(files: CallFiles, stream: str, position: int, pcm: bytes) -> None:
+    written = files.written[stream]
+    rate = USER_RATE if stream == "user" else BOT_RATE
+    if position > written:
+        gap = position - written
+        if gap > MAX_GAP_SECONDS * rate:
+            return
+        files.wavs[stream].writeframes(bytes(2 * gap))  # dropped chunks become silence
+        written = position
+    skip = (written - position) * 2  # never rewrite what is already on disk
+    if skip >= len(pcm):
+        return
+    data = pcm[skip:]
+    files.wavs[stream].writeframes(data)
+    files.written[stream] = written + len(data) // 2
+
+
+def close_files(files: CallFiles) -> None:
+    for w in files.wavs.values():
+        w.close()
+    files.transcript.close()
+
+
+def safe_name(call_id: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)[:128]
+    return cleaned.lstrip(".") or "call"

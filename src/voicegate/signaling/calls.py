@@ -1,0 +1,158 @@
+"""The registry of live calls: the one owner of the pc_id -> call map.
+
+A call enters when its offer is being answered, leaves when its session closes (hang-up, error,
+time limit, end of its reconnect grace), and is handed from one connection to the next on a
+browser restart (``restart_pc``) without leaving. Nothing else adds or removes calls, so the
+count that admission, readiness, metrics and drain read is always the same count. For everyone
+else the registry is a read-only ``Mapping[str, PeerSession]``.
+
+Beside each call it keeps what limits that call's caller: the token subject that started it
+(one subject holds only so many live calls) and the distinct remote ICE candidates its current
+connection was given (offer and trickle together are bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from voicegate.call import PeerSession
+from voicegate.conversation import Conversation
+from voicegate.sonic import Role
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """What another node kept of a call this process is about to adopt."""
+
+    history: Sequence[tuple[Role, str]]
+    system_prompt: str | None = None
+    voice_id: str | None = None
+    subject: str | None = None
+
+
+class CallStore(Protocol):
+    """Where a cluster keeps calls beyond this process (``voicegate.cluster``): told when a
+    call starts here and ends here, and asked for a call this process does not have."""
+
+    def call_started(self, session: PeerSession, subject: str | None) -> None: ...
+
+    def call_ended(self, session: PeerSession) -> None: ...
+
+    async def adopt(self, pc_id: str) -> StoredCall | None: ...
+
+
+CandidateKey = tuple[str, int, str]
+
+
+class CallRegistry(Mapping[str, PeerSession]):
+    def __init__(self) -> None:
+        self._calls: dict[str, PeerSession] = {}
+        self.store: CallStore | None = None
+        self._subjects: dict[str, str] = {}
+        self._candidates: dict[str, set[CandidateKey]] = {}
+
+    # -- the read-only mapping ----------------------------------------------------------------
+
+    def __getitem__(self, pc_id: str) -> PeerSession:
+        return self._calls[pc_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._calls)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        session: PeerSession,
+        subject: str | None = None,
+        candidates: frozenset[CandidateKey] = frozenset(),
+    ) -> None:
+        """Count ``session`` as a live call from now on (it replaces a restarted connection),
+        held by token ``subject`` (None: open dev mode), its offer naming ``candidates``."""
+        self._calls[session.pc_id] = session
+        if subject is not None:
+            self._subjects[session.pc_id] = subject
+        self._candidates[session.pc_id] = set(candidates)
+
+    def subject(self, pc_id: str) -> str | None:
+        return self._subjects.get(pc_id)
+
+    def held_by(self, subject: str) -> int:
+        """Live calls held by ``subject``."""
+        return sum(1 for s in self._subjects.values() if s == subject)
+
+    def add_candidates(self, pc_id: str, keys: set[CandidateKey], limit: int) -> int:
+        """Count trickled candidates against the call's connection; returns the new total, or
+        leaves the count unchanged and returns what it would have been if over ``limit``."""
+        seen = self._candidates.setdefault(pc_id, set())
+        total = len(seen | keys)
+        if total <= limit:
+            seen |= keys
+        return total
+
+    async def detach(self, pc_id: str) -> Conversation | None:
+        """A restart: release the call's current connection, keep its conversation (model
+        stream, history) for the next one. None when there is no live call or it has ended."""
+        previous = self._calls.get(pc_id)
+        return await previous.detach() if previous is not None else None
+
+    def forget(self, session: PeerSession) -> None:
+        """The session's ``on_closed``: drop it, unless a newer connection already took its
+        place. (The call's end is counted by the metrics observer, from the call's events.)"""
+        if self._calls.get(session.pc_id) is session:
+            del self._calls[session.pc_id]
+            if self.store is not None and session.close_reason != "restart":
+                self.store.call_ended(session)
+            self._subjects.pop(session.pc_id, None)
+            self._candidates.pop(session.pc_id, None)
+
+    # -- ending many ----------------------------------------------------------------------------
+
+    async def drain(self, timeout: float, cut: asyncio.Event | None = None) -> int:
+        """Let the live calls finish for up to ``timeout`` seconds (or until ``cut`` is set),
+        then end the rest with a message to the browser. Returns how many were ended."""
+        log.info("draining", calls=len(self), timeout_s=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        cut_wait = asyncio.ensure_future((cut or asyncio.Event()).wait())
+        try:
+            while self._calls and not cut_wait.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                waits = [asyncio.ensure_future(s.closed.wait()) for s in self._calls.values()]
+                try:
+                    await asyncio.wait(
+                        [*waits, cut_wait], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waits:
+                        w.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
+        finally:
+            cut_wait.cancel()
+            await asyncio.gather(cut_wait, return_exceptions=True)
+        left = list(self._calls.values())
+        if left:
+            log.info("draining_ends_calls", calls=len(left))
+            await asyncio.gather(
+                *(s.end("the server is shutting down", "shutdown", "shutdown") for s in left),
+                return_exceptions=True,
+            )
+        return len(left)
+
+    async def close_all(self, reason: str) -> None:
+        """Close every call at once (server shutdown after the drain)."""
+        sessions = list(self._calls.values())
+        if sessions:
+            await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)

@@ -1,0 +1,60 @@
+"""The typed keys under which one signaling application keeps its state (aiohttp AppKey), and
+the small ``Gate`` record of who may come in. Every module of the package reads state through
+these keys, so one app's state is in one place and tests can reach it the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+
+from voicegate.backends.base import Backend
+from voicegate.config import ServeConfig
+from voicegate.conversation import ConversationSettings
+from voicegate.conversation.tools import ToolRegistry
+from voicegate.media.ice import CandidatePolicy
+from voicegate.observability.metrics import GatewayMetrics
+from voicegate.observability.recording import Recorder
+from voicegate.signaling import auth
+from voicegate.signaling.admission import Admission
+from voicegate.signaling.calls import CallRegistry
+from voicegate.signaling.ratelimit import RateLimiter
+
+
+@dataclass(slots=True)
+class Gate:
+    """Who may come in: the per-address rate limits (call offers, trickled candidates, ICE
+    server credentials; each its own bucket, same rate) and the drain flag."""
+
+    offers: RateLimiter
+    patches: RateLimiter
+    ice_servers: RateLimiter
+    draining: bool = False
+
+    @classmethod
+    def for_rate(cls, per_minute: float, burst: int) -> Gate:
+        return cls(
+            RateLimiter(per_minute, burst),
+            RateLimiter(per_minute, burst),
+            RateLimiter(per_minute, burst),
+        )
+
+
+CONFIG: Final = web.AppKey("config", ServeConfig)
+SESSIONS: Final = web.AppKey("sessions", CallRegistry)
+"""The live calls by pc_id (a read-only mapping; the registry alone changes it)."""
+BACKEND: Final = web.AppKey("backend", Backend)
+TOOLS: Final = web.AppKey("tools", ToolRegistry)
+SETTINGS: Final = web.AppKey("settings", ConversationSettings)
+STARTED: Final = web.AppKey("started", float)
+COUNTERS: Final = web.AppKey("counters", dict[str, int])
+METRICS: Final = web.AppKey("metrics", GatewayMetrics)
+RECORDER: Final = web.AppKey("recorder", Recorder)
+"""Absent unless a recording destination is configured."""
+ADMISSION: Final = web.AppKey("admission", Admission)
+GATE: Final = web.AppKey("gate", Gate)
+CANDIDATES: Final = web.AppKey("candidates", CandidatePolicy)
+"""Which remote ICE candidates the server may be made to send to."""
+CLAIMS: Final = web.RequestKey("claims", auth.Claims)
+"""The verified token claims of a request (absent in open dev mode)."""

@@ -1,0 +1,118 @@
+"""The Nova Sonic models and what their documentation allows each of them.
+
+Nova Sonic v1 (``amazon.nova-sonic-v1:0``, end of life 2026-09-14) and Nova 2 Sonic
+(``amazon.nova-2-sonic-v1:0``), both also as the ``us.`` and ``global.`` cross-region inference
+profiles. They differ in voices, audio input rates, roles, regions and Nova 2-only settings.
+One owner for these facts: the client checks its configuration against them at start, and the
+stand-in refuses what they do not allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_MODEL_ID: Final = "amazon.nova-2-sonic-v1:0"
+MODELS: Final = frozenset({"amazon.nova-sonic-v1:0", DEFAULT_MODEL_ID})
+PROFILE_PREFIXES: Final = ("", "us.", "global.")
+
+
+def known_model(model_id: str) -> bool:
+    return any(model_id.startswith(p) and model_id[len(p) :] in MODELS for p in PROFILE_PREFIXES)
+
+
+NOVA2_VOICES: Final = frozenset(
+    {
+        "tiffany",
+        "matthew",
+        "amy",
+        "olivia",
+        "lupe",
+        "carlos",
+        "ambre",
+        "florian",
+        "tina",
+        "lennart",
+        "beatrice",
+        "lorenzo",
+        "carolina",
+        "leo",
+        "arjun",
+        "kiara",
+    }
+)
+"""Nova 2 Sonic's 16 documented voices (Nova 2 user guide, available voices)."""
+NOVA1_VOICES: Final = frozenset(
+    {
+        "tiffany",
+        "matthew",
+        "amy",
+        "ambre",
+        "florian",
+        "beatrice",
+        "lorenzo",
+        "greta",
+        "lennart",
+        "lupe",
+        "carlos",
+    }
+)
+"""Nova Sonic v1's 11 documented voices (v1 user guide, available voices)."""
+OUTPUT_RATES: Final = (8000, 16000, 24000)
+NOVA2_INPUT_RATES: Final = (8000, 16000)
+NOVA1_INPUT_RATES: Final = (16000,)
+NOVA2_REGIONS: Final = frozenset({"us-east-1", "us-west-2", "ap-northeast-1"})
+"""Where Nova 2 Sonic is offered (AWS's model availability table; a newer region warns only)."""
+NOVA1_REGIONS: Final = frozenset({"us-east-1", "ap-northeast-1"})
+ROLES: Final = ("SYSTEM", "USER", "ASSISTANT", "TOOL", "SYSTEM_SPEECH")
+NOVA1_ROLES: Final = ("SYSTEM", "USER", "ASSISTANT", "TOOL")
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """What differs between the two Nova Sonic generations."""
+
+    nova2: bool
+    voices: frozenset[str]
+    input_rates: tuple[int, ...]
+    roles: tuple[str, ...]
+    regions: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return "Nova 2 Sonic" if self.nova2 else "Nova Sonic v1"
+
+
+def model_of(model_id: str) -> Model:
+    if "nova-2-sonic" in model_id:
+        return Model(True, NOVA2_VOICES, NOVA2_INPUT_RATES, ROLES, NOVA2_REGIONS)
+    return Model(False, NOVA1_VOICES, NOVA1_INPUT_RATES, NOVA1_ROLES, NOVA1_REGIONS)
+
+
+def voice_problem(model_id: str, voice: str) -> str | None:
+    """Why ``voice`` would be refused by a known model (None: fine, or a model we do not know,
+    whose voices we cannot judge)."""
+    if not known_model(model_id):
+        return None
+    model = model_of(model_id)
+    if voice in model.voices:
+        return None
+    return (
+        f"voice {voice!r} is not a documented voice of {model.name} ({model_id}); "
+        f"use one of: {', '.join(sorted(model.voices))}"
+    )
+
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "MODELS",
+    "NOVA1_REGIONS",
+    "NOVA2_REGIONS",
+    "OUTPUT_RATES",
+    "NOVA1_VOICES",
+    "NOVA2_VOICES",
+    "Model",
+    "known_model",
+    "model_of",
+    "voice_problem",
+]

@@ -1,0 +1,163 @@
+"""Helpers of the cluster tests: real ``voicegate serve`` nodes as processes (each in its own
+process group, so a node with workers dies as a whole), a real ``redis-server``, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from tests.conftest import require
+from voicegate.signaling import auth
+from voicegate.testing.client import CallClient
+
+SECRET = "cluster-test-secret-0123456789"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def token(ttl: float = 600) -> str:
+    return auth.mint(SECRET, ttl, subject="cluster-test")
+
+
+def tone(seconds: float, hz: float = 300) -> np.ndarray:
+    t = np.arange(int(48000 * seconds)) / 48000
+    return (8000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
+@dataclass
+class Node:
+    url: str
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    def kill(self) -> None:
+        """kill -9 of the node and all its workers (its process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def json(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as http, http.get(self.url + path) as r:
+            return await r.json()
+
+    async def text(self, path: str) -> str:
+        async with aiohttp.ClientSession() as http, http.get(self.url + path) as r:
+            return await r.text()
+
+
+@contextlib.asynccontextmanager
+async def serve_node(
+    tmp_path: Path, *args: str, name: str = "node", env: dict[str, str] | None = None
+) -> AsyncIterator[Node]:
+    log = tmp_path / f"{name}.log"
+    full_env = {**os.environ, **(env or {}), "VOICEGATE_AUTH_SECRET": SECRET}
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "voicegate",
+            "serve",
+            "--log-format",
+            "json",
+            "--max-loop-lag-ms",
+            "0",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env=full_env,
+            start_new_session=True,
+        )
+    node: Node | None = None
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(90):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, f"voicegate serve exited early: {log.read_text()[-3000:]}"
+                if "listening on" in line:
+                    node = Node(line.rsplit(" ", 1)[1].strip(), proc, log)
+                    break
+        drain_stdout = asyncio.ensure_future(_drain(proc))
+        yield node
+        drain_stdout.cancel()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    while await proc.stdout.readline():
+        pass
+
+
+@contextlib.asynccontextmanager
+async def redis_server(tmp_path: Path, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    exe = shutil.which("redis-server")
+    require(exe is not None, "redis-server is not installed (apt-get install redis-server)")
+    assert exe is not None
+    port = free_port(host)
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, w = await asyncio.open_connection(host, port)
+                    w.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        yield f"redis://{host}:{port}/0"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def start_call(url: str, tok: str | None = None) -> CallClient:
+    client = CallClient(url, token=tok or token())
+    await client.connect()
+    await client.wait_for("bot-ready", 15)
+    client.mic.play(tone(0.3))
+    await client.wait_frames(10, 10)
+    return client
+
+
+async def receiving(client: CallClient, frames: int = 25, timeout: float = 5.0) -> bool:
+    """Whether the call still delivers audio frames (the gateway paces them continuously)."""
+    try:
+        await client.wait_frames(frames, timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,240 @@
+"""Two voicegate nodes and a real ``redis-server``: forwarding, adoption, drain, Redis outage.
+
+Nodes are separate ``voicegate serve`` processes on 127.0.0.1 with their own ports (not network
+namespaces: docs/cluster.md says what that leaves untested). Callers are real aiortc peers; the
+model is the echo brain, or the Bedrock stand-in through the real SDK where the test needs to
+see what the model was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aredis
+
+from tests.cluster_util import (
+    Node,
+    free_port,
+    receiving,
+    redis_server,
+    serve_node,
+    start_call,
+    token,
+)
+from voicegate.testing.client import CallClient, load_wav
+
+
+def node_args(redis_url: str, name: str, *extra: str) -> tuple[str, ...]:
+    port = free_port()
+    return (
+        "--port", str(port),
+        "--cluster-redis", redis_url,
+        "--node-id", name,
+        "--node-url", f"http://127.0.0.1:{port}",
+        "--workers", "1",
+        *extra,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(
+    tmp_path: Path, a_extra: tuple[str, ...] = (), b_extra: tuple[str, ...] = (), **kw: Any
+) -> AsyncIterator[tuple[str, Node, Node]]:
+    async with redis_server(tmp_path) as redis_url:
+        async with (
+            serve_node(tmp_path, *node_args(redis_url, "node-a", *a_extra), name="a", **kw) as a,
+            serve_node(tmp_path, *node_args(redis_url, "node-b", *b_extra), name="b", **kw) as b,
+        ):
+            await _both_registered(redis_url)
+            yield redis_url, a, b
+
+
+async def _both_registered(redis_url: str) -> None:
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with asyncio.timeout(10):
+            # Redis has no event to wait on: ask until both heartbeats are there.
+            for _ in range(200):
+                if await r.exists("vg:node:node-a", "vg:node:node-b") == 2:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("the nodes never registered")
+    finally:
+        await r.aclose()
+
+
+async def active_calls(node: Node) -> int:
+    for line in (await node.text("/metrics")).splitlines():
+        if line.startswith("voicegate_calls_active"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    raise AssertionError("no voicegate_calls_active in /metrics")
+
+
+async def test_offer_to_a_full_node_lands_on_the_other_and_requests_follow_the_call(
+    tmp_path: Path,
+) -> None:
+    async with two_nodes(
+        tmp_path, ("--backend", "echo", "--max-sessions", "1"), ("--backend", "echo")
+    ) as (_, a, b):
+        first = await start_call(a.url)
+        second = None
+        try:
+            async with asyncio.timeout(60):
+                second = await start_call(a.url)  # A is full: B takes it
+                assert await active_calls(a) == 1 and await active_calls(b) == 1
+                assert (await b.json("/healthz"))["sessions"] == 1
+                # PATCH and DELETE sent to A for B's call reach B.
+                auth = {"Authorization": f"Bearer {second.session_token}"}
+                async with aiohttp.ClientSession() as http:
+                    body = {"pc_id": second.pc_id, "candidates": []}
+                    async with http.patch(f"{a.url}/api/offer", json=body, headers=auth) as r:
+                        assert r.status == 200, await r.text()
+                    wrong = {"pc_id": "pc-nobody", "candidates": []}
+                    async with http.patch(f"{a.url}/api/offer", json=wrong, headers=auth) as r:
+                        assert r.status == 403  # the token is bound to its own call
+                assert await second.hangup() == 204  # second.base_url is A's
+                assert await active_calls(b) == 0 and await active_calls(a) == 1
+                assert await receiving(first)
+        finally:
+            await first.close()
+            if second is not None:
+                await second.close()
+
+
+async def _history_saved(redis_url: str, pc_id: str, messages: int) -> dict[str, Any]:
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                text = await r.hget(f"vg:call:{pc_id}", "state")
+                if text and len(json.loads(text)["history"]) >= messages:
+                    return dict(json.loads(text))
+                await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.bedrock
+async def test_a_call_whose_node_dies_is_adopted_with_its_history(
+    tmp_path: Path, standin: Any, speech_wav: Callable[[str], Path]
+) -> None:
+    speech = load_wav(speech_wav("hello, can you hear me"))
+    env = {**standin.client_env(), "AWS_EC2_METADATA_DISABLED": "true"}
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        env[name] = os.environ[name]
+    args = ("--backend", "bedrock", "--system-prompt", "scenario:reply")
+    async with two_nodes(tmp_path, args, args, env=env) as (redis_url, a, b):
+        client = await start_call(a.url)
+        moved: CallClient | None = None
+        try:
+            async with asyncio.timeout(90):
+                client.mic.play(speech)
+                said = (await client.wait_for("bot-transcription", 20))["data"]["text"]
+                state = await _history_saved(redis_url, client.pc_id, 2)
+                assert state["history"][-1] == ["ASSISTANT", said]
+                streams_before = len(standin.sessions)
+                killed = time.monotonic()
+                a.kill()
+                # The page's automatic reconnect (restart_pc, same pc_id, its session token),
+                # here to the surviving node.
+                moved = CallClient(b.url, token=client.session_token)
+                await moved.connect(restart_of=client.pc_id)
+                assert moved.pc_id == client.pc_id
+                answered = time.monotonic() - killed
+                await moved.wait_for("bot-ready", 10)
+                moved.mic.play(speech)
+                await moved.wait_for("bot-transcription", 20)
+                heard_again = time.monotonic() - killed
+            adopted = list(standin.sessions)[streams_before:]
+            assert adopted, "node B opened no model stream"
+            texts = [e["textInput"]["content"] for e in adopted[0].events if "textInput" in e]
+            assert said in " ".join(texts), texts  # the bot knows what it said before
+            names = adopted[0].input_names()
+            assert names.index("textInput", 2) < names.index("audioInput")
+            assert not moved.of_type("error")
+            print(f"node death -> restart answered {answered:.2f} s, reply {heard_again:.2f} s")
+        finally:
+            await client.close()
+            if moved is not None:
+                await moved.close()
+
+
+async def test_sigterm_moves_every_call_to_the_other_node_and_exits_0(tmp_path: Path) -> None:
+    echo = ("--backend", "echo", "--drain-timeout", "20")
+    async with two_nodes(tmp_path, echo, echo) as (_, a, b):
+        clients = [await start_call(a.url) for _ in range(3)]
+        moved: list[CallClient] = []
+        try:
+            async with asyncio.timeout(90):
+                a.proc.send_signal(signal.SIGTERM)
+                for c in clients:
+                    msg = await c.wait_for(
+                        "server-message", 10, lambda m: m["data"].get("type") == "reconnect"
+                    )
+                    assert msg["data"] == {"type": "reconnect", "reason": "drain"}
+                    # What the page does: a new connection for the same call, to the same
+                    # address (node A forwards it), then the old connection closes.
+                    new = CallClient(a.url, token=c.session_token)
+                    await new.connect(restart_of=c.pc_id)
+                    moved.append(new)
+                    await c.pc.close()
+                assert await a.proc.wait() == 0
+                for new in moved:
+                    await new.wait_for("bot-ready", 10)
+                    new.mic.play(load_tone())
+                    assert await receiving(new), "a moved call does not deliver audio"
+                    assert not new.of_type("error")
+                assert (await b.json("/healthz"))["sessions"] == 3
+            assert '"drain_moving_calls"' in a.log.read_text()
+        finally:
+            for c in clients + moved:
+                await c.close()
+
+
+def load_tone() -> Any:
+    from tests.cluster_util import tone
+
+    return tone(0.3)
+
+
+async def test_redis_outage_keeps_calls_and_serves_offers_locally(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as redis_url:
+        args = node_args(redis_url, "solo", "--backend", "echo")
+        async with serve_node(tmp_path, *args, name="solo") as node:
+            first = await start_call(node.url)
+            late: CallClient | None = None
+            try:
+                async with asyncio.timeout(60):
+                    r = aredis.Redis.from_url(redis_url)
+                    with contextlib.suppress(Exception):
+                        await r.shutdown(nosave=True)
+                    await r.aclose()
+                    assert await receiving(first)
+                    late = await start_call(node.url, token())
+                    async with aiohttp.ClientSession() as http:
+                        async with http.get(f"{node.url}/readyz") as resp:
+                            assert resp.status == 200
+                        auth = {"Authorization": f"Bearer {late.session_token}"}
+                        body = {"pc_id": late.pc_id, "candidates": []}
+                        async with http.patch(
+                            f"{node.url}/api/offer", json=body, headers=auth
+                        ) as resp:
+                            assert resp.status == 200
+                    assert await late.hangup() == 204
+                    assert await first.hangup() == 204
+                assert '"cluster_directory_down"' in node.log.read_text()
+                assert '"status": 500' not in node.log.read_text()
+            finally:
+                await first.close()
+                if late is not None:
+                    await late.close()

@@ -1,0 +1,103 @@
+"""``voicegate serve --workers 2``: one node, a supervisor and two worker processes.
+
+Real processes, real aiortc callers: new calls are spread over both workers; ``/healthz`` and
+``/metrics`` describe the whole node; a worker killed with SIGKILL takes only its own calls
+down (counted as ended with the reason ``worker-died``), the other worker's calls go on, and
+the supervisor starts the worker again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.cluster_util import Node, receiving, serve_node, start_call
+
+
+async def settled(node: Node, sessions: int) -> Any:
+    """/healthz once the supervisor's next poll of its workers counted ``sessions`` calls."""
+    for _ in range(50):
+        health = await node.json("/healthz")
+        if health["sessions"] == sessions:
+            break
+        await asyncio.sleep(0.1)
+    return health
+
+
+async def test_two_workers_spread_calls_and_survive_one_worker_death(tmp_path: Path) -> None:
+    args = ("--workers", "2", "--backend", "echo", "--port", "0")
+    async with serve_node(tmp_path, *args) as node:
+        clients = []
+        try:
+            async with asyncio.timeout(120):
+                for _ in range(4):
+                    clients.append(await start_call(node.url))
+                health = await settled(node, 4)
+                per_worker = [w["sessions"] for w in health["workers"]]
+                assert health["sessions"] == 4 and sorted(per_worker) == [2, 2], health
+                metrics = await node.text("/metrics")
+                assert 'voicegate_calls_active{worker="0"} 2' in metrics
+                assert 'voicegate_calls_active{worker="1"} 2' in metrics
+                assert metrics.count("# TYPE voicegate_calls_active ") == 1
+                victim = health["workers"][0]
+                os.kill(victim["pid"], signal.SIGKILL)
+                alive = [await receiving(c, timeout=8) for c in clients]
+                # Only the killed worker's two calls stopped; the other two carry on.
+                assert alive.count(True) == 2, alive
+                for _ in range(200):
+                    health = await node.json("/healthz")
+                    w0 = health["workers"][0]
+                    if w0["alive"] and w0["restarts"] == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                assert w0["alive"] and w0["restarts"] == 1 and w0["pid"] != victim["pid"], w0
+                metrics = await node.text("/metrics")
+                lost = 'voicegate_calls_ended_total{worker="supervisor",reason="worker-died"} 2'
+                assert lost in metrics
+                # The restarted worker takes new calls again; the survivors still run.
+                clients.append(await start_call(node.url))
+                health = await node.json("/healthz")
+                assert health["workers"][0]["sessions"] >= 1, health
+                for c, ok in zip(clients, [*alive, True], strict=True):
+                    if ok:
+                        assert await receiving(c), "a surviving call stopped"
+                        assert not c.of_type("error")
+        finally:
+            for c in clients:
+                await c.close()
+
+
+async def test_one_worker_runs_without_a_supervisor(tmp_path: Path) -> None:
+    async with serve_node(tmp_path, "--workers", "1", "--backend", "echo", "--port", "0") as node:
+        health = await node.json("/healthz")
+        assert "workers" not in health and health["ready"] is True
+
+
+def test_cluster_options_are_validated_and_split_between_workers() -> None:
+    from voicegate.cluster.workers import worker_env
+    from voicegate.config import ConfigError, resolve, worker_count
+
+    env = {"VOICEGATE_WORKERS": "3", "VOICEGATE_RTC_PORTS": "40000-40299"}
+    config = resolve(None, env=env)
+    assert worker_count(config) == 3 and config.node_id  # the host name by default
+    shares = [worker_env(config, i, 3)["VOICEGATE_RTC_PORTS"] for i in range(3)]
+    assert shares == ["40000-40099", "40100-40199", "40200-40299"]
+    assert worker_env(config, 0, 3)["VOICEGATE_MAX_SESSIONS"] == "7"  # ceil(20 / 3)
+    assert worker_count(resolve(None, env={})) >= 1  # auto: one per usable core
+    bad = {
+        "VOICEGATE_WORKERS": "0",
+        "VOICEGATE_CLUSTER_REDIS": "http://x",
+        "VOICEGATE_NODE_URL": "nope",
+        "VOICEGATE_NODE_ID": "a b",
+    }
+    try:
+        resolve(None, env=bad)
+    except ConfigError as exc:
+        text = "\n".join(exc.problems)
+        assert "VOICEGATE_WORKERS" in text and "cluster_redis" in text
+        assert "node_url" in text and "node_id" in text
+    else:
+        raise AssertionError("bad cluster options were accepted")
