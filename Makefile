@@ -57,7 +57,7 @@ typecheck: setup-test
 pytest: setup-test
 	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# `make bench` is the short run (< ~5 min); `make bench-full` the documented full one.
+# `make bench` is the short run (about 20 min); `make bench-full` the full one (about 90 min).
 bench: setup-test debs
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[default,dev,bench]'
 	$(PY) -m benchmarks.run --short

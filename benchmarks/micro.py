@@ -22,9 +22,9 @@ from typing import Any
 import av
 import numpy as np
 
-from benchmarks.markers import speech
 from voicegate.media import opus
 from voicegate.media import patch as rtcpatch
+from voicegate.testing.signals import speech
 
 
 def _best_us(fn: Callable[[Any], Any], items: list[Any], passes: int = 3) -> float:

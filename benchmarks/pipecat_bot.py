@@ -7,6 +7,13 @@ same Bedrock stand-in. Runs inside the benchmark's own virtualenv (.bench/pipeca
 Environment: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, SSL_CERT_FILE, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY (what ``benchmarks/standin_proc.py`` prints).
 
+Set up for latency the way Pipecat documents it (``SETTINGS`` below, recorded with every result):
+``TransportParams.audio_out_10ms_chunks=2`` (20 ms, one WebRTC packet; the default is 4, and
+Pipecat's TransportParams reference says higher values increase latency), the context aggregator
+pair in ``realtime_service_mode`` and no local VAD (Nova Sonic endpoints server-side), as in
+Pipecat's own Nova Sonic example; metrics off; session continuation left at its default (its
+360 s threshold is never reached in a benchmark run).
+
 Two shims, both outside Pipecat's code:
 - Pipecat 1.14's ``AWSNovaSonicLLMService.create_client`` hard-codes
   ``https://bedrock-runtime.{region}.amazonaws.com`` and ignores
@@ -47,6 +54,14 @@ from pipecat.transports.smallwebrtc.request_handler import (  # noqa: E402
 )
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noqa: E402
 
+SETTINGS = {
+    "audio_out_10ms_chunks": 2,
+    "realtime_service_mode": True,
+    "local_vad": None,
+    "enable_metrics": False,
+    "session_continuation": "default (360 s threshold)",
+}
+
 logger.remove()
 logger.add(sys.stderr, level=os.environ.get("PIPECAT_LOG_LEVEL", "WARNING"))
 
@@ -76,7 +91,11 @@ class StandInNovaSonic(AWSNovaSonicLLMService):
 async def run_bot(connection: SmallWebRTCConnection) -> None:
     transport = SmallWebRTCTransport(
         webrtc_connection=connection,
-        params=TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+        params=TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_out_10ms_chunks=SETTINGS["audio_out_10ms_chunks"],
+        ),
     )
     llm = StandInNovaSonic(
         access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
@@ -88,7 +107,9 @@ async def run_bot(connection: SmallWebRTCConnection) -> None:
     # The shape of Pipecat's own Nova Sonic examples: a context aggregator pair around the
     # service, and an LLMRunFrame once the client is there (the service opens its Bedrock
     # stream only when it has a context).
-    user, assistant = LLMContextAggregatorPair(LLMContext())
+    user, assistant = LLMContextAggregatorPair(
+        LLMContext(), realtime_service_mode=SETTINGS["realtime_service_mode"]
+    )
     task = PipelineTask(
         Pipeline([transport.input(), user, llm, transport.output(), assistant]),
         params=PipelineParams(enable_metrics=False),
@@ -138,4 +159,11 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8095)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--settings", action="store_true", help="print SETTINGS as JSON, exit")
+    cli = parser.parse_args()
+    if cli.settings:
+        import json
+
+        print(json.dumps(SETTINGS))
+    else:
+        asyncio.run(main(cli.port))

@@ -1,4 +1,5 @@
-"""The ``voicegate`` command: ``serve`` runs the gateway, ``standin`` the Bedrock stand-in."""
+"""The ``voicegate`` command: ``serve`` runs the gateway, ``standin`` the Bedrock stand-in,
+``loadtest`` calls a running gateway with N real WebRTC callers (testing/loadtest.py)."""
 
 from __future__ import annotations
 
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_standin(sub)
+    from voicegate.testing.loadtest import add_parser as add_loadtest
+
+    add_loadtest(sub)
     return parser
 
 

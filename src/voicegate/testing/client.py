@@ -1,10 +1,12 @@
 """A headless voicegate caller: a real aiortc peer that speaks a WAV and records the answer.
 
-Used by the integration tests, the benchmarks and ``voicegate call`` (a smoke check for a
-deployment). It behaves like the web page: it opens the ``rtvi`` data channel before the offer,
-sends ``client-ready``, plays its audio as a paced 48 kHz track, and keeps every data-channel
-message and every received audio frame (with its arrival time) for inspection. It decodes what
-arrives at once and adds no receive buffer of its own.
+Used by the integration tests, ``voicegate loadtest`` (testing/loadtest.py) and the benchmarks.
+It behaves like the web page: it opens the ``rtvi`` data channel before the offer, sends
+``client-ready``, plays its audio as a paced 48 kHz track (or any track it is given, e.g. the
+load test's pre-encoded Opus), and keeps every data-channel message and every received audio
+frame (with its arrival time) for inspection, or hands each frame to a callback the moment it is
+decoded. With voicegate's media patches applied in the process (media/patch.py) it decodes each
+packet on arrival and adds no receive buffer of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import time
 import uuid
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -118,6 +121,28 @@ class ReceivedAudio:
         return sum(1 for f in self.frames if rms(f) > threshold) * 0.02
 
 
+class OfferRefused(RuntimeError):
+    """The server answered the offer with an error status (``reason``: its JSON ``error``)."""
+
+    def __init__(self, status: int, reason: str, body: Any = None) -> None:
+        super().__init__(f"offer refused: {status} {body if body is not None else reason}")
+        self.status = status
+        self.reason = reason
+
+
+FrameSink = Callable[[np.ndarray, int, float], None]
+"""Called with (mono int16 samples, their rate, loop time of arrival) for each received frame."""
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.int16)
+    channels = len(frame.layout.channels)
+    samples = samples[: frame.samples * channels]
+    if channels > 1:  # packed s16: interleaved channels
+        return samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return samples
+
+
 class CallClient:
     def __init__(
         self,
@@ -125,7 +150,13 @@ class CallClient:
         ice_servers: list[RTCIceServer] | None = None,
         relay_only: bool = False,
         token: str | None = None,
+        source: MediaStreamTrack | None = None,
+        on_frame: FrameSink | None = None,
+        keep_audio: bool = True,
     ) -> None:
+        """``source``: the track to send instead of ``mic`` (a PcmTrack fed with ``play``);
+        ``on_frame``: called for every received frame as it is decoded; ``keep_audio=False``:
+        keep no received audio in ``audio`` (a long load test)."""
         self.base_url = base_url.rstrip("/")
         # The access token for the offer; the answer's per-call session_token then
         # replaces it for everything that touches this call (hang-up).
@@ -136,6 +167,12 @@ class CallClient:
             config.iceTransportPolicy = RTCIceTransportPolicy.RELAY
         self.pc = RTCPeerConnection(config)
         self.mic = PcmTrack()
+        self.source: MediaStreamTrack = source if source is not None else self.mic
+        self.on_frame = on_frame
+        self.keep_audio = keep_audio
+        self.connected = asyncio.Event()
+        self.connection_error: str | None = None
+        """Why the connection failed or closed after connecting (None while it is fine)."""
         self.audio = ReceivedAudio()
         self.messages: list[dict[str, Any]] = []
         self.pc_id = ""
@@ -147,6 +184,22 @@ class CallClient:
         self._channel.on("open", self._on_open)
         self._channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self.connected.set()
+        elif state in ("failed", "closed") and self.connection_error is None:
+            self.connection_error = f"connection {state}"
+            self.connected.set()  # wake waiters; connection_error says why
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Until ICE and DTLS are up; RuntimeError when the connection fails or closes."""
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
+        if self.connection_error is not None:
+            raise RuntimeError(self.connection_error)
 
     def _on_open(self) -> None:
         self._channel.send(
@@ -180,6 +233,11 @@ class CallClient:
                 if not isinstance(frame, av.AudioFrame):
                     continue
                 now = loop.time()
+                if self.on_frame is not None:
+                    self.on_frame(_mono(frame), frame.sample_rate, now)
+                if not self.keep_audio:
+                    self._frame_event.set()
+                    continue
                 out = resampler.process(frame)
                 if out.size:
                     self.audio.frames.append(out.copy())
@@ -191,7 +249,7 @@ class CallClient:
     ) -> dict[str, Any]:
         """``restart_of``: the pc_id of a call whose connection dropped; the new connection
         takes over its conversation (like the page's automatic reconnect)."""
-        self.pc.addTrack(self.mic)
+        self.pc.addTrack(self.source)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
@@ -204,9 +262,16 @@ class CallClient:
             async with http.post(
                 f"{self.base_url}/api/offer", json=body, headers=self._auth(self.token)
             ) as resp:
-                answer = await resp.json()
-                if resp.status != 200:
-                    raise RuntimeError(f"offer refused: {resp.status} {answer}")
+                text = await resp.text()
+                try:
+                    answer = json.loads(text)
+                except ValueError:
+                    answer = None
+                if resp.status != 200 or not isinstance(answer, dict):
+                    reason = answer.get("error") if isinstance(answer, dict) else None
+                    raise OfferRefused(
+                        resp.status, str(reason or text[:200].strip() or resp.reason), answer
+                    )
         finally:
             if own:
                 await http.close()
@@ -231,6 +296,20 @@ class CallClient:
             if pair is not None:
                 return pair.local_candidate.type, pair.remote_candidate.type
         return None
+
+    @staticmethod
+    async def fetch_ice_servers(
+        http: aiohttp.ClientSession, base_url: str, token: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The server's ICE servers for browsers (GET /api/ice-servers), as JSON entries."""
+        async with http.get(
+            f"{base_url.rstrip('/')}/api/ice-servers", headers=CallClient._auth(token)
+        ) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200 or not isinstance(body, dict):
+                raise RuntimeError(f"GET /api/ice-servers answered {resp.status} {body}")
+            servers = body.get("iceServers", [])
+            return [s for s in servers if isinstance(s, dict)]
 
     @staticmethod
     def ice_servers_from_json(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
@@ -275,6 +354,7 @@ class CallClient:
 
     async def close(self) -> None:
         self.mic.stop()
+        self.source.stop()
         await self.pc.close()
         for task in self._tasks:
             task.cancel()

@@ -1,0 +1,207 @@
+"""The benchmark report's longer sections (capacity, long calls, soak), the summary table of the
+top-level README.md, and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.tables import _f, _load, cell
+
+LABELS = {
+    "voicegate": "voicegate (full Bedrock path: SDK + stand-in)",
+    "patched": "stock gateway + voicegate's aiortc patches (no model hop)",
+    "stock": "stock gateway, stock aiortc (no model hop)",
+    "pipecat": "Pipecat SmallWebRTC + Nova Sonic service",
+}
+
+
+def _why(step: dict[str, Any]) -> str:
+    agg = step["agg"]
+    parts = []
+    if agg.get("calls_failed", {}).get("median", 0):
+        parts.append(f"calls failed {cell(agg, 'calls_failed')}")
+    if (agg.get("rtt_p95", {}).get("median") or 0) > 80:
+        parts.append(f"RTT p95 {cell(agg, 'rtt_p95')}")
+    if (agg.get("fps_min", {}).get("median") or 50) < 49.5:
+        parts.append(f"fps {cell(agg, 'fps_min')}")
+    if agg.get("markers_lost", {}).get("max", 0):
+        parts.append(f"lost {cell(agg, 'markers_lost')}")
+    return ", ".join(parts) or f"{step['passed_runs']} of {len(step['runs'])} runs in budget"
+
+
+def _at_least(c: dict[str, Any], key: str, miss_key: str) -> str:
+    """N, or ">= N" when the ladder ended without a miss, or "none" below its first step."""
+    value = c.get(key)
+    if value is None:
+        return "none"
+    if c.get(miss_key) is None and value == c.get("ladder_top"):
+        return f">= {value}"
+    return str(value)
+
+
+def capacity_lines(results: dict[str, Any]) -> list[str]:
+    cap = results.get("capacity")
+    if not cap:
+        return []
+    steps = results["meta"]["settings"]["steps"]
+    lines = [
+        "",
+        f"**Capacity** (the same ladder N = {', '.join(map(str, steps))} for every system, "
+        "stopping where most runs of a step no longer keep real time; budget: no failed call, "
+        "RTT p95 <= 80 ms, >= 49.5 frames/s for every call, no lost marker, met by most runs of "
+        "every step up to N; per added call = slope of a line through every run's (N, figure), "
+        "leaving out steps above 90 % of the gateway's core):",
+        "",
+        "| system | capacity within budget | first miss | keeps real time up to | CPU % of a "
+        "core per added call | RSS MB per added call |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, c in cap.items():
+        miss = c["first_miss"]
+        why = f"N={miss}: {_why(c['steps'][str(miss)])}" if miss else "none"
+        lines.append(
+            f"| {LABELS.get(kind, kind)} | {_at_least(c, 'capacity', 'first_miss')} | {why} | "
+            f"{_at_least(c, 'real_time_up_to', 'real_time_lost_at')} | "
+            f"{_f(c['cpu_per_call_percent'])} | {_f(c['rss_per_call_mb'])} |"
+        )
+    lines += [
+        "",
+        "| system, N | runs in budget | RTT p50 ms | p95 | fps min | lost | gateway CPU % "
+        "| RSS MB | load 1-min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, c in cap.items():
+        for n, step in c["steps"].items():
+            agg = step["agg"]
+            lines.append(
+                f"| {kind} N={n} | {step['passed_runs']}/{len(step['runs'])} | "
+                f"{cell(agg, 'rtt_p50')} | {cell(agg, 'rtt_p95')} | {cell(agg, 'fps_min')} | "
+                f"{cell(agg, 'markers_lost')} | {cell(agg, 'cpu_percent')} | "
+                f"{cell(agg, 'rss_mb')} | {_load(agg)} |"
+            )
+    return lines
+
+
+def long_lines(results: dict[str, Any]) -> list[str]:
+    long = results.get("long")
+    if not long:
+        return []
+    summaries = {k: v for k, v in long.items() if k != "settings"}
+    return ["", *long_table(summaries, long["settings"], "long-calls")]
+
+
+def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list[str]:
+    """The long-call table: per brain, renewals, replay, gap and what latency did around them."""
+    lines = [
+        f"**Long calls across stream renewals** (stand-in ends streams after "
+        f"{st['session_limit']:g} s, voicegate renews after {st['renew_after']:g} s, forced "
+        f"{st['renew_force_after']:g} s later; {st['runs']} interleaved runs x {st['calls']} "
+        f"calls x {st['seconds']:g} s; medians over all renewals; curves: `results/{name}.png`):",
+        "",
+        "| brain | renewals (forced, replaying) | audio replayed ms (max) | handover gap ms | "
+        "p50 / p95 per run ms | excess after a renewal ms (max) | drained after s | late "
+        "markers % | markers sent / heard | answer ms: all turns / turns a renewal replayed "
+        "| lost / unanswered | load 1-min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in ("echo", "echo-live", "control", "turns", "turns-slow"):
+        s = summaries.get(variant)
+        if not s:
+            continue
+        lost = s["markers_lost"] if s["workload"] == "markers" else s["turns_unanswered"]
+        heard = f"{s['markers_sent']} / {s['markers_heard']}" if s["markers_sent"] else "–"
+        loads = s.get("load_1min_after_runs") or []
+        load = f"{_f(min(loads))}–{_f(max(loads))}" if loads else "–"
+        answers = (
+            f"{_f(s.get('answer_ms_median'))} / {_f(s.get('replayed_turn_answer_ms'))}"
+            if s["workload"] == "turns"
+            else "–"
+        )
+        per_run = ", ".join(
+            f"{_f(a)} / {_f(b)}"
+            for a, b in zip(s["latency_p50_per_run"], s["latency_p95_per_run"], strict=True)
+        )
+        lines.append(
+            f"| {variant} | {s['renewals']} ({s['forced']}, {s.get('renewals_replaying', '–')}) "
+            f"| {_f(s['replayed_ms_median'])} "
+            f"({_f(s['replayed_ms_max'])}) | {_f(s['gap_ms_median'])} | {per_run} "
+            f"| {_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
+            f"{_f(s['drained_after_s_median'])} | {_f(s.get('late_share_percent'))} | {heard} | "
+            f"{answers} | {lost} | {load} |"
+        )
+    return lines
+
+
+def soak_lines(results: dict[str, Any]) -> list[str]:
+    soak = results.get("soak")
+    if not soak or not soak.get("rss_samples"):
+        return []
+    (t0, mb0), (t1, mb1) = soak["rss_samples"][0], soak["rss_samples"][-1]
+    return [
+        "",
+        f"**Soak** (one run: {soak['summary']['calls']} calls for {t1} s): RSS {mb0} MB at "
+        f"{t0} s, {mb1} MB at {t1} s; growth after the first minute "
+        f"{soak['rss_growth_mb_after_first_minute']} MB; calls failed "
+        f"{soak['summary']['calls_failed']}.",
+    ]
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The short table in the top-level README.md."""
+    meta = results["meta"]
+    lat, turns, cap = (results.get(k, {}) for k in ("latency", "turns", "capacity"))
+    lines = [
+        f"{meta['mode'].capitalize()} run {meta['started_utc']}, commit "
+        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}, "
+        f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
+        f"{(meta.get('load_avg_after') or [0])[0]:g} after. Median of "
+        f"{meta['settings']['runs']} runs x {meta['settings']['calls']} calls (min–max); "
+        "details and method: [benchmarks/README.md](benchmarks/README.md#results).",
+        "",
+        "| | marker RTT p50 / p99 ms | speech end -> answer, minus 500 ms think, ms | "
+        "capacity (RTT p95 <= 80 ms) | CPU % of a core per added call |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, label in LABELS.items():
+        if kind not in lat and kind not in cap:
+            continue
+        agg = lat.get(kind, {}).get("agg", {})
+        t = turns.get(kind, {}).get("agg", {})
+        c = cap.get(kind, {})
+        lines.append(
+            f"| {label} | {cell(agg, 'rtt_p50')} / {cell(agg, 'rtt_p99')} | "
+            f"{cell(t, 'gateway_p50') if t else '–'} | "
+            f"{_at_least(c, 'capacity', 'first_miss') if c else '–'} | "
+            f"{_f(c.get('cpu_per_call_percent'))} |"
+        )
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    cap = results.get("capacity", {})
+    if cap:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for kind, c in cap.items():
+            if c["cpu_points"]:
+                a1.plot(*zip(*c["cpu_points"], strict=True), "o", label=kind, alpha=0.6)
+            ns = [int(n) for n in c["steps"]]
+            p95 = [s["agg"].get("rtt_p95", {}).get("median") for s in c["steps"].values()]
+            a2.plot(ns, [v or 0 for v in p95], "o-", label=kind)
+        a2.axhline(80, color="grey", ls="--", lw=1)
+        a1.set(xlabel="concurrent calls", ylabel="gateway CPU % of one core", title="CPU")
+        a2.set(xlabel="concurrent calls", ylabel="RTT p95 ms (median of runs)", title="Latency")
+        a1.legend()
+        a2.legend()
+        fig.savefig(out / "capacity.png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        made.append("capacity.png")
+    return made

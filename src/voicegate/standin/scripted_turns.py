@@ -1,0 +1,125 @@
+"""A turn-taking brain with a fixed think time, for voice-to-voice latency measurements.
+
+It answers the way a speech model answers, not the way an echo does: once per user turn, after
+the turn ends, with a finite reply. A turn starts with the first voiced chunk (RMS at or above
+``SPEECH_RMS``) and ends after ``end_silence_s`` of quiet, counted in audio time (samples
+received), like a model's endpointing; ``think_s`` later the brain answers with the user's own
+speech played back once (from its first voiced chunk to its last, at the output rate), written
+out as fast as the stream takes it, as a model's audio arrives. Like Nova Sonic it first sends a
+final USER transcript for the turn, so a gateway knows the turn was heard (and does not replay
+its audio to a renewed stream), then the assistant's speculative text, audio and final text.
+
+The brain's think time, seen from the caller, is therefore ``end_silence_s + think_s``: time
+from the caller's end of speech to the first answer audio at the caller, minus that, is the
+gateway's own cost (both directions of its media path, its model hop and its pacing).
+
+Used by the benchmarks' stand-in (benchmarks/standin_proc.py ``--brain turns``) and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+from voicegate.backends.inprocess import InProcessStream
+from voicegate.media.levels import rms
+from voicegate.media.resample import resample_pcm16
+from voicegate.sonic.events import AudioContentStart, InputEvent
+from voicegate.standin.audio import split_chunks
+
+SPEECH_RMS: Final = 300.0
+"""RMS (16-bit scale, about -40 dBFS) at or above which a chunk is speech."""
+END_SILENCE_S: Final = 0.3
+THINK_S: Final = 0.2
+MAX_TURN_S: Final = 10.0
+"""A turn longer than this is answered anyway (and its reply capped to it)."""
+MAX_PENDING_TURNS: Final = 4
+
+
+class TurnsBrain(InProcessStream):
+    """Answers each user turn once, ``end_silence_s + think_s`` after it ends, with the turn
+    played back."""
+
+    def __init__(self, end_silence_s: float = END_SILENCE_S, think_s: float = THINK_S) -> None:
+        super().__init__()
+        self.end_silence_s = end_silence_s
+        self.think_s = think_s
+        self.turns = 0
+        self._in_rate = 16000
+        self._turn: list[bytes] = []
+        self._voiced_len = 0  # chunks of the turn up to and including its last voiced one
+        self._quiet_s = 0.0
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_PENDING_TURNS)
+
+    @property
+    def think_ms(self) -> float:
+        """What the caller sees of this brain: endpointing plus thinking."""
+        return (self.end_silence_s + self.think_s) * 1000
+
+    async def send(self, event: InputEvent) -> None:
+        if isinstance(event, AudioContentStart):
+            self._in_rate = event.sample_rate
+        await super().send(event)
+
+    async def on_audio_start(self) -> None:
+        self.spawn(self._answer_turns())
+
+    async def on_audio(self, pcm: bytes) -> None:
+        voiced = rms(pcm) >= SPEECH_RMS
+        if not self._turn:
+            if voiced:
+                self._turn, self._voiced_len, self._quiet_s = [pcm], 1, 0.0
+            return
+        self._turn.append(pcm)
+        if voiced:
+            self._voiced_len, self._quiet_s = len(self._turn), 0.0
+        else:
+            self._quiet_s += len(pcm) / 2 / self._in_rate
+        turn_s = sum(len(p) for p in self._turn) / 2 / self._in_rate
+        if self._quiet_s >= self.end_silence_s or turn_s >= MAX_TURN_S:
+            speech = b"".join(self._turn[: self._voiced_len])
+            self._turn = []
+            # A user who talks faster than the brain answers loses turns, like a busy model.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(speech)
+
+    async def _answer_turns(self) -> None:
+        while True:
+            speech = await self._queue.get()
+            await asyncio.sleep(self.think_s)
+            self.turns += 1
+            seconds = len(speech) / 2 / self._in_rate
+            await self.emit_text("USER", f"(turn {self.turns}: {seconds:.2f} s of speech)")
+            text = f"Turn {self.turns}, played back."
+            await self.emit_text("ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
+            reply = resample_pcm16(speech, self._in_rate, self.output_rate)
+            cid = await self.begin_audio()
+            for chunk in split_chunks(reply, self.output_rate):
+                await self.emit_audio(cid, chunk)
+            await self.end_audio(cid)
+            await self.emit_text("ASSISTANT", text, stage="FINAL")
+            await self.end_completion()
+
+
+class TurnsFactory:
+    """Opens one TurnsBrain per stream (the stand-in's factory interface)."""
+
+    name = "turns"
+
+    def __init__(self, end_silence_s: float = END_SILENCE_S, think_s: float = THINK_S) -> None:
+        self.end_silence_s = end_silence_s
+        self.think_s = think_s
+
+    @property
+    def think_ms(self) -> float:
+        return (self.end_silence_s + self.think_s) * 1000
+
+    async def open(self) -> InProcessStream:
+        return TurnsBrain(self.end_silence_s, self.think_s)
+
+    async def warm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
