@@ -1,7 +1,7 @@
 """Part (c) of benchmarks/cluster_failover.py: ``--workers 1`` against ``--workers 2``.
 
 Each server gets a fresh Bedrock stand-in (echo brain, zero think time, as benchmarks/run.py
-starts it); benchmarks/loadclient.py offers K concurrent calls and measures the marker round
+starts it); ``voicegate loadtest`` offers K concurrent calls and measures the marker round
 trip. The server's CPU is summed over its whole process tree (the supervisor and its workers).
 The per-address offer rate limit is off: the load client is one address.
 """
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster_failover import ROOT, _load, _pct
+from benchmarks.cluster_failover import ROOT, _load
 
 
 def _tree_cpu(root: int) -> float:
@@ -93,29 +93,32 @@ async def workers(counts: list[int], seconds: float, workdir: Path) -> list[dict
 async def _load_run(
     node: Any, n_workers: int, calls: int, seconds: float, workdir: Path
 ) -> dict[str, Any]:
+    """``voicegate loadtest`` (markers) against the node; the node's whole process tree's CPU
+    over the loadtest's measured window (its ``window_monotonic``, the same clock as ours)."""
     out = workdir / f"load-w{n_workers}-{calls}.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.loadclient", "--url", node.url,
-        "--calls", str(calls), "--seconds", str(seconds), "--out", str(out),
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        sys.executable, "-m", "voicegate", "loadtest", node.url,
+        "--calls", str(calls), "--duration", str(seconds), "--json", str(out),
+        stdout=asyncio.subprocess.DEVNULL, cwd=ROOT,
     )  # fmt: skip
-    assert proc.stdout is not None
-    cpu0 = t0 = cpu = window = 0.0
-    while line := (await proc.stdout.readline()).decode():
-        if line.startswith("STEADY_START"):
-            cpu0, t0 = _tree_cpu(node.proc.pid), time.monotonic()
-        elif line.startswith("STEADY_END"):
-            cpu = _tree_cpu(node.proc.pid) - cpu0
-            window = time.monotonic() - t0
-    await proc.wait()
+    samples: list[tuple[float, float]] = []
+    while proc.returncode is None:
+        samples.append((time.monotonic(), _tree_cpu(node.proc.pid)))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):  # a CPU sample every half second, not an audio path
+                await proc.wait()
     data = json.loads(out.read_text())
-    rtts = [ms for c in data["calls"] for _, ms in c["rtt"]]
-    fps = [c["fps_back"] for c in data["calls"]]
-    window = window or float("nan")
+    t0, t1 = data["meta"]["window_monotonic"]
+    inside = [s for s in samples if t0 <= s[0] <= t1] or samples
+    (a_t, a_cpu), (b_t, b_cpu) = inside[0], inside[-1]
+    window = b_t - a_t or float("nan")
+    cpu = b_cpu - a_cpu
+    summary = data["summary"]
+    ok = summary["calls_ok"]
     return {
-        "workers": n_workers, "calls": calls, "refused": data["refused"],
+        "workers": n_workers, "calls": calls, "refused": summary["calls_failed"],
         "server_cpu_pct_of_core": round(100 * cpu / window, 1),
-        "server_cpu_pct_per_call": round(100 * cpu / window / max(1, len(fps)), 2),
-        "rtt_p50_ms": _pct(rtts, 50), "rtt_p95_ms": _pct(rtts, 95),
-        "fps_min": round(min(fps), 1) if fps else None, "load": _load(),
+        "server_cpu_pct_per_call": round(100 * cpu / window / max(1, ok), 2),
+        "rtt_p50_ms": summary["rtt_ms"]["p50"], "rtt_p95_ms": summary["rtt_ms"]["p95"],
+        "fps_min": summary["fps_min"], "load": _load(),
     }  # fmt: skip

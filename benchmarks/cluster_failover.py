@@ -20,7 +20,7 @@ it no longer delivers audio at the end.
 
 (c) **Workers** (benchmarks/cluster_capacity.py): ``voicegate serve --backend bedrock`` (a
 fresh stand-in, echo brain) with ``--workers 1`` and ``--workers 2``, K concurrent calls from
-benchmarks/loadclient.py (marker round trip). The machine has 2 cores: the load client cannot
+``voicegate loadtest`` (marker round trip). The machine has 2 cores: the load client cannot
 be pinned apart from two workers, so client, stand-in and server share both cores; the
 server's CPU (all its processes) per call and the RTT p50/p95 and frames per second at each K
 are reported, not a capacity figure from an isolated server.

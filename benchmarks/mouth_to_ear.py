@@ -1,7 +1,7 @@
 """Mouth-to-ear latency in a real browser: marker tones in Chromium's fake microphone, heard back.
 
 Headless Debian chromium's fake microphone plays the load tester's signal (espeak-ng speech with
-a 2.5 kHz marker tone once a second, ``benchmarks/markers.py``), looped. The brain echoes, so
+a 2.5 kHz marker tone once a second, ``voicegate.testing.signals``), looped. The brain echoes, so
 every marker comes back in the bot's audio. The page's measuring mode (``/?raw=1&measure=1``,
 ``web/measure.js``) runs an AudioWorklet on the microphone stream and on the played (remote)
 stream and timestamps each marker's onset on the AudioContext clock; a bot onset minus the
@@ -53,7 +53,7 @@ from typing import Any
 
 from tests.browser_util import CHROMIUM, Server, chromium, running_server
 
-from benchmarks.markers import speech, with_markers
+from voicegate.testing.signals import speech, with_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "mouth-to-ear.json"
