@@ -32,7 +32,13 @@ def _serve(args: argparse.Namespace) -> int:
     from voicegate.backends import BackendUnavailable, make_backend
 
     try:
-        backend, why = make_backend(conf.backend, conf.model_id, conf.region, conf.bedrock_endpoint)
+        backend, why = make_backend(
+            conf.backend,
+            conf.model_id,
+            conf.region,
+            conf.bedrock_endpoint,
+            conf.bedrock_transport,
+        )
     except BackendUnavailable as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from voicegate.backends.bedrock.transport import TRANSPORTS
 from voicegate.sonic.events import ENDPOINTING
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
@@ -60,6 +61,7 @@ class ServeConfig:
     model_id: str = "amazon.nova-2-sonic-v1:0"
     region: str = ""
     bedrock_endpoint: str = ""
+    bedrock_transport: str = "asyncio"
     ice_addresses: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
@@ -125,6 +127,11 @@ OPTIONS: Final = (
     _Opt(
         "bedrock_endpoint",
         "Bedrock runtime endpoint URL (default: AWS_ENDPOINT_URL_BEDROCK_RUNTIME or the region's)",
+    ),
+    _Opt(
+        "bedrock_transport",
+        "HTTP/2 transport of the Bedrock SDK: asyncio (default, on the event loop) or crt (awscrt)",
+        choices=TRANSPORTS,
     ),
     _Opt(
         "ice_addresses",

@@ -53,6 +53,7 @@ from voicegate.backends.bedrock.credentials import (
     credentials_status,
     load_botocore_credentials,
 )
+from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT, transport_problem
 from voicegate.sonic import events as sonic
 
 __all__ = [
@@ -128,6 +129,8 @@ class BedrockSettings:
     """Seconds to resolve credentials and start the HTTP/2 request."""
     close_timeout: float = 2.0
     """Seconds an orderly close may take before the stream is abandoned."""
+    transport: str = DEFAULT_TRANSPORT
+    """The SDK's HTTP/2 transport: ``asyncio`` (voicegate's, on the event loop) or ``crt``."""
 
     def validate(self) -> list[str]:
         """Human-readable problems with these settings; empty when they are usable."""
@@ -152,6 +155,9 @@ class BedrockSettings:
             problem = _endpoint_problem(endpoint)
             if problem:
                 errors.append(f"{source} {endpoint!r}: {problem}")
+        transport = transport_problem(self.transport)
+        if transport:
+            errors.append(transport)
         for name in ("send_timeout", "open_timeout", "close_timeout"):
             value = getattr(self, name)
             if (
@@ -713,8 +719,10 @@ def _retrieve_writer_result(task: asyncio.Task[Any]) -> None:
         log.debug("bedrock_request_body_writer_ended", error=repr(task.exception()))
 
 
-def _transport() -> Any:
-    """The CRT HTTP client, forced to HTTP/2, that also reaps CRT's request-body writer task.
+def _transport(kind: str = "crt") -> Any:
+    """The SDK's transport: ``asyncio`` (see transport.py), else the CRT HTTP client.
+
+    The CRT one is forced to HTTP/2 and also reaps CRT's request-body writer task.
 
     Workaround: when Bedrock ends or resets a stream while the request body is still open,
     awscrt's per-stream writer task fails with AWS_ERROR_HTTP_STREAM_HAS_COMPLETED and nobody
@@ -723,6 +731,10 @@ def _transport() -> Any:
     consumes it. ``_await_response`` and ``__deepcopy__`` are private/dunder hooks of
     smithy-http 0.6; the SDK deep-copies its config (and so the transport) once per client.
     """
+    if kind == "asyncio":
+        from voicegate.backends.bedrock.transport import AsyncioHTTP2Client
+
+        return AsyncioHTTP2Client()
     from copy import deepcopy
 
     from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig, AWSCRTHTTPResponse
@@ -747,7 +759,7 @@ async def _make_client(settings: BedrockSettings, resolver: BotocoreIdentityReso
     from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient
     from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig
 
-    transport = _transport()
+    transport = _transport(settings.transport)
     overrides: dict[str, Any] = {
         "region": settings.region,
         "transport": transport,
