@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -49,6 +49,18 @@ __all__ = ["H2ClientConnection"]
 _MAX_STREAM_ID = 2**31 - 1
 
 
+class _GracefulH2(H2Connection):
+    """h2's connection state machine closes outright on a received GOAWAY, forbidding the
+    streams the server still serves from sending or receiving anything (python-hyper/h2#1181).
+    RFC 9113 6.8 lets them finish, so the connection is put back to open right after the
+    frame; this client opens no new stream once ``going_away`` is set."""
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        result = super()._receive_goaway_frame(frame)
+        self.state_machine.state = ConnectionState.CLIENT_OPEN
+        return result
+
+
 class H2ClientConnection(asyncio.Protocol):
     """Client side of one HTTP/2 connection; ``open_stream`` starts a request on it."""
 
@@ -63,7 +75,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.authority = authority
         self.stream_window = settings.stream_window
         self._on_change = on_change
-        self._h2 = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+        self._h2 = _GracefulH2(H2Configuration(client_side=True, header_encoding="utf-8"))
         self._transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.blocked: set[H2Stream] = set()

@@ -154,21 +154,27 @@ class H2Stream:
         Bytes that arrived before a reset are still delivered whole; a read that cannot be
         completed because the stream failed raises the stream's error.
         """
+        if size < 0:
+            return b"".join([chunk async for chunk in self])
         while True:
             avail = len(self._buf) - self._pos
-            if 0 <= size <= avail:
+            if size <= avail:
                 return self._take(size)
             if self._error is not None:
                 raise self._error
             if self._eof:
                 return self._take(avail)
-            self._ack()  # give the window back before waiting for more
-            reader = self._conn.loop.create_future()
-            self._reader = reader
-            try:
-                await reader
-            finally:
-                self._reader = None
+            await self._more()
+
+    async def _more(self) -> None:
+        """Wait for more response bytes (or the end), giving the window back first."""
+        self._ack()
+        reader = self._conn.loop.create_future()
+        self._reader = reader
+        try:
+            await reader
+        finally:
+            self._reader = None
 
     def _take(self, size: int) -> bytes:
         pos = self._pos
@@ -194,11 +200,14 @@ class H2Stream:
         return self
 
     async def __anext__(self) -> bytes:
-        avail = len(self._buf) - self._pos
-        data = await self.read(avail if avail else _READ_SIZE)
-        if not data:
-            raise StopAsyncIteration
-        return data
+        """Whatever has arrived, as soon as anything has."""
+        while self._pos >= len(self._buf):
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                raise StopAsyncIteration
+            await self._more()
+        return self._take(len(self._buf) - self._pos)
 
     async def close(self) -> None:
         """Done with the response: reset the stream unless it already finished."""
