@@ -149,6 +149,7 @@ class AsyncioHTTP2Client:
         stream = await self.pool.open_stream(
             uri.scheme, uri.host, uri.port, pseudo + headers, body, _abandon_body(body)
         )
+        _write_through(body, stream)
         try:
             status, response_headers = await stream.response()
         except BaseException:
@@ -205,6 +206,29 @@ def _request_headers(request: Any, uri: Any) -> tuple[list[tuple[str, str]], str
         host = f"[{uri.host}]" if ":" in uri.host else uri.host
         authority = host if uri.port is None else f"{host}:{uri.port}"
     return headers, authority
+
+
+def _write_through(body: Any, stream: H2Stream) -> None:
+    """Let the SDK's event writes go straight to the stream.
+
+    The SDK writes each signed event into smithy's ``AsyncBytesProvider`` (the request body),
+    whose reader (the stream's pump task) is woken to take it: one task wake-up per event. When
+    nothing is queued in the provider and the stream can send at once, the event is written
+    as a DATA frame from the SDK's own ``write`` call instead; otherwise it takes the queue as
+    before, so order and back-pressure are unchanged. ``_data`` / ``_closing`` are private to
+    smithy-core 0.9 (pinned): if they are missing, nothing is changed.
+    """
+    queue = getattr(body, "_data", None)
+    queued_write = getattr(body, "write", None)
+    if queue is None or queued_write is None or not hasattr(body, "_closing"):
+        return
+
+    async def write(data: bytes) -> None:
+        if not queue and not body._closing and not body.closed and stream.write_now(data):
+            return
+        await queued_write(data)
+
+    body.write = write
 
 
 def _abandon_body(body: Any) -> Any:

@@ -45,6 +45,7 @@ class H2Stream:
         "_reader",
         "_unacked",
         "_window_waiter",
+        "_writing",
         "headers",
         "status",
         "stream_id",
@@ -70,6 +71,7 @@ class H2Stream:
         self._unacked = 0
         self._ack_eager = max(16 * 1024, conn.stream_window // 4)
         self._local_ended = False
+        self._writing = False
         self._pump: asyncio.Task[None] | None = None
         self._on_fail = on_fail
 
@@ -229,9 +231,30 @@ class H2Stream:
         self._pump = self._conn.loop.create_task(self._send_body(body))
         self._pump.add_done_callback(_pump_done)
 
+    def write_now(self, data: bytes) -> bool:
+        """Send ``data`` as one DATA frame at once if nothing is queued ahead of it and the
+        windows and socket allow; False: use ``write``. Lets a body's producer skip the hop
+        through the pump task (one loop wake-up less per chunk)."""
+        if self._error is not None:
+            raise self._error
+        conn = self._conn
+        if self._writing or self._local_ended or conn.paused:
+            return False
+        if conn.sendable(self.stream_id, len(data)) < len(data):
+            return False
+        conn.send_data(self.stream_id, data)
+        return True
+
     async def write(self, data: bytes) -> None:
         """One chunk of the request body as DATA frames, waiting for flow-control window and
         for the socket to drain (so memory stays bounded when the server stops reading)."""
+        self._writing = True
+        try:
+            await self._write(data)
+        finally:
+            self._writing = False
+
+    async def _write(self, data: bytes) -> None:
         conn = self._conn
         while data:
             if self._error is not None:
