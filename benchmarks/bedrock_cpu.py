@@ -307,6 +307,7 @@ def main() -> None:
         _worker(args)
         return
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    git = _git()  # the code measured: taken before anything is written
     load_before = [round(x, 2) for x in os.getloadavg()]
     micro_us = asyncio.run(micro(args.micro_n)) if args.micro_n else {}
     for name, value in micro_us.items():
@@ -339,7 +340,7 @@ def main() -> None:
         "meta": {
             "started": started,
             "ended": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "git": _git(),
+            "git": git,
             "seconds": args.seconds,
             "chunk_ms": args.chunk_ms,
             "load_before": load_before,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -43,7 +43,22 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     structlog.get_logger("voicegate").info("backend_selected", backend=backend.name, why=why)
-    return asyncio.run(_run_server(conf, backend))
+    return asyncio.run(_run_server(conf, backend), loop_factory=loop_factory(conf.loop))
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for ``--loop``: None is asyncio's own; uvloop when asked (or for auto,
+    when installed). aiortc, aioice, aiohttp and the Bedrock SDK all run on both."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def _run_server(conf: ServeConfig, backend: Backend) -> int:

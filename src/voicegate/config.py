@@ -6,6 +6,7 @@ fails at once with every problem listed, not on the first call.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from voicegate.sonic.events import ENDPOINTING
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
+LOOPS: Final = ("asyncio", "uvloop", "auto")
 
 
 def _bool(text: str) -> bool:
@@ -62,6 +64,7 @@ class ServeConfig:
     region: str = ""
     bedrock_endpoint: str = ""
     bedrock_transport: str = "asyncio"
+    loop: str = "asyncio"
     ice_addresses: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
@@ -132,6 +135,12 @@ OPTIONS: Final = (
         "bedrock_transport",
         "HTTP/2 transport of the Bedrock SDK: asyncio (default, on the event loop) or crt (awscrt)",
         choices=TRANSPORTS,
+    ),
+    _Opt(
+        "loop",
+        "event loop: asyncio (default), uvloop (needs voicegate[uvloop]), or auto (uvloop when "
+        "installed)",
+        choices=LOOPS,
     ),
     _Opt(
         "ice_addresses",
@@ -360,6 +369,8 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append(f"turn_ttl {c.turn_ttl} must be between 60 and 604800 seconds")
     if c.relay_only and not any(u.startswith("turn") for u in c.turn_urls):
         problems.append("relay_only needs a TURN url")
+    if c.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append("loop uvloop: uvloop is not installed (pip install 'voicegate[uvloop]')")
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
     problems += _validate_access(c)
