@@ -274,6 +274,11 @@ def render(result: dict[str, Any]) -> str:
             f"-{row['cpu_ms_per_call_s_max']:.1f}), {row['runs']} runs | {med / 10:.2f} |"
         )
     lines.append("")
+    for f in result["failures"]:
+        lines.append(
+            f"- failed: {f['transport']} ({f['loop']} loop) N={f['calls']} in run {f['run']}: "
+            + f["error"].strip().splitlines()[-1][:200]
+        )
     for name, slope in summary["rss_mb_per_added_call"].items():
         lines.append(f"- peak RSS growth per added call, {name}: {slope:.2f} MB (slope over N)")
     return "\n".join(lines)
@@ -313,6 +318,7 @@ def main() -> None:
     for name, value in micro_us.items():
         print(f"{name:60s} {value:8.1f} us/event")
     runs: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as cert_dir:
         proc, standin = start_standin(Path(cert_dir))
         try:
@@ -320,7 +326,21 @@ def main() -> None:
                 for calls in args.calls:
                     for transport in args.transports:
                         for loop in args.loops:
-                            r = _run_worker(standin, transport, loop, calls, args)
+                            try:
+                                r = _run_worker(standin, transport, loop, calls, args)
+                            except RuntimeError as exc:
+                                # Counted, not fatal: a failed call is a result too.
+                                failures.append(
+                                    {
+                                        "run": run,
+                                        "transport": transport,
+                                        "loop": loop,
+                                        "calls": calls,
+                                        "error": str(exc)[-600:],
+                                    }
+                                )
+                                print(f"run {run} {transport} {loop} N={calls}: FAILED", flush=True)
+                                continue
                             r["run"] = run
                             runs.append(r)
                             print(
@@ -350,6 +370,7 @@ def main() -> None:
         },
         "micro_us_per_event": micro_us,
         "runs": runs,
+        "failures": failures,
         "summary": summarise(runs),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,29 @@ def test_endpoint_from_environment_is_checked(
     assert settings.effective_endpoint() == "https://bedrock-runtime.us-east-1.amazonaws.com"
 
 
+def test_transport_and_loop_choices(clean_aws_env: Path) -> None:
+    from voicegate.backends import make_backend
+    from voicegate.cli import loop_factory
+    from voicegate.config import ConfigError, resolve
+
+    assert BedrockSettings(region="us-east-1").transport == "asyncio"
+    (error,) = BedrockSettings(region="us-east-1", transport="curl").validate()
+    assert "transport 'curl' must be one of asyncio, crt" in error
+    conf = resolve(None, env={"VOICEGATE_BEDROCK_TRANSPORT": "crt", "VOICEGATE_LOOP": "auto"})
+    assert (conf.bedrock_transport, conf.loop) == ("crt", "auto")
+    with pytest.raises(ConfigError, match="VOICEGATE_BEDROCK_TRANSPORT"):
+        resolve(None, env={"VOICEGATE_BEDROCK_TRANSPORT": "curl"})
+    with pytest.raises(ConfigError, match="VOICEGATE_LOOP"):
+        resolve(None, env={"VOICEGATE_LOOP": "trio"})
+    backend, _ = make_backend("bedrock", transport="crt")
+    assert isinstance(backend, BedrockBackend) and backend.settings.transport == "crt"
+    assert loop_factory("asyncio") is None
+    import uvloop
+
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("auto") is uvloop.new_event_loop
+
+
 # --------------------------------------------------------------------------------------------
 # Error mapping (real SDK exception classes)
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import require
 from tests.h2_util import Certs, Nghttpd, RawH2Server, chunks, make_certs, pattern
 from voicegate.backends.bedrock.http2 import (
+    ConnectFailed,
     H2Pool,
     H2Settings,
     HTTP2Timeout,
@@ -343,6 +344,34 @@ async def test_connect_and_idle_timeouts(certs: Certs) -> None:
                 await _until(lambda: not pool.connections())  # closed after 0.3 s idle
         finally:
             await pool.close()
+
+
+async def test_untrusted_certificate_and_missing_h2_fail_at_once(
+    certs: Certs, tmp_path: Path
+) -> None:
+    async def idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    other = make_certs(tmp_path)  # a CA the client does not trust
+    untrusted = await asyncio.start_server(idle, "127.0.0.1", 0, ssl=other.server_context())
+    http11 = certs.server_context()
+    http11.set_alpn_protocols(["http/1.1"])
+    no_h2 = await asyncio.start_server(idle, "127.0.0.1", 0, ssl=http11)
+    pool = _pool(certs)
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            port = untrusted.sockets[0].getsockname()[1]
+            with pytest.raises(
+                ConnectFailed, match="TLS with .* failed: .*certificate.*SSL_CERT_FILE"
+            ):
+                await pool.open_stream("https", "127.0.0.1", port, _headers(port, "/"), b"")
+            port = no_h2.sockets[0].getsockname()[1]
+            with pytest.raises(ConnectFailed, match="did not negotiate HTTP/2"):
+                await pool.open_stream("https", "127.0.0.1", port, _headers(port, "/"), b"")
+    finally:
+        await pool.close()
+        untrusted.close()
+        no_h2.close()
 
 
 def test_the_sdk_copy_of_the_transport_shares_no_loop_state() -> None:
