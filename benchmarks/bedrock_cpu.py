@@ -6,8 +6,9 @@ only the client's CPU is counted. Each call sends the conversation's real openin
 then audio chunks (20 ms by default, as ``--model-chunk-ms 20`` sends them) paced in real time,
 and consumes the echoed 24 kHz audio: ~50 events a second each way.
 
-Every (transport, N, run) is a fresh worker process, so each measures its own peak RSS; runs
-are interleaved so drift on a shared machine hits both transports alike. Reported:
+Every (transport, N, run) is a fresh worker process (with a fresh stand-in), so each measures
+its own peak RSS; runs are interleaved so drift on a shared machine hits both transports
+alike. Reported:
 
 * CPU ms per call-second: the worker's process CPU (all threads, CRT's included) during the
   calls, divided by N x seconds; median and min-max over the runs.
@@ -215,6 +216,22 @@ def _run_worker(standin: dict[str, str], transport: str, loop: str, calls: int, 
     raise RuntimeError(f"worker failed: {out.stderr[-2000:]}")
 
 
+def _run_one(transport: str, loop: str, calls: int, args: Any) -> Any:
+    """One worker against its own fresh stand-in (the stand-in keeps a record of every session,
+    so one shared for a whole run would slow down as the records pile up)."""
+    with tempfile.TemporaryDirectory() as cert_dir:
+        proc, standin = start_standin(Path(cert_dir))
+        try:
+            return _run_worker(standin, transport, loop, calls, args)
+        finally:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def _git() -> dict[str, Any]:
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout
@@ -319,43 +336,33 @@ def main() -> None:
         print(f"{name:60s} {value:8.1f} us/event")
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as cert_dir:
-        proc, standin = start_standin(Path(cert_dir))
-        try:
-            for run in range(args.runs):
-                for calls in args.calls:
-                    for transport in args.transports:
-                        for loop in args.loops:
-                            try:
-                                r = _run_worker(standin, transport, loop, calls, args)
-                            except RuntimeError as exc:
-                                # Counted, not fatal: a failed call is a result too.
-                                failures.append(
-                                    {
-                                        "run": run,
-                                        "transport": transport,
-                                        "loop": loop,
-                                        "calls": calls,
-                                        "error": str(exc)[-600:],
-                                    }
-                                )
-                                print(f"run {run} {transport} {loop} N={calls}: FAILED", flush=True)
-                                continue
-                            r["run"] = run
-                            runs.append(r)
-                            print(
-                                f"run {run} {transport:7s} {loop:7s} N={calls:2d}: "
-                                f"{r['cpu_ms_per_call_s']:6.1f} CPU ms/call-s, "
-                                f"peak RSS {r['rss_peak_mb']:.0f} MB",
-                                flush=True,
-                            )
-        finally:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    for run in range(args.runs):
+        for calls in args.calls:
+            for transport in args.transports:
+                for loop in args.loops:
+                    try:
+                        r = _run_one(transport, loop, calls, args)
+                    except RuntimeError as exc:
+                        # Counted, not fatal: a failed call is a result too.
+                        failures.append(
+                            {
+                                "run": run,
+                                "transport": transport,
+                                "loop": loop,
+                                "calls": calls,
+                                "error": str(exc)[-600:],
+                            }
+                        )
+                        print(f"run {run} {transport} {loop} N={calls}: FAILED", flush=True)
+                        continue
+                    r["run"] = run
+                    runs.append(r)
+                    print(
+                        f"run {run} {transport:7s} {loop:7s} N={calls:2d}: "
+                        f"{r['cpu_ms_per_call_s']:6.1f} CPU ms/call-s, "
+                        f"peak RSS {r['rss_peak_mb']:.0f} MB",
+                        flush=True,
+                    )
     result = {
         "meta": {
             "started": started,
