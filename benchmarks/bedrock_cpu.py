@@ -20,7 +20,7 @@ tree was dirty) and the table between the ``bedrock-cpu`` markers of ``benchmark
 Usage::
 
     PYTHONPATH=src .venv/bin/python -m benchmarks.bedrock_cpu [--seconds 20] [--calls 1 4 16 20]
-        [--runs 3] [--transports asyncio crt] [--loops asyncio] [--no-readme]
+        [--runs 3] [--transports asyncio crt] [--loops asyncio uvloop] [--no-readme]
 """
 
 from __future__ import annotations
@@ -269,7 +269,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     "cpu_ms_per_call_s_max": max(cpu),
                 }
             )
-    return {"table": table, "rss_mb_per_added_call": slopes}
+    # The same run and N measured back to back: the fairest comparison on a shared machine.
+    ratios: dict[str, list[float]] = {}
+    by_key = {(r["run"], r["calls"], r["transport"], r["loop"]): r for r in runs}
+    for (run, calls, transport, loop), r in by_key.items():
+        other = by_key.get((run, calls, "crt", loop))
+        if transport == "asyncio" and other is not None:
+            name = "asyncio / crt" if loop == "asyncio" else f"asyncio / crt, both on {loop}"
+            ratios.setdefault(name, []).append(r["cpu_ms_per_call_s"] / other["cpu_ms_per_call_s"])
+    return {"table": table, "rss_mb_per_added_call": slopes, "paired_cpu_ratios": ratios}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -296,6 +304,11 @@ def render(result: dict[str, Any]) -> str:
             f"- failed: {f['transport']} ({f['loop']} loop) N={f['calls']} in run {f['run']}: "
             + f["error"].strip().splitlines()[-1][:200]
         )
+    for name, values in summary.get("paired_cpu_ratios", {}).items():
+        lines.append(
+            f"- CPU {name}, same run and N back to back: median {statistics.median(values):.2f} "
+            f"(min {min(values):.2f}, max {max(values):.2f}, {len(values)} pairs)"
+        )
     for name, slope in summary["rss_mb_per_added_call"].items():
         lines.append(f"- peak RSS growth per added call, {name}: {slope:.2f} MB (slope over N)")
     return "\n".join(lines)
@@ -320,13 +333,27 @@ def main() -> None:
     parser.add_argument("--transports", nargs="+", default=["asyncio", "crt"])
     parser.add_argument("--loops", nargs="+", default=["asyncio"], help="asyncio and/or uvloop")
     parser.add_argument("--micro-n", type=int, default=5000, help="0: skip the micro step")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="print only: do not rewrite README.md nor results/bedrock_cpu.json",
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite README.md from the saved results only"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args)
+        return
+    if args.render:
+        # Re-render the README section from the saved results (no new measurement).
+        saved = json.loads((RESULTS / "bedrock_cpu.json").read_text())
+        saved["summary"] = summarise(saved["runs"])
+        (RESULTS / "bedrock_cpu.json").write_text(json.dumps(saved, indent=1) + "\n")
+        write_readme(render(saved))
         return
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     git = _git()  # the code measured: taken before anything is written
@@ -380,11 +407,11 @@ def main() -> None:
         "failures": failures,
         "summary": summarise(runs),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bedrock_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
     text = render(result)
     print("\n" + text)
     if not args.no_readme:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "bedrock_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
         write_readme(text)
 
 
