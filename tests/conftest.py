@@ -133,12 +133,21 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return config
 
 
+BEDROCK_TRANSPORTS = ("asyncio", "crt")
+
+
+@pytest.fixture(params=BEDROCK_TRANSPORTS)
+def bedrock_transport(request: pytest.FixtureRequest) -> str:
+    """The SDK transport under test: every test of the real Bedrock path runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def standin(
-    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bedrock_transport: str
 ) -> AsyncIterator[Any]:
-    """A scripted Bedrock stand-in, with the environment pointing the real SDK at it.
-    Test modules that need another brain or limit define their own ``standin``."""
+    """A scripted Bedrock stand-in, with the environment pointing the real SDK at it (once per
+    transport). Test modules that need another brain or limit define their own ``standin``."""
     from voicegate.standin import StandIn
 
     async with StandIn("scripted", cert_dir=tmp_path / "certs") as s:

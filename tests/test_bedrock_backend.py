@@ -1,5 +1,6 @@
 """The Bedrock backend: settings, error mapping, the boto3 credential bridge, and the real SDK
-(aws-sdk-bedrock-runtime 0.12 over CRT HTTP/2) against the wire-true stand-in."""
+(aws-sdk-bedrock-runtime 0.12) against the wire-true stand-in, over both transports (voicegate's
+asyncio HTTP/2 client and CRT): every test that opens a stream runs once per transport."""
 
 from __future__ import annotations
 
@@ -127,6 +128,29 @@ def test_endpoint_from_environment_is_checked(
     assert settings.effective_endpoint() == "https://127.0.0.1:8443"
     monkeypatch.delenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
     assert settings.effective_endpoint() == "https://bedrock-runtime.us-east-1.amazonaws.com"
+
+
+def test_transport_and_loop_choices(clean_aws_env: Path) -> None:
+    from voicegate.backends import make_backend
+    from voicegate.cli import loop_factory
+    from voicegate.config import ConfigError, resolve
+
+    assert BedrockSettings(region="us-east-1").transport == "asyncio"
+    (error,) = BedrockSettings(region="us-east-1", transport="curl").validate()
+    assert "transport 'curl' must be one of asyncio, crt" in error
+    conf = resolve(None, env={"VOICEGATE_BEDROCK_TRANSPORT": "crt", "VOICEGATE_LOOP": "auto"})
+    assert (conf.bedrock_transport, conf.loop) == ("crt", "auto")
+    with pytest.raises(ConfigError, match="VOICEGATE_BEDROCK_TRANSPORT"):
+        resolve(None, env={"VOICEGATE_BEDROCK_TRANSPORT": "curl"})
+    with pytest.raises(ConfigError, match="VOICEGATE_LOOP"):
+        resolve(None, env={"VOICEGATE_LOOP": "trio"})
+    backend, _ = make_backend("bedrock", transport="crt")
+    assert isinstance(backend, BedrockBackend) and backend.settings.transport == "crt"
+    assert loop_factory("asyncio") is None
+    import uvloop
+
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("auto") is uvloop.new_event_loop
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +481,7 @@ class Call:
 
 @pytest.fixture
 async def standin(
-    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
 ) -> AsyncIterator[Any]:
     async with StandIn(brain="scripted", cert_dir=cert_dir) as s:
         _point_at(s, monkeypatch)
@@ -465,8 +489,8 @@ async def standin(
 
 
 @pytest.fixture
-async def backend(standin: Any) -> AsyncIterator[BedrockBackend]:
-    b = BedrockBackend(_settings())
+async def backend(standin: Any, bedrock_transport: str) -> AsyncIterator[BedrockBackend]:
+    b = BedrockBackend(_settings(transport=bedrock_transport))
     try:
         yield b
     finally:
@@ -633,9 +657,11 @@ async def test_close_right_after_a_reset_returns(standin: Any, backend: BedrockB
         await call.wait_end()
 
 
-async def test_wrong_secret_is_access_denied(standin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_wrong_secret_is_access_denied(
+    standin: Any, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
+) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-the-stand-in-knows")
-    backend = BedrockBackend(_settings())
+    backend = BedrockBackend(_settings(transport=bedrock_transport))
     try:
         call = await _open(backend)
         await call.start("reply")
@@ -653,11 +679,11 @@ async def test_wrong_secret_is_access_denied(standin: Any, monkeypatch: pytest.M
 
 
 async def test_session_limit_is_model_timeout(
-    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
 ) -> None:
     async with StandIn(brain="scripted", cert_dir=cert_dir, session_limit=0.3) as s:
         _point_at(s, monkeypatch)
-        backend = BedrockBackend(_settings())
+        backend = BedrockBackend(_settings(transport=bedrock_transport))
         try:
             call = await _open(backend)
             await call.start("silent")
@@ -698,7 +724,7 @@ async def test_concurrent_calls_share_one_client(standin: Any, backend: BedrockB
 
 
 async def test_unreachable_endpoint_is_stream_lost(
-    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
 ) -> None:
     import socket
 
@@ -707,12 +733,15 @@ async def test_unreachable_endpoint_is_stream_lost(
         port = sock.getsockname()[1]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    backend = BedrockBackend(_settings(endpoint=f"https://127.0.0.1:{port}"))
+    backend = BedrockBackend(
+        _settings(endpoint=f"https://127.0.0.1:{port}", transport=bedrock_transport)
+    )
     try:
         call = await _open(backend)
         await call.wait_end()
         assert isinstance(call.error, base.StreamLost)
-        assert "AWS_IO_SOCKET" in str(call.error)
+        expected = {"crt": "AWS_IO_SOCKET", "asyncio": f"could not connect to 127.0.0.1:{port}"}
+        assert expected[bedrock_transport] in str(call.error)
         async with asyncio.timeout(HANG_GUARD):
             for _ in range(20):
                 with pytest.raises(base.StreamLost):
@@ -736,7 +765,7 @@ async def test_long_audio_stream_keeps_flowing(standin: Any, backend: BedrockBac
 
 
 async def test_temporary_credentials_from_botocore_sign_the_stream(
-    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
 ) -> None:
     """Refreshable (assume-role style) credentials with a session token, through the bridge."""
     from voicegate.standin.sigv4 import Credentials as ServerCredentials
@@ -757,7 +786,7 @@ async def test_temporary_credentials_from_botocore_sign_the_stream(
             "assume-role",
             time_fetcher=clock,
         )
-        backend = BedrockBackend(_settings(), credentials=creds)
+        backend = BedrockBackend(_settings(transport=bedrock_transport), credentials=creds)
         try:
             call = await _open(backend)
             await call.start("reply:greet")

@@ -15,15 +15,21 @@ from voicegate.standin import StandIn
 from voicegate.testing.client import CallClient, load_wav
 
 
-def _backend() -> BedrockBackend:
-    return BedrockBackend(BedrockSettings(region="us-east-1", send_timeout=3.0, close_timeout=1.0))
+def _backend(transport: str) -> BedrockBackend:
+    return BedrockBackend(
+        BedrockSettings(
+            region="us-east-1", send_timeout=3.0, close_timeout=1.0, transport=transport
+        )
+    )
 
 
 async def test_call_through_bedrock_backend_and_standin(
-    standin: StandIn, speech_wav: Callable[[str], Path]
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str
 ) -> None:
     speech = load_wav(speech_wav("hello, can you hear me"))
-    async with running_server(_backend(), system_prompt="Be brief. scenario:reply") as (url, app):
+    async with running_server(
+        _backend(bedrock_transport), system_prompt="Be brief. scenario:reply"
+    ) as (url, app):
         client = CallClient(url)
         try:
             async with asyncio.timeout(40):
@@ -56,11 +62,14 @@ async def test_call_through_bedrock_backend_and_standin(
 
 
 async def test_barge_in_silences_the_outbound_track_within_one_frame(
-    standin: StandIn, speech_wav: Callable[[str], Path]
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str
 ) -> None:
     speech = load_wav(speech_wav("tell me a long story please"))
     interrupt = load_wav(speech_wav("stop"))
-    async with running_server(_backend(), system_prompt="scenario:barge_in") as (url, app):
+    async with running_server(_backend(bedrock_transport), system_prompt="scenario:barge_in") as (
+        url,
+        app,
+    ):
         client = CallClient(url)
         try:
             async with asyncio.timeout(60):

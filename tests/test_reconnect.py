@@ -20,9 +20,15 @@ from voicegate.standin import StandIn
 from voicegate.testing.client import CallClient, load_wav
 
 
-def _backend() -> BedrockBackend:
+def _backend(transport: str) -> BedrockBackend:
     return BedrockBackend(
-        BedrockSettings(region="us-east-1", send_timeout=3.0, close_timeout=1.0, open_timeout=3.0)
+        BedrockSettings(
+            region="us-east-1",
+            send_timeout=3.0,
+            close_timeout=1.0,
+            open_timeout=3.0,
+            transport=transport,
+        )
     )
 
 
@@ -31,10 +37,13 @@ def _kinds(client: CallClient, kind: str) -> list[dict[str, Any]]:
 
 
 async def test_stream_reset_mid_reply_recovers_and_resends_the_unanswered_turn(
-    standin: StandIn, speech_wav: Callable[[str], Path]
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str
 ) -> None:
     speech = load_wav(speech_wav("hello, can you hear me"))
-    async with running_server(_backend(), system_prompt="scenario:reset:once") as (url, app):
+    async with running_server(_backend(bedrock_transport), system_prompt="scenario:reset:once") as (
+        url,
+        app,
+    ):
         client = CallClient(url)
         try:
             async with asyncio.timeout(60):
@@ -77,11 +86,11 @@ async def test_stream_reset_mid_reply_recovers_and_resends_the_unanswered_turn(
 
 
 async def test_stream_reset_mid_tool_call_answers_the_call_and_carries_on(
-    standin: StandIn, speech_wav: Callable[[str], Path]
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str
 ) -> None:
     speech = load_wav(speech_wav("what time is it"))
     prompt = "scenario:tool:get_current_time:reset:once"
-    async with running_server(_backend(), system_prompt=prompt) as (url, app):
+    async with running_server(_backend(bedrock_transport), system_prompt=prompt) as (url, app):
         client = CallClient(url)
         try:
             async with asyncio.timeout(60):
@@ -108,11 +117,12 @@ async def test_stream_reset_mid_tool_call_answers_the_call_and_carries_on(
 
 async def test_when_every_reconnect_is_refused_the_call_ends_with_an_error(
     standin: StandIn,
+    bedrock_transport: str,
 ) -> None:
     # The stream fails after ~1.3 s of audio with a retryable error, and from then on the
     # service throttles every new stream (429 ThrottlingException before the stream opens).
     prompt = "scenario:exception:service_unavailable:40"
-    async with running_server(_backend(), system_prompt=prompt) as (url, app):
+    async with running_server(_backend(bedrock_transport), system_prompt=prompt) as (url, app):
         client = CallClient(url)
         try:
             async with asyncio.timeout(40):
@@ -147,10 +157,13 @@ async def _drop(client: CallClient) -> None:
 
 
 async def test_browser_reconnect_within_the_grace_period_keeps_the_conversation(
-    standin: StandIn, speech_wav: Callable[[str], Path]
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str
 ) -> None:
     speech = load_wav(speech_wav("hello, can you hear me"))
-    async with running_server(_backend(), system_prompt="scenario:reply") as (url, app):
+    async with running_server(_backend(bedrock_transport), system_prompt="scenario:reply") as (
+        url,
+        app,
+    ):
         first, second = CallClient(url), CallClient(url)
         try:
             async with asyncio.timeout(60):
@@ -181,8 +194,12 @@ async def test_browser_reconnect_within_the_grace_period_keeps_the_conversation(
             await second.close()
 
 
-async def test_after_the_grace_period_the_call_is_freed(standin: StandIn) -> None:
-    async with running_server(_backend(), system_prompt="scenario:reply", reconnect_grace=1.0) as (
+async def test_after_the_grace_period_the_call_is_freed(
+    standin: StandIn, bedrock_transport: str
+) -> None:
+    async with running_server(
+        _backend(bedrock_transport), system_prompt="scenario:reply", reconnect_grace=1.0
+    ) as (
         url,
         app,
     ):

@@ -39,7 +39,7 @@ HEARD = re.compile(r"stand-in heard ([0-9.]+) s of speech")
 
 @pytest.fixture
 async def standin(
-    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bedrock_transport: str
 ) -> AsyncIterator[StandIn]:
     async with StandIn("scripted", cert_dir=tmp_path / "certs", session_limit=15) as s:
         for name, value in s.client_env().items():
@@ -47,17 +47,24 @@ async def standin(
         yield s
 
 
-def _backend() -> BedrockBackend:
-    return BedrockBackend(BedrockSettings(region="us-east-1", send_timeout=3.0, close_timeout=1.0))
+def _backend(transport: str) -> BedrockBackend:
+    return BedrockBackend(
+        BedrockSettings(
+            region="us-east-1", send_timeout=3.0, close_timeout=1.0, transport=transport
+        )
+    )
 
 
 async def test_a_call_outlives_four_model_streams_without_losing_a_word(
-    standin: StandIn, speech_wav: Callable[[str], Path]
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str
 ) -> None:
     speech = load_wav(speech_wav("hello, can you hear me"))
     utterances = 12
     async with running_server(
-        _backend(), system_prompt="scenario:reply", renew_after=7.0, renew_force_after=5.0
+        _backend(bedrock_transport),
+        system_prompt="scenario:reply",
+        renew_after=7.0,
+        renew_force_after=5.0,
     ) as (url, app):
         client = CallClient(url)
         loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -49,12 +49,36 @@ def _serve(args: argparse.Namespace) -> int:
     from voicegate.backends import BackendUnavailable, make_backend
 
     try:
-        backend, why = make_backend(conf.backend, conf.model_id, conf.region, conf.bedrock_endpoint)
+        backend, why = make_backend(
+            conf.backend,
+            conf.model_id,
+            conf.region,
+            conf.bedrock_endpoint,
+            conf.bedrock_transport,
+        )
     except BackendUnavailable as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     structlog.get_logger("voicegate").info("backend_selected", backend=backend.name, why=why)
-    return asyncio.run(_run_server(conf, backend, None if worker is None else int(worker)))
+    return asyncio.run(
+        _run_server(conf, backend, None if worker is None else int(worker)),
+        loop_factory=loop_factory(conf.loop),
+    )
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for ``--loop``: None is asyncio's own; uvloop when asked (or for auto,
+    when installed). aiortc, aioice, aiohttp and the Bedrock SDK all run on both."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = None) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT, TRANSPORTS
 from voicegate.config_checks import validate
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
+LOOPS: Final = ("asyncio", "uvloop", "auto")
 
 
 def _number(text: str) -> float:
@@ -107,6 +109,8 @@ class ServeConfig:
     model_id: str = "amazon.nova-2-sonic-v1:0"
     region: str = ""
     bedrock_endpoint: str = ""
+    bedrock_transport: str = DEFAULT_TRANSPORT
+    loop: str = "asyncio"
     ice_addresses: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
@@ -195,6 +199,17 @@ OPTIONS: Final = (
     _Opt(
         "bedrock_endpoint",
         "Bedrock runtime endpoint URL (default: AWS_ENDPOINT_URL_BEDROCK_RUNTIME or the region's)",
+    ),
+    _Opt(
+        "bedrock_transport",
+        "HTTP/2 transport of the Bedrock SDK: asyncio (default, on the event loop) or crt (awscrt)",
+        choices=TRANSPORTS,
+    ),
+    _Opt(
+        "loop",
+        "event loop: asyncio (default), uvloop (needs voicegate[uvloop]), or auto (uvloop when "
+        "installed)",
+        choices=LOOPS,
     ),
     _Opt(
         "ice_addresses",

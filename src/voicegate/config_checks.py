@@ -3,6 +3,7 @@ serve`` can refuse a bad deployment at start with every problem listed at once (
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,8 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append(f"turn_ttl {c.turn_ttl} must be between 60 and 604800 seconds")
     if c.relay_only and not any(u.startswith("turn") for u in c.turn_urls):
         problems.append("relay_only needs a TURN url")
+    if c.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append("loop uvloop: uvloop is not installed (pip install 'voicegate[uvloop]')")
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
     problems += _validate_access(c)

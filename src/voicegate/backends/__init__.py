@@ -8,10 +8,10 @@ __all__ = ["Backend", "BackendUnavailable", "make_backend"]
 
 
 def make_backend(
-    name: str, model_id: str = "", region: str = "", endpoint: str = ""
+    name: str, model_id: str = "", region: str = "", endpoint: str = "", transport: str = ""
 ) -> tuple[Backend, str]:
     """The backend for ``--backend NAME`` and a sentence saying why it was chosen."""
-    bedrock = {"model_id": model_id, "region": region, "endpoint": endpoint}
+    bedrock = {"model_id": model_id, "region": region, "endpoint": endpoint, "transport": transport}
     if name == "echo":
         from voicegate.backends.echo import EchoBackend
 
@@ -48,7 +48,7 @@ def _local() -> Backend:
     return LocalBackend()
 
 
-def _bedrock(model_id: str, region: str, endpoint: str) -> Backend:
+def _bedrock(model_id: str, region: str, endpoint: str, transport: str) -> Backend:
     try:
         from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
     except ImportError as exc:
@@ -63,6 +63,8 @@ def _bedrock(model_id: str, region: str, endpoint: str) -> Backend:
         overrides["region"] = region
     if endpoint:
         overrides["endpoint"] = endpoint
+    if transport:
+        overrides["transport"] = transport
     settings = BedrockSettings(**overrides)  # type: ignore[arg-type]
     problems = settings.validate()
     if problems:

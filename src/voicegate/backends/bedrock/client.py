@@ -163,8 +163,10 @@ def _retrieve_writer_result(task: asyncio.Task[Any]) -> None:
         log.debug("bedrock_request_body_writer_ended", error=repr(task.exception()))
 
 
-def _transport() -> Any:
-    """The CRT HTTP client, forced to HTTP/2, that also reaps CRT's request-body writer task.
+def _transport(kind: str = "crt") -> Any:
+    """The SDK's transport: ``asyncio`` (see transport.py), else the CRT HTTP client.
+
+    The CRT one is forced to HTTP/2 and also reaps CRT's request-body writer task.
 
     Workaround: when Bedrock ends or resets a stream while the request body is still open,
     awscrt's per-stream writer task fails with AWS_ERROR_HTTP_STREAM_HAS_COMPLETED and nobody
@@ -173,6 +175,10 @@ def _transport() -> Any:
     consumes it. ``_await_response`` and ``__deepcopy__`` are private/dunder hooks of
     smithy-http 0.6; the SDK deep-copies its config (and so the transport) once per client.
     """
+    if kind == "asyncio":
+        from voicegate.backends.bedrock.transport import AsyncioHTTP2Client
+
+        return AsyncioHTTP2Client()
     from copy import deepcopy
 
     from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig, AWSCRTHTTPResponse
@@ -197,7 +203,7 @@ async def _make_client(settings: BedrockSettings, resolver: BotocoreIdentityReso
     from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient
     from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig
 
-    transport = _transport()
+    transport = _transport(settings.transport)
     overrides: dict[str, Any] = {
         "region": settings.region,
         "transport": transport,

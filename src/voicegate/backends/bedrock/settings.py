@@ -16,6 +16,7 @@ from typing import Final
 
 import structlog
 
+from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT, transport_problem
 from voicegate.sonic.models import DEFAULT_MODEL_ID, known_model, model_of
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,8 @@ class BedrockSettings:
     """Seconds to resolve credentials and start the HTTP/2 request."""
     close_timeout: float = 2.0
     """Seconds an orderly close may take before the stream is abandoned."""
+    transport: str = DEFAULT_TRANSPORT
+    """The SDK's HTTP/2 transport: ``asyncio`` (voicegate's, on the event loop) or ``crt``."""
 
     def validate(self) -> list[str]:
         """Human-readable problems with these settings; empty when they are usable."""
@@ -86,6 +89,9 @@ class BedrockSettings:
             problem = _endpoint_problem(endpoint)
             if problem:
                 errors.append(f"{source} {endpoint!r}: {problem}")
+        transport = transport_problem(self.transport)
+        if transport:
+            errors.append(transport)
         for name in ("send_timeout", "open_timeout", "close_timeout"):
             value = getattr(self, name)
             if (
