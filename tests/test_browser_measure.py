@@ -2,10 +2,11 @@
 
 Chromium's fake microphone plays the load tester's marker signal (voicegate.testing.signals);
 voicegate runs its real ``bedrock`` backend against the Bedrock stand-in's ``echo`` brain, so
-every marker the page sends comes back in the bot's audio. The page's AudioWorklet (web/measure-worklet.js,
-loaded under the server's own Content-Security-Policy) must timestamp the markers on both
-streams and pair them. Behaviour only: enough round trips, each positive and under 2 s; how
-fast is benchmarks/mouth_to_ear.py's business (this test runs its voicegate part once).
+every marker the page sends comes back in the bot's audio. The page's AudioWorklet
+(web/measure-worklet.js, loaded under the server's own Content-Security-Policy) must timestamp
+the markers on both streams and pair them. Behaviour only: enough round trips, each positive
+and under 2 s; how fast is benchmarks/mouth_to_ear.py's business (this test runs its voicegate
+part once).
 """
 
 from __future__ import annotations
