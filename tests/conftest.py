@@ -154,3 +154,11 @@ async def standin(
         for name, value in s.client_env().items():
             monkeypatch.setenv(name, value)
         yield s
+
+
+if os.environ.get("VOICEGATE_TEST_LOOP") == "uvloop":
+    # `VOICEGATE_TEST_LOOP=uvloop pytest ...` runs the async tests on uvloop (`serve --loop`).
+    def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
