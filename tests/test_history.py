@@ -132,3 +132,20 @@ def test_the_bound_is_a_duration_whatever_the_chunk_length() -> None:
             buf.add(voice.tobytes())
         assert buf.seconds == 8.0, samples
         assert sum(len(c) for c in buf.replay()) == 8 * 16000 * 2
+
+
+def test_untranscribed_speech_is_known_until_committed_or_out_of_the_window() -> None:
+    # A planned renewal waits while this is true: the model's answer to it may be on the way.
+    buf = ReplayBuffer(max_s=1.0, preroll_s=0.064)
+    for _ in range(5):
+        buf.add(SILENCE)
+    assert not buf.untranscribed
+    buf.add(_voice())
+    assert buf.untranscribed
+    buf.commit()  # the live stream's final user transcript arrived
+    assert not buf.untranscribed
+    buf.add(_voice())
+    assert buf.untranscribed
+    for _ in range(40):  # more than the 1 s window of silence: the speech rolled out of it
+        buf.add(SILENCE)
+    assert not buf.untranscribed

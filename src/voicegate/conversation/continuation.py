@@ -148,6 +148,12 @@ class ReplayBuffer:
     def quiet_s(self) -> float:
         return self.quiet_samples / self.rate
 
+    @property
+    def untranscribed(self) -> bool:
+        """Speech the live stream heard but has not transcribed yet (none since the last
+        ``commit``, within the buffer's window)."""
+        return any(voiced for _, voiced in self._chunks)
+
     def _preroll_start(self, end: int) -> int:
         """Index from which the chunks before ``end`` cover the pre-roll."""
         start, covered = end, 0

@@ -156,7 +156,14 @@ class Renewal(Recovery):
         expected = self._reply_expected_at
         if expected is not None and asyncio.get_running_loop().time() - expected < REPLY_EXPECTED_S:
             return False
-        return not quiet or self._replay.quiet_s >= self._cont.natural_quiet_s
+        if not quiet:
+            return True
+        # The user stopped, but the model has not said what it heard yet (its transcript and
+        # answer may be on the way): moving now would drop that answer and replay the turn to a
+        # new stream. Such speech leaves the window after replay_max_s, so this waits no longer.
+        if self._replay.untranscribed:
+            return False
+        return self._replay.quiet_s >= self._cont.natural_quiet_s
 
     async def _preload(self, leg: Leg) -> None:
         """Phase one of a planned handover, while the old leg is still live: send the next leg
