@@ -50,6 +50,18 @@ def load_wav(path: str | Path, rate: int = RATE) -> np.ndarray:
     return np.frombuffer(resample_pcm16(data.tobytes(), src_rate, rate), dtype=np.int16).copy()
 
 
+async def pace(start: float | None, n: int) -> float:
+    """Wait until frame ``n`` of a track that began at loop time ``start`` is due (20 ms each),
+    as a microphone delivers: no burst, no backlog. Returns the start (now, for frame 0)."""
+    loop = asyncio.get_running_loop()
+    if start is None:
+        return loop.time()
+    delay = start + n * 0.02 - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return start
+
+
 class PcmTrack(MediaStreamTrack):
     """Plays queued 48 kHz mono PCM in paced 20 ms frames, silence when the queue is empty."""
 
@@ -85,12 +97,7 @@ class PcmTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            delay = self._start + self._n * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        self._start = await pace(self._start, self._n)
         pcm = self._next_pcm()
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE

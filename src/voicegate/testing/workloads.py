@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voicegate.media import opus
 from voicegate.testing import signals
+from voicegate.testing.client import pace
 
 RATE: Final = 48000
 FRAME: Final = 960
@@ -88,12 +89,7 @@ class PacketTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            delay = self._start + self._n * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        self._start = await pace(self._start, self._n)
         packets = self._signal.packets
         idx = (self._n + self._offset) % len(packets)
         packet = av.Packet(packets[idx])
