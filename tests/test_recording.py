@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -130,6 +131,16 @@ async def test_recording_to_a_directory(speech_wav: Callable[[str], Path], tmp_p
         finally:
             await plain.close()
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [call.call_id]
+    # People's voices: only the server's user may list or read them, whatever the umask.
+    assert stat.S_IMODE((tmp_path / "rec").stat().st_mode) == 0o700
+    assert stat.S_IMODE(call.result.directory.stat().st_mode) == 0o700
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in call.result.directory.iterdir()}
+    assert modes == {
+        "user.wav": 0o600,
+        "bot.wav": 0o600,
+        "transcript.jsonl": 0o600,
+        "call.json": 0o600,
+    }
 
 
 def test_recording_options_are_validated(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ written twice, so both files keep the call's timeline and line up sample for sam
 
 from __future__ import annotations
 
+import os
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,26 @@ def open_call_files(root: Path, call_id: str) -> CallFiles:
     while directory.exists():
         n += 1
         directory = base.with_name(f"{base.name}-{n}")
-    directory.mkdir(parents=True)
+    # Recordings are people's voices: only the server's user may list or read them (0700 for
+    # the directories voicegate creates, 0600 for the files), whatever the process umask says.
+    root.mkdir(parents=True, mode=0o700, exist_ok=True)
+    directory.mkdir(mode=0o700)
+    os.chmod(directory, 0o700)
     wavs: dict[str, wave.Wave_write] = {}
     for stream, rate in (("user", USER_RATE), ("bot", BOT_RATE)):
-        w = wave.open(str(directory / f"{stream}.wav"), "wb")  # noqa: SIM115 (kept open)
+        w = wave.open(str(private_file(directory / f"{stream}.wav")), "wb")  # noqa: SIM115 (kept open)
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
         wavs[stream] = w
-    transcript = open(directory / "transcript.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (kept open)
+    transcript = open(private_file(directory / "transcript.jsonl"), "w", encoding="utf-8")  # noqa: SIM115 (kept open)
     return CallFiles(directory, wavs, {"user": 0, "bot": 0}, transcript)
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty with mode 0600 (before anything is written to it); returns it."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
 
 
 def write_audio(files: CallFiles, stream: str, position: int, pcm: bytes) -> None:

@@ -49,6 +49,7 @@ from voicegate.observability.callfiles import (
     CallFiles,
     close_files,
     open_call_files,
+    private_file,
     write_audio,
 )
 from voicegate.observability.metrics import GatewayMetrics
@@ -330,7 +331,7 @@ class Recorder:
             "bot": {"file": "bot.wav", "rate": BOT_RATE, "seconds": round(seconds["bot"], 3)},
             "dropped_chunks": dict(call.dropped),
         }
-        (opened.directory / "call.json").write_text(json.dumps(meta, indent=1) + "\n")
+        private_file(opened.directory / "call.json").write_text(json.dumps(meta, indent=1) + "\n")
         call.result.directory = opened.directory
         call.result.dropped = dict(call.dropped)
         if any(call.dropped.values()):
