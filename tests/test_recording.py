@@ -285,9 +285,11 @@ async def test_recording_to_s3_multipart_with_retry(
 ) -> None:
     import boto3
 
-    s3 = boto3.session.Session().client("s3")
-    s3.create_bucket(Bucket="vg-recordings")
-    flaky = _FlakyS3(recording._default_s3_client())
+    # boto3 builds clients (reading botocore's endpoint data) and calls S3 synchronously:
+    # blocking work, done off the loop that carries the call.
+    s3 = await asyncio.to_thread(boto3.session.Session().client, "s3")
+    await asyncio.to_thread(s3.create_bucket, Bucket="vg-recordings")
+    flaky = _FlakyS3(await asyncio.to_thread(recording._default_s3_client))
     monkeypatch.setattr(recording, "_default_s3_client", lambda: flaky)
     monkeypatch.setattr(recording, "UPLOAD_BACKOFF", 0.05)
     speech = load_wav(speech_wav("one two three four five, please record this"))
