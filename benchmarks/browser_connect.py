@@ -46,15 +46,21 @@ SECRET = "bench-turn-secret-0b3f"
 MODES = {"host": ("", False), "relay": ("&relay=1", False), "relay-both": ("&relay=1", True)}
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 @contextlib.contextmanager
-def standin(workdir: Path) -> Iterator[dict[str, str]]:
-    """The Bedrock stand-in as a subprocess; yields the environment it prints for clients."""
+def standin(
+    workdir: Path, args: tuple[str, ...] = ("--scenario", "reply:greet")
+) -> Iterator[dict[str, str]]:
+    """``voicegate standin ARGS`` as a subprocess; yields the environment it prints for clients
+    (endpoint, CA file, keys)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in ("src", env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "voicegate", "standin", "--port", "0",
-         "--cert-dir", str(workdir / "certs"), "--scenario", "reply:greet"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+         "--cert-dir", str(workdir / "certs"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     found: dict[str, str] = {}
     try:

@@ -43,16 +43,16 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import wave
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from tests.browser_util import CHROMIUM, Server, chromium, running_server
 
+from benchmarks.browser_connect import standin
 from voicegate.testing.signals import speech, with_markers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,32 +79,10 @@ def make_mic_wav(path: Path, seconds: float = MIC_SECONDS) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def echo_standin(workdir: Path) -> Iterator[dict[str, str]]:
+def echo_standin(workdir: Path) -> contextlib.AbstractContextManager[dict[str, str]]:
     """``voicegate standin --brain echo`` as a subprocess; yields the environment it prints for
     clients (endpoint, CA file, keys)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voicegate", "standin", "--port", "0", "--brain", "echo",
-         "--cert-dir", str(workdir / "certs")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
-    )  # fmt: skip
-    found: dict[str, str] = {}
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("# voicegate stand-in ready"):
-                break
-            key, sep, value = line.strip().partition("=")
-            if sep and not key.startswith("#"):
-                found[key] = value
-        else:
-            raise RuntimeError("the stand-in exited before it was ready")
-        yield found
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    return standin(workdir, ("--brain", "echo"))
 
 
 @contextlib.asynccontextmanager
