@@ -32,12 +32,11 @@ from voicegate.cluster.router import NodeRouter, Placement, peek_call
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
 from voicegate.signaling.admission import RETRY_AFTER_S
-from voicegate.signaling.errors import ApiError, json_error
+from voicegate.signaling.errors import ApiError
 from voicegate.signaling.health import METRICS_HANDLER, check_metrics_token, metrics_elsewhere
 from voicegate.signaling.keys import CONFIG, Gate
 from voicegate.signaling.listener import serve
-from voicegate.signaling.middleware import client_address, errors_as_json
-from voicegate.signaling.ratelimit import RateLimiter
+from voicegate.signaling.middleware import errors_as_json, rate_limited
 
 __all__ = ["Supervisor", "run_supervisor"]
 
@@ -111,7 +110,7 @@ class Supervisor:
     async def offer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         pc_id, restart = peek_call(body)
-        refused = self._rate_limited(
+        refused = rate_limited(
             request,
             self.gate.offers if request.method == "POST" else self.gate.patches,
             "call offers" if request.method == "POST" else "candidate updates",
@@ -171,24 +170,10 @@ class Supervisor:
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         """The page, its files, ICE servers: any live worker answers the same."""
         if request.method == "GET" and request.path == "/api/ice-servers":
-            refused = self._rate_limited(request, self.gate.ice_servers, "ICE server requests")
+            refused = rate_limited(request, self.gate.ice_servers, "ICE server requests")
             if refused is not None:
                 return refused
         return await self._to_worker(request, await request.read(), self.pool.any_alive())
-
-    def _rate_limited(
-        self, request: web.Request, limiter: RateLimiter, what: str
-    ) -> web.Response | None:
-        wait = limiter.check(client_address(request))
-        if wait <= 0:
-            return None
-        seconds = RateLimiter.retry_after(wait)
-        return json_error(
-            429,
-            f"too many {what} from your address; retry in {seconds} s",
-            reason="rate_limited",
-            retry_after=seconds,
-        )
 
     async def _to_worker(
         self, request: web.Request, body: bytes, w: Worker | None, learn: bool = False

@@ -169,23 +169,32 @@ def _limiter(request: web.Request, gate: Gate) -> tuple[RateLimiter, str] | None
     return limiter, what
 
 
+def rate_limited(request: web.Request, limiter: RateLimiter, what: str) -> web.Response | None:
+    """The 429 (with Retry-After) when the caller's address is over ``limiter``'s rate for
+    ``what``; None when it may go on. Also the first hop's check on a node of several workers."""
+    wait = limiter.check(client_address(request))
+    if wait <= 0:
+        return None
+    seconds = RateLimiter.retry_after(wait)
+    return json_error(
+        429,
+        f"too many {what} from your address; retry in {seconds} s",
+        reason="rate_limited",
+        retry_after=seconds,
+    )
+
+
 async def _admit(
     request: web.Request, handler: Handler, gate: Gate, config: ServeConfig
 ) -> web.StreamResponse:
     limited = _limiter(request, gate)
     if limited is not None:
         limiter, what = limited
-        wait = limiter.check(client_address(request))
-        if wait > 0:
+        refused = rate_limited(request, limiter, what)
+        if refused is not None:
             if limiter is gate.offers:
                 request.app[COUNTERS]["calls_refused"] += 1
-            seconds = RateLimiter.retry_after(wait)
-            return json_error(
-                429,
-                f"too many {what} from your address; retry in {seconds} s",
-                reason="rate_limited",
-                retry_after=seconds,
-            )
+            return refused
     try:
         claims = authenticate(request, config)
     except auth.AuthError as exc:
