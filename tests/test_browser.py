@@ -21,7 +21,7 @@ from tests.browser_util import Server, chromium, make_speech_wav, require_browse
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-SPOKEN = "Hello. What time is it?"
+SPOKEN = "Hello, what time is it?"
 # Peak RMS (full scale = 1.0) the bot meter must exceed. Silence and comfort noise stay far below;
 # spoken audio through Opus reaches roughly 0.05-0.3.
 BOT_RMS_FLOOR = 0.02

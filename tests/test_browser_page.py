@@ -30,7 +30,7 @@ from voicegate.signaling import auth
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 CSP = "default-src 'self'"
-SPOKEN = "Hello. What time is it?"
+SPOKEN = "Hello, what time is it?"
 AUTH_SECRET = "browser-page-auth-secret-5Tq9w"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 

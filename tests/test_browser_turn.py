@@ -26,7 +26,7 @@ from voicegate.signaling.turn import mint
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 SECRET = "browser-turn-secret-7Kd2q"
-SPOKEN = "Hello. What time is it?"
+SPOKEN = "Hello, what time is it?"
 TURN_TIMEOUT_MS = 60_000  # echo backend: the spoken WAV plus its own playback
 
 
