@@ -35,6 +35,7 @@ import json
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -286,28 +287,39 @@ def main() -> None:
             meta["pipecat_venv"] = procs.machine_meta()["pipecat_venv"]
             meta["pipecat_settings"] = pipecat_settings()
     results: dict[str, Any] = {"meta": meta}
-    if "micro" in only:
-        print("micro ...", flush=True)
-        from benchmarks import micro
-
-        results["micro"] = micro.run()
-    if "latency" in only:
-        results["latency"] = scenario_latency(mode, kinds)
-    if "loss" in only:
-        results["loss"] = scenario_loss(mode, kinds)
-    if "turns" in only:
-        results["turns"] = scenario_turns(mode, kinds)
-    if "capacity" in only:
-        results["capacity"] = scenario_capacity(mode, kinds)
-    if "long" in only and mode.long_s:
-        results["long"] = scenario_long(mode)
-    if "soak" in only and mode.soak_s:
-        results["soak"] = scenario_soak(mode)
-    meta["load_avg_after"] = procs.load_avg()
-    meta["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     suffix = "" if args.only == parser.get_default("only") else "-" + args.only.replace(",", "-")
     name = f"results-{mode.name}{suffix}.json"
+
+    def micro_run() -> dict[str, Any]:
+        from benchmarks import micro
+
+        return micro.run()
+
+    scenarios: list[tuple[str, bool, Callable[[], dict[str, Any]]]] = [
+        ("micro", True, micro_run),
+        ("latency", True, lambda: scenario_latency(mode, kinds)),
+        ("loss", True, lambda: scenario_loss(mode, kinds)),
+        ("turns", True, lambda: scenario_turns(mode, kinds)),
+        ("capacity", True, lambda: scenario_capacity(mode, kinds)),
+        ("long", bool(mode.long_s), lambda: scenario_long(mode)),
+        ("soak", bool(mode.soak_s), lambda: scenario_soak(mode)),
+    ]
+    partial = RESULTS / f"{name}.partial"
+    for scenario, enabled, run in scenarios:
+        if scenario not in only or not enabled:
+            continue
+        print(f"{scenario} ...", flush=True)
+        try:
+            results[scenario] = run()
+        except Exception as exc:
+            # An hour of other scenarios is not thrown away for one; the error is recorded.
+            traceback.print_exc()
+            results.setdefault("errors", {})[scenario] = f"{type(exc).__name__}: {exc}"
+        partial.write_text(json.dumps(results, indent=1))  # what is done so far, if we die
+    meta["load_avg_after"] = procs.load_avg()
+    meta["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (RESULTS / name).write_text(json.dumps(results, indent=1))
+    partial.unlink(missing_ok=True)
     made = tables.plots(results, RESULTS)
     text = tables.report(results, name, made)
     print("\n" + text)

@@ -178,6 +178,50 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sizing(results: dict[str, Any]) -> str:
+    """voicegate's own capacity ladder, for the sizing section of docs/deploy.md."""
+    meta = results["meta"]
+    c = results.get("capacity", {}).get("voicegate")
+    if not c:
+        return "No capacity ladder in the last benchmark run (`make bench-full` measures one)."
+    soak = results.get("soak") or {}
+    lines = [
+        f"From `make {'bench' if meta['mode'] == 'short' else 'bench-full'}` "
+        f"({meta['started_utc']}, commit "
+        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}, "
+        f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before): one voicegate "
+        "process pinned to one core, calls on the real Bedrock path (aws-sdk-bedrock-runtime, "
+        "SigV4 per event, HTTP/2 + TLS) to the stand-in's echo brain, the load client and the "
+        "stand-in on the other core. Median of "
+        f"{meta['settings']['runs']} runs per N, min-max in brackets; CPU in % of one core.",
+        "",
+        "| calls on one core | runs in budget | gateway CPU % | RTT p50 ms | RTT p95 ms | "
+        "frames/s min | markers lost | RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, step in c["steps"].items():
+        agg = step["agg"]
+        lines.append(
+            f"| {n} | {step['passed_runs']}/{len(step['runs'])} | {cell(agg, 'cpu_percent')} | "
+            f"{cell(agg, 'rtt_p50')} | {cell(agg, 'rtt_p95')} | {cell(agg, 'fps_min')} | "
+            f"{cell(agg, 'markers_lost')} | {cell(agg, 'rss_mb')} |"
+        )
+    lines += [
+        "",
+        f"Capacity within the budget (RTT p95 <= 80 ms, >= 49.5 frames/s, no lost marker): "
+        f"**{_at_least(c, 'capacity', 'first_miss')} calls per core**; real time kept up to "
+        f"{_at_least(c, 'real_time_up_to', 'real_time_lost_at')}. Per added call: "
+        f"{_f(c['cpu_per_call_percent'])} % of a core, {_f(c['rss_per_call_mb'])} MB RSS.",
+    ]
+    if soak.get("rss_samples"):
+        (t0, mb0), (t1, mb1) = soak["rss_samples"][0], soak["rss_samples"][-1]
+        lines.append(
+            f"Soak: {soak['summary']['calls']} calls for {t1} s in one process, RSS {mb0} MB at "
+            f"{t0} s and {mb1} MB at {t1} s."
+        )
+    return "\n".join(lines)
+
+
 def plots(results: dict[str, Any], out: Path) -> list[str]:
     try:
         import matplotlib

@@ -203,16 +203,15 @@ def _meta_lines(results: dict[str, Any], name: str, made: list[str]) -> list[str
 
 
 def _busy(results: dict[str, Any]) -> str:
+    """Whether other work shared the machine: the load before the run, and after each 3-call
+    configuration. The capacity ladder, long calls and soak are left out: they load both CPUs
+    by design (40 calls make a 1-minute load of 3-5 on their own), so their load says nothing
+    about anyone else."""
     meta = results["meta"]
-    loads = [meta["load_avg_before"][0], (meta.get("load_avg_after") or [0])[0]]
+    loads = [meta["load_avg_before"][0]]
     for section in ("latency", "loss", "turns"):
         for conf in results.get(section, {}).values():
             la = conf["agg"].get("load_1min")
-            if la:
-                loads.append(la["max"])
-    for kind in results.get("capacity", {}).values():
-        for step in kind["steps"].values():
-            la = step["agg"].get("load_1min")
             if la:
                 loads.append(la["max"])
     worst = max(loads)
@@ -250,6 +249,8 @@ def report(results: dict[str, Any], name: str, made: list[str]) -> str:
     lines += capacity_lines(results)
     lines += long_lines(results)
     lines += soak_lines(results)
+    for scenario, error in results.get("errors", {}).items():
+        lines += ["", f"**{scenario}: not measured**, the scenario failed: `{error}`"]
     return "\n".join(lines)
 
 
@@ -265,13 +266,14 @@ def replace_block(path: Path, start: str, end: str, text: str) -> None:
 def write_readmes(results: dict[str, Any], text: str, name: str, publish: bool) -> None:
     """The README blocks. A run on a shared machine (see BUSY_LOAD) is not published there
     unless ``publish``: the blocks then say so, and where the raw figures are."""
-    from benchmarks.sections import summary
+    from benchmarks.sections import sizing, summary
 
     busy = _busy(results)
     short = summary(results)
+    deploy = sizing(results)
     if busy and not publish:
         meta = results["meta"]
-        text = short = (
+        text = short = deploy = (
             f"Not published: the last run ({meta['mode']}, {meta['started_utc']}, commit "
             f"`{meta['git_commit'][:10]}`) was on a shared machine ({busy}), where other "
             "processes' load moves latencies by hundreds of ms between runs. Its raw figures are "
@@ -284,6 +286,10 @@ def write_readmes(results: dict[str, Any], text: str, name: str, publish: bool) 
     replace_block(
         ROOT / "README.md", "<!-- bench-summary:start -->", "<!-- bench-summary:end -->", short
     )
+    if results.get("capacity"):  # the sizing guide quotes the capacity ladder, nothing else
+        replace_block(
+            ROOT / "docs" / "deploy.md", "<!-- sizing:start -->", "<!-- sizing:end -->", deploy
+        )
 
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:

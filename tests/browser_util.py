@@ -77,14 +77,11 @@ def make_speech_wav(
 ) -> Path:
     """A spoken WAV (espeak-ng's own 16-bit mono; Chromium resamples it) with silence around it.
 
-    Whisper tiny.en (greedy) is sensitive to where speech falls against its frames, and that
-    alignment differs from call to call; the tests' prompt was chosen by sweeping 64 onsets
-    0.5 ms apart, each with and without an Opus round trip. "Hello. What time is it?" at 130
-    words a minute was heard as "The low, wet, tiny bit." at 2 of 32 Opus-coded onsets (and in
-    3 of 8 browser calls under load), and its 490 ms pause after "Hello." sits just under the
-    VAD's 500 ms hangover (at 120 words a minute it splits the turn). "Hello, what time is it?"
-    at 130 pauses 240 ms and was heard right in all 128 variants. At espeak's default 150, "what
-    time" became "what type" about one time in 10.
+    "Hello. What time is it?" pauses 490 ms after "Hello." at 130 words a minute, just under the
+    VAD's 500 ms hangover (at 120 words a minute it splits the turn); "Hello, what time is it?"
+    pauses 240 ms. Both were heard right at all 64 Opus-coded onsets with the server's beam
+    search (``asr.BEAM_SIZE``). At espeak's default 150, "what time" became "what type" about
+    one time in 10 with greedy decoding.
 
     The lead-in covers the time between getUserMedia (when Chromium starts reading the file) and
     the moment ICE and DTLS are up; the tail lets the server's VAD see the end of the turn.
