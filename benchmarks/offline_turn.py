@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from voicegate.backends.local import LocalBackend, LocalStream
+from voicegate.backends.speech.asr import BEAM_SIZE, Transcriber
+from voicegate.backends.speech.models import available_cpus, decode_gate
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
 from voicegate.media.resample import resample_pcm16
@@ -62,10 +65,14 @@ HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 START, END = "<!-- offline-turn:start -->", "<!-- offline-turn:end -->"
 VOICES = ("en-us", "en-us+m3")
-MODES = {
-    "serial": VadConfig(speculate_ms=0),  # decode only once the hangover confirms the end
-    "speculative": VadConfig(),  # decode from ~200 ms into a pause (the default)
-    "speculative-400": VadConfig(hangover_ms=400),
+MODES: dict[str, tuple[VadConfig, int]] = {
+    # (VAD settings, Whisper beam width)
+    "serial": (VadConfig(speculate_ms=0), BEAM_SIZE),  # decode once the hangover confirms the end
+    "speculative": (VadConfig(), BEAM_SIZE),  # decode from ~200 ms into a pause (the default)
+    "speculative-400": (VadConfig(hangover_ms=400), BEAM_SIZE),
+    # The brain before speculation and beam search: serial, greedy decoding.
+    "serial-greedy": (VadConfig(speculate_ms=0), 1),
+    "speculative-greedy": (VadConfig(), 1),
 }
 
 UTTERANCES = (
@@ -147,10 +154,20 @@ async def feed_real_time(stream: LocalStream, pcm: bytes) -> None:
         await stream.send(AudioInput("p", "mic", pcm[offset : offset + CHUNK_BYTES]))
 
 
-async def open_stream(config: VadConfig) -> tuple[LocalStream, asyncio.Task[None]]:
+async def open_stream(mode: tuple[VadConfig, int]) -> tuple[LocalStream, asyncio.Task[None]]:
+    config, beam = mode
     backend = LocalBackend(vad_config=config)
-    await backend.warm()
-    stream = await backend.open()
+    models = await backend.warm()
+    if beam == models.asr.beam_size:
+        stream = await backend.open()
+    else:
+        # Its own copy of the Whisper weights decoding with this beam; same VAD, TTS and gate.
+        asr = await asyncio.to_thread(Transcriber, models.asr.directory, beam_size=beam)
+        stream = LocalStream(
+            dataclasses.replace(models, asr=asr),
+            decode_gate(max(1, len(available_cpus()) // 2)),
+            vad_config=config,
+        )
     for event in (
         SessionStart(),
         PromptStart("p", tools=default_tools().specs()),
@@ -267,8 +284,9 @@ def write_readme(result: dict[str, Any], compare: dict[str, Any] | None, out: Pa
             f"{platform.machine()} {os.cpu_count()} CPUs, real-time input, espeak-ng voices "
             f"{', '.join(VOICES)}, modes interleaved utterance by utterance. Latency: last voiced "
             "input frame to first reply audio chunk. Split: utterances heard as more than one "
-            "turn. Guesses: speculative decodes kept / started. The machine is shared: see the "
-            "load average (1 / 5 / 15 min) before the run.",
+            "turn. Guesses: speculative decodes kept / started. Modes: VAD settings and Whisper "
+            "beam width (`*-greedy`: width 1, as before beam search). Load average "
+            "(1 / 5 / 15 min) before the run beside each row.",
             "",
             "| run | commit | N | latency median ms | min-max ms | WER % | split | guesses kept "
             "| load before |",

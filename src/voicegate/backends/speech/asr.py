@@ -69,8 +69,11 @@ def clean_transcript(text: str) -> str:
 class Transcriber:
     """One loaded Whisper model; ``transcribe`` may be called from several threads."""
 
-    def __init__(self, directory: Path | None = None, *, cpu_threads: int = 2) -> None:
+    def __init__(
+        self, directory: Path | None = None, *, cpu_threads: int = 2, beam_size: int = BEAM_SIZE
+    ) -> None:
         directory = directory or model_dir()
+        self.beam_size = beam_size
         verify_model(directory)
         try:
             from faster_whisper import WhisperModel
@@ -90,7 +93,7 @@ class Transcriber:
         segments, _info = self._model.transcribe(
             audio,
             language="en",
-            beam_size=BEAM_SIZE,
+            beam_size=self.beam_size,
             condition_on_previous_text=False,
             without_timestamps=True,
             vad_filter=False,
