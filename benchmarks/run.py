@@ -223,6 +223,59 @@ def scenario_soak(mode: Mode) -> dict[str, Any]:
     }
 
 
+def combine(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One results document from runs of the same mode that measured different scenarios.
+
+    Each part's commit, dirty flag, times and load stay on record (``meta["parts"]``), and
+    ``parts_changed_files`` lists what differs between their commits besides benchmarks/results
+    (a reader judges whether it touched what was measured)."""
+    docs = list(parts.values())
+    if len({d["meta"]["mode"] for d in docs}) != 1:
+        raise SystemExit("--combine: the parts are of different modes")
+    meta = dict(docs[0]["meta"])
+    meta["parts"] = [
+        {
+            "file": name,
+            "scenarios": [k for k in doc if k not in ("meta", "errors")],
+            **{
+                k: doc["meta"].get(k)
+                for k in (
+                    "git_commit",
+                    "git_dirty",
+                    "started_utc",
+                    "finished_utc",
+                    "load_avg_before",
+                    "load_avg_after",
+                )
+            },
+        }  # fmt: skip
+        for name, doc in parts.items()
+    ]
+    commits = [d["meta"]["git_commit"] for d in docs]
+    changed: set[str] = set()
+    for commit in commits[1:]:
+        names = subprocess.run(
+            ["git", "diff", "--name-only", commits[0], commit, "--", ".", ":!benchmarks/results"],
+            cwd=procs.ROOT, capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        changed.update(names)
+    meta["parts_changed_files"] = sorted(changed)
+    meta["git_dirty"] = any(d["meta"]["git_dirty"] for d in docs)
+    meta["git_dirty_files"] = [f for d in docs for f in d["meta"].get("git_dirty_files", [])]
+    meta["finished_utc"] = docs[-1]["meta"].get("finished_utc")
+    meta["load_avg_after"] = docs[-1]["meta"].get("load_avg_after")
+    out: dict[str, Any] = {"meta": meta}
+    for doc in docs:
+        for key, value in doc.items():
+            if key == "errors":
+                out.setdefault("errors", {}).update(value)
+            elif key != "meta":
+                if key in out:
+                    raise SystemExit(f"--combine: two parts measured {key}")
+                out[key] = value
+    return out
+
+
 def pipecat_settings() -> dict[str, Any]:
     python = procs.BENCH_VENV / "bin" / "python"
     done = subprocess.run(
@@ -255,10 +308,20 @@ def main() -> None:
     parser.add_argument(
         "--render", action="store_true", help="only rewrite the README blocks from the last JSON"
     )
+    parser.add_argument(
+        "--combine",
+        metavar="FILES",
+        help="with --render: results files of one mode run one after the other (e.g. "
+        "results-full-capacity.json,results-full-micro-latency-loss-turns.json), combined into "
+        "results-<mode>.json first",
+    )
     args = parser.parse_args()
     mode = FULL if args.full else SHORT
     if args.render:
         name = f"results-{mode.name}.json"
+        if args.combine:
+            parts = {p: json.loads((RESULTS / p).read_text()) for p in args.combine.split(",")}
+            (RESULTS / name).write_text(json.dumps(combine(parts), indent=1))
         results = json.loads((RESULTS / name).read_text())
         made = [m for m in ("capacity.png",) if (RESULTS / m).exists()]
         tables.write_readmes(results, tables.report(results, name, made), name, args.publish)

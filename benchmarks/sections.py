@@ -153,8 +153,9 @@ def summary(results: dict[str, Any]) -> str:
     lat, turns, cap = (results.get(k, {}) for k in ("latency", "turns", "capacity"))
     lines = [
         f"{meta['mode'].capitalize()} run {meta['started_utc']}, commit "
-        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}, "
-        f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
+        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}"
+        + (f" (in {len(meta['parts'])} parts)" if meta.get("parts") else "")
+        + f", {meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
         f"{(meta.get('load_avg_after') or [0])[0]:g} after. Median of "
         f"{meta['settings']['runs']} runs x {meta['settings']['calls']} calls (min–max); "
         "details and method: [benchmarks/README.md](benchmarks/README.md#results).",

@@ -183,6 +183,25 @@ def _meta_lines(results: dict[str, Any], name: str, made: list[str]) -> list[str
         f"aiortc {v.get('aiortc')}, aws-sdk-bedrock-runtime {v.get('aws-sdk-bedrock-runtime')}, "
         f"awscrt {v.get('awscrt')}, Python {v.get('python')}.",
     ]
+    if meta.get("parts"):
+        changed = meta.get("parts_changed_files") or []
+        code = (
+            "their commits differ only in result files"
+            if not changed
+            else "their commits differ, besides result files, in "
+            + ", ".join(f"`{f}`" for f in changed)
+        )
+        lines += [
+            "",
+            f"Run in {len(meta['parts'])} parts, one after the other ({code}): "
+            + "; ".join(
+                f"{', '.join(p['scenarios'])} at `{p['git_commit'][:10]}`"
+                f"{' (dirty)' if p['git_dirty'] else ''}, {p['started_utc']} to "
+                f"{p['finished_utc']}, load {p['load_avg_before'][0]:g} before"
+                for p in meta["parts"]
+            )
+            + ".",
+        ]
     if "pipecat_venv" in meta and meta["pipecat_venv"]:
         pv = meta["pipecat_venv"]
         lines += [
