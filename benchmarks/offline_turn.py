@@ -40,7 +40,7 @@ from typing import Any
 
 from voicegate.backends.local import LocalBackend, LocalStream
 from voicegate.backends.speech.asr import BEAM_SIZE, Transcriber
-from voicegate.backends.speech.models import available_cpus, decode_gate
+from voicegate.backends.speech.models import decode_gate
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
 from voicegate.media.resample import resample_pcm16
@@ -165,7 +165,7 @@ async def open_stream(mode: tuple[VadConfig, int]) -> tuple[LocalStream, asyncio
         asr = await asyncio.to_thread(Transcriber, models.asr.directory, beam_size=beam)
         stream = LocalStream(
             dataclasses.replace(models, asr=asr),
-            decode_gate(max(1, len(available_cpus()) // 2)),
+            decode_gate(backend.decode_limit),
             vad_config=config,
         )
     for event in (

@@ -133,11 +133,16 @@ def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list
     return lines
 
 
+def _soak_ends(soak: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The first and last (seconds, RSS MB) samples of the soak."""
+    return soak["rss_samples"][0], soak["rss_samples"][-1]
+
+
 def soak_lines(results: dict[str, Any]) -> list[str]:
     soak = results.get("soak")
     if not soak or not soak.get("rss_samples"):
         return []
-    (t0, mb0), (t1, mb1) = soak["rss_samples"][0], soak["rss_samples"][-1]
+    (t0, mb0), (t1, mb1) = _soak_ends(soak)
     return [
         "",
         f"**Soak** (one run: {soak['summary']['calls']} calls for {t1} s): RSS {mb0} MB at "
@@ -215,7 +220,7 @@ def sizing(results: dict[str, Any]) -> str:
         f"{_f(c['cpu_per_call_percent'])} % of a core, {_f(c['rss_per_call_mb'])} MB RSS.",
     ]
     if soak.get("rss_samples"):
-        (t0, mb0), (t1, mb1) = soak["rss_samples"][0], soak["rss_samples"][-1]
+        (t0, mb0), (t1, mb1) = _soak_ends(soak)
         lines.append(
             f"Soak: {soak['summary']['calls']} calls for {t1} s in one process, RSS {mb0} MB at "
             f"{t0} s and {mb1} MB at {t1} s."

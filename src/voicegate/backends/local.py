@@ -387,6 +387,11 @@ class LocalBackend:
     def models(self) -> SpeechModels | None:
         return self._models
 
+    @property
+    def decode_limit(self) -> int:
+        """Concurrent ASR decodes this backend's streams share (the size of their gate)."""
+        return self._limit
+
     async def warm(self) -> SpeechModels:
         """Load the models now (at start-up) instead of on the first call."""
         if self._models is None:
@@ -400,7 +405,7 @@ class LocalBackend:
         models = await self.warm()
         return LocalStream(
             models,
-            decode_gate(self._limit),
+            decode_gate(self.decode_limit),
             vad_config=self._vad_config,
             clock=self._clock,
             tool_timeout=self._tool_timeout,
