@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voicegate.standin.scripted_turns import THINK_S
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".bench" / "pipecat"
 PIPECAT = "pipecat-ai[aws-nova-sonic,webrtc,runner]==1.14.0"
@@ -31,6 +33,9 @@ GATEWAY_CPU = "0"
 CLIENT_CPU = "1"
 SAMPLE_S = 0.25
 KINDS = ("voicegate", "patched", "stock", "pipecat")
+STOCK_KINDS = ("patched", "stock")
+"""The gateways run from benchmarks/stock_gateway.py: no model hop, so on the turns workload they
+run the turns rules in process (``--brain turns``) instead of asking the stand-in."""
 
 
 def env() -> dict[str, str]:
@@ -59,7 +64,7 @@ def rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def standin(
-    tmp: Path, brain: str = "echo", session_limit: float | None = None, think_s: float = 0.2
+    tmp: Path, brain: str = "echo", session_limit: float | None = None, think_s: float = THINK_S
 ) -> Iterator[tuple[dict[str, Any], Path]]:
     """A fresh stand-in (benchmarks/standin_proc.py) on CPU 1: its client env and marks file."""
     marks = tmp / "marks.json"
@@ -106,9 +111,9 @@ def gateway_cmd(kind: str, port: int, extra: list[str]) -> list[str]:
     if kind == "voicegate":
         return [PY, "-m", "voicegate", "serve", "--backend", "bedrock", "--port", str(port), *extra]
     if kind == "patched":  # the stock gateway's code with voicegate's aiortc patches
-        return [PY, "-m", "benchmarks.stock_gateway", "--patched", "--port", str(port)]
+        return [PY, "-m", "benchmarks.stock_gateway", "--patched", "--port", str(port), *extra]
     if kind == "stock":
-        return [PY, "-m", "benchmarks.stock_gateway", "--port", str(port)]
+        return [PY, "-m", "benchmarks.stock_gateway", "--port", str(port), *extra]
     if kind == "pipecat":
         bot = str(ROOT / "benchmarks" / "pipecat_bot.py")
         return [str(BENCH_VENV / "bin" / "python"), bot, "--port", str(port)]

@@ -11,7 +11,8 @@ gateway pinned to CPU 0, the load client and the stand-in on CPU 1.
 - ``voicegate``: ``voicegate serve --backend bedrock`` (the real BedrockBackend: AWS SDK, SigV4,
   HTTP/2 + TLS to the stand-in);
 - ``patched`` / ``stock``: ``stock_gateway.py``, a minimal echo gateway on aiortc 1.16 with no
-  model hop, with and without voicegate's aiortc patches;
+  model hop, with and without voicegate's aiortc patches; on the turns workload it runs the
+  stand-in's turns rules in its own process (``--brain turns``), since it has no model to ask;
 - ``pipecat``: Pipecat's SmallWebRTC transport + AWS Nova Sonic service on the same stand-in
   (``pipecat_bot.py``, its own virtualenv .bench/pipecat, installed from PyPI).
 
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import procs, tables
-from benchmarks.procs import KINDS
+from benchmarks.procs import KINDS, STOCK_KINDS
 
 RESULTS = procs.ROOT / "benchmarks" / "results"
 RUNS = 3
@@ -78,12 +79,17 @@ def one_run(
     **impair: float,
 ) -> dict[str, Any]:
     """A fresh stand-in and gateway, one loadtest; the run's summary, gateway CPU/RSS over the
-    measured window, one-way split (markers), load average after."""
+    measured window, one-way split (markers), load average after.
+
+    The stock gateways have no model hop: on the turns workload they answer with the stand-in's
+    turns rules run in their own process, at the same defaults as the stand-in's turns brain (one
+    owner: voicegate.standin.scripted_turns), so the think time subtracted is the same."""
+    extra = ["--brain", "turns"] if kind in STOCK_KINDS and brain == "turns" else None
     with tempfile.TemporaryDirectory(prefix=f"vgbench-{kind}-") as name:
         tmp = Path(name)
         with (
             procs.standin(tmp, brain) as (info, marks_file),
-            procs.gateway(kind, info, tmp) as (url, sampler),
+            procs.gateway(kind, info, tmp, extra) as (url, sampler),
         ):
             think = info.get("think_ms") if workload == "turns" else None
             ramp = 20 if calls <= 20 else 10
@@ -141,14 +147,14 @@ def scenario_loss(mode: Mode, kinds: list[str]) -> dict[str, Any]:
 
 
 def scenario_turns(mode: Mode, kinds: list[str]) -> dict[str, Any]:
-    """Only gateways with a model hop: the stock echo gateways have no turns to answer."""
+    """Every system, the same runs x calls: voicegate and Pipecat through the stand-in's turns
+    brain, the stock gateways with the same rules in process (no model hop; see one_run)."""
     return {
         kind: configuration(
             f"turns {kind}",
             functools.partial(one_run, kind, CALLS, mode.turns_s, brain="turns", workload="turns"),
         )
         for kind in kinds
-        if kind in ("voicegate", "pipecat")
     }
 
 
@@ -226,17 +232,35 @@ def scenario_soak(mode: Mode) -> dict[str, Any]:
 def combine(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One results document from runs of the same mode that measured different scenarios.
 
-    Each part's commit, dirty flag, times and load stay on record (``meta["parts"]``), and
-    ``parts_changed_files`` lists what differs between their commits besides benchmarks/results
-    (a reader judges whether it touched what was measured)."""
-    docs = list(parts.values())
+    Parts are taken in the order they started. A scenario measured by more than one part comes
+    from the newest of them (a section re-measured after a fix, say the turns of every system,
+    replaces the older one whole; sections are never mixed run by run). Each part's commit,
+    dirty flag, times and load stay on record (``meta["parts"]``, with the scenarios a newer part
+    replaced under ``replaced``), and ``parts_changed_files`` lists what differs between their
+    commits besides benchmarks/results (a reader judges whether it touched what was measured).
+    A newer part that failed a scenario an older one measured is refused: leave one of them out
+    rather than let a failure hide behind an older figure."""
+    ordered = sorted(parts.items(), key=lambda item: item[1]["meta"]["started_utc"])
+    docs = [doc for _, doc in ordered]
     if len({d["meta"]["mode"] for d in docs}) != 1:
         raise SystemExit("--combine: the parts are of different modes")
+    measured = [[k for k in doc if k not in ("meta", "errors")] for doc in docs]
+    owner: dict[str, int] = {}  # scenario -> index of the newest part that measured it
+    for i, keys in enumerate(measured):
+        owner.update(dict.fromkeys(keys, i))
+    for i, doc in enumerate(docs):
+        for scenario in doc.get("errors", {}):
+            if scenario in owner and owner[scenario] < i:
+                raise SystemExit(
+                    f"--combine: {ordered[i][0]} failed {scenario}, which the older "
+                    f"{ordered[owner[scenario]][0]} measured; leave one of them out"
+                )
     meta = dict(docs[0]["meta"])
     meta["parts"] = [
         {
             "file": name,
-            "scenarios": [k for k in doc if k not in ("meta", "errors")],
+            "scenarios": measured[i],
+            "replaced": [k for k in measured[i] if owner[k] != i],
             **{
                 k: doc["meta"].get(k)
                 for k in (
@@ -249,7 +273,7 @@ def combine(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 )
             },
         }  # fmt: skip
-        for name, doc in parts.items()
+        for i, (name, doc) in enumerate(ordered)
     ]
     commits = [d["meta"]["git_commit"] for d in docs]
     changed: set[str] = set()
@@ -265,13 +289,13 @@ def combine(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     meta["finished_utc"] = docs[-1]["meta"].get("finished_utc")
     meta["load_avg_after"] = docs[-1]["meta"].get("load_avg_after")
     out: dict[str, Any] = {"meta": meta}
-    for doc in docs:
+    for i, doc in enumerate(docs):
         for key, value in doc.items():
-            if key == "errors":
-                out.setdefault("errors", {}).update(value)
-            elif key != "meta":
-                if key in out:
-                    raise SystemExit(f"--combine: two parts measured {key}")
+            if key == "errors":  # an older part's failure that a newer one measured is gone
+                kept = {k: v for k, v in value.items() if k not in owner}
+                if kept:
+                    out.setdefault("errors", {}).update(kept)
+            elif key != "meta" and owner[key] == i:
                 out[key] = value
     return out
 
@@ -313,7 +337,7 @@ def main() -> None:
         metavar="FILES",
         help="with --render: results files of one mode run one after the other (e.g. "
         "results-full-capacity.json,results-full-micro-latency-loss-turns.json), combined into "
-        "results-<mode>.json first",
+        "results-<mode>.json first; a scenario in several parts comes from the newest",
     )
     args = parser.parse_args()
     mode = FULL if args.full else SHORT

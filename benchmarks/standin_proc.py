@@ -30,7 +30,7 @@ import numpy as np
 
 from voicegate.standin.brains import EchoBrain
 from voicegate.standin.factories import BrainFactory
-from voicegate.standin.scripted_turns import TurnsFactory
+from voicegate.standin.scripted_turns import END_SILENCE_S, THINK_S, TurnsFactory
 from voicegate.standin.server import StandIn
 from voicegate.testing.signals import Detector
 
@@ -128,6 +128,6 @@ if __name__ == "__main__":
     parser.add_argument("--marks", type=Path, required=True)
     parser.add_argument("--brain", choices=("echo", "echo-live", "turns"), default="echo")
     parser.add_argument("--session-limit", type=float, default=None)
-    parser.add_argument("--end-silence", type=float, default=0.3)
-    parser.add_argument("--think", type=float, default=0.2)
+    parser.add_argument("--end-silence", type=float, default=END_SILENCE_S)
+    parser.add_argument("--think", type=float, default=THINK_S)
     asyncio.run(main(parser.parse_args()))

@@ -195,7 +195,7 @@ def _meta_lines(results: dict[str, Any], name: str, made: list[str]) -> list[str
             "",
             f"Run in {len(meta['parts'])} parts, one after the other ({code}): "
             + "; ".join(
-                f"{', '.join(p['scenarios'])} at `{p['git_commit'][:10]}`"
+                f"{_part_scenarios(p)} at `{p['git_commit'][:10]}`"
                 f"{' (dirty)' if p['git_dirty'] else ''}, {p['started_utc']} to "
                 f"{p['finished_utc']}, load {p['load_avg_before'][0]:g} before"
                 for p in meta["parts"]
@@ -219,6 +219,16 @@ def _meta_lines(results: dict[str, Any], name: str, made: list[str]) -> list[str
                   "bounds and capacities lower bounds; systems were measured in the same "
                   "conditions, one after another."]  # fmt: skip
     return lines
+
+
+def _part_scenarios(part: dict[str, Any]) -> str:
+    """What a part of a combined run gave the tables, and what of it a later part replaced."""
+    replaced = part.get("replaced") or []
+    kept = [s for s in part["scenarios"] if s not in replaced]
+    text = ", ".join(kept) if kept else "nothing kept"
+    if replaced:
+        text += f" ({', '.join(replaced)} measured too, replaced by a later part)"
+    return text
 
 
 def _busy(results: dict[str, Any]) -> str:
@@ -259,7 +269,10 @@ def report(results: dict[str, Any], name: str, made: list[str]) -> str:
         lines += [
             "",
             "**Turns** (speech end at the caller -> first answer audio at the caller; turns "
-            "brain: 300 ms end-of-turn silence + 200 ms think = 500 ms):",
+            "brain: 300 ms end-of-turn silence + 200 ms think = 500 ms; voicegate and Pipecat "
+            "ask the stand-in's turns brain over the model hop, the stock gateways, which have "
+            "no model hop, run the same brain in their own process, so their figure is aiortc's "
+            "media path both ways and the pacing, nothing else):",
             "",
         ]
         cols = ["speech end -> answer p50 ms", "p95", "minus think p50", "p95", "unanswered"]

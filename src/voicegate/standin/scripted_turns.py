@@ -13,13 +13,16 @@ The brain's think time, seen from the caller, is therefore ``end_silence_s + thi
 from the caller's end of speech to the first answer audio at the caller, minus that, is the
 gateway's own cost (both directions of its media path, its model hop and its pacing).
 
-Used by the benchmarks' stand-in (benchmarks/standin_proc.py ``--brain turns``) and the tests.
+Used by the benchmarks' stand-in (benchmarks/standin_proc.py ``--brain turns``), the stock
+benchmark gateway (benchmarks/stock_gateway.py ``--brain turns``, through TurnTaking, the rules
+without the events) and the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Final
 
 from voicegate.backends.inprocess import InProcessStream
@@ -37,16 +40,42 @@ MAX_TURN_S: Final = 10.0
 MAX_PENDING_TURNS: Final = 4
 
 
-class TurnsBrain(InProcessStream):
-    """Answers each user turn once, ``end_silence_s + think_s`` after it ends, with the turn
-    played back."""
+@dataclass(frozen=True, slots=True)
+class HeardTurn:
+    """One user turn, heard and thought about: its number (from 1) and its speech, from the
+    first voiced chunk to the last, at the rate it came in."""
 
-    def __init__(self, end_silence_s: float = END_SILENCE_S, think_s: float = THINK_S) -> None:
-        super().__init__()
+    number: int
+    speech: bytes
+    rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.speech) / 2 / self.rate
+
+    def reply(self, out_rate: int) -> bytes:
+        """The answer's audio: the turn played back once, at ``out_rate``."""
+        return resample_pcm16(self.speech, self.rate, out_rate)
+
+
+class TurnTaking:
+    """The turns brain's rules on plain 16-bit mono PCM, with no model stream around them:
+    endpointing in audio time (``hear``), a bounded queue of turns waiting for an answer, and
+    the think time (``next_turn``).
+
+    A class of its own so that every system the turns benchmark compares answers on the very
+    same schedule: the stand-in's TurnsBrain wraps it in Nova Sonic's events, and the stock
+    benchmark gateway (benchmarks/stock_gateway.py ``--brain turns``), which has no model hop,
+    runs it in its own process on the audio it receives."""
+
+    def __init__(
+        self, end_silence_s: float = END_SILENCE_S, think_s: float = THINK_S, in_rate: int = 16000
+    ) -> None:
         self.end_silence_s = end_silence_s
         self.think_s = think_s
+        self.in_rate = in_rate
         self.turns = 0
-        self._in_rate = 16000
+        """Turns answered so far (counted when the think time is over)."""
         self._turn: list[bytes] = []
         self._voiced_len = 0  # chunks of the turn up to and including its last voiced one
         self._quiet_s = 0.0
@@ -54,18 +83,11 @@ class TurnsBrain(InProcessStream):
 
     @property
     def think_ms(self) -> float:
-        """What the caller sees of this brain: endpointing plus thinking."""
+        """What the caller sees of these rules: endpointing plus thinking."""
         return (self.end_silence_s + self.think_s) * 1000
 
-    async def send(self, event: InputEvent) -> None:
-        if isinstance(event, AudioContentStart):
-            self._in_rate = event.sample_rate
-        await super().send(event)
-
-    async def on_audio_start(self) -> None:
-        self.spawn(self._answer_turns())
-
-    async def on_audio(self, pcm: bytes) -> None:
+    def hear(self, pcm: bytes) -> None:
+        """One chunk of the user's audio at ``in_rate``; a turn that it ends is queued."""
         voiced = rms(pcm) >= SPEECH_RMS
         if not self._turn:
             if voiced:
@@ -75,8 +97,8 @@ class TurnsBrain(InProcessStream):
         if voiced:
             self._voiced_len, self._quiet_s = len(self._turn), 0.0
         else:
-            self._quiet_s += len(pcm) / 2 / self._in_rate
-        turn_s = sum(len(p) for p in self._turn) / 2 / self._in_rate
+            self._quiet_s += len(pcm) / 2 / self.in_rate
+        turn_s = sum(len(p) for p in self._turn) / 2 / self.in_rate
         if self._quiet_s >= self.end_silence_s or turn_s >= MAX_TURN_S:
             speech = b"".join(self._turn[: self._voiced_len])
             self._turn = []
@@ -84,16 +106,58 @@ class TurnsBrain(InProcessStream):
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(speech)
 
+    async def next_turn(self) -> HeardTurn:
+        """The next ended turn, ``think_s`` after it was taken from the queue."""
+        speech = await self._queue.get()
+        await asyncio.sleep(self.think_s)
+        self.turns += 1
+        return HeardTurn(self.turns, speech, self.in_rate)
+
+
+class TurnsBrain(InProcessStream):
+    """Answers each user turn once, ``end_silence_s + think_s`` after it ends, with the turn
+    played back (the rules: TurnTaking)."""
+
+    def __init__(self, end_silence_s: float = END_SILENCE_S, think_s: float = THINK_S) -> None:
+        super().__init__()
+        self.rules = TurnTaking(end_silence_s, think_s)
+
+    @property
+    def end_silence_s(self) -> float:
+        return self.rules.end_silence_s
+
+    @property
+    def think_s(self) -> float:
+        return self.rules.think_s
+
+    @property
+    def turns(self) -> int:
+        return self.rules.turns
+
+    @property
+    def think_ms(self) -> float:
+        """What the caller sees of this brain: endpointing plus thinking."""
+        return self.rules.think_ms
+
+    async def send(self, event: InputEvent) -> None:
+        if isinstance(event, AudioContentStart):
+            self.rules.in_rate = event.sample_rate
+        await super().send(event)
+
+    async def on_audio_start(self) -> None:
+        self.spawn(self._answer_turns())
+
+    async def on_audio(self, pcm: bytes) -> None:
+        self.rules.hear(pcm)
+
     async def _answer_turns(self) -> None:
         while True:
-            speech = await self._queue.get()
-            await asyncio.sleep(self.think_s)
-            self.turns += 1
-            seconds = len(speech) / 2 / self._in_rate
-            await self.emit_text("USER", f"(turn {self.turns}: {seconds:.2f} s of speech)")
-            text = f"Turn {self.turns}, played back."
+            turn = await self.rules.next_turn()
+            n = turn.number
+            await self.emit_text("USER", f"(turn {n}: {turn.seconds:.2f} s of speech)")
+            text = f"Turn {n}, played back."
             await self.emit_text("ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
-            reply = resample_pcm16(speech, self._in_rate, self.output_rate)
+            reply = turn.reply(self.output_rate)
             cid = await self.begin_audio()
             for chunk in split_chunks(reply, self.output_rate):
                 await self.emit_audio(cid, chunk)
