@@ -10,19 +10,23 @@ the microphone capture and the audio handed to the speaker: Opus both ways, the 
 the gateway, the model hop, the browser's own jitter buffer (NetEq) and decoder. It excludes the
 sound card's own buffer (``AudioContext.outputLatency``, recorded; headless reports 0).
 
-Systems:
+Systems, each called by the same headless Chromium with the same fake microphone:
 
 - ``voicegate``: ``voicegate serve --backend bedrock`` (the real AWS SDK, HTTP/2 + TLS) against
   the Bedrock stand-in's ``echo`` brain (zero think time), voicegate's own page.
-- ``pipecat``: Pipecat 1.14's SmallWebRTC transport + AWS Nova Sonic service (``pipecat_bot.py``)
-  on the same stand-in, behind Pipecat's development runner, which serves Pipecat's own prebuilt
-  web client (the ``pipecat-ai-prebuilt`` wheel, built JavaScript shipped on PyPI: no npm build,
-  no CDN) at ``/client/``. The same measuring modules are injected into that page
-  (``pipecat_m2e.py``); see there.
+- ``pipecat (SmallWebRTC server, voicegate's measuring page as client)``: Pipecat 1.14's
+  development runner with its SmallWebRTC transport and AWS Nova Sonic service
+  (``pipecat_bot.py``) on its own echo stand-in, called by the very same page and measuring
+  code, served by a small front that passes its plain ``POST /api/offer`` signaling to Pipecat
+  (``pipecat_m2e.py``). The client side is identical for both systems; only the server differs.
+- ``pipecat (its own prebuilt web client)``: tried, not measured where it cannot call: its
+  SmallWebRTC client needs Daily's call-machine bundle from Daily's CDN (``pipecat_m2e.py``);
+  the row gives the reason.
 
-Both pages get the microphone without echo cancellation, noise suppression and gain control
-(voicegate: ``?raw=1``; Pipecat: the injected script asks for the same), so the markers reach
-both gateways alike. One warm-up call per system is not counted.
+The page gets the microphone without echo cancellation, noise suppression and gain control
+(``?raw=1``), so the markers reach both servers alike. Each system gets one warm-up call, not
+counted; then the systems take turns call by call (voicegate, Pipecat, voicegate, ...), so
+both see the same machine load over the run.
 
 Usage::
 
@@ -46,12 +50,13 @@ import subprocess
 import tempfile
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from tests.browser_util import CHROMIUM, Server, chromium, running_server
 
+from benchmarks import pipecat_m2e
 from benchmarks.browser_connect import standin
 from voicegate.testing.signals import speech, with_markers
 
@@ -62,6 +67,9 @@ BLOCK = ("<!-- mouth-to-ear:start -->", "<!-- mouth-to-ear:end -->")
 RATE = 48000
 MIC_SECONDS = 30.0  # the WAV's length; Chromium loops it
 CONNECT_TIMEOUT_S = 30.0
+VOICEGATE = "voicegate"
+PIPECAT_PAGE = "pipecat (SmallWebRTC server, voicegate's measuring page as client)"
+PIPECAT_OWN = "pipecat (its own prebuilt web client)"
 
 # What the page's state looks like to the benchmark (plain data, through page.evaluate, which
 # the page's Content-Security-Policy does not restrict).
@@ -120,20 +128,57 @@ async def measure_call(
     return result
 
 
-async def voicegate_calls(ctx: Any, srv: Server, runs: int, seconds: float) -> list[dict[str, Any]]:
-    calls = []
-    for i in range(runs + 1):  # the first is the warm-up (first TLS connection to the model)
-        page = await ctx.new_page()
-        try:
-            m = await measure_call(page, f"{srv.base}/?raw=1&measure=1", seconds)
-            await page.evaluate("() => vg.hangup()")
-            await srv.wait_sessions(0)
-        finally:
-            await page.close()
-        print(f"voicegate {'warm-up' if i == 0 else f'call {i}'}: {brief(m)}", flush=True)
-        if i:
-            calls.append(m)
-    return calls
+# One measured call in the shared browser context: ``vg.measure`` of that call, hung up.
+Call = Callable[[Any], Awaitable[dict[str, Any]]]
+
+
+async def voicegate_call(ctx: Any, srv: Server, seconds: float) -> dict[str, Any]:
+    page = await ctx.new_page()
+    try:
+        m = await measure_call(page, f"{srv.base}/?raw=1&measure=1", seconds)
+        await page.evaluate("() => vg.hangup()")
+        await srv.wait_sessions(0)
+    finally:
+        await page.close()
+    return m
+
+
+async def pipecat_page_call(ctx: Any, front_base: str, seconds: float) -> dict[str, Any]:
+    """voicegate's measuring page calling Pipecat's runner through ``pipecat_m2e.page_front``."""
+    page = await ctx.new_page()
+    try:
+        m = await measure_call(page, f"{front_base}/?raw=1&measure=1", seconds)
+        await page.evaluate("() => vg.hangup()")
+        await asyncio.sleep(pipecat_m2e.TEARDOWN_S)  # no session count to wait on there
+    finally:
+        await page.close()
+    return m
+
+
+async def interleaved(
+    ctx: Any, systems: dict[str, Call], runs: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """A warm-up call per system (the first TLS connection to the model, the first peer
+    connection), then ``runs`` rounds of one call per system, so a change in the machine's load
+    during the run falls on every system alike. A system whose call fails is dropped from later
+    rounds with the reason; the others carry on."""
+    calls: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+    failed: dict[str, str] = {}
+    for i in range(runs + 1):
+        for name, one in systems.items():
+            if name in failed:
+                continue
+            label = "warm-up" if i == 0 else f"call {i}"
+            try:
+                m = await one(ctx)
+            except Exception as exc:  # any failure of one system must not cost the others
+                failed[name] = f"{label} failed: {exc}"
+                print(f"{name} {label}: FAILED {exc}", flush=True)
+                continue
+            print(f"{name} {label}: {brief(m)}", flush=True)
+            if i:
+                calls[name].append(m)
+    return calls, failed
 
 
 def brief(m: dict[str, Any]) -> str:
@@ -186,6 +231,15 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def pipecat_line(meta: dict[str, Any]) -> list[str]:
+    """What the Pipecat rows ran, so the figure can be reproduced: package and bot settings."""
+    pipecat = meta.get("pipecat")
+    if not pipecat:
+        return []
+    settings = ", ".join(f"{k}={v}" for k, v in pipecat.get("settings", {}).items())
+    return ["", f"Pipecat: `{pipecat['package']}`; bot settings: {settings or 'unknown'}."]
+
+
 def table(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -193,6 +247,7 @@ def table(results: dict[str, Any]) -> str:
         f"{' (dirty tree)' if meta['dirty'] else ''}, {meta['chromium']}, {meta['machine']}, "
         f"load average before {meta['load_avg_before']} / after {meta['load_avg_after']}. "
         "Raw: `results/mouth-to-ear.json`.",
+        *pipecat_line(meta),
         "",
         "| system | mouth-to-ear median ms | min-max ms | p95 ms | N markers (calls) |",
         "|---|---|---|---|---|",
@@ -229,6 +284,8 @@ async def run(runs: int, seconds: float, peers: list[str]) -> dict[str, Any]:
         "chromium": chromium_version(),
         "runs": runs,
         "seconds_per_call": seconds,
+        "order": "one warm-up call per system, then each round calls every system once, in "
+        "the order of systems",
         "load_avg_before": load_avg(),
     }
     systems: dict[str, Any] = {}
@@ -236,20 +293,40 @@ async def run(runs: int, seconds: float, peers: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vg-m2e-") as tmp:
         workdir = Path(tmp)
         wav = make_mic_wav(workdir / "markers.wav")
-        async with chromium(wav, loop_mic=True, bypass_csp=False) as ctx:
-            async with voicegate_on_echo(workdir) as srv:
-                calls = await voicegate_calls(ctx, srv, runs, seconds)
-            systems["voicegate"] = summarize(calls)
-            raw["voicegate"] = calls
+        async with (
+            chromium(wav, loop_mic=True, bypass_csp=False) as ctx,
+            voicegate_on_echo(workdir) as srv,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            measured: dict[str, Call] = {VOICEGATE: lambda c: voicegate_call(c, srv, seconds)}
+            runner_base: str | None = None
+            pipecat_error = ""
             if "pipecat" in peers:
-                from benchmarks import pipecat_m2e
-
                 try:
-                    calls = await pipecat_m2e.calls(ctx, workdir, runs, seconds)
-                    systems["pipecat"] = summarize(calls)
-                    raw["pipecat"] = calls
+                    runner_base = await stack.enter_async_context(pipecat_m2e.running(workdir))
                 except pipecat_m2e.Unavailable as exc:
-                    systems["pipecat"] = {"error": str(exc)}
+                    pipecat_error = str(exc)
+                else:
+                    meta["pipecat"] = await asyncio.to_thread(pipecat_m2e.versions)
+                    front = await stack.enter_async_context(
+                        pipecat_m2e.page_front(runner_base, srv.base)
+                    )
+                    measured[PIPECAT_PAGE] = lambda c: pipecat_page_call(c, front, seconds)
+            calls, failed = await interleaved(ctx, measured, runs)
+            for name in measured:
+                systems[name] = (
+                    {"error": failed[name]} if name in failed else summarize(calls[name])
+                )
+                raw[name] = calls[name]
+            if runner_base is not None:
+                try:
+                    pipecat_error = await pipecat_m2e.own_client(ctx, runner_base)
+                except Exception as exc:  # a changed prebuilt UI: say so, keep the other rows
+                    pipecat_error = f"could not drive Pipecat's prebuilt client: {exc}"
+            elif pipecat_error:
+                systems[PIPECAT_PAGE] = {"error": pipecat_error}
+            if pipecat_error:
+                systems[PIPECAT_OWN] = {"error": pipecat_error}
     meta["load_avg_after"] = load_avg()
     return {"meta": meta, "systems": systems, "raw": raw}
 
