@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from voicegate.backends.local import LocalBackend, LocalStream
-from voicegate.backends.speech.asr import BEAM_SIZE, Transcriber
+from voicegate.backends.speech.asr import BEAM_SIZE, SHORT_WINDOWS, Transcriber
 from voicegate.backends.speech.models import decode_gate
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
@@ -65,14 +65,25 @@ HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 START, END = "<!-- offline-turn:start -->", "<!-- offline-turn:end -->"
 VOICES = ("en-us", "en-us+m3")
-MODES: dict[str, tuple[VadConfig, int]] = {
-    # (VAD settings, Whisper beam width)
-    "serial": (VadConfig(speculate_ms=0), BEAM_SIZE),  # decode once the hangover confirms the end
-    "speculative": (VadConfig(), BEAM_SIZE),  # decode from ~200 ms into a pause (the default)
-    "speculative-400": (VadConfig(hangover_ms=400), BEAM_SIZE),
-    # The brain before speculation and beam search: serial, greedy decoding.
-    "serial-greedy": (VadConfig(speculate_ms=0), 1),
-    "speculative-greedy": (VadConfig(), 1),
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """How the brain decodes: VAD settings, Whisper beam width, short encoder windows or not."""
+
+    vad: VadConfig
+    beam: int = BEAM_SIZE
+    windows: tuple[tuple[float, int], ...] = SHORT_WINDOWS
+
+
+MODES: dict[str, Mode] = {
+    "serial": Mode(VadConfig(speculate_ms=0)),  # decode once the hangover confirms the end
+    "speculative": Mode(VadConfig()),  # decode from ~200 ms into a pause (the default)
+    "speculative-400": Mode(VadConfig(hangover_ms=400)),
+    # Whisper's full 30 s window for every turn, as before short windows.
+    "speculative-30s": Mode(VadConfig(), windows=()),
+    # The brain before speculation, beam search and short windows: serial, greedy, 30 s.
+    "before": Mode(VadConfig(speculate_ms=0), beam=1, windows=()),
 }
 
 UTTERANCES = (
@@ -154,15 +165,17 @@ async def feed_real_time(stream: LocalStream, pcm: bytes) -> None:
         await stream.send(AudioInput("p", "mic", pcm[offset : offset + CHUNK_BYTES]))
 
 
-async def open_stream(mode: tuple[VadConfig, int]) -> tuple[LocalStream, asyncio.Task[None]]:
-    config, beam = mode
+async def open_stream(mode: Mode) -> tuple[LocalStream, asyncio.Task[None]]:
+    config = mode.vad
     backend = LocalBackend(vad_config=config)
     models = await backend.warm()
-    if beam == models.asr.beam_size:
+    if (mode.beam, mode.windows) == (models.asr.beam_size, models.asr.windows):
         stream = await backend.open()
     else:
-        # Its own copy of the Whisper weights decoding with this beam; same VAD, TTS and gate.
-        asr = await asyncio.to_thread(Transcriber, models.asr.directory, beam_size=beam)
+        # Its own copy of the Whisper weights decoding this way; same VAD, TTS and gate.
+        asr = await asyncio.to_thread(
+            Transcriber, models.asr.directory, beam_size=mode.beam, windows=mode.windows
+        )
         stream = LocalStream(
             dataclasses.replace(models, asr=asr),
             decode_gate(backend.decode_limit),
@@ -285,7 +298,8 @@ def write_readme(result: dict[str, Any], compare: dict[str, Any] | None, out: Pa
             f"{', '.join(VOICES)}, modes interleaved utterance by utterance. Latency: last voiced "
             "input frame to first reply audio chunk. Split: utterances heard as more than one "
             "turn. Guesses: speculative decodes kept / started. Modes: VAD settings and Whisper "
-            "beam width (`*-greedy`: width 1, as before beam search). Load average "
+            "beam width and encoder window (`before`: serial, greedy, Whisper's full 30 s window; "
+            "`*-30s`: the full window for every turn). Load average "
             "(1 / 5 / 15 min) before the run beside each row.",
             "",
             "| run | commit | N | latency median ms | min-max ms | WER % | split | guesses kept "

@@ -23,7 +23,16 @@ from voicegate.backends.speech import (
     check_installed,
     missing_package,
 )
-from voicegate.backends.speech.asr import MODEL_SHA256, clean_transcript, model_dir, verify_model
+from voicegate.backends.speech.asr import (
+    MAX_COMPRESSION_RATIO,
+    MODEL_SHA256,
+    SHORT_WINDOWS,
+    clean_transcript,
+    compression_ratio,
+    model_dir,
+    short_window,
+    verify_model,
+)
 from voicegate.backends.speech.models import SpeechModels, load_models
 from voicegate.backends.speech.tts import float_to_pcm16
 from voicegate.backends.speech.vad import (
@@ -183,6 +192,50 @@ def test_asr_transcribes_a_different_voice(models: SpeechModels) -> None:
 
 def test_asr_returns_nothing_for_silence(models: SpeechModels) -> None:
     assert models.asr.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32)) == ""
+
+
+def test_short_turns_are_decoded_in_a_short_window_with_the_same_words(
+    models: SpeechModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few seconds of speech skips most of Whisper's 30 s window and still reads the same."""
+    pcm = models.tts.synthesize("Please remind me to call my mother on Sunday.", SAMPLE_RATE)
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768)
+    asr = models.asr
+    windows: list[int] = []
+    decode_window = asr._decode_window
+
+    def spy(audio: np.ndarray, frames: int) -> str | None:
+        windows.append(frames)
+        return decode_window(audio, frames)
+
+    monkeypatch.setattr(asr, "_decode_window", spy)
+    short = asr.transcribe(audio)
+    assert windows == [SHORT_WINDOWS[0][1]]
+    monkeypatch.setattr(asr, "windows", ())
+    assert asr.transcribe(audio) == short and windows == [SHORT_WINDOWS[0][1]]
+    assert "remind me to call my mother on sunday" in short.lower()
+
+
+def test_long_audio_gets_the_full_window(
+    models: SpeechModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    longest = SHORT_WINDOWS[-1][0]
+    assert short_window(1.0) == SHORT_WINDOWS[0][1]
+    assert short_window(longest) == SHORT_WINDOWS[-1][1]
+    assert short_window(longest + 0.01) is None
+    assert short_window(1.0, ()) is None
+
+    def refuse(audio: np.ndarray, frames: int) -> str | None:
+        raise AssertionError("a long segment must not be decoded in a short window")
+
+    monkeypatch.setattr(models.asr, "_decode_window", refuse)
+    models.asr.transcribe(np.zeros(int((longest + 1) * SAMPLE_RATE), np.float32))
+
+
+def test_a_repetition_loop_fails_the_compression_test() -> None:
+    assert compression_ratio("What time is it?") < MAX_COMPRESSION_RATIO
+    assert compression_ratio(" hello" * 40) > MAX_COMPRESSION_RATIO
+    assert compression_ratio("") == 0.0
 
 
 def test_transcript_cleaning() -> None:

@@ -1,7 +1,7 @@
 """Speculative transcription: start Whisper when speech pauses, keep it if the pause was the end.
 
 The VAD confirms the end of a turn only after its hangover (~500 ms of silence), and a decode
-takes ~250-400 ms more; run one after the other, they are most of a turn's latency. So when the
+takes ~150-400 ms more; run one after the other, they are most of a turn's latency. So when the
 VAD reports a :class:`~voicegate.backends.speech.vad.SpeechPause` (~200 ms of silence) the segment
 so far is decoded at once. If that pause becomes the confirmed :class:`SpeechEnd` (same last voiced
 sample, same audio), the turn takes the speculative transcript; if the user spoke on, the result
