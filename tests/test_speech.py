@@ -30,6 +30,7 @@ from voicegate.backends.speech.asr import (
     clean_transcript,
     compression_ratio,
     model_dir,
+    repeats,
     short_window,
     verify_model,
 )
@@ -236,6 +237,14 @@ def test_a_repetition_loop_fails_the_compression_test() -> None:
     assert compression_ratio("What time is it?") < MAX_COMPRESSION_RATIO
     assert compression_ratio(" hello" * 40) > MAX_COMPRESSION_RATIO
     assert compression_ratio("") == 0.0
+
+
+def test_an_utterance_said_twice_counts_as_a_repetition() -> None:
+    said_twice = "Could you read that back to me one more time? Could you read that back to me one"
+    assert repeats(said_twice)
+    assert repeats("hello hello hello hello hello")
+    assert not repeats("Could you read that back to me one more time?")
+    assert not repeats("I said no, I said so.")
 
 
 def test_transcript_cleaning() -> None:

@@ -46,7 +46,8 @@ against 5.1 % in 30 s. The window must leave room around the audio: in a window 
 longer than the speech, or shorter, Whisper repeats itself or drops words (measured: 15 s of
 speech in a 10 s window, 21 s in a 15 s one), hence the limits at 60 % of each window. Longer
 audio is decoded in the full 30 s, as is any short-window result that looks like a
-hallucination (:data:`MAX_COMPRESSION_RATIO`, :data:`MIN_AVG_LOGPROB`, :data:`NO_SPEECH_PROB`)."""
+hallucination (:data:`MAX_COMPRESSION_RATIO`, :data:`MIN_AVG_LOGPROB`, :data:`NO_SPEECH_PROB`,
+:data:`REPEAT_WORDS`)."""
 MAX_COMPRESSION_RATIO: Final = 2.4
 """faster-whisper's own test for a repetition loop (text that gzip shrinks this much)."""
 MIN_AVG_LOGPROB: Final = -1.0
@@ -55,6 +56,12 @@ NO_SPEECH_PROB: Final = 0.6
 """faster-whisper's no-speech threshold. Over silence a short window says "Thank you." with a
 confident score where 30 s says nothing; a short-window decode the model itself deems likely
 non-speech is therefore redone in 30 s, whose own no-speech rules decide."""
+REPEAT_WORDS: Final = 4
+"""A short window's other failure: the whole utterance said twice ("Could you read that back to
+me one more time? Could you read that back to me one" from 2.5 s of espeak-ng in 10 s), too short
+a loop for the compression test. Any run of this many words said twice sends the decode to 30 s
+(which heard that utterance once); real speech repeats four words in a row within a turn rarely,
+and then pays only the 30 s decode."""
 MAX_TOKENS_PER_SECOND: Final = 12
 """A short-window decode stops here: fast speech is about 4 words, 6 tokens, a second, so only a
 loop reaches it (and then fails the compression test)."""
@@ -103,6 +110,19 @@ def compression_ratio(text: str) -> float:
     """How much gzip shrinks ``text``: far above 2 only for a repetition loop."""
     data = text.encode()
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def repeats(text: str, run: int = REPEAT_WORDS) -> bool:
+    """True when some ``run`` consecutive words occur twice in ``text`` (case and punctuation
+    ignored)."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(words) - run + 1):
+        gram = tuple(words[i : i + run])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
 
 
 def clean_transcript(text: str) -> str:
@@ -192,7 +212,11 @@ class Transcriber:
         text: str = self._tokenizer.decode(tokens)
         # faster-whisper's average log-probability: the length-normalised score, over tokens + 1.
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        if compression_ratio(text) > MAX_COMPRESSION_RATIO or avg_logprob < MIN_AVG_LOGPROB:
+        if (
+            compression_ratio(text) > MAX_COMPRESSION_RATIO
+            or avg_logprob < MIN_AVG_LOGPROB
+            or repeats(text)
+        ):
             return None
         return clean_transcript(text)
 
