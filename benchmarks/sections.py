@@ -74,11 +74,10 @@ def capacity_lines(results: dict[str, Any]) -> list[str]:
     for kind, c in cap.items():
         for n, step in c["steps"].items():
             agg = step["agg"]
+            cells = _cells(agg, "rtt_p50", "rtt_p95", "fps_min", "markers_lost", "cpu_percent")
             lines.append(
-                f"| {kind} N={n} | {step['passed_runs']}/{len(step['runs'])} | "
-                f"{cell(agg, 'rtt_p50')} | {cell(agg, 'rtt_p95')} | {cell(agg, 'fps_min')} | "
-                f"{cell(agg, 'markers_lost')} | {cell(agg, 'cpu_percent')} | "
-                f"{cell(agg, 'rss_mb')} | {_load(agg)} |"
+                f"| {kind} N={n} | {_in_budget(step)} | {cells} | {cell(agg, 'rss_mb')} | "
+                f"{_load(agg)} |"
             )
     return lines
 
@@ -133,6 +132,21 @@ def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list
     return lines
 
 
+def _commit(meta: dict[str, Any]) -> str:
+    """The run's commit as the tables quote it, marked when the tree was dirty."""
+    return f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}"
+
+
+def _in_budget(step: dict[str, Any]) -> str:
+    """A capacity step's runs within the budget, of all its runs."""
+    return f"{step['passed_runs']}/{len(step['runs'])}"
+
+
+def _cells(agg: dict[str, Any], *keys: str) -> str:
+    """Table cells (median and range across runs) for these figures, in this order."""
+    return " | ".join(cell(agg, key) for key in keys)
+
+
 def _soak_ends(soak: dict[str, Any]) -> tuple[list[float], list[float]]:
     """The first and last (seconds, RSS MB) samples of the soak."""
     return soak["rss_samples"][0], soak["rss_samples"][-1]
@@ -158,7 +172,7 @@ def summary(results: dict[str, Any]) -> str:
     lat, turns, cap = (results.get(k, {}) for k in ("latency", "turns", "capacity"))
     lines = [
         f"{meta['mode'].capitalize()} run {meta['started_utc']}, commit "
-        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}"
+        f"{_commit(meta)}"
         + (f" (in {len(meta['parts'])} parts)" if meta.get("parts") else "")
         + f", {meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
         f"{(meta.get('load_avg_after') or [0])[0]:g} after. Median of "
@@ -194,7 +208,7 @@ def sizing(results: dict[str, Any]) -> str:
     lines = [
         f"From `make {'bench' if meta['mode'] == 'short' else 'bench-full'}` "
         f"({meta['started_utc']}, commit "
-        f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}, "
+        f"{_commit(meta)}, "
         f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before): one voicegate "
         "process pinned to one core, calls on the real Bedrock path (aws-sdk-bedrock-runtime, "
         "SigV4 per event, HTTP/2 + TLS) to the stand-in's echo brain, the load client and the "
@@ -207,11 +221,8 @@ def sizing(results: dict[str, Any]) -> str:
     ]
     for n, step in c["steps"].items():
         agg = step["agg"]
-        lines.append(
-            f"| {n} | {step['passed_runs']}/{len(step['runs'])} | {cell(agg, 'cpu_percent')} | "
-            f"{cell(agg, 'rtt_p50')} | {cell(agg, 'rtt_p95')} | {cell(agg, 'fps_min')} | "
-            f"{cell(agg, 'markers_lost')} | {cell(agg, 'rss_mb')} |"
-        )
+        cells = _cells(agg, "cpu_percent", "rtt_p50", "rtt_p95", "fps_min", "markers_lost")
+        lines.append(f"| {n} | {_in_budget(step)} | {cells} | {cell(agg, 'rss_mb')} |")
     lines += [
         "",
         f"Capacity within the budget (RTT p95 <= 80 ms, >= 49.5 frames/s, no lost marker): "
