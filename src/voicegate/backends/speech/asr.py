@@ -159,7 +159,7 @@ class Transcriber:
             local_files_only=True,
         )
         from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
+        from faster_whisper.transcribe import get_ctranslate2_storage, get_suppressed_tokens
 
         # What faster-whisper's transcribe builds for language="en", without timestamps.
         self._tokenizer: Any = Tokenizer(
@@ -171,6 +171,7 @@ class Transcriber:
         self._prompt: list[int] = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._eot: int = self._tokenizer.eot
         self._suppress: list[int] = list(get_suppressed_tokens(self._tokenizer, [-1]))
+        self._storage: Any = get_ctranslate2_storage
 
     def transcribe(self, audio: NDArray[np.float32]) -> str:
         """Text of one 16 kHz float32 utterance ('' when nothing was said). Blocking."""
@@ -185,12 +186,10 @@ class Transcriber:
         """One beam-search decode of ``audio`` in a ``frames``-long encoder window, as
         faster-whisper would do it in 30 s (same prompt, same suppressed tokens); None when the
         result fails faster-whisper's own quality tests, so the caller decodes in 30 s."""
-        from faster_whisper.transcribe import get_ctranslate2_storage
-
         features = self._model.feature_extractor(audio)[:, :frames]
         if features.shape[1] < frames:
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
-        storage = get_ctranslate2_storage(np.ascontiguousarray(features[np.newaxis]))
+        storage = self._storage(np.ascontiguousarray(features[np.newaxis]))
         max_tokens = 8 + int(MAX_TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE)
         result = self._model.model.generate(
             storage,
