@@ -24,6 +24,7 @@ import pytest
 from voicegate.backends.local import LocalBackend, LocalStream
 from voicegate.backends.speech.models import SpeechModels, load_models
 from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.tts import LEAD_IN_MS, SILENT_SAMPLE
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
 from voicegate.media.levels import rms
@@ -341,6 +342,28 @@ async def test_other_speech_is_quoted(models: SpeechModels) -> None:
     reply = text_blocks(events)[-1][2].lower()
     assert reply.startswith("you said:") and "weather is lovely" in reply
     await call.hang_up()
+
+
+async def test_the_reply_sounds_from_its_first_chunk(models: SpeechModels) -> None:
+    """The turn's latency ends at the first reply chunk: that chunk must already be voice, not
+    the synthesizer's lead-in silence (which later sentences keep, as pauses)."""
+    call = await Call.start(LocalBackend())
+    await call.feed(silence(0.3) + say("The weather is lovely today.") + silence(1.0))
+    events = await call.turn()
+    samples = np.abs(np.frombuffer(reply_audio(events), dtype="<i2").astype(np.int32))
+    rate = call.stream.output_rate
+    first_loud = int(np.flatnonzero(samples >= SILENT_SAMPLE)[0])
+    assert first_loud <= LEAD_IN_MS * rate // 1000
+    await call.hang_up()
+
+
+def test_only_a_first_sentence_loses_its_lead_in(models: SpeechModels) -> None:
+    def lead_in_ms(pcm: bytes) -> float:
+        samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+        return int(np.flatnonzero(samples >= SILENT_SAMPLE)[0]) / RATE * 1000
+
+    assert lead_in_ms(models.tts.synthesize("It is noon.", RATE)) > 100  # hibari's own pause
+    assert lead_in_ms(models.tts.synthesize("It is noon.", RATE, first=True)) <= LEAD_IN_MS
 
 
 async def test_silence_and_noise_make_no_turn(models: SpeechModels) -> None:

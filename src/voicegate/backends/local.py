@@ -311,8 +311,8 @@ class LocalStream(InProcessStream):
         await self.emit_text("ASSISTANT", text, "SPECULATIVE")
         turn.audio_cid = await self.begin_audio()
         first_at: float | None = None
-        for sentence in tts.sentences(text):
-            pcm = await asyncio.to_thread(tts.synthesize, sentence, rate)
+        for i, sentence in enumerate(tts.sentences(text)):
+            pcm = await asyncio.to_thread(tts.synthesize, sentence, rate, first=i == 0)
             for offset in range(0, len(pcm), chunk_bytes):
                 chunk = pcm[offset : offset + chunk_bytes]
                 if first_at is None:

@@ -23,6 +23,23 @@ VOICE: Final = "heart"
 SAMPLE_RATE: Final = 24000
 MAX_TEXT_CHARS: Final = 1000
 """Replies are short; a bound keeps one synthesis call short too."""
+LEAD_IN_MS: Final = 20
+"""hibari starts every sentence with 260-300 ms of digital silence (measured on three replies:
+zeros up to the first frame above -40 dBFS). Between sentences that is a natural pause; before a
+reply's first sentence it is only waiting, heard by the caller on top of the turn's latency, so
+the first sentence keeps just this much of it."""
+SILENT_SAMPLE: Final = 32
+"""A sample below this magnitude (-60 dBFS) counts as silence when trimming the lead-in."""
+
+
+def trim_lead_in(pcm: bytes, rate: int, keep_ms: int = LEAD_IN_MS) -> bytes:
+    """``pcm`` (s16le mono) without its leading silence, but for ``keep_ms`` before the sound."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
+    loud = np.flatnonzero(np.abs(samples) >= SILENT_SAMPLE)
+    if loud.size == 0:
+        return pcm
+    start = max(0, int(loud[0]) - keep_ms * rate // 1000)
+    return pcm[2 * start :]
 
 
 def float_to_pcm16(audio: NDArray[np.float32]) -> bytes:
@@ -66,12 +83,14 @@ class Synthesizer:
         """The reply split the way hibari splits it, so each piece can be spoken on its own."""
         return [str(s) for s in self._tts.split_sentences(text[:MAX_TEXT_CHARS])]
 
-    def synthesize(self, sentence: str, rate: int = SAMPLE_RATE) -> bytes:
-        """One sentence as mono s16le PCM at ``rate``. Blocking (~10-25 ms)."""
+    def synthesize(self, sentence: str, rate: int = SAMPLE_RATE, *, first: bool = False) -> bytes:
+        """One sentence as mono s16le PCM at ``rate``. Blocking (~10-25 ms). ``first``: the
+        reply's first sentence, whose lead-in is trimmed (see :data:`LEAD_IN_MS`)."""
         parts = [np.asarray(p, np.float32) for p in self._tts.stream(sentence[:MAX_TEXT_CHARS])]
         if not parts:
             return b""
-        return resample_pcm16(float_to_pcm16(np.concatenate(parts)), SAMPLE_RATE, rate)
+        pcm = resample_pcm16(float_to_pcm16(np.concatenate(parts)), SAMPLE_RATE, rate)
+        return trim_lead_in(pcm, rate) if first else pcm
 
     def warm_up(self) -> None:
         """Build what hibari builds lazily (the G2P and its out-of-vocabulary network) now.
