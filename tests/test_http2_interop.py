@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.support.components import require
 from tests.support.h2 import Certs, Nghttpd, RawH2Server, chunks, make_certs, pattern
 from voicegate.backends.bedrock.http2 import (
     ConnectFailed,

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import structlog
 
-from tests.conftest import running_server
 from tests.support.browser import free_port
+from tests.support.server import running_server
 from voicegate.backends.base import AccessDenied, BackendStream
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ConfigError, resolve

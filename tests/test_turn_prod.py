@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import missing
+from tests.support.components import missing
 from tests.support.coturn import PROD_CONF, prod_config, require_coturn, running_coturn
 from tests.support.netns import exec_in, namespace, socket_in
 from tests.support.turn_client import IPV4, IPV6, TCP, Attr, Method, TurnClient
@@ -337,7 +337,7 @@ def test_relay_only_call_through_production_config(relay: Relay) -> None:
         server = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo)
         try:
             caller = [
-                *exec_in(relay.ns), sys.executable, "-m", "tests.test_nat",
+                *exec_in(relay.ns), sys.executable, "-m", "tests.support.nat_caller",
                 "--client", f"http://{VOICEGATE}:{VOICEGATE_PORT}", "--relay-only",
             ]  # fmt: skip
             done = subprocess.run(

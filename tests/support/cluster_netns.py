@@ -42,8 +42,8 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 
-from tests.support.browser import missing
 from tests.support.cluster import Node, serve_node
+from tests.support.components import missing
 from tests.support.netns import exec_in, ip, socket_in
 from voicegate.media.levels import rms
 from voicegate.testing.client import CallClient

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.browser import missing
+from tests.support.components import missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_CONF = REPO / "turn" / "turnserver-dev.conf"

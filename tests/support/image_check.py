@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
 from tests.support import cluster as cluster_util
+from tests.support.components import require
 from tests.support.deploy import compose, compose_env
 
 IMAGE = "localhost/voicegate:image-test"
