@@ -20,7 +20,7 @@ from voicegate.conversation import (
     ToolCallStarted,
 )
 from voicegate.conversation.tools import default_tools
-from voicegate.sonic import ContentEnd, PromptEnd, SessionEnd
+from voicegate.sonic import AudioInput, ContentEnd, PromptEnd, SessionEnd
 
 
 async def _start(stream: InProcessStream) -> tuple[Conversation, Listener]:
@@ -35,11 +35,14 @@ async def test_setup_then_silence_keeps_the_model_fed_then_orderly_close() -> No
     conv, _ = await _start(brain)
     assert brain.prompt is not None and {t.name for t in brain.prompt.tools} >= {"calculate"}
     assert brain.system_prompt == ConversationSettings().system_prompt
-    # Nobody supplies audio for half a second: the conversation sends silence by itself.
-    await asyncio.sleep(0.5)
+    # Nobody supplies audio: the conversation sends silence by itself.
+    await brain.until(lambda b: b.audio_chunks >= 10)
     assert brain.audio_chunks >= 10
-    conv.send_audio(b"\x01\x00" * 512)
-    await asyncio.sleep(0.05)
+    caller = b"\x01\x00" * 512
+    conv.send_audio(caller)
+    await brain.until(
+        lambda b: any(isinstance(e, AudioInput) and e.content == caller for e in b.inputs)
+    )
     await conv.close()
     tail = [type(e) for e in brain.inputs[-3:]]
     assert tail == [ContentEnd, PromptEnd, SessionEnd]
@@ -91,7 +94,8 @@ async def test_barge_in_flushes_once_and_drops_late_audio() -> None:
     conv, listener = await _start(BargeBrain())
     event = await listener.wait(BotInterrupted)
     assert isinstance(event, BotInterrupted) and event.dropped_samples == 24000
-    await asyncio.sleep(0.1)
+    # The next turn's audio comes after the interrupted turn's late audio in the brain's output.
+    await listener.until(lambda heard: len(heard.audio) >= 2 * 480)
     assert listener.flushes == 1
     assert bytes(listener.audio) == b"\x20\x00" * 480  # only the next turn's audio
     assert conv.stats.barge_ins == 1
@@ -147,7 +151,6 @@ async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> Non
     chunk), and the replay buffer holds exactly ``replay_max_s`` of them."""
     from voicegate.conversation import ContinuationSettings
     from voicegate.media import audio
-    from voicegate.sonic import AudioInput
 
     try:
         for ms in (20, 40):
@@ -159,7 +162,7 @@ async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> Non
             conv = Conversation(OneBackend(brain), settings, default_tools(), Listener())
             await conv.start()
             try:
-                await asyncio.sleep(0.35)  # no caller audio: silence is filled in
+                await brain.until(lambda b: b.audio_chunks > 0)  # silence is filled in
                 voiced = (b"\x00\x10\x00\xf0") * (size // 4)
                 for _ in range(chunks):
                     conv.send_audio(voiced)

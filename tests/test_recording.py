@@ -176,25 +176,33 @@ def test_drops_are_counted_and_become_silence(
     metrics) and its place is filled with silence, so the timeline stays right."""
     monkeypatch.setattr(recording, "MAX_QUEUED", 4)
     gate = threading.Event()
+    opening = threading.Event()
+    written = threading.Semaphore(0)
     original = Recorder._open_files
+    original_write = recording.write_audio
 
     def slow_open(self: Recorder, call: recording.CallRecording) -> Any:
+        opening.set()
         gate.wait(10)  # the disk is slow right now
         return original(self, call)
 
+    def counted_write(*args: Any) -> None:
+        original_write(*args)
+        written.release()
+
     monkeypatch.setattr(Recorder, "_open_files", slow_open)
+    monkeypatch.setattr(recording, "write_audio", counted_write)
     metrics = GatewayMetrics()
     rec = Recorder(RecordingOptions(directory=str(tmp_path)), metrics)
     now = [100.0]
     call = rec.start_call("drops", clock=lambda: now[0])
     chunk = (np.full(320, 3000, dtype=np.int16)).tobytes()  # 20 ms at 16 kHz
-    time.sleep(0.05)  # let the writer pick up the open (and block in it)
+    assert opening.wait(5)  # the writer picked up the open (and blocks in it)
     for _ in range(10):
         call.user(chunk)
     gate.set()
-    deadline = time.monotonic() + 5
-    while rec._queue.qsize() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    for _ in range(4):  # the queued chunks are written: the queue is empty again
+        assert written.acquire(timeout=5)
     for _ in range(2):
         call.user(chunk)
     call.close()

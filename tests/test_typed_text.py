@@ -43,6 +43,23 @@ from voicegate.sonic import (
 from voicegate.standin import StandIn
 
 
+def audio_after_typed(inputs: list[InputEvent]) -> bool:
+    """Audio reached the brain after the (last) interactive USER text content began."""
+    starts = [i for i, e in enumerate(inputs) if isinstance(e, TextContentStart) and e.interactive]
+    return bool(starts) and any(isinstance(e, AudioInput) for e in inputs[starts[-1] :])
+
+
+def _audio_after_typed_over_the_sdk(record: Any) -> bool:
+    """The stand-in received audio after an interactive TEXT content began."""
+    typed = [
+        i
+        for i, e in enumerate(record.events)
+        if e.get("contentStart", {}).get("interactive") is True
+        and e["contentStart"]["type"] == "TEXT"
+    ]
+    return bool(typed) and "audioInput" in record.input_names()[typed[-1] :]
+
+
 def interactive_block(inputs: list[InputEvent]) -> tuple[int, str]:
     """Index of the (one) interactive USER text content a brain received, and its text."""
     (start,) = [
@@ -104,10 +121,10 @@ async def test_typed_text_is_interactive_user_text_while_audio_flows() -> None:
     conv = Conversation(OneBackend(brain), ConversationSettings(), default_tools(), Listener())
     await conv.start()
     try:
-        await asyncio.sleep(0.2)
+        await brain.until(lambda b: b.audio_chunks > 0)
         await conv.send_text("   ")  # blank: nothing is sent
         await conv.send_text("é" * 2500)  # 5000 bytes: cut, sent in parts of at most ~1 KB
-        await asyncio.sleep(0.3)
+        await brain.until(lambda b: audio_after_typed(b.inputs))
     finally:
         await conv.close()
     inputs = brain.inputs
@@ -128,9 +145,12 @@ async def test_typed_text_goes_over_the_sdk_as_interactive_user_text(standin: St
     conv = Conversation(_sdk_backend(), ConversationSettings(), default_tools(), listener)
     await conv.start()
     try:
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):
+            record = await standin.session()
+            await record.until(lambda r: "audioInput" in r.input_names())
         await conv.send_text("what is on the menu today")
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):
+            await record.until(_audio_after_typed_over_the_sdk)
     finally:
         await conv.close()
     (record,) = standin.sessions
@@ -218,7 +238,9 @@ async def test_greeting_goes_over_the_sdk(standin: StandIn) -> None:
     settings = ConversationSettings(greeting="Greet the caller.")
     conv = Conversation(_sdk_backend(), settings, default_tools(), Listener())
     await conv.start()
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(5):
+        record = await standin.session()
+        await record.until(lambda r: "audioInput" in r.input_names())
     await conv.close()
     (record,) = standin.sessions
     async with asyncio.timeout(5):
@@ -344,14 +366,15 @@ async def test_text_typed_during_a_recovery_reaches_the_new_stream() -> None:
 async def test_text_typed_during_a_renewal_switch_goes_to_the_new_stream() -> None:
     backend = Streams(answer=True)
     backend.opened.append(Recorder())  # so every open gives a plain Recorder
-    conv = Conversation(backend, ConversationSettings(), default_tools(), Listener())
+    listener = Listener()
+    conv = Conversation(backend, ConversationSettings(), default_tools(), listener)
     await conv.start()
     try:
         old = conv._leg
         assert old is not None
         old.retired = True  # the moment a renewal switches streams (``_hand_over``)
         typed = asyncio.ensure_future(conv.send_text("one more thing"))
-        await asyncio.sleep(0.05)
+        await listener.wait(UserTranscript)  # taken: it now waits for the switch to end
         assert not typed.done()
         new = await conv._open_leg()
         await conv._go_live(new, [], [])

@@ -4,6 +4,8 @@ get, a brain that records every input event, and a backend that hands out one gi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Self
 
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
@@ -20,11 +22,13 @@ class Listener:
 
     def on_audio(self, pcm: bytes) -> None:
         self.audio += pcm
+        self.changed.set()
 
     def on_flush(self) -> int:
         self.flushes += 1
         dropped = len(self.audio) // 2
         self.audio.clear()
+        self.changed.set()
         return dropped
 
     def on_event(self, event: ConversationEvent) -> None:
@@ -40,21 +44,51 @@ class Listener:
                 self.changed.clear()
                 await self.changed.wait()
 
+    async def until(self, done: Callable[[Self], bool], timeout: float = 5.0) -> None:
+        """Return once ``done(self)`` holds, checked after each audio chunk, flush or event."""
+        async with asyncio.timeout(timeout):
+            while not done(self):
+                self.changed.clear()
+                await self.changed.wait()
+
 
 class Recorder(InProcessStream):
-    """Keeps every input event (grammar is checked by the base class)."""
+    """Keeps every input event (grammar is checked by the base class); a test waits on
+    ``until`` for what it expects to arrive instead of sleeping."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inputs: list[InputEvent] = []
         self.audio_chunks = 0
+        self.changed = asyncio.Event()
+        """Set after every input event is handled, and when the stream is closed."""
 
     async def send(self, event: InputEvent) -> None:
         self.inputs.append(event)
-        await super().send(event)
+        try:
+            await super().send(event)
+        finally:
+            self.changed.set()
 
     async def on_audio(self, pcm: bytes) -> None:
         self.audio_chunks += 1
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self.changed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def until(self, done: Callable[[Self], bool], timeout: float = 5.0) -> None:
+        """Return once ``done(self)`` holds, checked after each input event (fails on timeout)."""
+        async with asyncio.timeout(timeout):
+            while not done(self):
+                self.changed.clear()
+                await self.changed.wait()
 
 
 class OneBackend:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -51,9 +52,18 @@ class SessionRecord:
     """Set when the output side ended (END_STREAM, exception, reset or loss)."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when both sides are over (the client's input ended too, or the stream died)."""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set as each input event arrives, so a waiter (``until``) need not poll."""
 
     def input_names(self) -> list[str]:
         return [next(iter(e)) for e in self.events]
+
+    async def until(self, done: Callable[[SessionRecord], bool]) -> None:
+        """Return once ``done(self)`` holds, checked as each input event arrives; the caller
+        bounds the wait (``asyncio.timeout``)."""
+        while not done(self):
+            self.arrived.clear()
+            await self.arrived.wait()
 
     def closed_in_order(self) -> bool:
         """The client closed the session the documented way: its last events were contentEnd,
@@ -68,6 +78,7 @@ class SessionRecord:
 
     def _log(self, name: str, body: dict[str, Any]) -> None:
         self.event_counts[name] += 1
+        self.arrived.set()
         if name == "audioInput":
             last = self.events[-1] if self.events else None
             if last is not None and "audioInput" in last:

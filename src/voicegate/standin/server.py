@@ -108,6 +108,7 @@ class StandIn:
         self.sessions: deque[SessionRecord] = deque(maxlen=MAX_SESSION_RECORDS)
         self.rejections: deque[Rejection] = deque(maxlen=MAX_SESSION_RECORDS)
         self.active_sessions = 0
+        self._accepted = asyncio.Event()
         self.ca_file = Path()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -123,6 +124,15 @@ class StandIn:
     @property
     def endpoint(self) -> str:
         return f"https://{self.host}:{self.port}"
+
+    async def session(self, index: int = 0) -> SessionRecord:
+        """The record of the ``index``-th accepted stream, once it is accepted (a caller that
+        opened a stream learns of the stand-in's side without polling; the caller bounds the
+        wait). Counts from the oldest record kept."""
+        while len(self.sessions) <= index:
+            self._accepted.clear()
+            await self._accepted.wait()
+        return self.sessions[index]
 
     def client_env(self, region: str | None = None) -> dict[str, str]:
         """Environment variables that point the real SDK (or voicegate) at this stand-in.
@@ -246,6 +256,7 @@ class StandIn:
             brain=self.factory.name,
         )
         self.sessions.append(record)
+        self._accepted.set()
         verifier = EventVerifier(self.credentials.secret_key, seed)
         cx.accept(Session(cx, stream_id, record, brain, verifier), request_id)
         log.info("standin_session", stream=stream_id, model=model_id, request_id=request_id)
