@@ -12,7 +12,7 @@ DEBS := espeak-ng sox chromium coturn iproute2 redis-server nghttp2-server
 STAMP = $(VENV)/.installed-$(1)-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full standin clean \
-	image image-local image-test image-debs
+	image image-local image-test image-debs test-unit test-integration test-browser test-system
 
 run: setup
 	$(VENV)/bin/voicegate serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
@@ -58,6 +58,11 @@ typecheck: setup-test
 pytest: setup-test
 	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# One group of tests/ each (tests/README.md says what each needs); `make test` runs them all.
+TEST_GROUPS := unit integration browser system
+$(addprefix test-,$(TEST_GROUPS)): test-%: setup-test
+	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/$* $(PYTEST_ARGS)
+
 # `make bench` is the short run (about 20 min); `make bench-full` the full one (about 90 min).
 bench: setup-test debs
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[default,dev,bench]'
@@ -86,7 +91,7 @@ image-local: image-debs
 	IMAGE=$(IMAGE) OCI_RUNTIME=$(OCI_RUNTIME) scripts/build-image --local
 
 image-test: setup-test image-debs
-	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/test_deploy.py -m image $(PYTEST_ARGS)
+	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest tests/system/test_deploy.py -m image $(PYTEST_ARGS)
 
 image-debs:
 	@$(MAKE) --no-print-directory debs DEBS="$(IMAGE_DEBS)"

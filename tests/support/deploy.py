@@ -1,4 +1,4 @@
-"""Readers for the deployment files (tests/test_deploy.py): Kubernetes manifests, the compose
+"""Readers for the deployment files (tests/system/test_deploy.py): Kubernetes manifests, the compose
 file's environment, PromQL metric names, a Prometheus scrape's families, a voicegate process."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The container image, built and run for real with podman (tests/test_deploy.py, opt-in with
+"""The container image, built and run for real with podman (tests/system/test_deploy.py, opt-in with
 `make image-test`, marker ``image``: the build takes minutes).
 
 The image is built FROM a local base (scripts/local-image-base: Debian trixie made with

@@ -38,7 +38,7 @@ def check_offer(text: str) -> sdp.SessionDescription:
         raise OfferError("the offer has no audio section (m=audio)")
     # Mandatory per RFC 8829 5.8.3; aiortc dereferences them unchecked and fails with an
     # AttributeError, in setRemoteDescription or later in a background task
-    # (aiortc/aiortc#391, aiortc/aiortc#255). Found by tests/test_fuzz_http.py.
+    # (aiortc/aiortc#391, aiortc/aiortc#255). Found by tests/integration/test_fuzz_http.py.
     for i, media in enumerate(parsed.media):
         if media.dtls is None or not media.dtls.fingerprints:
             raise OfferError(f"media section {i} of the offer has no DTLS fingerprint")
@@ -92,7 +92,7 @@ async def answer(
             await started
         # Offers aiortc accepted but cannot answer (e.g. a section left without a transport
         # by odd BUNDLE groups) end in AttributeError inside aiortc; same family as
-        # aiortc/aiortc#391. Found by tests/test_fuzz_http.py.
+        # aiortc/aiortc#391. Found by tests/integration/test_fuzz_http.py.
         if isinstance(exc, ValueError | TypeError | KeyError | IndexError | AttributeError):
             raise OfferError(
                 f"no answer is possible for this offer ({type(exc).__name__})"

@@ -17,7 +17,7 @@ each is tied to the upstream report it works around, and each lives in its own m
 
 This module is the only one that replaces aiortc attributes; the hooks below touch aiortc
 privates (name-mangled attributes), so ``apply()`` checks the pinned version and refuses
-anything else, and tests/test_rtcpatch.py exercises each piece on a real pair of peers.
+anything else, and tests/integration/test_rtcpatch.py exercises each piece on a real pair of peers.
 """
 
 from __future__ import annotations

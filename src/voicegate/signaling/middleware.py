@@ -215,7 +215,7 @@ PAGE_POLICY: Final = (
     "form-action 'none'; frame-ancestors 'none'"
 )
 """The page runs only its own files: no inline script or style, no other origin to talk to, no
-framing. web/index.html keeps to that (tests/test_security.py checks it)."""
+framing. web/index.html keeps to that (tests/integration/test_web_page.py checks it)."""
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

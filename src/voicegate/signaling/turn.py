@@ -8,7 +8,7 @@ logged).
 
 ``<who>`` is what coturn's ``user-quota`` counts: coturn strips the leading ``<digits>:`` of a
 REST-API username and counts allocations per rest (measured with coturn 4.6.1,
-tests/test_turn_prod.py). A browser's credential therefore names the access token's subject
+tests/system/test_turn_prod.py). A browser's credential therefore names the access token's subject
 when there is one, so the quota is per user of the app, however many calls or sessions that
 user opens; without a subject (open dev mode, tokens without ``sub``) it names the session.
 A browser's credential never outlives the access token that asked for it (``not_after``).

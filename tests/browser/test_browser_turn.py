@@ -125,7 +125,7 @@ async def test_relay_only_call_through_coturn(
         stats = vg["stats"]
         assert stats["localCandidateType"] == "relay", stats
         # voicegate relay-only offers only its relay address; otherwise Chromium's relay reaches
-        # voicegate's loopback host candidate (a real NAT case is tests/test_nat.py).
+        # voicegate's loopback host candidate (a real NAT case is tests/system/test_nat.py).
         assert stats["remoteCandidateType"] == ("relay" if server_relay_only else "host"), stats
         assert stats["protocol"] == "udp", stats
         assert vg["pair"].startswith("relay ↔ "), vg["pair"]

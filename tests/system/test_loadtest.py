@@ -33,7 +33,7 @@ from voicegate.standin.brains import EchoBrain
 from voicegate.standin.scripted_turns import TurnsBrain
 from voicegate.testing.loadtest import LoadOptions, run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "a-test-secret-of-at-least-32-characters!!"
 
 

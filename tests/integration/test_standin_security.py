@@ -31,7 +31,7 @@ from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient  # noqa: E4
 from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig  # noqa: E402
 from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 SECRET = "wJalrXUtnFEMI-standin-secret-from-the-environment-7f3a"
 TOKEN = "FwoGZXIvYXdzEXAMPLE-session-token-from-the-environment-91c2"
 

@@ -554,7 +554,7 @@ def test_cli_prints_endpoint_ca_and_keys(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["AWS_ACCESS_KEY_ID"] = "AKIDFROMENV"
     env["AWS_SECRET_ACCESS_KEY"] = "secret-from-env"
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "voicegate", "standin", "--port", "0", "--cert-dir", str(tmp_path)],

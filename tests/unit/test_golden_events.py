@@ -21,7 +21,7 @@ import pytest
 from voicegate import sonic as sonic
 from voicegate.standin.schema import SchemaError, decode
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"
 NOVA2 = "amazon.nova-2-sonic-v1:0"
 NOVA1 = "amazon.nova-sonic-v1:0"
 TOOL = sonic.ToolSpec(

@@ -37,7 +37,7 @@ import pytest
 
 from tests.support.components import missing
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "nat-test-turn-secret-4Hq"
 # voicegate off loopback insists on signaling tokens; the caller gets one minted here.
 AUTH_SECRET = "nat-test-auth-secret-0123456789"

@@ -6,9 +6,9 @@ private address beside it. The config file is the shipped one with only its CHAN
 (realm, secret, certificate) and the listening/relay addresses filled in.
 
 What a browser's TURN credential must not do, each asked of coturn directly with a tiny TURN
-client (tests/turn_client.py) so the exact refusal is checked: relay to voicegate's own address,
-to loopback, private, link-local and other internal ranges, v4 or v6, including IPv4 hidden in
-IPv6 (v4-mapped, NAT64, 6to4, Teredo); open a TCP relay (RFC 6062) or Connect; exceed the
+client (tests/support/turn_client.py) so the exact refusal is checked: relay to voicegate's own
+address, to loopback, private, link-local and other internal ranges, v4 or v6, including IPv4
+hidden in IPv6 (v4-mapped, NAT64, 6to4, Teredo); open a TCP relay (RFC 6062) or Connect; exceed the
 bandwidth cap (checked to be bytes, not bits, per second); exceed the per-user allocation quota
 with voicegate's own credentials. What it must still do: a relay-only call of the headless
 aiortc caller to voicegate through it, and an allocation over TLS.
@@ -317,7 +317,7 @@ def test_relay_only_call_through_production_config(relay: Relay) -> None:
     the call connects over relay <-> relay with no allowed-peer-ip exception for voicegate
     (its own relay allocation is how the caller reaches it), audio flows under the cap."""
     env = dict(os.environ)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(repo / "src"), str(repo), env.get("PYTHONPATH")) if p
     )

@@ -32,7 +32,7 @@ from smithy_aws_core.auth import SigV4AuthScheme  # noqa: E402
 from smithy_core.shapes import ShapeID  # noqa: E402
 from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig  # noqa: E402
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"
 NOVA2 = "amazon.nova-2-sonic-v1:0"
 NOVA1 = "amazon.nova-sonic-v1:0"
 TIMEOUT = 30

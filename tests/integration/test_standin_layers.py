@@ -10,7 +10,7 @@ from pathlib import Path
 
 import voicegate.standin
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def test_standin_never_imports_the_bedrock_backend() -> None:

@@ -1,9 +1,9 @@
 """The session grammar every in-process brain shares (``voicegate.backends.grammar``).
 
-The stand-in's SDK tests (tests/test_standin_rules.py) cover each rule on the wire; these check
-what only the in-process path can show: the same refusals reach a caller of the echo brain,
-an event after sessionEnd raises from ``send`` (the output already ended), and the history the
-grammar hands to brains.
+The stand-in's SDK tests (tests/integration/test_standin_rules.py) cover each rule on the wire;
+these check what only the in-process path can show: the same refusals reach a caller of the echo
+brain, an event after sessionEnd raises from ``send`` (the output already ended), and the history
+the grammar hands to brains.
 """
 
 from __future__ import annotations

@@ -385,7 +385,7 @@ def test_the_documented_python_minting_snippet_works() -> None:
     """docs/security.md shows app backends how to mint tokens; that code must stay right."""
     import re
 
-    doc = (Path(__file__).parents[1] / "docs" / "security.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
     match = re.search(r"```python\n(.*?)```", doc, re.S)
     assert match is not None
     namespace: dict[str, Any] = {}

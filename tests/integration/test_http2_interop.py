@@ -5,7 +5,7 @@ directions, more concurrent streams than the server allows (so a second connecti
 that answers before the upload ends, and a server that stops reading (SIGSTOP: writes block on
 flow control with bounded memory, then the keepalive PING times the connection out). nghttpd
 has no graceful GOAWAY (SIGTERM just closes), no way to reset a stream with an error mid-body
-and never PINGs, so those cases use the small raw h2 server in ``tests/h2_util.py``.
+and never PINGs, so those cases use the small raw h2 server in ``tests/support/h2.py``.
 """
 
 from __future__ import annotations

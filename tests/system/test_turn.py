@@ -24,7 +24,7 @@ from voicegate.signaling.turn import TurnConfig, mint, quota_name
 from voicegate.testing.client import CallClient
 
 SECRET = "test-turn-secret-Zq8"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mint_matches_the_rest_api_scheme() -> None:
@@ -35,7 +35,7 @@ def test_mint_matches_the_rest_api_scheme() -> None:
 
 
 def test_browser_credentials_name_the_subject_and_end_with_the_token() -> None:
-    """``<expiry>:<subject>`` so coturn's user-quota counts per user (tests/test_turn_prod.py
+    """``<expiry>:<subject>`` so coturn's user-quota counts per user (tests/system/test_turn_prod.py
     measures that); the expiry is the TTL but never later than ``not_after``."""
     cfg = TurnConfig(("turn:t.example:3478",), SECRET, 3600)
     now = time.time()

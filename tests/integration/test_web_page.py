@@ -4,7 +4,7 @@ The page is plain ES modules under a strict Content-Security-Policy (``default-s
 a module served with a non-JavaScript MIME type is refused by every browser, and an inline
 script, inline style or ``on...=`` handler attribute is refused by the policy. Both would break
 the page silently for users while the server looks healthy, so they are checked here, fast; the
-real browser under the policy is tests/test_browser_page.py.
+real browser under the policy is tests/browser/test_browser_page.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import aiohttp
 from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 
-WEB = Path(__file__).resolve().parents[1] / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"
 JS_TYPES = {"text/javascript", "application/javascript"}
 IMPORT = re.compile(r"""^\s*(?:import|export)\b[^;]*?\bfrom\s+["']([^"']+)["']""", re.M | re.S)
 # A worklet module is loaded by URL (audioWorklet.addModule), not imported.

@@ -23,7 +23,7 @@ from voicegate.testing.client import CallClient
 
 SECRET = "http-secret-0123456789abcdef"
 TURN_SECRET = "turn-secret-0123456789"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def bearer(token: str) -> dict[str, str]:

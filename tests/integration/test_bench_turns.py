@@ -25,7 +25,7 @@ from benchmarks.tables import report
 from voicegate.standin.scripted_turns import TurnsFactory
 from voicegate.testing.loadtest import LoadOptions, run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_stock_gateway_answers_turns_with_the_stand_ins_rules(tmp_path: Path) -> None:

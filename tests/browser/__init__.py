@@ -1,0 +1,1 @@
+"""Tests that drive Debian Chromium through Playwright against a real voicegate."""

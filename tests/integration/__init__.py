@@ -1,0 +1,1 @@
+"""Tests on loopback: voicegate servers, aiortc peers, the Bedrock stand-in, subprocesses."""

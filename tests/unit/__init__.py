@@ -1,0 +1,1 @@
+"""Tests that start nothing: in-process objects only (no sockets, subprocesses or peers)."""
