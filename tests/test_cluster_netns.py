@@ -39,7 +39,7 @@ from tests.cluster_netns import (
 from tests.cluster_util import Node, serve_node, token
 from tests.coturn_util import require_coturn, running_coturn
 from tests.netns_util import exec_in, socket_in
-from voicegate.media.levels import rms
+from voicegate.audio.levels import rms
 from voicegate.testing.client import CallClient, load_wav
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.bedrock]

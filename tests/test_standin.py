@@ -33,8 +33,8 @@ from h2.events import (
 )
 
 from voicegate import sonic
+from voicegate.audio.resample import LinearResampler
 from voicegate.backends.inprocess import MAX_QUEUED_OUTPUT
-from voicegate.media.resample import LinearResampler
 from voicegate.standin import StandIn
 from voicegate.standin.eventstream import Message, MessageDecoder, encode_message
 from voicegate.standin.sigv4 import (

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voicegate.audio.chunks import DEFAULT_CHUNK_MS
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT
 from voicegate.config_checks import validate
 from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool
@@ -115,7 +116,7 @@ class ServeConfig:
     rtc_ports: str = ""
     announced_address: str = ""
     max_loop_lag_ms: float = 25.0
-    model_chunk_ms: int = 20
+    model_chunk_ms: int = DEFAULT_CHUNK_MS
     # many cores, many machines (docs/cluster.md)
     workers: str = "auto"
     cluster_redis: str = field(default="", repr=False)

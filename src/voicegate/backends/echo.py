@@ -18,10 +18,10 @@ from typing import Final
 
 import numpy as np
 
+from voicegate.audio.levels import dbfs
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.media.levels import dbfs
-from voicegate.media.resample import resample_pcm16
 from voicegate.sonic import Role
 
 CHUNK_SECONDS: Final = 0.032

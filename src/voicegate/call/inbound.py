@@ -21,7 +21,9 @@ import structlog
 import webrtcvad
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicegate.media.audio import Chunker, InboundResampler, Int16Array
+from voicegate.audio.chunks import Chunker
+from voicegate.audio.pcm import Int16Array
+from voicegate.audio.resample import InboundResampler
 
 log = structlog.get_logger(__name__)
 

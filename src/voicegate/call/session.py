@@ -28,6 +28,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
+from voicegate.audio.pcm import Int16Array
 from voicegate.backends.base import Backend
 from voicegate.call import rtvi
 from voicegate.call.events import (
@@ -53,7 +54,6 @@ from voicegate.conversation import (
     UserTranscript,
 )
 from voicegate.conversation.tools import ToolRegistry
-from voicegate.media.audio import Int16Array
 from voicegate.media.playout import PlayoutTrack
 from voicegate.media.rtp_stats import RTP_SAMPLE_INTERVAL, RtpSample, sample_every
 

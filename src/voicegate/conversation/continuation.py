@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from voicegate.media.levels import rms
+from voicegate.audio.levels import rms
 from voicegate.sonic import Role
 
 VOICED_RMS: Final = 150.0

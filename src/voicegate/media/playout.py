@@ -21,7 +21,7 @@ import numpy as np
 import structlog
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicegate.media.audio import pcm_frame
+from voicegate.audio.pcm import pcm_frame
 
 log = structlog.get_logger(__name__)
 

@@ -26,8 +26,8 @@ from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
+from voicegate.audio.pcm import pcm_frame
 from voicegate.media import opus
-from voicegate.media.audio import pcm_frame
 from voicegate.media.opus import RTP_RATE
 
 HOLD_MAX: Final = 0.060

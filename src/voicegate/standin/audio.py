@@ -1,6 +1,6 @@
 """Audio helpers for the stand-in's brains: a speech-like test signal and reply chunking.
 
-Levels and resampling are media.levels and media.resample, the one owner of each.
+Levels and resampling are audio.levels and audio.resample, the one owner of each.
 
 Everything is 16-bit little-endian mono PCM, the format Nova Sonic carries in both directions.
 """

@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import LinearResampler
 from voicegate.backends.base import ValidationFailed
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.media.levels import rms
-from voicegate.media.resample import LinearResampler
 from voicegate.sonic import (
     AudioContentStart,
     ContentEnd,

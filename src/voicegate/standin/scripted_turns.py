@@ -25,9 +25,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Final
 
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
 from voicegate.sonic.events import AudioContentStart, InputEvent
 from voicegate.standin.audio import split_chunks
 

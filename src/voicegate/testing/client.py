@@ -30,8 +30,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from voicegate.media.levels import rms
-from voicegate.media.resample import FrameResampler, resample_pcm16
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import FrameResampler, resample_pcm16
 
 RATE: Final = 48000
 FRAME: Final = 960  # 20 ms at 48 kHz

@@ -28,8 +28,8 @@ from typing import Final
 
 import numpy as np
 
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import resample_pcm16
 
 MARKER_HZ: Final = 2500.0
 MARKER_S: Final = 0.08

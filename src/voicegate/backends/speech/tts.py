@@ -16,8 +16,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
-from voicegate.media.resample import resample_pcm16
 
 VOICE: Final = "heart"
 SAMPLE_RATE: Final = 24000
