@@ -13,6 +13,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from tests.conftest import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ServeConfig, validate
+from voicegate.config_options import parse_port_range
 from voicegate.media import ice
 from voicegate.testing.client import CallClient
 
@@ -113,7 +114,7 @@ def test_config_validates_the_media_options() -> None:
     problems = " ".join(validate(bad))
     assert "rtc_ports" in problems and "announced_address" in problems
     assert "max_loop_lag_ms" in problems and "model_chunk_ms" in problems
-    assert ice.parse_port_range("40000-40999") == (40000, 40999)
+    assert parse_port_range("40000-40999") == (40000, 40999)
     for text in ("40000", "80-90", "a-b", "5000-70000"):
         with pytest.raises(ValueError):
-            ice.parse_port_range(text)
+            parse_port_range(text)

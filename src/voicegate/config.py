@@ -10,15 +10,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicegate.audio.chunks import DEFAULT_CHUNK_MS
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT
 from voicegate.config_checks import validate
-from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool
-
-if TYPE_CHECKING:
-    from voicegate.media import MediaSetup
+from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool, parse_port_range
+from voicegate.media import MediaSetup
 
 __all__ = [
     "BACKENDS",
@@ -237,8 +235,9 @@ def _replace(config: ServeConfig, **changes: Any) -> ServeConfig:
 
 def media_setup(c: ServeConfig) -> MediaSetup:
     """The process-wide media choices of this configuration (``voicegate.media.configure``)."""
-    from voicegate.media import MediaSetup
-    from voicegate.media.ice import default_host_addresses, parse_port_range
+    # Here, not at the top: the ICE module loads aioice and aiortc (~0.4 s), which `voicegate
+    # token` and `--help` never need.
+    from voicegate.media.ice import default_host_addresses
 
     addresses = list(c.ice_addresses) or default_host_addresses(c.host)
     return MediaSetup(

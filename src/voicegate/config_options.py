@@ -13,11 +13,33 @@ from typing import Any, Final
 
 from voicegate.backends.bedrock.transport import TRANSPORTS
 
-__all__ = ["BACKENDS", "LOG_FORMATS", "LOOPS", "OPTIONS", "Option", "parse_bool"]
+__all__ = [
+    "BACKENDS",
+    "LOG_FORMATS",
+    "LOOPS",
+    "OPTIONS",
+    "Option",
+    "parse_bool",
+    "parse_port_range",
+]
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOOPS: Final = ("asyncio", "uvloop", "auto")
+
+
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """ "40000-40199" -> (40000, 40199); "" -> None. ValueError for anything else."""
+    text = text.strip()
+    if not text:
+        return None
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError(text)
+    first, last = int(low), int(high)
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError(text)
+    return first, last
 
 
 def _number(text: str) -> float:

@@ -87,20 +87,6 @@ class PortRangeExhausted(OSError):
     pass
 
 
-def parse_port_range(text: str) -> tuple[int, int] | None:
-    """ "40000-40199" -> (40000, 40199); "" -> None. ValueError for anything else."""
-    text = text.strip()
-    if not text:
-        return None
-    low, sep, high = text.partition("-")
-    if not sep:
-        raise ValueError(text)
-    first, last = int(low), int(high)
-    if not 1024 <= first <= last <= 65535:
-        raise ValueError(text)
-    return first, last
-
-
 def configure_media(port_range: tuple[int, int] | None, announced: str | None) -> None:
     """Bind host candidates within ``port_range`` and announce ``announced`` (None: off)."""
     global _port_range, _announced
