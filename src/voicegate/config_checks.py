@@ -17,17 +17,20 @@ from urllib.parse import urlsplit
 from voicegate.config_options import parse_port_range
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
-from voicegate.sonic.models import DEFAULT_MODEL_ID, voice_problem
+from voicegate.sonic.models import DEFAULT_MODEL_ID, STREAM_LIMIT_S, voice_problem
 
 if TYPE_CHECKING:
     from voicegate.config import ServeConfig
 
-__all__ = ["MAX_TTL_S", "MIN_SECRET_CHARS", "validate"]
+__all__ = ["MAX_TTL_S", "MIN_SECRET_CHARS", "RENEW_BY_S", "validate"]
 
 MIN_SECRET_CHARS: Final = 16
 """Shortest signing secret accepted (``--auth-secret``, and ``voicegate token`` minting)."""
 MAX_TTL_S: Final = 7 * 86400
 """Longest access-token lifetime anyone may mint or configure (``--max-token-ttl``)."""
+RENEW_BY_S: Final = STREAM_LIMIT_S - 10
+"""Latest stream age a renewal may be scheduled for: Bedrock's limit less the ~10 s a handover
+needs (the next stream opened, the history sent, the first audio chunk through)."""
 
 
 def validate(c: ServeConfig) -> list[str]:
@@ -143,14 +146,15 @@ def _validate_media(c: ServeConfig) -> list[str]:
 
 
 def _validate_continuation(c: ServeConfig) -> list[str]:
-    """A renewal must come before Bedrock's ~480 s stream limit."""
+    """A renewal must come before Bedrock's stream limit (``RENEW_BY_S``)."""
     problems: list[str] = []
-    if not 5 <= c.renew_after <= 470:
-        problems.append(f"renew_after {c.renew_after} must be between 5 and 470 seconds")
-    if not 0 <= c.renew_force_after <= 470 - min(c.renew_after, 470):
+    limit = RENEW_BY_S
+    if not 5 <= c.renew_after <= limit:
+        problems.append(f"renew_after {c.renew_after} must be between 5 and {limit:g} seconds")
+    if not 0 <= c.renew_force_after <= limit - min(c.renew_after, limit):
         problems.append(
-            f"renew_force_after {c.renew_force_after} must be >= 0 and end before 470 s "
-            "(renew_after + renew_force_after <= 470)"
+            f"renew_force_after {c.renew_force_after} must be >= 0 and end before {limit:g} s "
+            f"(renew_after + renew_force_after <= {limit:g})"
         )
     if not 0 <= c.recovery_attempts <= 10:
         problems.append(f"recovery_attempts {c.recovery_attempts} must be between 0 and 10")

@@ -24,7 +24,6 @@ from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic import Role
 
-CHUNK_SECONDS: Final = 0.032
 START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn
 END_SILENCE_S: Final = 0.6  # this much non-speech ends it
 PRE_ROLL_S: Final = 0.3

@@ -264,10 +264,6 @@ class PeerSession:
     def send_message(self, text: str) -> None:
         self._outbox.send(text)
 
-    @property
-    def messages_dropped(self) -> int:
-        return self._outbox.dropped
-
     # -- lifetime ----------------------------------------------------------------------------
 
     def _on_connection_state(self) -> None:
@@ -404,4 +400,12 @@ class PeerSession:
         seconds = time.monotonic() - self.created
         stats = self.conversation.stats
         self.observers.publish(CallEnded(reason, seconds, stats, handed_over=self._detaching))
-        self._log.info("call_closed", reason=reason, seconds=round(seconds, 1), turns=stats.turns)
+        # Data-channel messages that gave way before the browser's channel opened: counted by
+        # the outbox, reported once here so none is lost without a trace.
+        self._log.info(
+            "call_closed",
+            reason=reason,
+            seconds=round(seconds, 1),
+            turns=stats.turns,
+            messages_dropped=self._outbox.dropped,
+        )

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from voicegate.sonic.models import DEFAULT_VOICE
+
 INTERRUPTED_MARKER: Final = '{ "interrupted" : true }'
 """The literal text Nova Sonic puts in a textOutput when the user barges in."""
 
@@ -61,7 +63,7 @@ class ToolSpec:
 @dataclass(frozen=True, slots=True)
 class PromptStart:
     prompt_name: str
-    voice_id: str = "matthew"
+    voice_id: str = DEFAULT_VOICE
     output_sample_rate: int = OUTPUT_SAMPLE_RATE
     tools: tuple[ToolSpec, ...] = ()
 

@@ -46,6 +46,7 @@ from voicegate.sonic.events import (
     ToolUse,
     UsageEvent,
 )
+from voicegate.sonic.models import DEFAULT_VOICE
 
 
 def _num(body: dict[str, Any], key: str, what: str, default: float) -> float:
@@ -93,7 +94,7 @@ def decode_input(obj: Any) -> InputEvent:
                 )
             if audio.get("sampleSizeBits", 16) != 16 or audio.get("channelCount", 1) != 1:
                 raise SonicProtocolError("audio output must be 16-bit mono")
-            voice = audio.get("voiceId", "matthew")
+            voice = audio.get("voiceId", DEFAULT_VOICE)
             if not isinstance(voice, str):
                 raise SonicProtocolError("audioOutputConfiguration.voiceId must be a string")
             tools: list[ToolSpec] = []

@@ -8,7 +8,6 @@ answer audio at the caller), fps_min and connect_ms {p50, max}; ``failures`` cou
 from __future__ import annotations
 
 import platform
-import sys
 from collections import Counter
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TextIO
@@ -220,7 +219,3 @@ class Progress:
     def done(self) -> None:
         self.out.write("\n")
         self.out.flush()
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
