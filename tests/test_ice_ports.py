@@ -1,5 +1,6 @@
 """Media host candidates inside a configured UDP port range, and an announced address for a
-server behind 1:1 NAT (ice.configure_media; aioice has neither, aiortc/aioice#47)."""
+server behind 1:1 NAT (ice.configure_host_candidates; aioice has neither,
+aiortc/aioice#47)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _free_range(size: int) -> tuple[int, int]:
 @pytest.fixture
 def media_config() -> Iterator[None]:
     yield
-    ice.configure_media(None, None)
+    ice.configure_host_candidates(None, None)
 
 
 def _candidates(sdp: str) -> list[list[str]]:
@@ -55,7 +56,7 @@ async def _gather() -> tuple[RTCPeerConnection, list[list[str]]]:
 
 async def test_host_candidates_bind_inside_the_range_and_it_can_run_out(media_config: None) -> None:
     low, high = _free_range(3)
-    ice.configure_media((low, high), None)
+    ice.configure_host_candidates((low, high), None)
     pcs = []
     try:
         ports = []
@@ -78,7 +79,7 @@ async def test_host_candidates_bind_inside_the_range_and_it_can_run_out(media_co
 
 
 async def test_announced_address_replaces_the_bound_one(media_config: None) -> None:
-    ice.configure_media(None, "203.0.113.7")
+    ice.configure_host_candidates(None, "203.0.113.7")
     pc, cands = await _gather()
     try:
         assert [(c[4], c[7]) for c in cands] == [("203.0.113.7", "host")]

@@ -45,5 +45,5 @@ def configure(setup: MediaSetup) -> None:
     ice.configure_host_addresses(
         list(setup.host_addresses) if setup.host_addresses is not None else None
     )
-    ice.configure_media(setup.port_range, setup.announced_address)
+    ice.configure_host_candidates(setup.port_range, setup.announced_address)
     chunks.configure_chunks(setup.model_chunk_ms)
