@@ -30,8 +30,8 @@ from voicegate.sonic import (
     InputEvent,
     UsageEvent,
 )
-from voicegate.standin.audio import speech_like, split_chunks
 from voicegate.standin.errors import EXCEPTIONS, ResetStream
+from voicegate.standin.reply_audio import speech_like, split_chunks
 from voicegate.standin.scenarios import Scenario, scenario_from_prompt
 
 SPEECH_RMS: Final = 300.0

@@ -29,7 +29,7 @@ from voicegate.audio.levels import rms
 from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic.events import AudioContentStart, InputEvent
-from voicegate.standin.audio import split_chunks
+from voicegate.standin.reply_audio import split_chunks
 
 SPEECH_RMS: Final = 300.0
 """RMS (16-bit scale, about -40 dBFS) at or above which a chunk is speech."""
