@@ -25,6 +25,7 @@ __all__ = [
     "OPTIONS",
     "ConfigError",
     "ServeConfig",
+    "env_name",
     "media_setup",
     "resolve",
     "validate",

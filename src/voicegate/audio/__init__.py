@@ -7,3 +7,5 @@ libswresample, so the offline brain, the stand-in, the conversation and the medi
 import it without pulling in aiortc. The bottom of voicegate's layers, above only the Sonic
 protocol definitions (whose sample rates it reads).
 """
+
+__all__ = ["chunks", "levels", "pcm", "resample"]

@@ -24,6 +24,22 @@ from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic import Role
 
+__all__ = [
+    "BEEP_GAP_S",
+    "BEEP_S",
+    "END_SILENCE_S",
+    "EchoBackend",
+    "EchoStream",
+    "EnergyVad",
+    "MAX_BEEPS",
+    "MAX_QUOTED_CHARS",
+    "MAX_TURN_S",
+    "OUT_CHUNK_S",
+    "PRE_ROLL_S",
+    "START_CHUNKS",
+    "beeps",
+]
+
 START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn
 END_SILENCE_S: Final = 0.6  # this much non-speech ends it
 PRE_ROLL_S: Final = 0.3

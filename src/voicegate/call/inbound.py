@@ -25,6 +25,20 @@ from voicegate.audio.chunks import Chunker
 from voicegate.audio.pcm import Int16Array
 from voicegate.audio.resample import InboundResampler
 
+__all__ = [
+    "InboundListener",
+    "InboundPump",
+    "MAX_TYPED_TEXTS",
+    "TextTarget",
+    "TurnClock",
+    "TurnTiming",
+    "TypedText",
+    "VAD_FRAME",
+    "VAD_START_FRAMES",
+    "VAD_STOP_FRAMES",
+    "drain",
+]
+
 log = structlog.get_logger(__name__)
 
 VAD_FRAME: Final = 320  # 20 ms at 16 kHz, what webrtcvad accepts

@@ -57,6 +57,8 @@ from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.playout import PlayoutTrack
 from voicegate.media.rtp_stats import RTP_SAMPLE_INTERVAL, RtpSample, sample_every
 
+__all__ = ["CLOSE_TIMEOUT", "PeerOptions", "PeerSession"]
+
 log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT: Final = 5.0

@@ -23,6 +23,17 @@ from typing import Final
 from voicegate.audio.levels import rms
 from voicegate.sonic import Role
 
+__all__ = [
+    "ContinuationSettings",
+    "RENEW_AFTER_S",
+    "ReplayBuffer",
+    "TRUNCATION_MARK",
+    "VOICED_RMS",
+    "cap_bytes",
+    "history_bytes",
+    "shape_history",
+]
+
 VOICED_RMS: Final = 150.0
 """RMS (16-bit scale, about -47 dBFS) above which a chunk may hold speech. Only decides where a
 replay starts, never what is sent, so it errs towards "voiced"."""

@@ -19,6 +19,8 @@ from voicegate.audio.resample import FrameResampler
 from voicegate.media import opus
 from voicegate.media.opus import RTP_RATE
 
+__all__ = ["OutboundOpus", "SILENT_FRAMES_BEFORE_REUSE", "SpeechEncoder"]
+
 SILENT_FRAMES_BEFORE_REUSE: Final = 3
 
 

@@ -34,6 +34,21 @@ from typing import Any, Final
 
 from voicegate.config_checks import MAX_TTL_S, MIN_SECRET_CHARS
 
+__all__ = [
+    "AuthError",
+    "Claims",
+    "MAX_AUDIENCE_CHARS",
+    "MAX_SUBJECT_CHARS",
+    "MAX_TOKEN_CHARS",
+    "SESSION_GRACE_S",
+    "VERSION",
+    "bearer",
+    "check_lifetime",
+    "fingerprint",
+    "mint",
+    "verify",
+]
+
 VERSION: Final = "vg1"
 MAX_TOKEN_CHARS: Final = 2048
 """Longer Authorization values are refused before any decoding or hashing work."""

@@ -30,6 +30,8 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
+__all__ = ["SAFE_SUBJECT", "TurnConfig", "mint", "quota_name"]
+
 SAFE_SUBJECT = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 """Subjects shown to coturn as they are; anything else (spaces, control characters that would
 land in coturn's log, long ids) is replaced by a digest, which counts the same way."""

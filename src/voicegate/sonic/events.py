@@ -19,6 +19,43 @@ from typing import Any, Final, Literal
 
 from voicegate.sonic.models import DEFAULT_VOICE
 
+__all__ = [
+    "AudioContentStart",
+    "AudioInput",
+    "AudioOutput",
+    "CompletionEnd",
+    "CompletionStart",
+    "ContentEnd",
+    "ContentType",
+    "ENDPOINTING",
+    "INPUT_SAMPLE_RATE",
+    "INTERRUPTED_MARKER",
+    "Ids",
+    "InputEvent",
+    "OUTPUT_RATES",
+    "OUTPUT_SAMPLE_RATE",
+    "OutputContentEnd",
+    "OutputContentStart",
+    "OutputEvent",
+    "PromptEnd",
+    "PromptStart",
+    "ROLES",
+    "Role",
+    "STOP_REASONS",
+    "SessionEnd",
+    "SessionStart",
+    "StopReason",
+    "TextContentStart",
+    "TextInput",
+    "TextOutput",
+    "ToolResult",
+    "ToolResultContentStart",
+    "ToolSpec",
+    "ToolUse",
+    "UsageEvent",
+    "is_interruption_marker",
+]
+
 INTERRUPTED_MARKER: Final = '{ "interrupted" : true }'
 """The literal text Nova Sonic puts in a textOutput when the user barges in."""
 

@@ -48,6 +48,8 @@ from voicegate.sonic.events import (
 )
 from voicegate.sonic.models import DEFAULT_VOICE
 
+__all__ = ["decode_input", "encode_output"]
+
 
 def _num(body: dict[str, Any], key: str, what: str, default: float) -> float:
     value = body.get(key, default)

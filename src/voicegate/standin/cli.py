@@ -27,6 +27,8 @@ from voicegate.sonic.models import STREAM_LIMIT_S
 from voicegate.standin.factories import BRAINS, BrainUnavailable
 from voicegate.standin.scenarios import Scenario
 
+__all__ = ["add_parser", "printable_env", "run"]
+
 
 def _positive(text: str) -> float:
     value = float(text)

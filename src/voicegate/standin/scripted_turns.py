@@ -31,6 +31,18 @@ from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic.events import AudioContentStart, InputEvent
 from voicegate.standin.reply_audio import split_chunks
 
+__all__ = [
+    "END_SILENCE_S",
+    "HeardTurn",
+    "MAX_PENDING_TURNS",
+    "MAX_TURN_S",
+    "SPEECH_RMS",
+    "THINK_S",
+    "TurnTaking",
+    "TurnsBrain",
+    "TurnsFactory",
+]
+
 SPEECH_RMS: Final = 300.0
 """RMS (16-bit scale, about -40 dBFS) at or above which a chunk is speech."""
 END_SILENCE_S: Final = 0.3

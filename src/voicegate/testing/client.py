@@ -33,6 +33,18 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from voicegate.audio.levels import rms
 from voicegate.audio.resample import FrameResampler, resample_pcm16
 
+__all__ = [
+    "CallClient",
+    "FRAME",
+    "FrameSink",
+    "OfferRefused",
+    "PcmTrack",
+    "RATE",
+    "ReceivedAudio",
+    "load_wav",
+    "pace",
+]
+
 RATE: Final = 48000
 FRAME: Final = 960  # 20 ms at 48 kHz
 

@@ -17,6 +17,8 @@ from voicegate.testing.signals import percentiles
 if TYPE_CHECKING:
     from voicegate.testing.loadtest import Caller, LoadOptions
 
+__all__ = ["MAX_EVENTS", "PACKAGES", "Progress", "call_result", "document", "table", "versions"]
+
 MAX_EVENTS = 200
 PACKAGES = ("voicegate", "aiortc", "aioice", "av", "aiohttp", "aws-sdk-bedrock-runtime", "awscrt")
 

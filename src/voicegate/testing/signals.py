@@ -31,6 +31,27 @@ import numpy as np
 from voicegate.audio.levels import rms
 from voicegate.audio.resample import resample_pcm16
 
+__all__ = [
+    "Activity",
+    "BLOCK_S",
+    "Detector",
+    "FRAME_S",
+    "MARKER_AMPLITUDE",
+    "MARKER_HZ",
+    "MARKER_PERIOD",
+    "MARKER_S",
+    "PAUSE_S",
+    "PHRASE_S",
+    "SPEECH_PEAK",
+    "TEXT",
+    "TURN_RMS",
+    "VOICE_RMS",
+    "percentiles",
+    "speech",
+    "turns",
+    "with_markers",
+]
+
 MARKER_HZ: Final = 2500.0
 MARKER_S: Final = 0.08
 MARKER_PERIOD: Final = 1.0

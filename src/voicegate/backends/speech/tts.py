@@ -19,6 +19,17 @@ from numpy.typing import NDArray
 from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
 
+__all__ = [
+    "LEAD_IN_MS",
+    "MAX_TEXT_CHARS",
+    "SAMPLE_RATE",
+    "SILENT_SAMPLE",
+    "Synthesizer",
+    "VOICE",
+    "float_to_pcm16",
+    "trim_lead_in",
+]
+
 VOICE: Final = "heart"
 SAMPLE_RATE: Final = 24000
 MAX_TEXT_CHARS: Final = 1000
