@@ -32,7 +32,6 @@ __all__ = [
     "INTERRUPTED_MARKER",
     "Ids",
     "InputEvent",
-    "OUTPUT_RATES",
     "OUTPUT_SAMPLE_RATE",
     "OutputContentEnd",
     "OutputContentStart",
@@ -69,7 +68,6 @@ StopReason = Literal["PARTIAL_TURN", "END_TURN", "INTERRUPTED", "TOOL_USE"]
 ROLES: Final = frozenset({"SYSTEM", "USER", "ASSISTANT", "TOOL", "SYSTEM_SPEECH"})
 STOP_REASONS: Final = frozenset({"PARTIAL_TURN", "END_TURN", "INTERRUPTED", "TOOL_USE"})
 ENDPOINTING: Final = frozenset({"HIGH", "MEDIUM", "LOW"})
-OUTPUT_RATES: Final = frozenset({8000, 16000, 24000})
 
 
 def is_interruption_marker(text: str) -> bool:

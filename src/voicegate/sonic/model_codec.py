@@ -21,7 +21,6 @@ from voicegate.sonic.codec import (
 )
 from voicegate.sonic.events import (
     ENDPOINTING,
-    OUTPUT_RATES,
     AudioContentStart,
     AudioInput,
     AudioOutput,
@@ -46,7 +45,7 @@ from voicegate.sonic.events import (
     ToolUse,
     UsageEvent,
 )
-from voicegate.sonic.models import DEFAULT_VOICE
+from voicegate.sonic.models import DEFAULT_VOICE, OUTPUT_RATES
 
 __all__ = ["decode_input", "encode_output"]
 
