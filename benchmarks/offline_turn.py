@@ -38,12 +38,12 @@ import wave
 from pathlib import Path
 from typing import Any
 
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.local import LocalBackend, LocalStream
 from voicegate.backends.speech.asr import BEAM_SIZE, SHORT_WINDOWS, Transcriber
 from voicegate.backends.speech.models import decode_gate
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
-from voicegate.media.resample import resample_pcm16
 from voicegate.sonic import (
     AudioContentStart,
     AudioInput,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from voicegate.audio.chunks import CHUNK_SAMPLES
 from voicegate.backends.base import StreamLost
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings, BedrockStream
 from voicegate.conversation import (
@@ -32,7 +33,7 @@ from voicegate.conversation import (
     ConversationSettings,
     default_tools,
 )
-from voicegate.media.audio import CHUNK_SAMPLES, MODEL_INPUT_RATE
+from voicegate.sonic import INPUT_SAMPLE_RATE
 
 
 class Sink:
@@ -74,7 +75,7 @@ async def _feed(conv: Conversation, stop: asyncio.Event, voiced: asyncio.Event) 
     while not stop.is_set():
         conv.send_audio(voice if voiced.is_set() else silence)
         n += 1
-        await asyncio.sleep(max(0.0, start + n * CHUNK_SAMPLES / MODEL_INPUT_RATE - loop.time()))
+        await asyncio.sleep(max(0.0, start + n * CHUNK_SAMPLES / INPUT_SAMPLE_RATE - loop.time()))
 
 
 async def main(renewals: int, history: int) -> dict[str, Any]:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from voicegate.backends.base import Backend
     from voicegate.config import ServeConfig
 
+__all__ = ["build_parser", "loop_factory", "main"]
+
 
 def _serve(args: argparse.Namespace) -> int:
     from voicegate import config as cfg

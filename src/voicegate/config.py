@@ -8,22 +8,24 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from voicegate.audio.chunks import DEFAULT_CHUNK_MS
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT
 from voicegate.config_checks import validate
-from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool
-
-if TYPE_CHECKING:
-    from voicegate.media import MediaSetup
+from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool, parse_port_range
+from voicegate.conversation.continuation import RENEW_AFTER_S
+from voicegate.media import MediaSetup
+from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE
 
 __all__ = [
     "BACKENDS",
     "OPTIONS",
     "ConfigError",
     "ServeConfig",
+    "env_name",
     "media_setup",
     "resolve",
     "validate",
@@ -65,10 +67,10 @@ class ServeConfig:
     max_body_bytes: int = 64 * 1024
     max_call_seconds: float = 3600.0
     system_prompt: str = ""
-    voice: str = "matthew"
+    voice: str = DEFAULT_VOICE
     endpointing: str = ""
     greeting: str = ""
-    model_id: str = "amazon.nova-2-sonic-v1:0"
+    model_id: str = DEFAULT_MODEL_ID
     region: str = ""
     bedrock_endpoint: str = ""
     bedrock_transport: str = DEFAULT_TRANSPORT
@@ -107,7 +109,7 @@ class ServeConfig:
     record_s3_prefix: str = "voicegate/"
     log_transcripts: bool = False
     # calls that never break: stream renewal, recovery, browser reconnect
-    renew_after: float = 360.0
+    renew_after: float = RENEW_AFTER_S
     renew_force_after: float = 60.0
     recovery_attempts: int = 3
     reconnect_grace: float = 30.0
@@ -115,7 +117,7 @@ class ServeConfig:
     rtc_ports: str = ""
     announced_address: str = ""
     max_loop_lag_ms: float = 25.0
-    model_chunk_ms: int = 20
+    model_chunk_ms: int = DEFAULT_CHUNK_MS
     # many cores, many machines (docs/cluster.md)
     workers: str = "auto"
     cluster_redis: str = field(default="", repr=False)
@@ -193,11 +195,11 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
             problems.append(f"{source}: {raw!r} must be one of {', '.join(opt.choices)}")
     config = ServeConfig(**values)
     if not config.web_dir:
-        config = _replace(config, web_dir=_default_web_dir())
+        config = replace(config, web_dir=_default_web_dir())
     if not config.node_id:
         import socket
 
-        config = _replace(config, node_id=socket.gethostname() or "voicegate")
+        config = replace(config, node_id=socket.gethostname() or "voicegate")
     config = _read_secret_files(config, problems)
     problems += validate(config)
     if problems:
@@ -207,7 +209,7 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
 
 def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
     """Secrets from files (a mounted secret), so they need not sit in flags or the env."""
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}
     for name in ("auth_secret", "turn_secret"):
         path = getattr(config, f"{name}_file")
         if not path:
@@ -225,19 +227,14 @@ def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
             continue
         if not changes[name]:
             problems.append(f"{name}_file {path!r} is empty")
-    return _replace(config, **changes) if changes else config
-
-
-def _replace(config: ServeConfig, **changes: Any) -> ServeConfig:
-    data = {f.name: getattr(config, f.name) for f in fields(config)}
-    data.update(changes)
-    return ServeConfig(**data)
+    return replace(config, **changes) if changes else config
 
 
 def media_setup(c: ServeConfig) -> MediaSetup:
     """The process-wide media choices of this configuration (``voicegate.media.configure``)."""
-    from voicegate.media import MediaSetup
-    from voicegate.media.ice import default_host_addresses, parse_port_range
+    # Here, not at the top: the ICE module loads aioice and aiortc (~0.4 s), which `voicegate
+    # token` and `--help` never need.
+    from voicegate.media.ice import default_host_addresses
 
     addresses = list(c.ice_addresses) or default_host_addresses(c.host)
     return MediaSetup(

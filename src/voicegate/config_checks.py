@@ -1,19 +1,36 @@
 """Checks of a whole ``ServeConfig``, each returning the problems it finds, so ``voicegate
-serve`` can refuse a bad deployment at start with every problem listed at once (exit 2)."""
+serve`` can refuse a bad deployment at start with every problem listed at once (exit 2).
+
+The limits a setting must meet live here, below signaling, and the code that enforces them
+again at run time (``signaling.auth`` minting a token) reads them from here: configuration is
+checked before any of the layers it configures is imported.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
+from voicegate.config_options import parse_port_range
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
-from voicegate.sonic.models import DEFAULT_MODEL_ID, voice_problem
+from voicegate.sonic.models import DEFAULT_MODEL_ID, STREAM_LIMIT_S, voice_problem
 
 if TYPE_CHECKING:
     from voicegate.config import ServeConfig
+
+__all__ = ["MAX_TTL_S", "MIN_SECRET_CHARS", "RENEW_BY_S", "validate"]
+
+MIN_SECRET_CHARS: Final = 16
+"""Shortest signing secret accepted (``--auth-secret``, and ``voicegate token`` minting)."""
+MAX_TTL_S: Final = 7 * 86400
+"""Longest access-token lifetime anyone may mint or configure (``--max-token-ttl``)."""
+RENEW_BY_S: Final = STREAM_LIMIT_S - 10
+"""Latest stream age a renewal may be scheduled for: Bedrock's limit less the ~10 s a handover
+needs (the next stream opened, the history sent, the first audio chunk through)."""
 
 
 def validate(c: ServeConfig) -> list[str]:
@@ -45,10 +62,8 @@ def validate(c: ServeConfig) -> list[str]:
             ipaddress.ip_address(address)
         except ValueError:
             problems.append(f"ice address {address!r} is not an IP address")
-    from voicegate.signaling.turn import check_url
-
     for url in c.turn_urls:
-        problem = check_url(url)
+        problem = _turn_url_problem(url)
         if problem:
             problems.append(f"turn url {problem}")
     if any(u.startswith("turn") for u in c.turn_urls) and not c.turn_secret:
@@ -69,12 +84,19 @@ def validate(c: ServeConfig) -> list[str]:
     return problems
 
 
+def _turn_url_problem(url: str) -> str | None:
+    """A problem with a TURN/STUN URL (``--turn-url``), or None if it is usable."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in ("turn", "turns", "stun", "stuns") or not rest:
+        return f"{url!r} must start with turn:, turns:, stun: or stuns:"
+    host = urlsplit(f"//{rest.split('?')[0]}").hostname
+    if not host:
+        return f"{url!r} has no host"
+    return None
+
+
 def _validate_cluster(c: ServeConfig) -> list[str]:
     """Workers, the Redis directory and how other nodes reach this one."""
-    from urllib.parse import urlsplit
-
-    from voicegate.media.ice import parse_port_range
-
     problems: list[str] = []
     if c.workers != "auto" and int(c.workers) > 256:
         problems.append(f"workers {c.workers} must be between 1 and 256 (or auto)")
@@ -106,8 +128,6 @@ def _validate_cluster(c: ServeConfig) -> list[str]:
 
 def _validate_media(c: ServeConfig) -> list[str]:
     """The media port range, announced address and lag limit."""
-    from voicegate.media.ice import parse_port_range
-
     problems: list[str] = []
     try:
         parse_port_range(c.rtc_ports)
@@ -126,14 +146,15 @@ def _validate_media(c: ServeConfig) -> list[str]:
 
 
 def _validate_continuation(c: ServeConfig) -> list[str]:
-    """A renewal must come before Bedrock's ~480 s stream limit."""
+    """A renewal must come before Bedrock's stream limit (``RENEW_BY_S``)."""
     problems: list[str] = []
-    if not 5 <= c.renew_after <= 470:
-        problems.append(f"renew_after {c.renew_after} must be between 5 and 470 seconds")
-    if not 0 <= c.renew_force_after <= 470 - min(c.renew_after, 470):
+    limit = RENEW_BY_S
+    if not 5 <= c.renew_after <= limit:
+        problems.append(f"renew_after {c.renew_after} must be between 5 and {limit:g} seconds")
+    if not 0 <= c.renew_force_after <= limit - min(c.renew_after, limit):
         problems.append(
-            f"renew_force_after {c.renew_force_after} must be >= 0 and end before 470 s "
-            "(renew_after + renew_force_after <= 470)"
+            f"renew_force_after {c.renew_force_after} must be >= 0 and end before {limit:g} s "
+            f"(renew_after + renew_force_after <= {limit:g})"
         )
     if not 0 <= c.recovery_attempts <= 10:
         problems.append(f"recovery_attempts {c.recovery_attempts} must be between 0 and 10")
@@ -144,10 +165,6 @@ def _validate_continuation(c: ServeConfig) -> list[str]:
 
 def _validate_access(c: ServeConfig) -> list[str]:
     """An exposed gateway without a secret would let anyone spend Bedrock money."""
-    from urllib.parse import urlsplit
-
-    from voicegate.signaling.auth import MIN_SECRET_CHARS
-
     problems: list[str] = []
     if c.auth_secret and len(c.auth_secret) < MIN_SECRET_CHARS:
         problems.append(f"auth_secret must have at least {MIN_SECRET_CHARS} characters")
@@ -181,8 +198,6 @@ def _validate_access(c: ServeConfig) -> list[str]:
 
 def _validate_exposure(c: ServeConfig) -> list[str]:
     """Settings that open the server wider need tokens; limits that keep one caller small."""
-    from voicegate.signaling.auth import MAX_TTL_S, MIN_SECRET_CHARS
-
     problems: list[str] = []
     for wide, name in (
         ("*" in c.allowed_origins, "--allowed-origin '*' (any web page may call the API)"),

@@ -12,12 +12,36 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from voicegate.backends.bedrock.transport import TRANSPORTS
+from voicegate.conversation.continuation import RENEW_AFTER_S
+from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE, STREAM_LIMIT_S
 
-__all__ = ["BACKENDS", "LOG_FORMATS", "LOOPS", "OPTIONS", "Option", "parse_bool"]
+__all__ = [
+    "BACKENDS",
+    "LOG_FORMATS",
+    "LOOPS",
+    "OPTIONS",
+    "Option",
+    "parse_bool",
+    "parse_port_range",
+]
 
 BACKENDS: Final = ("auto", "local", "echo", "bedrock")
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOOPS: Final = ("asyncio", "uvloop", "auto")
+
+
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """ "40000-40199" -> (40000, 40199); "" -> None. ValueError for anything else."""
+    text = text.strip()
+    if not text:
+        return None
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError(text)
+    first, last = int(low), int(high)
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError(text)
+    return first, last
 
 
 def _number(text: str) -> float:
@@ -81,14 +105,14 @@ OPTIONS: Final = (
     Option("max_body_bytes", "maximum HTTP request body in bytes (default 65536)", int),
     Option("max_call_seconds", "maximum call duration in seconds (default 3600)", _number),
     Option("system_prompt", "system prompt for the model"),
-    Option("voice", "Nova Sonic voice id (default matthew)"),
+    Option("voice", f"Nova Sonic voice id (default {DEFAULT_VOICE})"),
     Option("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
     Option(
         "greeting",
         "instruction sent as the caller's first turn so the assistant speaks first",
         metavar="TEXT",
     ),
-    Option("model_id", "Bedrock model id (default amazon.nova-2-sonic-v1:0; v1 supported)"),
+    Option("model_id", f"Bedrock model id (default {DEFAULT_MODEL_ID}; v1 supported)"),
     Option("region", "AWS region for Bedrock (default: AWS_REGION, the profile's, else us-east-1)"),
     Option(
         "bedrock_endpoint",
@@ -215,8 +239,8 @@ OPTIONS: Final = (
     # calls that never break (docs/renewal.md)
     Option(
         "renew_after",
-        "seconds after which a model stream is renewed at the next natural point (default 360; "
-        "Bedrock ends streams at ~480)",
+        "seconds after which a model stream is renewed at the next natural point (default "
+        f"{RENEW_AFTER_S:g}; Bedrock ends streams at {STREAM_LIMIT_S:g})",
         _number,
     ),
     Option(

@@ -13,6 +13,8 @@ from typing import Any, Final, TextIO
 
 import structlog
 
+__all__ = ["MAX_VALUE_CHARS", "Redactor", "SECRET_WORDS", "TRANSCRIPT_KEYS", "configure"]
+
 SECRET_WORDS: Final = (
     "secret",
     "password",

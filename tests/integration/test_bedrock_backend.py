@@ -393,7 +393,7 @@ HANG_GUARD = 15.0
 
 
 def _speech(seconds: float) -> list[bytes]:
-    from voicegate.standin.audio import speech_like
+    from voicegate.standin.reply_audio import speech_like
 
     pcm = speech_like(16000, seconds)
     return [pcm[i : i + CHUNK].ljust(CHUNK, b"\0") for i in range(0, len(pcm), CHUNK)]

@@ -24,7 +24,7 @@ from tests.support.components import require
 from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.media import ice
-from voicegate.media.ice import CandidatePolicy
+from voicegate.media.ice import CandidatePolicy, host_addresses
 from voicegate.netaddr import PRIVATE_NETWORKS
 from voicegate.signaling.app import SESSIONS
 from voicegate.testing.client import CallClient
@@ -70,7 +70,7 @@ def test_policy_flags() -> None:
 
 def _private_address() -> str:
     """An address of this machine in a private range (the prober's target)."""
-    for address in ice._original(True, True):
+    for address in host_addresses._original(True, True):
         if any(ipaddress.ip_address(address) in n for n in PRIVATE_NETWORKS):
             return str(address)
     require(False, "this machine has no address in a private range to listen on")

@@ -16,9 +16,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 from tests.support.components import require
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import resample_pcm16
 from voicegate.media import opus, receive
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=96)
 FRAME48 = 960

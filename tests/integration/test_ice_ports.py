@@ -1,5 +1,6 @@
 """Media host candidates inside a configured UDP port range, and an announced address for a
-server behind 1:1 NAT (ice.configure_media; aioice has neither, aiortc/aioice#47)."""
+server behind 1:1 NAT (ice.configure_host_candidates; aioice has neither,
+aiortc/aioice#47)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ServeConfig, validate
+from voicegate.config_options import parse_port_range
 from voicegate.media import ice
 from voicegate.testing.client import CallClient
 
@@ -38,7 +40,7 @@ def _free_range(size: int) -> tuple[int, int]:
 @pytest.fixture
 def media_config() -> Iterator[None]:
     yield
-    ice.configure_media(None, None)
+    ice.configure_host_candidates(None, None)
 
 
 def _candidates(sdp: str) -> list[list[str]]:
@@ -54,7 +56,7 @@ async def _gather() -> tuple[RTCPeerConnection, list[list[str]]]:
 
 async def test_host_candidates_bind_inside_the_range_and_it_can_run_out(media_config: None) -> None:
     low, high = _free_range(3)
-    ice.configure_media((low, high), None)
+    ice.configure_host_candidates((low, high), None)
     pcs = []
     try:
         ports = []
@@ -77,7 +79,7 @@ async def test_host_candidates_bind_inside_the_range_and_it_can_run_out(media_co
 
 
 async def test_announced_address_replaces_the_bound_one(media_config: None) -> None:
-    ice.configure_media(None, "203.0.113.7")
+    ice.configure_host_candidates(None, "203.0.113.7")
     pc, cands = await _gather()
     try:
         assert [(c[4], c[7]) for c in cands] == [("203.0.113.7", "host")]
@@ -113,7 +115,7 @@ def test_config_validates_the_media_options() -> None:
     problems = " ".join(validate(bad))
     assert "rtc_ports" in problems and "announced_address" in problems
     assert "max_loop_lag_ms" in problems and "model_chunk_ms" in problems
-    assert ice.parse_port_range("40000-40999") == (40000, 40999)
+    assert parse_port_range("40000-40999") == (40000, 40999)
     for text in ("40000", "80-90", "a-b", "5000-70000"):
         with pytest.raises(ValueError):
-            ice.parse_port_range(text)
+            parse_port_range(text)

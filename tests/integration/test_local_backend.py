@@ -21,14 +21,14 @@ from functools import cache
 import numpy as np
 import pytest
 
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.local import LocalBackend, LocalStream
 from voicegate.backends.speech.models import SpeechModels, load_models
 from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
 from voicegate.backends.speech.tts import LEAD_IN_MS, SILENT_SAMPLE
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
 from voicegate.sonic import (
     AudioContentStart,
     AudioInput,

@@ -20,7 +20,8 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
-from voicegate.media import audio, encode, opus, receive
+from voicegate.audio import chunks
+from voicegate.media import encode, opus, receive
 from voicegate.media import patch as rtcpatch
 from voicegate.media.playout import LEAD_FLOOR_FRAMES, PlayoutTrack
 
@@ -201,16 +202,16 @@ async def test_a_model_running_ahead_keeps_its_pauses() -> None:
 
 def test_model_chunks_follow_the_configured_length() -> None:
     try:
-        audio.configure_chunks(40)
-        chunker = audio.Chunker()
+        chunks.configure_chunks(40)
+        chunker = chunks.Chunker()
         assert chunker.push(np.zeros(320, np.int16)) == []
         assert [len(c) for c in chunker.push(np.zeros(320, np.int16))] == [1280]
-        audio.configure_chunks(20)
-        assert [len(c) for c in audio.Chunker().push(np.zeros(320, np.int16))] == [640]
+        chunks.configure_chunks(20)
+        assert [len(c) for c in chunks.Chunker().push(np.zeros(320, np.int16))] == [640]
         with pytest.raises(ValueError):
-            audio.configure_chunks(30)
+            chunks.configure_chunks(30)
     finally:
-        audio.configure_chunks(audio.CHUNK_SAMPLES * 1000 // audio.MODEL_INPUT_RATE)
+        chunks.configure_chunks(chunks.DEFAULT_CHUNK_MS)
 
 
 async def test_after_running_dry_mid_speech_the_cushion_grows_to_two_frames() -> None:

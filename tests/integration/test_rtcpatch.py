@@ -17,7 +17,8 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-from voicegate.media import encode, levels, opus, receive
+from voicegate.audio import levels
+from voicegate.media import encode, opus, receive
 from voicegate.media import patch as rtcpatch
 from voicegate.media.playout import PlayoutTrack
 

@@ -120,10 +120,13 @@ async def test_typed_text_reaches_the_conversation(monkeypatch: pytest.MonkeyPat
             await client.close()
 
 
-async def test_without_a_send_text_entry_point_the_page_is_told(
+async def test_a_text_the_conversation_refuses_is_told_to_the_page(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delattr(Conversation, "send_text", raising=False)
+    async def refuse(conversation: Conversation, text: str) -> None:
+        raise RuntimeError("the model stream is gone")
+
+    monkeypatch.setattr(Conversation, "send_text", refuse)
     async with running_server(EchoBackend()) as (url, app):
         client = CallClient(url)
         try:
@@ -131,7 +134,7 @@ async def test_without_a_send_text_entry_point_the_page_is_told(
                 await client.connect()
                 await client.wait_for("bot-ready", 10)
                 msg = await _error(client, _send(client, "send-text", _text("hello")))
-                assert "not supported" in msg["data"]["message"]
+                assert "could not be sent" in msg["data"]["message"]
                 assert not app[SESSIONS][client.pc_id].closed.is_set()
                 assert await client.hangup() == 204
         finally:

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import voicegate
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends import BackendUnavailable, speech
 from voicegate.backends.local import LocalBackend
 from voicegate.backends.speech import (
@@ -46,8 +48,6 @@ from voicegate.backends.speech.vad import (
     VadEvent,
     VadStream,
 )
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
 
 pytestmark = pytest.mark.local
 

@@ -34,8 +34,8 @@ from h2.events import (
 
 from tests.support.sdk_call import AUDIO, CHUNK, SILENCE, Call, P, tone
 from voicegate import sonic
+from voicegate.audio.resample import LinearResampler
 from voicegate.backends.inprocess import MAX_QUEUED_OUTPUT
-from voicegate.media.resample import LinearResampler
 from voicegate.standin import StandIn
 from voicegate.standin.eventstream import Message, MessageDecoder, encode_message
 from voicegate.standin.sigv4 import (

@@ -45,7 +45,7 @@ import numpy as np
 from tests.support.cluster import Node, serve_node
 from tests.support.components import missing
 from tests.support.netns import exec_in, ip, socket_in
-from voicegate.media.levels import rms
+from voicegate.audio.levels import rms
 from voicegate.testing.client import CallClient
 
 T = TypeVar("T")

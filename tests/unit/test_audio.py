@@ -8,8 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from voicegate.media.audio import Chunker, InboundResampler, pcm_frame
-from voicegate.media.levels import dbfs, rms
+from voicegate.audio.chunks import Chunker
+from voicegate.audio.levels import dbfs, rms
+from voicegate.audio.pcm import pcm_frame
+from voicegate.audio.resample import InboundResampler
 
 
 def _stereo48(samples: np.ndarray, pts: int) -> av.AudioFrame:

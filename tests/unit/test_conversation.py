@@ -149,12 +149,13 @@ class VoiceCounter(Recorder):
 async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> None:
     """The caller's chunks and the silence filled in have one length (the configured model
     chunk), and the replay buffer holds exactly ``replay_max_s`` of them."""
+    from voicegate.audio.chunks import DEFAULT_CHUNK_MS, configure_chunks
     from voicegate.conversation import ContinuationSettings
-    from voicegate.media import audio
+    from voicegate.sonic import AudioInput
 
     try:
         for ms in (20, 40):
-            audio.configure_chunks(ms)
+            configure_chunks(ms)
             size = 16 * ms * 2
             chunks = 2000 // ms  # 2 s of speech, twice what the buffer holds
             brain = VoiceCounter(chunks)
@@ -177,4 +178,4 @@ async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> Non
             finally:
                 await conv.close()
     finally:
-        audio.configure_chunks(audio.CHUNK_SAMPLES * 1000 // audio.MODEL_INPUT_RATE)
+        configure_chunks(DEFAULT_CHUNK_MS)

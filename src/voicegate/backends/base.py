@@ -14,6 +14,21 @@ from typing import Protocol
 
 from voicegate.sonic import InputEvent, OutputEvent
 
+__all__ = [
+    "AccessDenied",
+    "Backend",
+    "BackendError",
+    "BackendStream",
+    "BackendUnavailable",
+    "InternalServerError",
+    "ModelStreamError",
+    "ModelTimeout",
+    "ServiceUnavailable",
+    "StreamLost",
+    "Throttled",
+    "ValidationFailed",
+]
+
 
 class BackendUnavailable(RuntimeError):
     """The chosen backend cannot run here (a missing extra, missing credentials)."""

@@ -18,13 +18,28 @@ from typing import Final
 
 import numpy as np
 
+from voicegate.audio.levels import dbfs
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.media.levels import dbfs
-from voicegate.media.resample import resample_pcm16
 from voicegate.sonic import Role
 
-CHUNK_SECONDS: Final = 0.032
+__all__ = [
+    "BEEP_GAP_S",
+    "BEEP_S",
+    "END_SILENCE_S",
+    "EchoBackend",
+    "EchoStream",
+    "EnergyVad",
+    "MAX_BEEPS",
+    "MAX_QUOTED_CHARS",
+    "MAX_TURN_S",
+    "OUT_CHUNK_S",
+    "PRE_ROLL_S",
+    "START_CHUNKS",
+    "beeps",
+]
+
 START_CHUNKS: Final = 3  # ~100 ms of speech starts a turn
 END_SILENCE_S: Final = 0.6  # this much non-speech ends it
 PRE_ROLL_S: Final = 0.3

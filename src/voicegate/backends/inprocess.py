@@ -46,6 +46,8 @@ from voicegate.sonic import (
     ToolUse,
 )
 
+__all__ = ["InProcessStream", "MAX_QUEUED_OUTPUT", "MAX_USER_TEXTS_KEPT"]
+
 log = structlog.get_logger(__name__)
 
 MAX_USER_TEXTS_KEPT: Final = 32

@@ -62,6 +62,20 @@ from voicegate.backends.speech.vad import (
 )
 from voicegate.sonic import Role, UsageEvent
 
+__all__ = [
+    "CHUNK_MS",
+    "Clock",
+    "LocalBackend",
+    "LocalModelUnavailable",
+    "LocalStream",
+    "MAX_SEGMENT_SAMPLES",
+    "MAX_STATS",
+    "MAX_UNCLAIMED_RESULTS",
+    "TIME_TOOL",
+    "TOOL_RESULT_TIMEOUT",
+    "TurnStats",
+]
+
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]

@@ -26,6 +26,20 @@ from av.packet import Packet
 from voicegate.conversation import ConversationEvent, ConversationStats
 from voicegate.media.rtp_stats import RtpSample
 
+__all__ = [
+    "BotAudio",
+    "CallClosing",
+    "CallConnected",
+    "CallEnded",
+    "CallEvent",
+    "CallObserver",
+    "CallStarted",
+    "Observers",
+    "RtpStats",
+    "TurnLatency",
+    "UserAudio",
+]
+
 log = structlog.get_logger(__name__)
 
 

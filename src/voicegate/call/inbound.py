@@ -21,7 +21,23 @@ import structlog
 import webrtcvad
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicegate.media.audio import Chunker, InboundResampler, Int16Array
+from voicegate.audio.chunks import Chunker
+from voicegate.audio.pcm import Int16Array
+from voicegate.audio.resample import InboundResampler
+
+__all__ = [
+    "InboundListener",
+    "InboundPump",
+    "MAX_TYPED_TEXTS",
+    "TextTarget",
+    "TurnClock",
+    "TurnTiming",
+    "TypedText",
+    "VAD_FRAME",
+    "VAD_START_FRAMES",
+    "VAD_STOP_FRAMES",
+    "drain",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -164,16 +180,18 @@ async def drain(track: MediaStreamTrack) -> None:
             await track.recv()
 
 
+class TextTarget(Protocol):
+    """Where typed text goes: the conversation (``Conversation.send_text``)."""
+
+    async def send_text(self, text: str) -> None: ...
+
+
 class TypedText:
     """The user's typed text (RTVI ``send-text``) on its way to the conversation: in order, one
     at a time, at most ``MAX_TYPED_TEXTS`` waiting. Every failure is told to the page through
-    ``on_error(message, request_id)``; none of them ends the call.
+    ``on_error(message, request_id)``; none of them ends the call."""
 
-    The conversation's entry point is looked up by its exact name, ``send_text`` (``async def
-    send_text(self, text: str) -> None`` on ``Conversation``), when each text is sent: a
-    conversation without it answers every text with an error instead of failing the call."""
-
-    def __init__(self, target: object, on_error: Callable[[str, str | None], None]) -> None:
+    def __init__(self, target: TextTarget, on_error: Callable[[str, str | None], None]) -> None:
         self._target = target
         self._on_error = on_error
         self._queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(MAX_TYPED_TEXTS)
@@ -191,12 +209,8 @@ class TypedText:
     async def run(self) -> None:
         while True:
             text, request_id = await self._queue.get()
-            send = getattr(self._target, "send_text", None)
-            if not callable(send):
-                self._on_error("typed text is not supported by this server", request_id)
-                continue
             try:
-                await send(text)
+                await self._target.send_text(text)
             except Exception as exc:  # the conversation refused it: tell the page, carry on
                 log.warning("send_text_failed", error=f"{type(exc).__name__}: {exc}")
                 self._on_error("the text could not be sent to the model", request_id)

@@ -29,6 +29,25 @@ from voicegate.conversation import (
 )
 from voicegate.media.rtp_stats import RtpSample
 
+__all__ = [
+    "LABEL",
+    "MAX_PENDING_MESSAGES",
+    "MAX_TEXT_CHARS",
+    "Outbox",
+    "PROTOCOL_VERSION",
+    "bot_ready",
+    "conversation_message",
+    "error",
+    "message",
+    "parse",
+    "request_id",
+    "rtp_stats",
+    "send_text_content",
+    "server_message",
+    "turn_latency",
+    "user_transcription",
+]
+
 LABEL: Final = "rtvi-ai"
 PROTOCOL_VERSION: Final = "1.0.0"
 MAX_TEXT_CHARS: Final = 2000

@@ -17,6 +17,8 @@ from typing import Final
 from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamTrack
 
+__all__ = ["OfferError", "SENDING", "answer", "check_offer", "session_direction"]
+
 SENDING: Final = ("sendrecv", "sendonly")
 """Directions of an offer's m-line in which the browser sends media (RFC 3264 6.1)."""
 

@@ -28,6 +28,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
+from voicegate.audio.pcm import Int16Array
 from voicegate.backends.base import Backend
 from voicegate.call import rtvi
 from voicegate.call.events import (
@@ -53,9 +54,10 @@ from voicegate.conversation import (
     UserTranscript,
 )
 from voicegate.conversation.tools import ToolRegistry
-from voicegate.media.audio import Int16Array
 from voicegate.media.playout import PlayoutTrack
 from voicegate.media.rtp_stats import RTP_SAMPLE_INTERVAL, RtpSample, sample_every
+
+__all__ = ["CLOSE_TIMEOUT", "PeerOptions", "PeerSession"]
 
 log = structlog.get_logger(__name__)
 
@@ -264,10 +266,6 @@ class PeerSession:
     def send_message(self, text: str) -> None:
         self._outbox.send(text)
 
-    @property
-    def messages_dropped(self) -> int:
-        return self._outbox.dropped
-
     # -- lifetime ----------------------------------------------------------------------------
 
     def _on_connection_state(self) -> None:
@@ -404,4 +402,12 @@ class PeerSession:
         seconds = time.monotonic() - self.created
         stats = self.conversation.stats
         self.observers.publish(CallEnded(reason, seconds, stats, handed_over=self._detaching))
-        self._log.info("call_closed", reason=reason, seconds=round(seconds, 1), turns=stats.turns)
+        # Data-channel messages that gave way before the browser's channel opened: counted by
+        # the outbox, reported once here so none is lost without a trace.
+        self._log.info(
+            "call_closed",
+            reason=reason,
+            seconds=round(seconds, 1),
+            turns=stats.turns,
+            messages_dropped=self._outbox.dropped,
+        )

@@ -24,8 +24,6 @@ log = structlog.get_logger(__name__)
 
 FORWARDED_BY: Final = "X-Voicegate-Forwarded-By"
 """Set on a request another node of the cluster forwarded: the receiver routes no further."""
-CLIENT_ADDRESS: Final = "X-Voicegate-Client"
-"""The address the first hop saw (informational: rate limits are applied at the first hop)."""
 _HOP_BY_HOP: Final = frozenset(
     {
         "connection",

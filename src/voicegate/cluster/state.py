@@ -32,7 +32,6 @@ def encode(conversation: Conversation, subject: str | None) -> str:
         "voice_id": settings.voice_id,
         "system_prompt": prompt if len(prompt.encode()) <= MAX_PROMPT_BYTES else None,
         "subject": subject,
-        "turns": conversation.stats.turns,
     }
     text = json.dumps(data, separators=(",", ":"))
     while len(text.encode()) > MAX_STATE_BYTES and data["history"]:

@@ -27,6 +27,7 @@ import aiohttp
 import structlog
 
 from voicegate.config import OPTIONS, ServeConfig, env_name
+from voicegate.config_options import parse_port_range
 
 __all__ = ["WORKER_ENV", "Worker", "WorkerPool", "worker_env"]
 
@@ -71,8 +72,6 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
     # The secrets are already read: the files would make a worker see both and refuse to start.
     values["auth_secret_file"] = ""
     values["turn_secret_file"] = ""
-    from voicegate.media.ice import parse_port_range
-
     ports = parse_port_range(config.rtc_ports)
     if ports is not None:
         size = (ports[1] - ports[0] + 1) // count

@@ -20,20 +20,35 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from voicegate.media.levels import rms
+from voicegate.audio.levels import rms
 from voicegate.sonic import Role
+
+__all__ = [
+    "ContinuationSettings",
+    "RENEW_AFTER_S",
+    "ReplayBuffer",
+    "TRUNCATION_MARK",
+    "VOICED_RMS",
+    "cap_bytes",
+    "history_bytes",
+    "shape_history",
+]
 
 VOICED_RMS: Final = 150.0
 """RMS (16-bit scale, about -47 dBFS) above which a chunk may hold speech. Only decides where a
 replay starts, never what is sent, so it errs towards "voiced"."""
 TRUNCATION_MARK: Final = " …"
+RENEW_AFTER_S: Final = 360.0
+"""Default age of a stream at which the next one is prepared (``--renew-after``): two minutes
+before Bedrock's 480 s limit, room for the wait for a natural point (``force_after_s``) and the
+handover itself."""
 
 
 @dataclass(frozen=True, slots=True)
 class ContinuationSettings:
     """How a conversation renews its stream and recovers from failures."""
 
-    renew_after_s: float = 360.0
+    renew_after_s: float = RENEW_AFTER_S
     """Age of a stream at which the next one is prepared (Nova Sonic ends streams at ~480 s)."""
     force_after_s: float = 60.0
     """After ``renew_after_s``, how long to wait for a natural point before handing over anyway."""

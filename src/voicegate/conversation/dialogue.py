@@ -52,7 +52,6 @@ from voicegate.conversation.events import (
 )
 from voicegate.conversation.legs import (
     CLOSE_TIMEOUT,
-    INPUT_RATE,
     SETUP_TIMEOUT,
     USER_TEXT_MAX_BYTES,
     Content,
@@ -79,6 +78,16 @@ from voicegate.sonic import (
     is_interruption_marker,
 )
 from voicegate.sonic import AudioOutput as SonicAudioOutput
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
+
+__all__ = [
+    "Conversation",
+    "HANDOVER_WAIT_S",
+    "MAX_TOOL_TASKS",
+    "MAX_TYPED_KEPT",
+    "SEND_QUEUE_S",
+    "SILENCE_AFTER",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -234,7 +243,7 @@ class Conversation(Renewal):
     async def _sender_loop(self) -> None:
         """Forward caller audio to the live leg; fill silence on our own clock when the caller
         goes quiet; hand over to a prepared leg between two chunks."""
-        silence = bytes(round(self._chunk_s * INPUT_RATE) * 2)
+        silence = bytes(round(self._chunk_s * INPUT_SAMPLE_RATE) * 2)
         fill = max(1, round(SILENCE_AFTER / self._chunk_s))
         while True:
             try:

@@ -15,6 +15,7 @@ from typing import Final, Literal, Protocol
 
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.sonic import Role
+from voicegate.sonic.models import DEFAULT_VOICE
 
 MAX_HISTORY: Final = 200
 MAX_GAPS_KEPT: Final = 100
@@ -28,7 +29,7 @@ DEFAULT_SYSTEM_PROMPT: Final = (
 @dataclass(frozen=True, slots=True)
 class ConversationSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    voice_id: str = "matthew"
+    voice_id: str = DEFAULT_VOICE
     max_tokens: int = 1024
     top_p: float = 0.9
     temperature: float = 0.7

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import structlog
 
+from voicegate.audio.chunks import model_chunk_seconds
 from voicegate.backends.base import Backend, BackendError, BackendStream, StreamLost
 from voicegate.conversation.continuation import (
     ReplayBuffer,
@@ -38,7 +39,6 @@ from voicegate.conversation.events import (
     ConversationStats,
 )
 from voicegate.conversation.tools import ToolRegistry
-from voicegate.media.audio import MODEL_INPUT_RATE, model_chunk_seconds
 from voicegate.sonic import (
     AudioContentStart,
     AudioInput,
@@ -53,10 +53,10 @@ from voicegate.sonic import (
     TextInput,
     ToolUse,
 )
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 log = structlog.get_logger(__name__)
 
-INPUT_RATE: Final = MODEL_INPUT_RATE
 SETUP_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
 REPLAY_EVENT_BYTES: Final = 4096
@@ -141,7 +141,7 @@ class Legs:
         """Length of the user audio chunks: the caller's (audio.configure_chunks, 20 ms by
         default) and the silence filled in; one length, so the replay buffer's bound is a
         duration whatever is fed."""
-        self._replay = ReplayBuffer(c.replay_max_s, c.replay_preroll_s, INPUT_RATE)
+        self._replay = ReplayBuffer(c.replay_max_s, c.replay_preroll_s, INPUT_SAMPLE_RATE)
         self._tasks: set[asyncio.Task[None]] = set()
         self._leg_changed = asyncio.Event()
         self._recovering = False
@@ -206,7 +206,7 @@ class Legs:
             for event in self._text_block(role, text):
                 await self._send_to(leg, event)
         await self._send_to(
-            leg, AudioContentStart(self.prompt_name, self.audio_content, INPUT_RATE)
+            leg, AudioContentStart(self.prompt_name, self.audio_content, INPUT_SAMPLE_RATE)
         )
         if user_text:
             await self._send_block(leg, self._user_text_block(user_text))
@@ -240,7 +240,7 @@ class Legs:
         self.stats.history_bytes_replayed += size
         self.stats.history_messages_replayed += len(history)
         self.stats.audio_chunks_replayed += len(audio)
-        return size, sum(len(a) for a in audio) / 2 / INPUT_RATE * 1000
+        return size, sum(len(a) for a in audio) / 2 / INPUT_SAMPLE_RATE * 1000
 
     def _retire(self, leg: Leg) -> None:
         """Close a leg that is no longer live in order, in the background."""

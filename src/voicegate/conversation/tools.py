@@ -35,6 +35,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from voicegate.sonic import ToolSpec
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_RESULT_BYTES",
+    "Tool",
+    "ToolFunc",
+    "ToolRegistry",
+    "calculate",
+    "default_tools",
+    "get_current_time",
+]
+
 ToolFunc = Callable[..., Any]
 
 DEFAULT_TIMEOUT: Final = 10.0

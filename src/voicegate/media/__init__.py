@@ -1,17 +1,21 @@
-"""Everything about audio on the wire: the aiortc patches, the receive and encode paths, the
-libopus binding, the playout track, ICE addresses and ports.
+"""Audio on the wire, WebRTC's part: the aiortc patches, the receive and encode paths, the
+libopus binding, the playout track, RTP statistics, ICE addresses and ports. Audio as numbers
+(levels, resampling, model chunks, PCM) is ``voicegate.audio``'s, below this package.
 
 Some of it is process-wide by nature (aiortc and aioice keep module-level state: the codec
 table, the host-address lookup, the gathering function), so it is set up once per process, by
-whoever owns the process, through the one function here: ``configure(MediaSetup)``. The CLI
-calls it before it builds the signaling app; tests and benchmarks that build apps call it too.
-The heavy modules are imported inside ``configure`` so that importing one light piece of the
-package (``media.audio`` from the conversation) does not pull in aiortc.
+whoever owns the process, through the one function here: ``configure(MediaSetup)``, which also
+sets the process-wide model chunk length (``audio.chunks``) so a process is set up by one call.
+The CLI calls it before it builds the signaling app; tests and benchmarks that build apps call
+it too. The aiortc modules are imported inside ``configure`` so that importing a light piece of
+the package (``media.rtp_stats`` from the call) does not pull in aiortc.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from voicegate.audio import chunks
 
 __all__ = ["MediaSetup", "configure"]
 
@@ -27,19 +31,19 @@ class MediaSetup:
     """UDP ports for host candidates (None: any free port)."""
     announced_address: str | None = None
     """Address announced instead of the bound one (a 1:1 NAT), or None."""
-    model_chunk_ms: int = 20
+    model_chunk_ms: int = chunks.DEFAULT_CHUNK_MS
     """Caller audio per model event."""
 
 
 def configure(setup: MediaSetup) -> None:
     """Apply ``setup`` to this process: the aiortc patches, ICE addresses and ports, and the
     model chunk length. Idempotent; a later call replaces the earlier choices."""
-    from voicegate.media import audio, ice
+    from voicegate.media import ice
     from voicegate.media import patch as rtcpatch
 
     rtcpatch.apply()
     ice.configure_host_addresses(
         list(setup.host_addresses) if setup.host_addresses is not None else None
     )
-    ice.configure_media(setup.port_range, setup.announced_address)
-    audio.configure_chunks(setup.model_chunk_ms)
+    ice.configure_host_candidates(setup.port_range, setup.announced_address)
+    chunks.configure_chunks(setup.model_chunk_ms)

@@ -15,9 +15,11 @@ from typing import Any, Final
 import av
 import numpy as np
 
+from voicegate.audio.resample import FrameResampler
 from voicegate.media import opus
 from voicegate.media.opus import RTP_RATE
-from voicegate.media.resample import FrameResampler
+
+__all__ = ["OutboundOpus", "SILENT_FRAMES_BEFORE_REUSE", "SpeechEncoder"]
 
 SILENT_FRAMES_BEFORE_REUSE: Final = 3
 

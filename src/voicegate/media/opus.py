@@ -22,6 +22,29 @@ import glob
 import os
 from typing import Final
 
+__all__ = [
+    "APPLICATION_AUDIO",
+    "APPLICATION_VOIP",
+    "Decoder",
+    "Encoder",
+    "MAX_PACKET",
+    "OPUS_OK",
+    "OpusError",
+    "RATES",
+    "RTP_RATE",
+    "SET_BITRATE",
+    "SET_COMPLEXITY",
+    "SET_DTX",
+    "SET_INBAND_FEC",
+    "SET_PACKET_LOSS_PERC",
+    "SET_SIGNAL",
+    "SIGNAL_VOICE",
+    "lib",
+    "packet_has_lbrr",
+    "packet_samples",
+    "version",
+]
+
 OPUS_OK: Final = 0
 APPLICATION_VOIP: Final = 2048
 APPLICATION_AUDIO: Final = 2049

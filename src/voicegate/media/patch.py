@@ -35,9 +35,9 @@ from aiortc.codecs import CODECS, get_encoder
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 
+from voicegate.audio.levels import audio_level_dbov
 from voicegate.media import opus
 from voicegate.media.encode import OutboundOpus, SpeechEncoder
-from voicegate.media.levels import audio_level_dbov
 from voicegate.media.receive import AudioReceivePath, receive_path
 
 __all__ = [

@@ -21,7 +21,21 @@ import numpy as np
 import structlog
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicegate.media.audio import pcm_frame
+from voicegate.audio.pcm import pcm_frame
+
+__all__ = [
+    "FLOOR_RELAX_S",
+    "LEAD_FLOOR_AFTER_UNDERRUN",
+    "LEAD_FLOOR_FRAMES",
+    "LEAD_STEADY_FRAMES",
+    "LEAD_WINDOW_FRAMES",
+    "MAX_LATE",
+    "MAX_TRIM_PER_FRAME",
+    "PTIME",
+    "PlayoutTrack",
+    "SILENT_PEAK",
+    "STOP_HANGOVER_FRAMES",
+]
 
 log = structlog.get_logger(__name__)
 

@@ -26,9 +26,22 @@ from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
+from voicegate.audio.pcm import pcm_frame
 from voicegate.media import opus
-from voicegate.media.audio import pcm_frame
 from voicegate.media.opus import RTP_RATE
+
+__all__ = [
+    "AudioReceivePath",
+    "HOLD_DECAY_AFTER",
+    "HOLD_MAX",
+    "HOLD_STEP",
+    "MAX_CONCEAL_FRAMES",
+    "MAX_PENDING",
+    "MAX_QUEUED_FRAMES",
+    "RESET_GAP",
+    "ReceiveStats",
+    "receive_path",
+]
 
 HOLD_MAX: Final = 0.060
 HOLD_STEP: Final = 0.020

@@ -15,6 +15,8 @@ from typing import Final
 
 from aiortc import RTCPeerConnection
 
+__all__ = ["OPUS_CLOCK", "RTP_SAMPLE_INTERVAL", "RtpSample", "rtp_sample", "sample_every"]
+
 RTP_SAMPLE_INTERVAL: Final = 5.0
 """Seconds between per-call ``getStats()`` samples (RTCP reports arrive about every 5 s anyway)."""
 OPUS_CLOCK: Final = 48000

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-USER_RATE: Final = 16000
-BOT_RATE: Final = 24000
+from voicegate.sonic.events import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE
+
+USER_RATE: Final = INPUT_SAMPLE_RATE
+"""The caller's audio is recorded as the model hears it."""
+BOT_RATE: Final = OUTPUT_SAMPLE_RATE
+"""The bot's audio is recorded as the model sends it."""
 MAX_GAP_SECONDS: Final = 3600.0
 """A position further than this from a stream's end is a clock bug, not a gap to fill."""
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "LabelValues", "MAX_SERIES", "Metric"]
+
 MAX_SERIES: Final = 64
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -10,6 +10,8 @@ import asyncio
 import os
 import time
 
+__all__ = ["asyncio_tasks", "cpu_seconds", "open_fds", "rss_bytes"]
+
 
 def rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 elsewhere)."""

@@ -56,6 +56,18 @@ from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.upload import default_s3_client as _default_s3_client
 from voicegate.observability.upload import upload_with_retries
 
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "CallRecording",
+    "FILES",
+    "MAX_QUEUED",
+    "Recorder",
+    "RecordingOptions",
+    "RecordingResult",
+    "UPLOAD_ATTEMPTS",
+    "UPLOAD_BACKOFF",
+]
+
 log = structlog.get_logger(__name__)
 
 MAX_QUEUED: Final = 4096

@@ -19,6 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+__all__ = [
+    "Admission",
+    "LagMonitor",
+    "MIN_SAMPLES",
+    "PROBE_INTERVAL",
+    "RETRY_AFTER_S",
+    "Refusal",
+    "WINDOW",
+]
+
 PROBE_INTERVAL: Final = 0.05
 WINDOW: Final = 40
 """Probes kept: the last two seconds."""

@@ -32,13 +32,28 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+from voicegate.config_checks import MAX_TTL_S, MIN_SECRET_CHARS
+
+__all__ = [
+    "AuthError",
+    "Claims",
+    "MAX_AUDIENCE_CHARS",
+    "MAX_SUBJECT_CHARS",
+    "MAX_TOKEN_CHARS",
+    "SESSION_GRACE_S",
+    "VERSION",
+    "bearer",
+    "check_lifetime",
+    "fingerprint",
+    "mint",
+    "verify",
+]
+
 VERSION: Final = "vg1"
 MAX_TOKEN_CHARS: Final = 2048
 """Longer Authorization values are refused before any decoding or hashing work."""
 MAX_SUBJECT_CHARS: Final = 128
 MAX_AUDIENCE_CHARS: Final = 256
-MIN_SECRET_CHARS: Final = 16
-MAX_TTL_S: Final = 7 * 86400
 SESSION_GRACE_S: Final = 60
 """A per-call token outlives its call's maximum length by this much, so hang-up still works."""
 

@@ -24,6 +24,8 @@ from voicegate.call import PeerSession
 from voicegate.conversation import Conversation
 from voicegate.sonic import Role
 
+__all__ = ["CallRegistry", "CallStore", "CandidateKey", "StoredCall"]
+
 log = structlog.get_logger(__name__)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+__all__ = ["ApiError", "Handler", "json_error"]
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

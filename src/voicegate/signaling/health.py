@@ -28,6 +28,17 @@ from voicegate.signaling.keys import (
 )
 from voicegate.signaling.middleware import errors_as_json
 
+__all__ = [
+    "METRICS_HANDLER",
+    "MetricsHandler",
+    "check_metrics_token",
+    "create_metrics_app",
+    "healthz",
+    "metrics",
+    "metrics_elsewhere",
+    "readyz",
+]
+
 
 async def healthz(request: web.Request) -> web.Response:
     app = request.app

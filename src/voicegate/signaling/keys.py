@@ -21,6 +21,23 @@ from voicegate.signaling.admission import Admission
 from voicegate.signaling.calls import CallRegistry
 from voicegate.signaling.ratelimit import RateLimiter
 
+__all__ = [
+    "ADMISSION",
+    "BACKEND",
+    "CANDIDATES",
+    "CLAIMS",
+    "CONFIG",
+    "COUNTERS",
+    "GATE",
+    "Gate",
+    "METRICS",
+    "RECORDER",
+    "SESSIONS",
+    "SETTINGS",
+    "STARTED",
+    "TOOLS",
+]
+
 
 @dataclass(slots=True)
 class Gate:

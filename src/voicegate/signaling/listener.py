@@ -27,6 +27,8 @@ from voicegate.config import ServeConfig
 from voicegate.signaling.health import create_metrics_app
 from voicegate.signaling.ratelimit import client_key
 
+__all__ = ["ConnectionGuard", "GuardedSite", "Listener", "runner_options", "serve", "url_of"]
+
 log = structlog.get_logger(__name__)
 
 

@@ -23,6 +23,16 @@ from voicegate.signaling.errors import ApiError, Handler, json_error
 from voicegate.signaling.keys import CLAIMS, CONFIG, COUNTERS, GATE, METRICS, Gate
 from voicegate.signaling.ratelimit import RateLimiter
 
+__all__ = [
+    "PAGE_POLICY",
+    "access_control",
+    "client_address",
+    "count_offers",
+    "errors_as_json",
+    "rate_limited",
+    "security_headers",
+]
+
 log = structlog.get_logger(__name__)
 
 _REASONS: Final = {

@@ -16,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
+__all__ = ["MAX_CLIENTS", "RateLimiter", "client_key"]
+
 MAX_CLIENTS: Final = 10_000
 
 

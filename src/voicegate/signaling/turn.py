@@ -27,9 +27,10 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiortc import RTCIceServer
+
+__all__ = ["SAFE_SUBJECT", "TurnConfig", "mint", "quota_name"]
 
 SAFE_SUBJECT = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 """Subjects shown to coturn as they are; anything else (spaces, control characters that would
@@ -54,17 +55,6 @@ def quota_name(subject: str) -> str:
     if SAFE_SUBJECT.fullmatch(subject):
         return subject
     return "sub-" + hashlib.sha256(subject.encode()).hexdigest()[:24]
-
-
-def check_url(url: str) -> str | None:
-    """A problem with a TURN/STUN URL, or None if it is usable."""
-    scheme, _, rest = url.partition(":")
-    if scheme not in ("turn", "turns", "stun", "stuns") or not rest:
-        return f"{url!r} must start with turn:, turns:, stun: or stuns:"
-    host = urlsplit(f"//{rest.split('?')[0]}").hostname
-    if not host:
-        return f"{url!r} has no host"
-    return None
 
 
 @dataclass(frozen=True, slots=True)

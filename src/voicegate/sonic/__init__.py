@@ -16,7 +16,6 @@ from voicegate.sonic.events import (
     ENDPOINTING,
     INPUT_SAMPLE_RATE,
     INTERRUPTED_MARKER,
-    OUTPUT_RATES,
     OUTPUT_SAMPLE_RATE,
     ROLES,
     STOP_REASONS,
@@ -49,6 +48,7 @@ from voicegate.sonic.events import (
     is_interruption_marker,
 )
 from voicegate.sonic.model_codec import decode_input, encode_output
+from voicegate.sonic.models import OUTPUT_RATES
 
 __all__ = [
     "ENDPOINTING",

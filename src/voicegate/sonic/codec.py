@@ -54,6 +54,24 @@ from voicegate.sonic.events import (
     UsageEvent,
 )
 
+__all__ = [
+    "CONTENT_TYPES",
+    "MAX_JSON_LAYERS",
+    "MAX_REPORTED",
+    "OUTPUT_FIELDS",
+    "SonicProtocolError",
+    "b64",
+    "decode_output",
+    "dumps",
+    "encode_input",
+    "event_body",
+    "opt_str",
+    "req_str",
+    "role_of",
+    "tool_arguments",
+    "unb64",
+]
+
 log = structlog.get_logger(__name__)
 
 CONTENT_TYPES: Final = frozenset({"TEXT", "AUDIO", "TOOL"})

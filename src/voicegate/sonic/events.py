@@ -17,6 +17,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from voicegate.sonic.models import DEFAULT_VOICE
+
+__all__ = [
+    "AudioContentStart",
+    "AudioInput",
+    "AudioOutput",
+    "CompletionEnd",
+    "CompletionStart",
+    "ContentEnd",
+    "ContentType",
+    "ENDPOINTING",
+    "INPUT_SAMPLE_RATE",
+    "INTERRUPTED_MARKER",
+    "Ids",
+    "InputEvent",
+    "OUTPUT_SAMPLE_RATE",
+    "OutputContentEnd",
+    "OutputContentStart",
+    "OutputEvent",
+    "PromptEnd",
+    "PromptStart",
+    "ROLES",
+    "Role",
+    "STOP_REASONS",
+    "SessionEnd",
+    "SessionStart",
+    "StopReason",
+    "TextContentStart",
+    "TextInput",
+    "TextOutput",
+    "ToolResult",
+    "ToolResultContentStart",
+    "ToolSpec",
+    "ToolUse",
+    "UsageEvent",
+    "is_interruption_marker",
+]
+
 INTERRUPTED_MARKER: Final = '{ "interrupted" : true }'
 """The literal text Nova Sonic puts in a textOutput when the user barges in."""
 
@@ -30,7 +68,6 @@ StopReason = Literal["PARTIAL_TURN", "END_TURN", "INTERRUPTED", "TOOL_USE"]
 ROLES: Final = frozenset({"SYSTEM", "USER", "ASSISTANT", "TOOL", "SYSTEM_SPEECH"})
 STOP_REASONS: Final = frozenset({"PARTIAL_TURN", "END_TURN", "INTERRUPTED", "TOOL_USE"})
 ENDPOINTING: Final = frozenset({"HIGH", "MEDIUM", "LOW"})
-OUTPUT_RATES: Final = frozenset({8000, 16000, 24000})
 
 
 def is_interruption_marker(text: str) -> bool:
@@ -61,7 +98,7 @@ class ToolSpec:
 @dataclass(frozen=True, slots=True)
 class PromptStart:
     prompt_name: str
-    voice_id: str = "matthew"
+    voice_id: str = DEFAULT_VOICE
     output_sample_rate: int = OUTPUT_SAMPLE_RATE
     tools: tuple[ToolSpec, ...] = ()
 

@@ -21,7 +21,6 @@ from voicegate.sonic.codec import (
 )
 from voicegate.sonic.events import (
     ENDPOINTING,
-    OUTPUT_RATES,
     AudioContentStart,
     AudioInput,
     AudioOutput,
@@ -46,6 +45,9 @@ from voicegate.sonic.events import (
     ToolUse,
     UsageEvent,
 )
+from voicegate.sonic.models import DEFAULT_VOICE, OUTPUT_RATES
+
+__all__ = ["decode_input", "encode_output"]
 
 
 def _num(body: dict[str, Any], key: str, what: str, default: float) -> float:
@@ -93,7 +95,7 @@ def decode_input(obj: Any) -> InputEvent:
                 )
             if audio.get("sampleSizeBits", 16) != 16 or audio.get("channelCount", 1) != 1:
                 raise SonicProtocolError("audio output must be 16-bit mono")
-            voice = audio.get("voiceId", "matthew")
+            voice = audio.get("voiceId", DEFAULT_VOICE)
             if not isinstance(voice, str):
                 raise SonicProtocolError("audioOutputConfiguration.voiceId must be a string")
             tools: list[ToolSpec] = []

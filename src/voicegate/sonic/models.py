@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Final
 
 DEFAULT_MODEL_ID: Final = "amazon.nova-2-sonic-v1:0"
-MODELS: Final = frozenset({"amazon.nova-sonic-v1:0", DEFAULT_MODEL_ID})
+NOVA_SONIC_V1_MODEL_ID: Final = "amazon.nova-sonic-v1:0"
+MODELS: Final = frozenset({NOVA_SONIC_V1_MODEL_ID, DEFAULT_MODEL_ID})
+DEFAULT_VOICE: Final = "matthew"
+"""The voice a session gets when none is chosen (one both models document)."""
+STREAM_LIMIT_S: Final = 480.0
+"""How long Bedrock keeps one bidirectional stream open (8 minutes, then
+``ModelTimeoutException``): what renewals must beat and what the stand-in enforces."""
 PROFILE_PREFIXES: Final = ("", "us.", "global.")
 
 
@@ -105,12 +111,15 @@ def voice_problem(model_id: str, voice: str) -> str | None:
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "DEFAULT_VOICE",
     "MODELS",
     "NOVA1_REGIONS",
     "NOVA2_REGIONS",
     "OUTPUT_RATES",
     "NOVA1_VOICES",
     "NOVA2_VOICES",
+    "NOVA_SONIC_V1_MODEL_ID",
+    "STREAM_LIMIT_S",
     "Model",
     "known_model",
     "model_of",

@@ -20,18 +20,18 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import LinearResampler
 from voicegate.backends.base import ValidationFailed
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.media.levels import rms
-from voicegate.media.resample import LinearResampler
 from voicegate.sonic import (
     AudioContentStart,
     ContentEnd,
     InputEvent,
     UsageEvent,
 )
-from voicegate.standin.audio import speech_like, split_chunks
 from voicegate.standin.errors import EXCEPTIONS, ResetStream
+from voicegate.standin.reply_audio import speech_like, split_chunks
 from voicegate.standin.scenarios import Scenario, scenario_from_prompt
 
 SPEECH_RMS: Final = 300.0

@@ -23,8 +23,11 @@ import signal
 import sys
 from typing import Any
 
+from voicegate.sonic.models import STREAM_LIMIT_S
 from voicegate.standin.factories import BRAINS, BrainUnavailable
 from voicegate.standin.scenarios import Scenario
+
+__all__ = ["add_parser", "printable_env", "run"]
 
 
 def _positive(text: str) -> float:
@@ -70,10 +73,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--session-limit",
         type=_positive,
-        default=480.0,
+        default=STREAM_LIMIT_S,
         metavar="SECONDS",
-        help="end every session after this long with ModelTimeoutException (default 480, "
-        "Bedrock's 8 minutes)",
+        help="end every session after this long with ModelTimeoutException (default "
+        f"{STREAM_LIMIT_S:g}, Bedrock's 8 minutes)",
     )
     p.add_argument(
         "--scenario",

@@ -38,6 +38,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+__all__ = [
+    "ChecksumMismatch",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "EventStreamError",
+    "HeaderValue",
+    "Headers",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Int8",
+    "MAX_HEADERS_LENGTH",
+    "MESSAGE_CRC_LENGTH",
+    "MIN_MESSAGE_LENGTH",
+    "Message",
+    "MessageDecoder",
+    "PRELUDE_LENGTH",
+    "decode_headers",
+    "decode_message",
+    "encode_header",
+    "encode_headers",
+    "encode_message",
+    "timestamp_ms",
+]
+
 PRELUDE_LENGTH: Final = 12
 MESSAGE_CRC_LENGTH: Final = 4
 MIN_MESSAGE_LENGTH: Final = PRELUDE_LENGTH + MESSAGE_CRC_LENGTH

@@ -25,11 +25,23 @@ import contextlib
 from dataclasses import dataclass
 from typing import Final
 
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
 from voicegate.sonic.events import AudioContentStart, InputEvent
-from voicegate.standin.audio import split_chunks
+from voicegate.standin.reply_audio import split_chunks
+
+__all__ = [
+    "END_SILENCE_S",
+    "HeardTurn",
+    "MAX_PENDING_TURNS",
+    "MAX_TURN_S",
+    "SPEECH_RMS",
+    "THINK_S",
+    "TurnTaking",
+    "TurnsBrain",
+    "TurnsFactory",
+]
 
 SPEECH_RMS: Final = 300.0
 """RMS (16-bit scale, about -40 dBFS) at or above which a chunk is speech."""

@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from voicegate.sonic.models import MODELS, known_model
+from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model
 from voicegate.standin.certs import ensure_certs, server_context
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
@@ -57,7 +57,7 @@ TEST_SECRET_KEY: Final = "voicegate-standin-test-secret-key-not-for-aws"
 
 PATH_RE: Final = re.compile(r"/model/([^/]+)/invoke-with-bidirectional-stream")
 DEFAULT_REGION: Final = "us-east-1"
-DEFAULT_SESSION_LIMIT: Final = 480.0
+DEFAULT_SESSION_LIMIT: Final = STREAM_LIMIT_S
 """Bedrock ends a bidirectional stream after 8 minutes (ModelTimeoutException)."""
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 """No input (no audio, once audio streams) for this long ends a session, as Bedrock's

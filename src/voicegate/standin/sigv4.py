@@ -36,6 +36,24 @@ from urllib.parse import parse_qsl, quote
 
 from voicegate.standin.eventstream import Message, encode_header, encode_message
 
+__all__ = [
+    "STREAMING_PAYLOAD",
+    "Authorization",
+    "Credentials",
+    "EventSigner",
+    "EventVerifier",
+    "SeedVerified",
+    "SignatureError",
+    "canonical_request",
+    "canonical_uri",
+    "event_signature",
+    "parse_authorization",
+    "sign_request",
+    "signing_key",
+    "string_to_sign",
+    "verify_request",
+]
+
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
 EVENT_ALGORITHM: Final = "AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_PAYLOAD: Final = "STREAMING-AWS4-HMAC-SHA256-EVENTS"

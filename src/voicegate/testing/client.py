@@ -30,8 +30,20 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from voicegate.media.levels import rms
-from voicegate.media.resample import FrameResampler, resample_pcm16
+from voicegate.audio.levels import rms
+from voicegate.audio.resample import FrameResampler, resample_pcm16
+
+__all__ = [
+    "CallClient",
+    "FRAME",
+    "FrameSink",
+    "OfferRefused",
+    "PcmTrack",
+    "RATE",
+    "ReceivedAudio",
+    "load_wav",
+    "pace",
+]
 
 RATE: Final = 48000
 FRAME: Final = 960  # 20 ms at 48 kHz

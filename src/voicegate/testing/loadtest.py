@@ -33,6 +33,18 @@ if TYPE_CHECKING:  # imported when a load test runs, not for every `voicegate` c
 
     from voicegate.testing.workloads import Analyzer, PacketTrack, Signal
 
+__all__ = [
+    "Caller",
+    "GRACE_S",
+    "HANGUP_TIMEOUT_S",
+    "LoadOptions",
+    "WORKLOADS",
+    "add_parser",
+    "check_url",
+    "main",
+    "run",
+]
+
 WORKLOADS: Final = ("markers", "turns")
 """What the callers play and measure (testing/workloads.py)."""
 GRACE_S = {"markers": 1.0, "turns": 4.5}

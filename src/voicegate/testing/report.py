@@ -8,7 +8,6 @@ answer audio at the caller), fps_min and connect_ms {p50, max}; ``failures`` cou
 from __future__ import annotations
 
 import platform
-import sys
 from collections import Counter
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TextIO
@@ -17,6 +16,8 @@ from voicegate.testing.signals import percentiles
 
 if TYPE_CHECKING:
     from voicegate.testing.loadtest import Caller, LoadOptions
+
+__all__ = ["MAX_EVENTS", "PACKAGES", "Progress", "call_result", "document", "table", "versions"]
 
 MAX_EVENTS = 200
 PACKAGES = ("voicegate", "aiortc", "aioice", "av", "aiohttp", "aws-sdk-bedrock-runtime", "awscrt")
@@ -220,7 +221,3 @@ class Progress:
     def done(self) -> None:
         self.out.write("\n")
         self.out.flush()
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

@@ -28,8 +28,29 @@ from typing import Final
 
 import numpy as np
 
-from voicegate.media.levels import rms
-from voicegate.media.resample import resample_pcm16
+from voicegate.audio.levels import frame_rms, rms
+from voicegate.audio.resample import resample_pcm16
+
+__all__ = [
+    "Activity",
+    "BLOCK_S",
+    "Detector",
+    "FRAME_S",
+    "MARKER_AMPLITUDE",
+    "MARKER_HZ",
+    "MARKER_PERIOD",
+    "MARKER_S",
+    "PAUSE_S",
+    "PHRASE_S",
+    "SPEECH_PEAK",
+    "TEXT",
+    "TURN_RMS",
+    "VOICE_RMS",
+    "percentiles",
+    "speech",
+    "turns",
+    "with_markers",
+]
 
 MARKER_HZ: Final = 2500.0
 MARKER_S: Final = 0.08
@@ -114,7 +135,7 @@ def turns(
     frame = int(rate * FRAME_S)
     phrase = speech(rate, speech_s, pauses=False).astype(np.float64)
     phrase = np.concatenate([phrase, np.zeros(-len(phrase) % frame)])
-    level = np.sqrt((phrase.reshape(-1, frame) ** 2).mean(axis=1))
+    level = frame_rms(phrase, frame)
     voiced = np.flatnonzero(level >= TURN_RMS)
     first = int(voiced[0]) if voiced.size else 0
     # The turn ends with a clearly voiced frame (twice the threshold, so that no codec on the

@@ -27,6 +27,17 @@ import structlog
 from smithy_aws_core.identity import AWSCredentialsIdentity, AWSIdentityProperties
 from smithy_core.exceptions import SmithyIdentityError
 
+__all__ = [
+    "BotocoreIdentityResolver",
+    "CHAIN_DESCRIPTION",
+    "CredentialsUnavailable",
+    "DEFAULT_ADVISORY_MARGIN",
+    "DEFAULT_MANDATORY_MARGIN",
+    "RETRY_BACKOFF",
+    "credentials_status",
+    "load_botocore_credentials",
+]
+
 log = structlog.get_logger(__name__)
 
 CHAIN_DESCRIPTION: Final = (

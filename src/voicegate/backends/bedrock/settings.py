@@ -17,12 +17,11 @@ from typing import Final
 import structlog
 
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT, transport_problem
-from voicegate.sonic.models import DEFAULT_MODEL_ID, known_model, model_of
+from voicegate.sonic.models import DEFAULT_MODEL_ID, NOVA_SONIC_V1_MODEL_ID, known_model, model_of
 
 log = structlog.get_logger(__name__)
 
 AWS_HOST_SUFFIXES: Final = (".amazonaws.com", ".amazonaws.com.cn")
-NOVA_SONIC_V1_MODEL_ID: Final = "amazon.nova-sonic-v1:0"
 DEFAULT_REGION: Final = "us-east-1"
 
 _BASE_MODELS: Final = frozenset({DEFAULT_MODEL_ID, NOVA_SONIC_V1_MODEL_ID})

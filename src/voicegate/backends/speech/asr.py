@@ -25,6 +25,24 @@ from numpy.typing import NDArray
 from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
 from voicegate.backends.speech.vad import SAMPLE_RATE
 
+__all__ = [
+    "BEAM_SIZE",
+    "MAX_COMPRESSION_RATIO",
+    "MAX_TOKENS_PER_SECOND",
+    "MIN_AVG_LOGPROB",
+    "MODEL_SHA256",
+    "NO_SPEECH_PROB",
+    "REPEAT_WORDS",
+    "SHORT_WINDOWS",
+    "Transcriber",
+    "clean_transcript",
+    "compression_ratio",
+    "model_dir",
+    "repeats",
+    "short_window",
+    "verify_model",
+]
+
 MODEL_SHA256: Final = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 """model.bin of Whisper tiny.en in CTranslate2 int8-ready form (Systran/faster-whisper-tiny.en)."""
 

@@ -16,8 +16,19 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.speech import SpeechModelError, missing_package, sha256_file
-from voicegate.media.resample import resample_pcm16
+
+__all__ = [
+    "LEAD_IN_MS",
+    "MAX_TEXT_CHARS",
+    "SAMPLE_RATE",
+    "SILENT_SAMPLE",
+    "Synthesizer",
+    "VOICE",
+    "float_to_pcm16",
+    "trim_lead_in",
+]
 
 VOICE: Final = "heart"
 SAMPLE_RATE: Final = 24000

@@ -26,6 +26,22 @@ from numpy.typing import NDArray
 
 from voicegate.backends.speech import SpeechModelError, missing_package
 
+__all__ = [
+    "CONTEXT_SAMPLES",
+    "FRAME_SAMPLES",
+    "Float32Array",
+    "SAMPLE_RATE",
+    "STATE_SHAPE",
+    "SileroModel",
+    "SpeechEnd",
+    "SpeechPause",
+    "SpeechStart",
+    "VadConfig",
+    "VadEvent",
+    "VadStream",
+    "silero_model_path",
+]
+
 SAMPLE_RATE: Final = 16000
 FRAME_SAMPLES: Final = 512
 """Silero v6 at 16 kHz takes exactly 512 new samples (32 ms) per call."""

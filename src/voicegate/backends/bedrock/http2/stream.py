@@ -86,10 +86,6 @@ class H2Stream:
     def error(self) -> HTTP2Error | None:
         return self._error
 
-    @property
-    def request_ended(self) -> bool:
-        return self._local_ended
-
     # -- called by the connection (synchronously, from data_received) -------------------------
 
     def on_headers(self, headers: list[tuple[str, str]]) -> None:

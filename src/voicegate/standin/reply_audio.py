@@ -1,6 +1,7 @@
-"""Audio helpers for the stand-in's brains: a speech-like test signal and reply chunking.
+"""What the stand-in's brains send as audio: a speech-like test signal, cut into reply chunks.
 
-Levels and resampling are media.levels and media.resample, the one owner of each.
+Levels and resampling are ``voicegate.audio``'s (one owner each); this module only makes up
+the voice a scripted model "speaks" and paces it out in chunks of ``OUT_CHUNK_S``.
 
 Everything is 16-bit little-endian mono PCM, the format Nova Sonic carries in both directions.
 """

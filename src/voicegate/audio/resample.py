@@ -12,8 +12,11 @@ Two engines, each chosen for what it guarantees:
   (each audio chunk answered at once by exactly rate-ratio times its samples, as Nova does);
   libswresample holds back its filter delay and cannot promise a count per chunk.
 
-A leaf module (numpy; PyAV imported only when a libswresample engine is built), so backends and
-the stand-in may import it.
+``InboundResampler`` is the caller's side of a call: any decoded frame to the model input rate,
+with the time lost packets left in the timeline filled with silence.
+
+numpy; PyAV imported only when a libswresample engine is built, so backends and the stand-in
+import it without the media path.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
+
+from voicegate.audio.pcm import Int16Array
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 if TYPE_CHECKING:
     import av
 
-Int16Array = npt.NDArray[np.int16]
+__all__ = ["FrameResampler", "InboundResampler", "LinearResampler", "resample_pcm16"]
 
 
 def _swr(rate: int) -> Any:
@@ -70,6 +75,47 @@ def resample_pcm16(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
     swr = _swr(to_rate)
     out = _samples(swr.resample(frame) + swr.resample(None))
     return out.astype("<i2", copy=False).tobytes()
+
+
+class InboundResampler:
+    """Decoded WebRTC audio (any rate/layout, s16) -> 16 kHz mono s16 samples.
+
+    One per call: the underlying resampler keeps filter state between frames, so consecutive
+    frames join without clicks. Gaps in the RTP timeline (lost packets the jitter buffer skipped)
+    are filled with silence so the model never sees time jump.
+    """
+
+    def __init__(self, rate: int = INPUT_SAMPLE_RATE) -> None:
+        self.rate = rate
+        self._resampler = FrameResampler(rate)
+        self._next_pts: int | None = None
+        self._in_rate = 0
+        self.gap_samples = 0
+
+    def process(self, frame: av.AudioFrame) -> Int16Array:
+        parts: list[Int16Array] = []
+        pts = frame.pts
+        if pts is not None and self._next_pts is not None and frame.sample_rate == self._in_rate:
+            gap = pts - self._next_pts
+            # Fill gaps up to 2 s; a larger jump is a timeline reset, not lost audio.
+            if 0 < gap <= 2 * frame.sample_rate:
+                fill = gap * self.rate // frame.sample_rate
+                self.gap_samples += fill
+                parts.append(np.zeros(fill, dtype=np.int16))
+        if pts is not None:
+            self._next_pts = pts + frame.samples
+            self._in_rate = frame.sample_rate
+        if (
+            frame.sample_rate == self.rate
+            and frame.format.name == "s16"
+            and len(frame.layout.channels) == 1
+        ):
+            # Already what the model takes (voicegate's receive path decodes straight to 16 kHz
+            # mono): no resampler pass, just a view of the samples.
+            parts.append(np.frombuffer(memoryview(frame.planes[0]), np.int16)[: frame.samples])
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        parts.append(self._resampler.process(frame))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class LinearResampler:

@@ -3,33 +3,27 @@
 Every level decision (the echo brain's energy VAD, the stand-in's turn-taking, the continuation
 buffer's "may hold speech", the RTP audio-level header, the test client's checks) goes through
 these helpers, so a threshold written as an RMS or a dBFS value means the same thing everywhere.
-A leaf module: numpy only (``av`` is only named for a type), so backends and the stand-in may
-import it too.
+numpy only (``av`` is only named for a type), so backends and the stand-in import it too.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from voicegate.audio.pcm import Pcm, samples
+
 if TYPE_CHECKING:
     import av
+
+__all__ = ["FULL_SCALE", "SILENCE_DB", "audio_level_dbov", "dbfs", "frame_rms", "rms"]
 
 FULL_SCALE: Final = 32768.0
 SILENCE_DB: Final = -127.0
 """The floor every level in dB is clamped to (RFC 6465's -127 dBov means digital silence)."""
-
-Pcm = npt.NDArray[np.int16] | bytes | bytearray | memoryview
-
-
-def samples(pcm: Pcm) -> npt.NDArray[np.int16]:
-    """``pcm`` as int16 samples (a view, no copy, for raw little-endian bytes)."""
-    if isinstance(pcm, bytes | bytearray | memoryview):
-        return np.frombuffer(pcm, dtype="<i2")
-    return pcm
 
 
 def rms(pcm: Pcm) -> float:
@@ -39,6 +33,13 @@ def rms(pcm: Pcm) -> float:
         return 0.0
     f = x.astype(np.float64)
     return math.sqrt(float(np.dot(f, f)) / f.size)
+
+
+def frame_rms(signal: npt.NDArray[Any], frame: int) -> npt.NDArray[np.float64]:
+    """RMS of each ``frame`` samples of ``signal`` (its length a multiple of ``frame``), in the
+    units of ``rms``: a level per frame for a whole signal at once."""
+    x = signal.astype(np.float64).reshape(-1, frame)
+    return np.asarray(np.sqrt((x**2).mean(axis=1)), dtype=np.float64)
 
 
 def dbfs(pcm: Pcm) -> float:

@@ -1,0 +1,67 @@
+"""Model input chunks: how much caller audio goes into one model audio event.
+
+The chunk length is process-wide (``--model-chunk-ms``, set once at start through
+``configure_chunks``): the inbound pump cuts caller audio with a ``Chunker`` of that size and
+the conversation reads the same length (``model_chunk_seconds``) to pace silence and replay.
+The rate is the model input's, the Sonic protocol's 16 kHz, for every brain. Runs once per
+20 ms frame per call, so it avoids per-sample Python loops.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from voicegate.audio.pcm import Int16Array
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
+
+__all__ = [
+    "CHUNK_SAMPLES",
+    "DEFAULT_CHUNK_MS",
+    "Chunker",
+    "configure_chunks",
+    "model_chunk_seconds",
+]
+
+DEFAULT_CHUNK_MS: Final = 20
+CHUNK_SAMPLES: Final = INPUT_SAMPLE_RATE * DEFAULT_CHUNK_MS // 1000
+"""Default samples per chunk sent to the model: 20 ms at 16 kHz, i.e. every received frame goes
+to the model the moment it is decoded. Larger chunks cost fewer model events per second (each
+costs ~0.3-0.6 ms of CPU on the Bedrock path) but add up to their length on the way in;
+``configure_chunks`` (``--model-chunk-ms``) chooses. See benchmarks/README.md."""
+_chunk_samples = CHUNK_SAMPLES
+
+
+def model_chunk_seconds() -> float:
+    """Length of the caller-audio chunks the inbound pump hands the conversation."""
+    return _chunk_samples / INPUT_SAMPLE_RATE
+
+
+def configure_chunks(ms: int) -> None:
+    """Model input chunk length for every call from now on (a multiple of 20 ms)."""
+    global _chunk_samples
+    if ms <= 0 or ms % 20:
+        raise ValueError(f"chunk length {ms} ms must be a positive multiple of 20 ms")
+    _chunk_samples = INPUT_SAMPLE_RATE * ms // 1000
+
+
+class Chunker:
+    """Re-frames a stream of samples into fixed-size chunks (bytes), keeping the remainder."""
+
+    def __init__(self, samples: int | None = None) -> None:
+        samples = _chunk_samples if samples is None else samples
+        self.samples = samples
+        self._nbytes = samples * 2
+        self._buf = bytearray()
+
+    def push(self, pcm: Int16Array | bytes) -> list[bytes]:
+        self._buf += pcm if isinstance(pcm, bytes) else pcm.tobytes()
+        out: list[bytes] = []
+        n = self._nbytes
+        while len(self._buf) >= n:
+            out.append(bytes(self._buf[:n]))
+            del self._buf[:n]
+        return out
+
+    @property
+    def pending_samples(self) -> int:
+        return len(self._buf) // 2
