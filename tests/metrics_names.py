@@ -14,9 +14,15 @@ labelled series are there: run it only when a metric is added on purpose.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiohttp
+import numpy as np
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SINGLE = GOLDEN / "metrics_names.txt"
@@ -105,6 +111,15 @@ def _check_buckets(family: Family) -> None:
         assert buckets[-1][1] == family.samples[(family.name + "_count", rest)]
 
 
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of an exposition (None when it is not there)."""
+    key = (name, frozenset(labels.items()))
+    for family in read(text).values():
+        if key in family.samples:
+            return family.samples[key]
+    return None
+
+
 def lines(families: dict[str, Family]) -> list[str]:
     """One line per family, sorted: ``name TAB type TAB label,names TAB help``."""
     return sorted(f.line() for f in families.values())
@@ -123,36 +138,59 @@ _HEADER = (
 )
 
 
-async def _capture(*args: str) -> str:
-    """/metrics of ``voicegate serve --backend echo ARGS`` after one spoken echo call."""
-    import asyncio
+def speech() -> np.ndarray:
+    """A spoken sentence for the echo brain (espeak-ng), as the caller's microphone plays it."""
     import shutil
     import subprocess
     import tempfile
 
-    import aiohttp
-
-    from tests.deploy_util import start_serve, stop
-    from voicegate.testing.client import CallClient, load_wav
+    from voicegate.testing.client import load_wav
 
     espeak = shutil.which("espeak-ng")
-    assert espeak, "espeak-ng is needed to speak to the echo brain"
+    assert espeak, "espeak-ng is needed to speak to the echo brain (apt-get install espeak-ng)"
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
         subprocess.run([espeak, "-v", "en-us", "-w", str(wav), "capturing the metrics"], check=True)
-        speech = load_wav(wav)
+        return load_wav(wav)
+
+
+@contextlib.asynccontextmanager
+async def serving(*args: str) -> AsyncIterator[str]:
+    """``voicegate serve --backend echo ARGS`` on loopback, every worker ready: its URL."""
+    from tests.deploy_util import start_serve, stop
+
     proc, url = await asyncio.to_thread(start_serve, "--backend", "echo", *args)
-    client = CallClient(url)
     try:
         async with aiohttp.ClientSession() as http, asyncio.timeout(90):
-            while True:  # every worker up
+            while True:  # every worker up: nothing else to wait on from outside
                 async with http.get(f"{url}/readyz") as resp:
                     if resp.status == 200:
                         break
                 await asyncio.sleep(0.2)
+        yield url
+    finally:
+        assert await asyncio.to_thread(stop, proc) == 0
+
+
+async def scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        async with http.get(f"{url}/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return await resp.text()
+
+
+async def one_call(url: str, pcm: np.ndarray) -> None:
+    """One spoken echo call from the project's headless caller, answered and hung up; returns
+    once the node counts it as ended."""
+    from voicegate.testing.client import CallClient
+
+    client = CallClient(url)
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(90):
             await client.connect(http)
             await client.wait_for("bot-ready", 15)
-            client.mic.play(speech)
+            client.mic.play(pcm)
             await client.wait_for(
                 "server-message", 30, lambda m: m["data"].get("kind") == "turn-latency"
             )
@@ -162,38 +200,25 @@ async def _capture(*args: str) -> str:
                     if (await resp.json())["sessions"] == 0:
                         break
                 await asyncio.sleep(0.2)
-            async with http.get(f"{url}/metrics") as resp:
-                assert resp.status == 200
-                return await resp.text()
     finally:
         await client.close()
-        await asyncio.to_thread(stop, proc)
 
 
-def _declared() -> dict[str, tuple[str, ...]]:
-    """Label names of the families a call leaves without samples, from their declarations
-    (the hand-written registry of the time of capture)."""
-    from voicegate.observability.metrics import GatewayMetrics
-
-    return {m.name: tuple(sorted(m.labelnames)) for m in GatewayMetrics().metrics()}
-
-
-def _write(path: Path, text: str, mode: str, extra: tuple[str, ...] = ()) -> None:
+def _write(path: Path, text: str, mode: str) -> None:
     families = read(text)
-    declared = _declared()
-    for family in families.values():
-        if family.labels is None and family.name in declared:
-            family.labels = tuple(sorted((*declared[family.name], *extra)))
+    unsampled = [f.name for f in families.values() if f.labels is None]
+    assert not unsampled, f"families without a sample, so without label names: {unsampled}"
     path.write_text(_HEADER.format(mode=mode) + "\n".join(lines(families)) + "\n")
 
 
 async def _main() -> None:
     GOLDEN.mkdir(exist_ok=True)
-    _write(SINGLE, await _capture("--workers", "1"), " (--workers 1)")
-    _write(WORKERS, await _capture("--workers", "2"), " (--workers 2)", ("worker",))
+    pcm = await asyncio.to_thread(speech)
+    for path, args in ((SINGLE, ("--workers", "1")), (WORKERS, ("--workers", "2"))):
+        async with serving(*args) as url:
+            await one_call(url, pcm)
+            _write(path, await scrape(url), f" ({' '.join(args)})")
 
 
 if __name__ == "__main__":
-    import asyncio
-
     asyncio.run(_main())
