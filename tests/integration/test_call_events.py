@@ -97,12 +97,12 @@ def test_metrics_count_a_call_once_across_a_reconnect() -> None:
     stats = ConversationStats(turns=3)
     metrics.on_call_event("pc-1", CallStarted())
     metrics.on_call_event("pc-1", CallEnded("restart", 4.0, stats, handed_over=True))
-    assert metrics.calls_ended.value(reason="restart") == 0
+    assert metrics.sample("voicegate_calls_ended_total", reason="restart") == 0
     metrics.on_call_event("pc-1", CallStarted(restart=True))
     metrics.on_call_event("pc-1", TurnLatency(0.5, 0.3))
     metrics.on_call_event("pc-1", CallEnded("hangup", 9.0, stats))
     metrics.on_call_event("never-started", CallEnded("bad-offer", 0.1, stats))
-    assert metrics.calls_ended.value(reason="hangup") == 1
-    assert metrics.calls_ended.value(reason="bad-offer") == 0
-    assert metrics.turn_latency.count(stage="playout") == 1
-    assert "voicegate_conversation_turns_total 3" in metrics.render()
+    assert metrics.sample("voicegate_calls_ended_total", reason="hangup") == 1
+    assert metrics.sample("voicegate_calls_ended_total", reason="bad-offer") == 0
+    assert metrics.sample("voicegate_turn_latency_seconds_count", stage="playout") == 1
+    assert metrics.sample("voicegate_conversation_turns_total") == 3

@@ -14,6 +14,7 @@ from aiortc.stats import (
     RTCOutboundRtpStreamStats,
     RTCRemoteInboundRtpStreamStats,
 )
+from prometheus_client import CollectorRegistry, Gauge
 
 from tests.support.metrics import parse, scrape, value
 from tests.support.server import running_server
@@ -22,7 +23,7 @@ from voicegate.backends.echo import EchoBackend
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.call import session as peer
 from voicegate.media.rtp_stats import RtpSample, rtp_sample
-from voicegate.observability.exposition import MAX_SERIES, Counter, Gauge, Histogram
+from voicegate.observability.exposition import MAX_SERIES, Counter, Histogram, render
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.testing.client import CallClient, load_wav
 
@@ -30,39 +31,50 @@ from voicegate.testing.client import CallClient, load_wav
 
 
 def test_exposition_format_counters_gauges_histograms() -> None:
-    c = Counter("x_total", "things", ["kind"])
+    registry = CollectorRegistry()
+    c = Counter(registry, "x_total", "things", ["kind"], known=[("declared",)])
     c.inc(kind='we"ird\\\nvalue')
     c.inc(2, kind="plain")
     with pytest.raises(ValueError):
         c.inc(-1, kind="plain")
     with pytest.raises(ValueError):
         c.inc(other="label")
-    g = Gauge("y", "level", read=lambda: 2.5)
-    h = Histogram("z_seconds", "latency", (0.1, 1.0), ["stage"])
+    Gauge("y", "level", registry=registry).set_function(lambda: 2.5)
+    h = Histogram(registry, "z_seconds", "latency", (0.1, 1.0), ["stage"])
     for v in (0.05, 0.5, 0.5, 7.0):
         h.observe(v, stage="total")
     h.observe(float("nan"), stage="total")  # ignored, never poisons the sum
-    text = "\n".join([*c.header(), *c.samples(), *g.header(), *g.samples()])
-    text += "\n" + "\n".join([*h.header(), *h.samples()]) + "\n"
+    text = render(registry)
+    assert "_created" not in text  # /metrics never had OpenMetrics' created series
     s = parse(text)
     assert value(s, "x_total", kind='we\\"ird\\\\\\nvalue') == 1
     assert value(s, "x_total", kind="plain") == 2
+    assert ("x_total", frozenset({("kind", "declared")})) in s  # declared: there at zero
     assert value(s, "y") == 2.5
     assert value(s, "z_seconds_bucket", stage="total", le="0.1") == 1
-    assert value(s, "z_seconds_bucket", stage="total", le="1") == 3
+    assert value(s, "z_seconds_bucket", stage="total", le="1.0") == 3
     assert value(s, "z_seconds_bucket", stage="total", le="+Inf") == 4
     assert value(s, "z_seconds_sum", stage="total") == pytest.approx(8.05)
 
 
 def test_label_sets_are_bounded() -> None:
-    c = Counter("many_total", "one series per kind", ["kind"])
+    registry = CollectorRegistry()
+    c = Counter(registry, "many_total", "one series per kind", ["kind"])
     for i in range(MAX_SERIES * 3):
         c.inc(kind=f"k{i}")
-    lines = c.samples()
-    assert len(lines) == MAX_SERIES + 1
-    assert any('kind="other"' in line for line in lines)
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in lines)
-    assert total == MAX_SERIES * 3  # nothing is lost, only folded
+    s = parse(render(registry))
+    series = {labels: v for (name, labels), v in s.items() if name == "many_total"}
+    assert len(series) == MAX_SERIES + 1
+    assert value(s, "many_total", kind="other") == MAX_SERIES * 2
+    assert sum(series.values()) == MAX_SERIES * 3  # nothing is lost, only folded
+
+
+def test_apps_do_not_share_numbers() -> None:
+    """One registry per app: two servers in one process count apart."""
+    a, b = GatewayMetrics(), GatewayMetrics()
+    a.offers.inc(status="200")
+    assert a.sample("voicegate_offers_total", status="200") == 1
+    assert b.sample("voicegate_offers_total", status="200") == 0
 
 
 def test_rtp_sample_from_aiortc_stats_objects() -> None:
@@ -128,7 +140,8 @@ def test_conversation_stats_are_read_defensively() -> None:
     assert value(s, "voicegate_conversation_renewals_total") == 7
     assert value(s, "voicegate_conversation_barge_ins_total") == 2
     assert value(s, "voicegate_conversation_handover_gap_ms_total") == 25
-    assert not any("history" in name or "closing" in name for name, _ in s)
+    for ignored in ("history", "closing", "weird"):
+        assert not any(name == f"voicegate_conversation_{ignored}_total" for name, _ in s)
     assert value(s, "voicegate_calls_ended_total", reason="error") == 1
     assert value(s, "voicegate_call_duration_seconds_count") == 1
 
@@ -312,9 +325,9 @@ def test_stream_failures_and_handover_gaps_are_exported() -> None:
     stats.renewals = 2
     metrics.call_started("pc-1")
     metrics.call_ended("pc-1", "hangup", 30.0, stats)
-    text = metrics.render()
-    assert 'voicegate_stream_failures_total{kind="stream_lost"} 2' in text
-    assert 'voicegate_stream_failures_total{kind="throttled"} 1' in text
-    assert 'voicegate_handover_gap_seconds_count{kind="renewal"} 2' in text
-    assert 'voicegate_handover_gap_seconds_count{kind="recovery"} 1' in text
-    assert "voicegate_conversation_renewals_total 2" in text
+    s = parse(metrics.render())
+    assert value(s, "voicegate_stream_failures_total", kind="stream_lost") == 2
+    assert value(s, "voicegate_stream_failures_total", kind="throttled") == 1
+    assert value(s, "voicegate_handover_gap_seconds_count", kind="renewal") == 2
+    assert value(s, "voicegate_handover_gap_seconds_count", kind="recovery") == 1
+    assert value(s, "voicegate_conversation_renewals_total") == 2

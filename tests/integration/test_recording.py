@@ -208,7 +208,7 @@ def test_drops_are_counted_and_become_silence(
     call.close()
     assert call.finished.wait(10)
     assert call.dropped["user"] == 6
-    assert metrics.recording_dropped.value(stream="user") == 6
+    assert metrics.sample("voicegate_recording_dropped_total", stream="user") == 6
     meta = json.loads((tmp_path / "drops" / "call.json").read_text())
     assert meta["dropped_chunks"]["user"] == 6
     rate, data = read_wav(tmp_path / "drops" / "user.wav")
@@ -307,7 +307,7 @@ async def test_recording_to_s3_multipart_with_retry(
     async with running_server(EchoBackend(), **overrides) as (url, app):
         call = await _recorded_call(url, speech, app)
         assert call.result.upload_error == ""
-        assert app[METRICS].recording_uploads.value(result="ok") == 1
+        assert app[METRICS].sample("voicegate_recording_uploads_total", result="ok") == 1
     assert flaky.failures == 1  # the blip happened and the upload was retried
     prefix = f"calls/{call.call_id}/"
     assert sorted(call.result.s3_keys) == sorted(prefix + n for n in recording.FILES)
@@ -335,6 +335,6 @@ async def test_failed_upload_keeps_the_files(
     call.close()
     assert await asyncio.to_thread(call.finished.wait, 30)
     assert "NoSuchBucket" in call.result.upload_error
-    assert metrics.recording_uploads.value(result="failed") == 1
+    assert metrics.sample("voicegate_recording_uploads_total", result="failed") == 1
     assert (tmp_path / "c1" / "user.wav").is_file()  # nothing lost: kept for a later upload
     await rec.aclose()

@@ -26,11 +26,12 @@ import structlog
 from aiohttp import web
 
 from voicegate import __version__
-from voicegate.cluster.promtext import merge
+from voicegate.cluster.node_metrics import NodeMetrics
 from voicegate.cluster.proxy import ForwardError, forward
 from voicegate.cluster.router import NodeRouter, Placement, peek_call
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
+from voicegate.observability.exposition import CONTENT_TYPE
 from voicegate.signaling.admission import RETRY_AFTER_S
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.health import METRICS_HANDLER, check_metrics_token, metrics_elsewhere
@@ -61,6 +62,7 @@ class Supervisor:
         self.draining = False
         self.started = time.monotonic()
         self.router: NodeRouter | None = None
+        self.node_metrics = NodeMetrics(self.pool.workers)
 
     # -- which worker ------------------------------------------------------------------------
 
@@ -236,47 +238,25 @@ class Supervisor:
         return web.json_response({"ready": True})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from voicegate.observability.metrics import CONTENT_TYPE
-
         check_metrics_token(request)
         token = self.config.metrics_token
         auth = {"Authorization": f"Bearer {token}"} if token else {}
 
-        async def one(w: Worker) -> tuple[str, str] | None:
+        async def one(w: Worker) -> tuple[int, str] | None:
             try:
                 async with self.pool.client.get(
                     w.url + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0), headers=auth
                 ) as resp:
-                    return str(w.index), (await resp.read()).decode()
-            except (OSError, TimeoutError, ValueError, Exception):
+                    if resp.status != 200:
+                        raise ValueError(f"status {resp.status}")
+                    return w.index, (await resp.read()).decode()
+            except Exception as exc:  # a worker that cannot answer leaves only its series out
+                log.warning("worker_metrics_unavailable", worker=w.index, error=repr(exc))
                 return None
 
         texts = [t for t in await asyncio.gather(*(one(w) for w in self.pool.workers)) if t]
-        own = self._own_metrics()
-        body = merge([*texts, ("supervisor", own)])
+        body = self.node_metrics.render(texts)
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
-
-    def _own_metrics(self) -> str:
-        lines = [
-            "# HELP voicegate_workers worker processes of this node, by state",
-            "# TYPE voicegate_workers gauge",
-        ]
-        workers = self.pool.workers
-        for state, n in (
-            ("alive", sum(w.alive for w in workers)),
-            ("ready", sum(w.alive and w.ready for w in workers)),
-        ):
-            lines.append(f'voicegate_workers{{state="{state}"}} {n}')
-        lines += [
-            "# HELP voicegate_worker_restarts_total workers restarted after they died",
-            "# TYPE voicegate_worker_restarts_total counter",
-            *(f'voicegate_worker_restarts_total{{of="{w.index}"}} {w.restarts}' for w in workers),
-            "# HELP voicegate_calls_ended_total calls ended, by reason",
-            "# TYPE voicegate_calls_ended_total counter",
-            f'voicegate_calls_ended_total{{reason="worker-died"}} '
-            f"{sum(w.calls_lost for w in workers)}",
-        ]
-        return "\n".join(lines) + "\n"
 
 
 def create_supervisor_app(sup: Supervisor) -> web.Application:

@@ -1,181 +1,124 @@
-"""Prometheus text exposition, written by hand: counters, gauges and histograms with labels.
+"""What voicegate adds to prometheus-client: bounded label sets, series declared at zero, one
+registry per app and its text exposition.
 
-Why by hand: the handful of metric types voicegate needs (counters, gauges, histograms with a few
-fixed labels) fit in a page, and a self-rendered registry has no process-global state, so every
-app (and every test server in one process) has its own numbers. Observing is a dict update on the
-event loop.
+Every app (and every test server in one process) builds its own ``CollectorRegistry``, so no
+number is shared through the library's process-global default registry. Label values come from
+voicegate's own code (error kinds, close reasons, latency stages), never from a request; still,
+each labelled metric keeps at most ``MAX_SERIES`` label sets and folds the rest into ``other``
+so a bug cannot grow memory without bound. The values a dashboard or an alert selects are
+declared up front (``known``), so their series exist at zero from the start and ``rate()`` and
+alerts work on a node that has not had the event yet.
 
-Label values come from voicegate's own code (error kinds, close reasons, latency stages), never
-from a request; still, each metric keeps at most ``MAX_SERIES`` label sets and folds the rest into
-``other`` so a bug cannot grow memory without bound.
+The exposition is the text format 0.0.4 as prometheus-client renders it, without the
+OpenMetrics ``_created`` series, which /metrics never had.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
-__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "LabelValues", "MAX_SERIES", "Metric"]
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client import Counter as _Counter
+from prometheus_client import Histogram as _Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "MAX_SERIES", "Counter", "Histogram", "render"]
 
 MAX_SERIES: Final = 64
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-
-LabelValues = tuple[str, ...]
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Series:
+    """The label sets one metric has had, at most ``MAX_SERIES`` (then ``other``)."""
 
-
-def _fmt(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, labelnames: Sequence[str]) -> None:
         self.name = name
-        self.help = help_text
         self.labelnames = tuple(labelnames)
+        self._seen: set[tuple[str, ...]] = set()
 
-    def _key(self, labels: dict[str, str], known: Mapping[LabelValues, object]) -> LabelValues:
+    def key(self, labels: Mapping[str, str]) -> tuple[str, ...]:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
         key = tuple(str(labels[n]) for n in self.labelnames)
-        if key not in known and len(known) >= MAX_SERIES:
-            key = tuple("other" for _ in self.labelnames)
+        if key not in self._seen:
+            if len(self._seen) >= MAX_SERIES:
+                key = tuple("other" for _ in self.labelnames)
+            self._seen.add(key)
         return key
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
-    def samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class _Valued(Metric):
-    """One number per label set, or one read from a callback at scrape time."""
+class Counter:
+    """A prometheus-client counter with bounded label sets, ``known`` ones present at zero."""
 
     def __init__(
         self,
+        registry: CollectorRegistry,
         name: str,
         help_text: str,
         labelnames: Sequence[str] = (),
-        read: Callable[[], float] | None = None,
+        known: Iterable[Sequence[str]] = (),
     ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
-        self._read = read
+        self._metric = _Counter(name, help_text, labelnames, registry=registry)
+        self._series = _Series(name, labelnames)
+        for values in known:
+            self._child(dict(zip(self._series.labelnames, values, strict=True)))
 
-    def samples(self) -> list[str]:
-        if self._read is not None:
-            return [f"{self.name} {_fmt(self._read())}"]
-        return [
-            f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}"
-            for k, v in sorted(self._values.items())
-        ]
-
-
-class Counter(_Valued):
-    """A monotonically growing count; ``inc`` with a negative amount is refused."""
-
-    kind = "counter"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
-        read: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames, read)
-        if not self.labelnames:
-            self._values[()] = 0.0
+    def _child(self, labels: Mapping[str, str]) -> _Counter:
+        if not self._series.labelnames:
+            return self._metric
+        return self._metric.labels(*self._series.key(labels))
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels, self._values)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(labels[n] for n in self.labelnames), 0.0)
+        """Refuses a negative amount (a counter only goes up) and unknown label names."""
+        self._child(labels).inc(amount)
 
 
-class Gauge(_Valued):
-    """A value that goes up and down, set directly or read from a callback at scrape time."""
-
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels, self._values)] = value
-
-
-@dataclass(slots=True)
-class _HistogramState:
-    counts: list[int]
-    total: float = 0.0
-    count: int = 0
-
-
-class Histogram(Metric):
-    """Cumulative buckets, ``_sum`` and ``_count`` per label set (Prometheus semantics)."""
-
-    kind = "histogram"
+class Histogram:
+    """A prometheus-client histogram with bounded label sets, ``known`` ones present at zero;
+    a NaN observation is ignored, so it never poisons ``_sum``."""
 
     def __init__(
         self,
+        registry: CollectorRegistry,
         name: str,
         help_text: str,
         buckets: Sequence[float],
         labelnames: Sequence[str] = (),
+        known: Iterable[Sequence[str]] = (),
     ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self._states: dict[LabelValues, _HistogramState] = {}
+        self._metric = _Histogram(name, help_text, labelnames, registry=registry, buckets=buckets)
+        self._series = _Series(name, labelnames)
+        for values in known:
+            self._child(dict(zip(self._series.labelnames, values, strict=True)))
+
+    def _child(self, labels: Mapping[str, str]) -> _Histogram:
+        if not self._series.labelnames:
+            return self._metric
+        return self._metric.labels(*self._series.key(labels))
 
     def observe(self, value: float, **labels: str) -> None:
         if math.isnan(value):
             return
-        key = self._key(labels, self._states)
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = _HistogramState([0] * len(self.buckets))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                state.counts[i] += 1
-                break
-        state.total += value
-        state.count += 1
+        self._child(labels).observe(value)
 
-    def count(self, **labels: str) -> int:
-        state = self._states.get(tuple(labels[n] for n in self.labelnames))
-        return 0 if state is None else state.count
 
-    def samples(self) -> list[str]:
-        lines: list[str] = []
-        for key, state in sorted(self._states.items()):
-            cumulative = 0
-            for bound, n in zip(self.buckets, state.counts, strict=True):
-                cumulative += n
-                le = _labels(self.labelnames, key, f'le="{_fmt(bound)}"')
-                lines.append(f"{self.name}_bucket{le} {cumulative}")
-            inf = _labels(self.labelnames, key, 'le="+Inf"')
-            lines.append(f"{self.name}_bucket{inf} {state.count}")
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_fmt(state.total)}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {state.count}")
-        return lines
+class _WithoutCreated:
+    """The families of a registry less the ``_created`` samples prometheus-client adds (one
+    setting of the library would drop them, but for the whole process)."""
+
+    def __init__(self, registry: Collector) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family
+
+
+def render(registry: Collector) -> str:
+    """The text exposition (format 0.0.4) of ``registry``."""
+    return generate_latest(_WithoutCreated(registry)).decode()

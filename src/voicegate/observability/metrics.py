@@ -1,10 +1,17 @@
 """The gateway's metrics for ``GET /metrics``: what they count, and the call observer feeding them.
 
-Everything here is cheap and synchronous: observing is a dict update on the event loop; process
-figures (RSS, fds, threads) are read from /proc only when scraped (``process.py``); the text
-format is rendered by ``exposition.py``. Calls feed the metrics as a ``CallObserver``
-(``on_call_event``): signaling registers ``GatewayMetrics`` on every call it creates, and the
-call publishes its start, end, turn latencies, RTP samples, barge-ins and errors.
+The metrics are prometheus-client's, on a ``CollectorRegistry`` of this app's own (no
+process-global state: each server, and each test server in one process, has its own numbers);
+``exposition.py`` bounds their label sets and renders the text. Observing is a dict update on
+the event loop; figures that are owned elsewhere (the call count, process RSS, fds, threads,
+the conversations' stats) are read only when scraped, by ``_ReadAtScrape``. Calls feed the
+metrics as a ``CallObserver`` (``on_call_event``): signaling registers ``GatewayMetrics`` on
+every call it creates, and the call publishes its start, end, turn latencies, RTP samples,
+barge-ins and errors.
+
+Every series a dashboard or alert reads exists from the start, at zero: counters and histograms
+are declared with the label values voicegate knows (``REASONS``, ``error_kinds()``, ...), and the
+conversation counters with every numeric field of ``ConversationStats``.
 """
 
 from __future__ import annotations
@@ -14,17 +21,27 @@ import dataclasses
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+from voicegate.backends.base import BackendError
 from voicegate.call.events import CallEnded, CallEvent, CallStarted, RtpStats, TurnLatency
-from voicegate.conversation import BotInterrupted, ConversationError
+from voicegate.conversation import BotInterrupted, ConversationError, ConversationStats
 from voicegate.media.rtp_stats import RtpSample
-from voicegate.observability.exposition import CONTENT_TYPE, Counter, Gauge, Histogram, Metric
+from voicegate.observability.exposition import (
+    CONTENT_TYPE,
+    MAX_SERIES,
+    Counter,
+    Histogram,
+    render,
+)
 from voicegate.observability.process import asyncio_tasks, cpu_seconds, open_fds, rss_bytes
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "failures_by_kind", "numeric_fields"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "error_kinds", "failures_by_kind", "numeric_fields"]
 
 LATENCY_BUCKETS: Final = (
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
@@ -35,6 +52,30 @@ RTT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5,
 LOSS_BUCKETS: Final = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 LAG_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _NAME_OK: Final = re.compile(r"[^a-zA-Z0-9_]")
+
+# The label values declared at zero (docs/observability.md lists them); others still appear
+# when they happen.
+STATUSES: Final = ("200", "400", "401", "403", "413", "429", "502", "503", "504")
+REASONS: Final = (
+    "hangup", "client-disconnect", "connection-closed", "connection-failed", "connect-timeout",
+    "max-duration", "idle", "shutdown", "restart", "error",
+)  # fmt: skip
+STAGES: Final = ("total", "model", "playout")
+DIRECTIONS: Final = ("inbound", "outbound")
+HANDOVERS: Final = ("renewal", "recovery")
+STREAMS: Final = ("user", "bot")
+RESULTS: Final = ("ok", "failed")
+
+
+def error_kinds() -> tuple[str, ...]:
+    """Every ``BackendError.kind`` (the labels of backend errors and stream failures)."""
+    kinds: set[str] = set()
+    todo: list[type[BackendError]] = [BackendError]
+    while todo:
+        cls = todo.pop()
+        kinds.add(cls.kind)
+        todo += cls.__subclasses__()
+    return tuple(sorted(kinds))
 
 
 @dataclass(slots=True)
@@ -62,124 +103,142 @@ class GatewayMetrics:
         active_calls: Callable[[], int] = lambda: 0,
         counters: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
-        self._closed_stats: dict[str, float] = {}
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self._closed_stats: dict[str, float] = dict.fromkeys(
+            numeric_fields(ConversationStats()), 0.0
+        )
+        self._closed_failures: dict[str, float] = dict.fromkeys(error_kinds(), 0.0)
         self._live_stats: Callable[[], Iterable[object]] = list
         self._rtp_last: dict[str, _RtpTotals] = {}
         self._accepted: set[str] = set()
-        self.calls_active = Gauge(
-            "voicegate_calls_active", "calls in progress", read=lambda: float(active_calls())
+        Gauge("voicegate_calls_active", "calls in progress", registry=reg).set_function(
+            lambda: float(active_calls())
         )
         # Accepted and refused calls are counted where the decision is made (signaling's
-        # COUNTERS, also shown by /healthz); they are read here so there is one source of truth.
-        self.calls_total = Counter(
-            "voicegate_calls_total",
-            "calls accepted",
-            read=lambda: float(counters().get("calls_total", 0)),
-        )
-        self.calls_refused = Counter(
-            "voicegate_calls_refused_total",
-            "offers refused for capacity, rate limit or shutdown (503/429)",
-            read=lambda: float(counters().get("calls_refused", 0)),
-        )
+        # COUNTERS, also shown by /healthz); they are read at scrape time so there is one
+        # source of truth.
+        reg.register(_ReadAtScrape(self, counters))
+        kinds = [(k,) for k in error_kinds()]
         self.offers = Counter(
-            "voicegate_offers_total", "POST /api/offer responses, by HTTP status", ["status"]
+            reg,
+            "voicegate_offers_total",
+            "POST /api/offer responses, by HTTP status",
+            ["status"],
+            [(s,) for s in STATUSES],
         )
         self.calls_ended = Counter(
-            "voicegate_calls_ended_total", "calls ended, by reason", ["reason"]
+            reg,
+            "voicegate_calls_ended_total",
+            "calls ended, by reason",
+            ["reason"],
+            [(r,) for r in REASONS],
         )
         self.call_duration = Histogram(
+            reg,
             "voicegate_call_duration_seconds",
             "length of ended calls",
             (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
         )
         self.turn_latency = Histogram(
+            reg,
             "voicegate_turn_latency_seconds",
             "per turn: user stopped speaking -> first model audio (stage=model), -> first audio "
             "frame handed to the RTP sender (stage=total); stage=playout is the difference",
             LATENCY_BUCKETS,
             ["stage"],
+            [(s,) for s in STAGES],
         )
         self.playout_latency = Histogram(
+            reg,
             "voicegate_turn_playout_seconds",
             "per turn: first model audio -> first audio frame handed to the RTP sender",
             PLAYOUT_BUCKETS,
         )
-        self.barge_ins = Counter("voicegate_barge_ins_total", "user interruptions of the bot")
+        self.barge_ins = Counter(reg, "voicegate_barge_ins_total", "user interruptions of the bot")
         self.backend_errors = Counter(
+            reg,
             "voicegate_backend_errors_total",
             "speech backend (Bedrock) errors, by kind, at call start and during calls",
             ["kind"],
+            kinds,
         )
-        # Issue 4: model-stream failures by kind and the renewal/recovery handover gaps. Ended
-        # calls are folded in at call end; live calls' failures are summed at scrape time.
-        self._closed_failures: dict[str, float] = {}
         self.handover_gap = Histogram(
+            reg,
             "voicegate_handover_gap_seconds",
             "model stream handovers of ended calls: old stream's last use -> new stream live "
             "(kind=renewal), or failure noticed -> new stream live (kind=recovery)",
             (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             ["kind"],
+            [(k,) for k in HANDOVERS],
         )
         self.rtp_jitter = Histogram(
+            reg,
             "voicegate_rtp_jitter_seconds",
             "interarrival jitter per call sample: direction=inbound as voicegate measures the "
             "browser's stream, direction=outbound as the browser reports voicegate's (RTCP RR)",
             JITTER_BUCKETS,
             ["direction"],
+            [(d,) for d in DIRECTIONS],
         )
         self.rtp_rtt = Histogram(
-            "voicegate_rtp_rtt_seconds", "round-trip time from RTCP, per call sample", RTT_BUCKETS
+            reg,
+            "voicegate_rtp_rtt_seconds",
+            "round-trip time from RTCP, per call sample",
+            RTT_BUCKETS,
         )
         self.rtp_fraction_lost = Histogram(
+            reg,
             "voicegate_rtp_fraction_lost",
             "fraction of voicegate's packets the browser reports lost (RTCP RR), per call sample",
             LOSS_BUCKETS,
         )
         self.rtp_packets = Counter(
+            reg,
             "voicegate_rtp_packets_total",
             "RTP audio packets received (inbound) and sent (outbound)",
             ["direction"],
+            [(d,) for d in DIRECTIONS],
         )
         self.rtp_lost = Counter(
+            reg,
             "voicegate_rtp_packets_lost_total",
             "RTP audio packets lost: inbound as voicegate counts, outbound as RTCP reports",
             ["direction"],
+            [(d,) for d in DIRECTIONS],
         )
         self.loop_lag = Histogram(
+            reg,
             "voicegate_event_loop_lag_seconds",
             "how late a short sleep on the event loop wakes up (admission control's probe)",
             LAG_BUCKETS,
         )
         self.loop_lag_last = Gauge(
-            "voicegate_event_loop_lag_last_seconds", "the most recent event-loop lag probe"
+            "voicegate_event_loop_lag_last_seconds",
+            "the most recent event-loop lag probe",
+            registry=reg,
         )
         self.recording_dropped = Counter(
+            reg,
             "voicegate_recording_dropped_total",
             "recording chunks dropped because the writer fell behind, by stream",
             ["stream"],
+            [(s,) for s in STREAMS],
         )
         self.recording_uploads = Counter(
-            "voicegate_recording_uploads_total", "recording uploads, by result", ["result"]
+            reg,
+            "voicegate_recording_uploads_total",
+            "recording uploads, by result",
+            ["result"],
+            [(r,) for r in RESULTS],
         )
-        self._process = [
-            Gauge("voicegate_process_resident_memory_bytes", "RSS", read=lambda: rss_bytes()),
-            Counter(
-                "voicegate_process_cpu_seconds_total",
-                "CPU time of this process, user + system, all threads",
-                read=cpu_seconds,
-            ),
-            Gauge("voicegate_process_open_fds", "open file descriptors", read=lambda: open_fds()),
-            Gauge(
-                "voicegate_process_threads",
-                "Python threads",
-                read=lambda: threading.active_count(),
-            ),
-            Gauge(
-                "voicegate_asyncio_tasks",
-                "asyncio tasks on the event loop",
-                read=lambda: asyncio_tasks(),
-            ),
-        ]
+        for name, help_text, read in (
+            ("voicegate_process_resident_memory_bytes", "RSS", rss_bytes),
+            ("voicegate_process_open_fds", "open file descriptors", open_fds),
+            ("voicegate_process_threads", "Python threads", threading.active_count),
+            ("voicegate_asyncio_tasks", "asyncio tasks on the event loop", asyncio_tasks),
+        ):
+            Gauge(name, help_text, registry=reg).set_function(read)
 
     # -- the call observer ---------------------------------------------------------------------
 
@@ -269,6 +328,8 @@ class GatewayMetrics:
         for name, value in numeric_fields(stats).items():
             self._closed_stats[name] = self._closed_stats.get(name, 0.0) + value
         for kind, count in failures_by_kind(stats).items():
+            if kind not in self._closed_failures and len(self._closed_failures) >= MAX_SERIES:
+                kind = "other"
             self._closed_failures[kind] = self._closed_failures.get(kind, 0.0) + count
         for field_name, kind in (("handover_gaps_ms", "renewal"), ("recovery_gaps_ms", "recovery")):
             for gap_ms in _floats(getattr(stats, field_name, ())):
@@ -281,68 +342,70 @@ class GatewayMetrics:
 
     # -- exposition ------------------------------------------------------------------------------
 
-    def _conversation_counters(self) -> list[Counter]:
+    def conversation_totals(self) -> dict[str, float]:
+        """``ConversationStats`` numeric fields summed over ended and live calls."""
         totals = dict(self._closed_stats)
         for stats in self._live_stats():
             for name, value in numeric_fields(stats).items():
                 totals[name] = totals.get(name, 0.0) + value
-        counters = []
-        for name, value in sorted(totals.items()):
-            counter = Counter(
-                f"voicegate_conversation_{name}_total",
-                f"sum of ConversationStats.{name} over all calls (live and ended)",
-            )
-            counter.inc(value)
-            counters.append(counter)
-        return counters
+        return totals
 
-    def _stream_failures(self) -> Counter:
+    def stream_failures(self) -> dict[str, float]:
+        """Mid-call stream failures by kind over ended and live calls."""
         totals = dict(self._closed_failures)
         for stats in self._live_stats():
             for kind, count in failures_by_kind(stats).items():
+                if kind not in totals and len(totals) >= MAX_SERIES:
+                    kind = "other"
                 totals[kind] = totals.get(kind, 0.0) + count
-        counter = Counter(
-            "voicegate_stream_failures_total",
-            "model streams that failed mid-call, by BackendError kind (live and ended calls)",
-            ["kind"],
-        )
-        for kind, count in sorted(totals.items()):
-            counter.inc(count, kind=kind)
-        return counter
-
-    def metrics(self) -> list[Metric]:
-        return [
-            self.calls_active,
-            self.calls_total,
-            self.calls_refused,
-            self.offers,
-            self.calls_ended,
-            self.call_duration,
-            self.turn_latency,
-            self.playout_latency,
-            self.barge_ins,
-            self.backend_errors,
-            self.rtp_jitter,
-            self.rtp_rtt,
-            self.rtp_fraction_lost,
-            self.rtp_packets,
-            self.rtp_lost,
-            self.loop_lag,
-            self.loop_lag_last,
-            self.recording_dropped,
-            self.recording_uploads,
-            *self._process,
-            *self._conversation_counters(),
-            self._stream_failures(),
-            self.handover_gap,
-        ]
+        return totals
 
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.metrics():
-            lines += metric.header()
-            lines += metric.samples()
-        return "\n".join(lines) + "\n"
+        return render(self.registry)
+
+    def sample(self, name: str, **labels: str) -> float:
+        """One sample's value as /metrics shows it (0 if absent): for checks and tests."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+class _ReadAtScrape:
+    """Counters whose numbers are owned elsewhere, read when /metrics is scraped: accepted and
+    refused calls (signaling's counters), CPU time, and the conversations' stats."""
+
+    def __init__(self, metrics: GatewayMetrics, counters: Callable[[], Mapping[str, int]]) -> None:
+        self._metrics = metrics
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counters()
+        yield CounterMetricFamily(
+            "voicegate_calls_total", "calls accepted", value=counts.get("calls_total", 0)
+        )
+        yield CounterMetricFamily(
+            "voicegate_calls_refused_total",
+            "offers refused for capacity, rate limit or shutdown (503/429)",
+            value=counts.get("calls_refused", 0),
+        )
+        yield CounterMetricFamily(
+            "voicegate_process_cpu_seconds_total",
+            "CPU time of this process, user + system, all threads",
+            value=cpu_seconds(),
+        )
+        for name, value in sorted(self._metrics.conversation_totals().items()):
+            yield CounterMetricFamily(
+                f"voicegate_conversation_{name}_total",
+                f"sum of ConversationStats.{name} over all calls (live and ended)",
+                value=value,
+            )
+        failures = CounterMetricFamily(
+            "voicegate_stream_failures_total",
+            "model streams that failed mid-call, by BackendError kind (live and ended calls)",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self._metrics.stream_failures().items()):
+            failures.add_metric([kind], count)
+        yield failures
 
 
 def numeric_fields(stats: object) -> dict[str, float]:
