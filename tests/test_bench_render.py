@@ -1,0 +1,81 @@
+"""The benchmark blocks in the docs are what the committed results render to, byte for byte.
+
+Behaviours covered:
+- every block the benchmarks write (the suite's results, README summary and deploy sizing, long
+  calls, mouth to ear, offline turn, cluster, Bedrock CPU), rendered again from
+  benchmarks/results alone (``python -m benchmarks.report``), leaves README.md,
+  benchmarks/README.md and docs/deploy.md exactly as committed: a table edited by hand, or a
+  change to the report code that changes its output, fails here;
+- results files written before the one provenance schema (other key names) still read, and a
+  header written now reads back the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from benchmarks.harness import provenance
+from benchmarks.harness.results import RESULTS, load
+from benchmarks.report.blocks import BENCH_README, DEPLOY, README
+from benchmarks.report.render import render_all
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCKS = {
+    "results",
+    "bench-summary",
+    "sizing",
+    "long-calls",
+    "long-calls-turns",
+    "mouth-to-ear",
+    "offline-turn",
+    "cluster-failover",
+    "bedrock-cpu",
+}
+
+
+def test_every_block_renders_from_the_committed_results(tmp_path: Path) -> None:
+    for doc in (README, BENCH_README, DEPLOY):
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / doc, tmp_path / doc)
+    written = render_all(root=tmp_path)
+    assert {name for _, name, _ in written} == BLOCKS
+    for doc in (README, BENCH_README, DEPLOY):
+        assert (tmp_path / doc).read_bytes() == (ROOT / doc).read_bytes(), doc
+
+
+def test_headers_of_every_layout_read_as_one_provenance() -> None:
+    seen = {
+        name: provenance.read(load(name))
+        for name in (
+            "results-full.json",
+            "long-calls.json",
+            "bedrock_cpu.json",
+            "mouth-to-ear.json",
+            "offline-turn.json",
+            "cluster-failover.json",
+        )
+    }
+    for name, run in seen.items():
+        assert len(run.commit) == 40 and run.load_before and run.load_after, name
+    assert seen["bedrock_cpu.json"].hardware == "x86_64 2 CPUs"
+    assert seen["bedrock_cpu.json"].versions == {"python": "3.12.1"}
+    assert seen["mouth-to-ear.json"].started_utc == "2026-11-30T22:39:17Z"
+    assert seen["offline-turn.json"].started_utc == "2026-11-30T23:12:06Z"
+    assert seen["long-calls.json"].dirty and seen["long-calls.json"].dirty_files
+    part = provenance.read(load("cluster-failover.json")["workers"])
+    assert (part.commit[:9], part.dirty, part.load_before) == (
+        "621345adf",
+        True,
+        [2.36, 3.41, 3.65],
+    )
+    assert RESULTS.is_dir()
+
+
+def test_a_header_written_now_reads_back() -> None:
+    meta = provenance.finish(provenance.start())
+    run = provenance.read({"meta": meta})
+    assert run.commit == meta["git_commit"] and run.dirty == meta["git_dirty"]
+    assert run.started_utc and run.finished_utc and run.started_utc <= run.finished_utc
+    assert run.cpus and run.machine and run.versions["python"]
+    assert run.load_before and run.load_after
