@@ -7,7 +7,9 @@ Behaviours covered:
   benchmarks/README.md and docs/deploy.md exactly as committed: a table edited by hand, or a
   change to the report code that changes its output, fails here;
 - results files written before the one provenance schema (other key names) still read, and a
-  header written now reads back the same way.
+  header written now reads back the same way;
+- combining the committed parts of the full run again (``--render --combine``) writes the
+  committed results-full.json byte for byte.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.harness import provenance
-from benchmarks.harness.results import RESULTS, load
+from benchmarks.harness.results import RESULTS, combine, load, write
 from benchmarks.report.blocks import BENCH_README, DEPLOY, README
 from benchmarks.report.render import render_all
 
@@ -79,3 +81,12 @@ def test_a_header_written_now_reads_back() -> None:
     assert run.started_utc and run.finished_utc and run.started_utc <= run.finished_utc
     assert run.cpus and run.machine and run.versions["python"]
     assert run.load_before and run.load_after
+
+
+def test_combining_the_committed_parts_gives_the_committed_full_run(tmp_path: Path) -> None:
+    full = load("results-full.json")
+    parts = {p["file"]: load(p["file"]) for p in full["meta"]["parts"]}
+    write(tmp_path / "results-full.json", combine(parts))
+    assert (tmp_path / "results-full.json").read_bytes() == (
+        RESULTS / "results-full.json"
+    ).read_bytes()

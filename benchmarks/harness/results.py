@@ -1,7 +1,8 @@
 """Results files: where they live, the one way they are written, and combining parts of a run.
 
-Every benchmark writes its results with :func:`write` (JSON, one-space indent, a final newline)
-under a header made by :mod:`benchmarks.harness.provenance`; reports read them with
+Every benchmark writes its results with :func:`write` (JSON with a one-space indent, as the
+suite has always written them, so that combining parts again reproduces a committed file byte
+for byte) under a header made by :mod:`benchmarks.harness.provenance`; reports read them with
 :func:`load`.
 """
 
@@ -29,7 +30,7 @@ PART_KEYS = (
 def write(path: Path, doc: dict[str, Any]) -> None:
     """The one formatter of every results file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path.write_text(json.dumps(doc, indent=1))
 
 
 def load(name: str | Path) -> dict[str, Any]:

@@ -19,6 +19,9 @@ stock aiortc alone, a floor for any stock-aiortc gateway.
 
 With ``--patched`` the very same gateway runs with ``voicegate.media.patch`` applied: the A/B of
 voicegate's media path alone, without voicegate's conversation layer or the model hop.
+
+voicegate's modules are imported only where ``--patched`` or ``--brain turns`` asks for them, so
+the stock gateway runs with none of voicegate's code loaded.
 """
 
 from __future__ import annotations
