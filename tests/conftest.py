@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
+from tests.support.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
 from voicegate import media
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig, media_setup, resolve

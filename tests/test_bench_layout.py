@@ -3,9 +3,10 @@
 Behaviours covered: a command (benchmarks/*.py) may import anything below it; a scenario
 imports report, systems and harness; report and systems import only harness; harness imports
 no other part. No module imports another's private name (voicegate's included), none imports
-a benchmarks module inside a function (which hid two import cycles before), and the modules of
-one part import each other without a cycle. The Pipecat peer's scripts (run in Pipecat's own
-virtualenv) are not part of the package.
+a benchmarks module inside a function (which hid two import cycles before), the modules of one
+part import each other without a cycle, and of the tests only the shared helpers
+(tests.support) are imported, never a test module or conftest. The Pipecat peer's scripts
+(run in Pipecat's own virtualenv) are not part of the package.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def test_imports_point_down_without_private_names_or_hidden_cycles() -> None:
     for module, path in modules.items():
         for node, name, names, top in _imports(ast.parse(path.read_text())):
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if name.split(".")[0] == "tests" and not name.startswith("tests.support"):
+                problems.append(f"{where}: imports {name}, not a shared helper of tests.support")
             if name.startswith(("benchmarks", "voicegate", "tests")):
                 private = [n for n in names if n.startswith("_")]
                 if private or any(p.startswith("_") for p in name.split(".")):

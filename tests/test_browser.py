@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
+from tests.support.browser import Server, chromium, make_speech_wav, require_browser, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
+from tests.support.browser import Server, chromium, make_speech_wav, require_browser, running_server
 from tests.test_browser import BOT_LINE, CONNECT_TIMEOUT_MS, TURN_TIMEOUT_MS, USER_LINE
 from voicegate.signaling import auth
 

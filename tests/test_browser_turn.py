@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
-from tests.coturn_util import Coturn, running_coturn
+from tests.support.browser import Server, chromium, make_speech_wav, require_browser, running_server
+from tests.support.coturn import Coturn, running_coturn
 from tests.test_browser import BOT_LINE, BOT_RMS_FLOOR, CONNECT_TIMEOUT_MS, USER_LINE, wait_js
 from voicegate.signaling.turn import mint
 

@@ -309,7 +309,7 @@ class Nat:
 
 @pytest.fixture(scope="module")
 def nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nat]:
-    from tests.coturn_util import require_coturn, running_coturn
+    from tests.support.coturn import require_coturn, running_coturn
 
     require_coturn()
     workdir = tmp_path_factory.mktemp("nat")

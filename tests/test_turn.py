@@ -18,7 +18,7 @@ import pytest
 from aiortc import RTCIceServer
 
 from tests.conftest import running_server
-from tests.coturn_util import running_coturn
+from tests.support.coturn import running_coturn
 from voicegate.backends.echo import EchoBackend
 from voicegate.signaling.turn import TurnConfig, mint, quota_name
 from voicegate.testing.client import CallClient

@@ -37,10 +37,10 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import missing
-from tests.coturn_util import PROD_CONF, prod_config, require_coturn, running_coturn
-from tests.netns_util import exec_in, namespace, socket_in
-from tests.turn_client import IPV4, IPV6, TCP, Attr, Method, TurnClient
+from tests.support.browser import missing
+from tests.support.coturn import PROD_CONF, prod_config, require_coturn, running_coturn
+from tests.support.netns import exec_in, namespace, socket_in
+from tests.support.turn_client import IPV4, IPV6, TCP, Attr, Method, TurnClient
 from voicegate.signaling import auth
 from voicegate.signaling.turn import TurnConfig, mint
 

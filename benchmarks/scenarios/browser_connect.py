@@ -36,8 +36,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from tests.browser_util import Server, chromium, running_server
-from tests.coturn_util import running_coturn
+from tests.support.browser import Server, chromium, running_server
+from tests.support.coturn import running_coturn
 
 from benchmarks.harness.standin import cli_standin
 

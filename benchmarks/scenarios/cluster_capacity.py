@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from tests.cluster_util import Node
+from tests.support.cluster import Node
 
 from benchmarks.harness.procs import tree_cpu_seconds
 from benchmarks.harness.provenance import ROOT, load_avg

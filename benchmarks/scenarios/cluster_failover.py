@@ -2,10 +2,11 @@
 
     PYTHONPATH=src .venv/bin/python -m benchmarks.cluster_failover   # ~6 minutes, needs root
 
-(a) **Failover**: the network-namespace cluster of tests/cluster_netns.py (nodes with their own
-addresses, Redis on the cluster network, coturn the only way in, a relay-only caller, the Bedrock
-stand-in through the real SDK). One turn on node A, ``kill -9`` of A, the caller's reconnect
-(``restart_pc``) to node B at once, its next turn sent the moment B's ``bot-ready`` arrives.
+(a) **Failover**: the network-namespace cluster of tests/support/cluster_netns.py (nodes with
+their own addresses, Redis on the cluster network, coturn the only way in, a relay-only caller,
+the Bedrock stand-in through the real SDK). One turn on node A, ``kill -9`` of A, the caller's
+reconnect (``restart_pc``) to node B at once, its next turn sent the moment B's ``bot-ready``
+arrives.
 Measured from the kill to the first bot audio frame (RMS > 500) received after that turn was
 sent: this **includes** the caller speaking the turn until the model's end of turn; the time
 from the kill to the turn being sent (reconnect alone) and from the turn to the bot's audio are
@@ -45,8 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tests.cluster_netns import PUBLIC_IP, LoopIn, topology
-from tests.cluster_util import (
+from tests.support.cluster import (
     SECRET,
     free_port,
     receiving,
@@ -56,17 +56,20 @@ from tests.cluster_util import (
     token,
     tone,
 )
-from tests.coturn_util import running_coturn
-from tests.netns_util import exec_in, socket_in
-from tests.test_cluster_netns import (
+from tests.support.cluster_netns import (
+    PUBLIC_IP,
     TURN_SECRET,
+    LoopIn,
     cluster,
     first_turn,
     history_saved,
     ice_servers,
     reconnect_and_talk,
     relay_caller,
+    topology,
 )
+from tests.support.coturn import running_coturn
+from tests.support.netns import exec_in, socket_in
 
 from benchmarks.harness import provenance, results
 from benchmarks.harness.results import RESULTS

@@ -23,7 +23,7 @@ from typing import IO, Any, NoReturn
 import aiohttp
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("VOICEGATE_CHROMIUM", "/usr/bin/chromium"))
 SERVER_START_TIMEOUT_S = 120.0  # the local backend loads Whisper and TTS weights before listening
 HTTP_TIMEOUT_S = 10.0
