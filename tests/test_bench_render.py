@@ -9,7 +9,8 @@ Behaviours covered:
 - results files written before the one provenance schema (other key names) still read, and a
   header written now reads back the same way;
 - combining the committed parts of the full run again (``--render --combine``) writes the
-  committed results-full.json byte for byte.
+  committed results-full.json byte for byte;
+- failover figures written the new way (percentiles in ms) are quoted like the committed ones.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from pathlib import Path
 
 from benchmarks.harness import provenance
 from benchmarks.harness.results import RESULTS, combine, load, write
+from benchmarks.report import cluster
 from benchmarks.report.blocks import BENCH_README, DEPLOY, README
 from benchmarks.report.render import render_all
+
+from voicegate.testing.signals import percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = {
@@ -90,3 +94,20 @@ def test_combining_the_committed_parts_gives_the_committed_full_run(tmp_path: Pa
     assert (tmp_path / "results-full.json").read_bytes() == (
         RESULTS / "results-full.json"
     ).read_bytes()
+
+
+def test_failover_figures_written_in_ms_read_as_seconds() -> None:
+    """New cluster results keep the failover tries' percentiles in ms (FIGURE_ms); the block
+    quotes seconds from them as it does from the committed FIGURE_s."""
+    legacy = load("cluster-failover.json")["failover"]["result"]
+    figures = {f"{figure}_s" for figure in cluster.FAILOVER_FIGURES}
+    new = {k: v for k, v in legacy.items() if k not in figures}
+    for figure in cluster.FAILOVER_FIGURES:
+        new[f"{figure}_ms"] = percentiles([1000 * r[f"{figure}_s"] for r in legacy["tries"]])
+    assert cluster.seconds(legacy, "kill_to_bot_audio") == ("3.15", "4.223")
+    assert cluster.seconds(new, "kill_to_bot_audio") == ("3.15", "4.223")
+    assert cluster.seconds(legacy, "turn_to_bot_audio") == ("2.415", "2.42")
+    assert cluster.seconds(new, "turn_to_bot_audio") == ("2.4145", "2.42")  # 0.1 ms, not 1 ms
+    assert "kill -9 -> first bot audio p50 3.15 s, max 4.223 s" in cluster.block({
+        "failover": {"result": new, "meta": provenance.finish(provenance.start())}
+    })  # fmt: skip
