@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchmarks.mouth_to_ear import make_mic_wav, measure_call, voicegate_on_echo
+from benchmarks.scenarios.mouth_to_ear import make_mic_wav, measure_call, voicegate_on_echo
 
 from tests.support.browser import chromium, require_browser
 

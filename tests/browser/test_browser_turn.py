@@ -250,7 +250,7 @@ async def test_connect_time_benchmark_runs(tmp_path: Path) -> None:
     """benchmarks/browser_connect.py, one call per mode: the stand-in's greeting arrives over a
     host pair, a browser-relay pair and a relay pair on both sides (real bedrock backend)."""
     require_browser()
-    from benchmarks.browser_connect import measure
+    from benchmarks.scenarios.browser_connect import measure
 
     results = await measure(1)
     pairs = {mode: [tuple(r["pair"]) for r in rows] for mode, rows in results.items()}

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import procs
-from benchmarks.run import combine
-from benchmarks.tables import report
+from benchmarks.harness.results import combine
+from benchmarks.report.suite import report
+from benchmarks.systems.gateways import gateway
 
 from voicegate.standin.scripted_turns import TurnsFactory
 from voicegate.testing.loadtest import LoadOptions, run
@@ -32,7 +32,7 @@ async def test_stock_gateway_answers_turns_with_the_stand_ins_rules(tmp_path: Pa
     think_ms = TurnsFactory().think_ms  # what the stand-in's turns brain would take
     with contextlib.ExitStack() as stack:
         url, _ = await asyncio.to_thread(
-            stack.enter_context, procs.gateway("stock", {}, tmp_path, ["--brain", "turns"])
+            stack.enter_context, gateway("stock", {}, tmp_path, ["--brain", "turns"])
         )
         opts = LoadOptions(
             url, calls=1, duration=6.5, warmup=0.5, ramp=20.0, workload="turns", think_ms=think_ms

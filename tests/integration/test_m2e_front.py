@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from benchmarks.pipecat_m2e import page_front
+from benchmarks.systems.pipecat_m2e import page_front
 
 from tests.support.browser import REPO
 from voicegate.signaling.middleware import PAGE_POLICY

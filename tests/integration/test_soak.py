@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from benchmarks.soak import echo_server, soak
+from benchmarks.scenarios.soak import echo_server, soak
 
 SEQUENTIAL = 100
 BATCHES = 10

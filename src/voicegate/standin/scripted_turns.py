@@ -13,9 +13,9 @@ The brain's think time, seen from the caller, is therefore ``end_silence_s + thi
 from the caller's end of speech to the first answer audio at the caller, minus that, is the
 gateway's own cost (both directions of its media path, its model hop and its pacing).
 
-Used by the benchmarks' stand-in (benchmarks/standin_proc.py ``--brain turns``), the stock
-benchmark gateway (benchmarks/stock_gateway.py ``--brain turns``, through TurnTaking, the rules
-without the events) and the tests.
+Used by the benchmarks' stand-in (benchmarks/systems/standin_proc.py ``--brain turns``), the
+stock benchmark gateway (benchmarks/systems/stock_gateway.py ``--brain turns``, through
+TurnTaking, the rules without the events) and the tests.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ class TurnTaking:
 
     A class of its own so that every system the turns benchmark compares answers on the very
     same schedule: the stand-in's TurnsBrain wraps it in Nova Sonic's events, and the stock
-    benchmark gateway (benchmarks/stock_gateway.py ``--brain turns``), which has no model hop,
-    runs it in its own process on the audio it receives."""
+    benchmark gateway (benchmarks/systems/stock_gateway.py ``--brain turns``), which has no
+    model hop, runs it in its own process on the audio it receives."""
 
     def __init__(
         self, end_silence_s: float = END_SILENCE_S, think_s: float = THINK_S, in_rate: int = 16000

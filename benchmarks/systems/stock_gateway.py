@@ -15,10 +15,13 @@ Either way there is no model hop (no SDK, no signing, no HTTP/2, no conversation
 round trip, and its time from end of speech to answer minus the brain's, are the media path of
 stock aiortc alone, a floor for any stock-aiortc gateway.
 
-    python -m benchmarks.stock_gateway --port 8090 [--patched] [--brain turns]
+    python -m benchmarks.systems.stock_gateway --port 8090 [--patched] [--brain turns]
 
 With ``--patched`` the very same gateway runs with ``voicegate.media.patch`` applied: the A/B of
 voicegate's media path alone, without voicegate's conversation layer or the model hop.
+
+voicegate's modules are imported only where ``--patched`` or ``--brain turns`` asks for them, so
+the stock gateway runs with none of voicegate's code loaded.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ async def pump(track: MediaStreamTrack, echo: EchoTrack) -> None:
     try:
         while True:
             frame = await track.recv()
+            assert isinstance(frame, av.AudioFrame)  # an audio track's frames
             for f16 in to16.resample(frame):  # what a gateway hands its model
                 for f24 in to24.resample(f16):  # what the model would hand back
                     echo.queue.append(bytes(f24.planes[0])[:FRAME_BYTES])

@@ -2,13 +2,13 @@
 
 - ``echo`` (markers): every chunk straight back, zero think time; it also notes when each marker
   tone reaches it, for one-way latencies;
-- ``echo-live`` (the long-call experiment, benchmarks/long_calls.py): the same echo, except for
+- ``echo-live`` (the long-call experiment, scenarios/long_calls.py): the same echo, except for
   audio that arrives in a burst well ahead of real time, i.e. what a gateway replays into a
   renewed stream; an echo answers that audio a second time, a model does not answer twice;
 - ``turns`` (turns): the stand-in's turns brain (standin/scripted_turns.py): each turn answered
   once, ``--end-silence`` + ``--think`` seconds after it ends, with the turn played back.
 
-    python -m benchmarks.standin_proc --cert-dir DIR --marks FILE [--brain turns]
+    python -m benchmarks.systems.standin_proc --cert-dir DIR --marks FILE [--brain turns]
         [--session-limit S]
 
 Prints one ``STANDIN {json}`` line (endpoint, CA file, keys; plus ``think_ms`` for turns) once

@@ -1,8 +1,9 @@
-"""Pipecat's side of benchmarks/mouth_to_ear.py, called from the same browser two ways.
+"""Pipecat's side of scenarios/mouth_to_ear.py, called from the same browser two ways.
 
-The server is always the same: Pipecat 1.14's development runner (``pipecat_runner_bot.py``, in
-.bench/pipecat) with the SmallWebRTC transport and the AWS Nova Sonic service of
-``pipecat_bot.py``, on its own Bedrock stand-in running the ``echo`` brain.
+The server is always the same: Pipecat 1.14's development runner
+(``pipecat_peer/pipecat_runner_bot.py``, in .bench/pipecat) with the SmallWebRTC transport and
+the AWS Nova Sonic service of ``pipecat_peer/pipecat_bot.py``, on its own Bedrock stand-in
+running the ``echo`` brain.
 
 1. **voicegate's measuring page as the client** (``page_front``), the measured row. A tiny
    HTTP front in the benchmark process, on its own loopback port, serves the page, its modules
@@ -40,11 +41,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.browser import free_port
+import aiohttp
+from aiohttp import web
 
-from benchmarks.browser_connect import standin
-from benchmarks.procs import BENCH_VENV, PIPECAT, ROOT, ensure_pipecat
-from benchmarks.run import pipecat_settings
+from benchmarks.harness.procs import free_port
+from benchmarks.harness.standin import cli_standin
+from benchmarks.systems import pipecat
 
 OFFER_WAIT_S = 20.0
 BOOT_TIMEOUT_S = 60.0
@@ -60,7 +62,7 @@ class Unavailable(Exception):
 
 def versions() -> dict[str, Any]:
     """What the Pipecat rows ran: the pinned package and the bot's latency settings."""
-    return {"package": PIPECAT, "settings": pipecat_settings()}
+    return {"package": pipecat.PIPECAT, "settings": pipecat.settings()}
 
 
 @contextlib.contextmanager
@@ -71,9 +73,9 @@ def _runner_proc(
     full.pop("PYTHONPATH", None)  # Pipecat's own virtualenv, never voicegate's code
     log = (workdir / "pipecat-runner.log").open("wb")
     proc = subprocess.Popen(
-        [str(BENCH_VENV / "bin" / "python"), str(ROOT / "benchmarks" / "pipecat_runner_bot.py"),
+        [str(pipecat.PYTHON), str(pipecat.RUNNER_BOT),
          "-t", "webrtc", "--host", "127.0.0.1", "--port", str(port)],
-        env=full, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT / "benchmarks",
+        env=full, stdout=log, stderr=subprocess.STDOUT, cwd=pipecat.PEER,
     )  # fmt: skip
     try:
         yield proc
@@ -88,8 +90,6 @@ def _runner_proc(
 
 
 async def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    import aiohttp
-
     async with asyncio.timeout(BOOT_TIMEOUT_S), aiohttp.ClientSession() as http:
         while True:
             if proc.poll() is not None:
@@ -105,7 +105,7 @@ async def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
 async def running(workdir: Path) -> AsyncIterator[str]:
     """Pipecat's runner on its own echo stand-in; yields its base URL. ``Unavailable`` when the
     benchmark's Pipecat virtualenv cannot be set up or the runner does not come up."""
-    why = await asyncio.to_thread(ensure_pipecat)
+    why = await asyncio.to_thread(pipecat.ensure_pipecat)
     if why:
         raise Unavailable(why)
     port = free_port()
@@ -113,7 +113,7 @@ async def running(workdir: Path) -> AsyncIterator[str]:
     stack = contextlib.ExitStack()
     try:
         env = await asyncio.to_thread(
-            stack.enter_context, standin(workdir / "pipecat", ("--brain", "echo"))
+            stack.enter_context, cli_standin(workdir / "pipecat", ("--brain", "echo"))
         )
         proc = stack.enter_context(_runner_proc(workdir, env, port))
         await _wait_up(f"{base}/client/", proc)
@@ -134,9 +134,7 @@ _HOP_HEADERS = frozenset(
 async def page_front(runner_base: str, page_base: str) -> AsyncIterator[str]:
     """voicegate's page (as ``page_base`` serves it) with Pipecat's runner behind its
     ``/api/``; yields the front's base URL. See the module's notes."""
-    from aiohttp import ClientSession, web
-
-    async with ClientSession() as http:
+    async with aiohttp.ClientSession() as http:
 
         async def page_file(request: web.Request) -> web.Response:
             async with http.get(f"{page_base}{request.path_qs}") as res:

@@ -1,12 +1,12 @@
-"""The benchmark report's longer sections (capacity, long calls, soak), the summary table of the
-top-level README.md, and the plots."""
+"""The suite report's longer sections (capacity, long calls, soak), the summary table of the
+top-level README.md and the sizing block of docs/deploy.md."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from benchmarks.tables import _f, _load, cell
+from benchmarks.harness.provenance import Provenance, read
+from benchmarks.report.cells import cell, cells, load_range, number
 
 LABELS = {
     "voicegate": "voicegate (full Bedrock path: SDK + stand-in)",
@@ -30,7 +30,7 @@ def _why(step: dict[str, Any]) -> str:
     return ", ".join(parts) or f"{step['passed_runs']} of {len(step['runs'])} runs in budget"
 
 
-def _at_least(c: dict[str, Any], key: str, miss_key: str) -> str:
+def at_least(c: dict[str, Any], key: str, miss_key: str) -> str:
     """N, or ">= N" when the ladder ended without a miss, or "none" below its first step."""
     value = c.get(key)
     if value is None:
@@ -61,9 +61,9 @@ def capacity_lines(results: dict[str, Any]) -> list[str]:
         miss = c["first_miss"]
         why = f"N={miss}: {_why(c['steps'][str(miss)])}" if miss else "none"
         lines.append(
-            f"| {LABELS.get(kind, kind)} | {_at_least(c, 'capacity', 'first_miss')} | {why} | "
-            f"{_at_least(c, 'real_time_up_to', 'real_time_lost_at')} | "
-            f"{_f(c['cpu_per_call_percent'])} | {_f(c['rss_per_call_mb'])} |"
+            f"| {LABELS.get(kind, kind)} | {at_least(c, 'capacity', 'first_miss')} | {why} | "
+            f"{at_least(c, 'real_time_up_to', 'real_time_lost_at')} | "
+            f"{number(c['cpu_per_call_percent'])} | {number(c['rss_per_call_mb'])} |"
         )
     lines += [
         "",
@@ -74,10 +74,10 @@ def capacity_lines(results: dict[str, Any]) -> list[str]:
     for kind, c in cap.items():
         for n, step in c["steps"].items():
             agg = step["agg"]
-            cells = _cells(agg, "rtt_p50", "rtt_p95", "fps_min", "markers_lost", "cpu_percent")
+            figures = cells(agg, "rtt_p50", "rtt_p95", "fps_min", "markers_lost", "cpu_percent")
             lines.append(
-                f"| {kind} N={n} | {_in_budget(step)} | {cells} | {cell(agg, 'rss_mb')} | "
-                f"{_load(agg)} |"
+                f"| {kind} N={n} | {_in_budget(step)} | {figures} | {cell(agg, 'rss_mb')} | "
+                f"{load_range(agg)} |"
             )
     return lines
 
@@ -111,40 +111,35 @@ def long_table(summaries: dict[str, Any], st: dict[str, Any], name: str) -> list
         lost = s["markers_lost"] if s["workload"] == "markers" else s["turns_unanswered"]
         heard = f"{s['markers_sent']} / {s['markers_heard']}" if s["markers_sent"] else "–"
         loads = s.get("load_1min_after_runs") or []
-        load = f"{_f(min(loads))}–{_f(max(loads))}" if loads else "–"
+        load = f"{number(min(loads))}–{number(max(loads))}" if loads else "–"
         answers = (
-            f"{_f(s.get('answer_ms_median'))} / {_f(s.get('replayed_turn_answer_ms'))}"
+            f"{number(s.get('answer_ms_median'))} / {number(s.get('replayed_turn_answer_ms'))}"
             if s["workload"] == "turns"
             else "–"
         )
         per_run = ", ".join(
-            f"{_f(a)} / {_f(b)}"
+            f"{number(a)} / {number(b)}"
             for a, b in zip(s["latency_p50_per_run"], s["latency_p95_per_run"], strict=True)
         )
         lines.append(
             f"| {variant} | {s['renewals']} ({s['forced']}, {s.get('renewals_replaying', '–')}) "
-            f"| {_f(s['replayed_ms_median'])} "
-            f"({_f(s['replayed_ms_max'])}) | {_f(s['gap_ms_median'])} | {per_run} "
-            f"| {_f(s['excess_ms_median'])} ({_f(s['excess_ms_max'])}) | "
-            f"{_f(s['drained_after_s_median'])} | {_f(s.get('late_share_percent'))} | {heard} | "
-            f"{answers} | {lost} | {load} |"
+            f"| {number(s['replayed_ms_median'])} "
+            f"({number(s['replayed_ms_max'])}) | {number(s['gap_ms_median'])} | {per_run} "
+            f"| {number(s['excess_ms_median'])} ({number(s['excess_ms_max'])}) | "
+            f"{number(s['drained_after_s_median'])} | {number(s.get('late_share_percent'))} | "
+            f"{heard} | {answers} | {lost} | {load} |"
         )
     return lines
 
 
-def _commit(meta: dict[str, Any]) -> str:
+def commit_label(run: Provenance) -> str:
     """The run's commit as the tables quote it, marked when the tree was dirty."""
-    return f"`{meta['git_commit'][:10]}`{' (dirty tree)' if meta['git_dirty'] else ''}"
+    return f"`{run.commit[:10]}`{' (dirty tree)' if run.dirty else ''}"
 
 
 def _in_budget(step: dict[str, Any]) -> str:
     """A capacity step's runs within the budget, of all its runs."""
     return f"{step['passed_runs']}/{len(step['runs'])}"
-
-
-def _cells(agg: dict[str, Any], *keys: str) -> str:
-    """Table cells (median and range across runs) for these figures, in this order."""
-    return " | ".join(cell(agg, key) for key in keys)
 
 
 def _soak_ends(soak: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -168,14 +163,14 @@ def soak_lines(results: dict[str, Any]) -> list[str]:
 
 def summary(results: dict[str, Any]) -> str:
     """The short table in the top-level README.md."""
-    meta = results["meta"]
+    meta, run = results["meta"], read(results)
     lat, turns, cap = (results.get(k, {}) for k in ("latency", "turns", "capacity"))
     lines = [
-        f"{meta['mode'].capitalize()} run {meta['started_utc']}, commit "
-        f"{_commit(meta)}"
+        f"{meta['mode'].capitalize()} run {run.started_utc}, commit "
+        f"{commit_label(run)}"
         + (f" (in {len(meta['parts'])} parts)" if meta.get("parts") else "")
-        + f", {meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before / "
-        f"{(meta.get('load_avg_after') or [0])[0]:g} after. Median of "
+        + f", {run.cpu_model}, load average {(run.load_before or [0])[0]:g} before / "
+        f"{(run.load_after or [0])[0]:g} after. Median of "
         f"{meta['settings']['runs']} runs x {meta['settings']['calls']} calls (min–max); "
         "details and method: [benchmarks/README.md](benchmarks/README.md#results).",
         "",
@@ -192,24 +187,24 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {cell(agg, 'rtt_p50')} / {cell(agg, 'rtt_p99')} | "
             f"{cell(t, 'gateway_p50') if t else '–'} | "
-            f"{_at_least(c, 'capacity', 'first_miss') if c else '–'} | "
-            f"{_f(c.get('cpu_per_call_percent'))} |"
+            f"{at_least(c, 'capacity', 'first_miss') if c else '–'} | "
+            f"{number(c.get('cpu_per_call_percent'))} |"
         )
     return "\n".join(lines)
 
 
 def sizing(results: dict[str, Any]) -> str:
     """voicegate's own capacity ladder, for the sizing section of docs/deploy.md."""
-    meta = results["meta"]
+    meta, run = results["meta"], read(results)
     c = results.get("capacity", {}).get("voicegate")
     if not c:
         return "No capacity ladder in the last benchmark run (`make bench-full` measures one)."
     soak = results.get("soak") or {}
     lines = [
         f"From `make {'bench' if meta['mode'] == 'short' else 'bench-full'}` "
-        f"({meta['started_utc']}, commit "
-        f"{_commit(meta)}, "
-        f"{meta['cpu_model']}, load average {meta['load_avg_before'][0]:g} before): one voicegate "
+        f"({run.started_utc}, commit "
+        f"{commit_label(run)}, "
+        f"{run.cpu_model}, load average {(run.load_before or [0])[0]:g} before): one voicegate "
         "process pinned to one core, calls on the real Bedrock path (aws-sdk-bedrock-runtime, "
         "SigV4 per event, HTTP/2 + TLS) to the stand-in's echo brain, the load client and the "
         "stand-in on the other core. Median of "
@@ -221,14 +216,14 @@ def sizing(results: dict[str, Any]) -> str:
     ]
     for n, step in c["steps"].items():
         agg = step["agg"]
-        cells = _cells(agg, "cpu_percent", "rtt_p50", "rtt_p95", "fps_min", "markers_lost")
-        lines.append(f"| {n} | {_in_budget(step)} | {cells} | {cell(agg, 'rss_mb')} |")
+        figures = cells(agg, "cpu_percent", "rtt_p50", "rtt_p95", "fps_min", "markers_lost")
+        lines.append(f"| {n} | {_in_budget(step)} | {figures} | {cell(agg, 'rss_mb')} |")
     lines += [
         "",
         f"Capacity within the budget (RTT p95 <= 80 ms, >= 49.5 frames/s, no lost marker): "
-        f"**{_at_least(c, 'capacity', 'first_miss')} calls per core**; real time kept up to "
-        f"{_at_least(c, 'real_time_up_to', 'real_time_lost_at')}. Per added call: "
-        f"{_f(c['cpu_per_call_percent'])} % of a core, {_f(c['rss_per_call_mb'])} MB RSS.",
+        f"**{at_least(c, 'capacity', 'first_miss')} calls per core**; real time kept up to "
+        f"{at_least(c, 'real_time_up_to', 'real_time_lost_at')}. Per added call: "
+        f"{number(c['cpu_per_call_percent'])} % of a core, {number(c['rss_per_call_mb'])} MB RSS.",
     ]
     if soak.get("rss_samples"):
         (t0, mb0), (t1, mb1) = _soak_ends(soak)
@@ -239,30 +234,14 @@ def sizing(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict[str, Any], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    made = []
-    cap = results.get("capacity", {})
-    if cap:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for kind, c in cap.items():
-            if c["cpu_points"]:
-                a1.plot(*zip(*c["cpu_points"], strict=True), "o", label=kind, alpha=0.6)
-            ns = [int(n) for n in c["steps"]]
-            p95 = [s["agg"].get("rtt_p95", {}).get("median") for s in c["steps"].values()]
-            a2.plot(ns, [v or 0 for v in p95], "o-", label=kind)
-        a2.axhline(80, color="grey", ls="--", lw=1)
-        a1.set(xlabel="concurrent calls", ylabel="gateway CPU % of one core", title="CPU")
-        a2.set(xlabel="concurrent calls", ylabel="RTT p95 ms (median of runs)", title="Latency")
-        a1.legend()
-        a2.legend()
-        fig.savefig(out / "capacity.png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        made.append("capacity.png")
-    return made
+__all__ = [
+    "LABELS",
+    "at_least",
+    "capacity_lines",
+    "commit_label",
+    "long_lines",
+    "long_table",
+    "sizing",
+    "soak_lines",
+    "summary",
+]

@@ -2,7 +2,8 @@
 prebuilt web client (the ``pipecat-ai-prebuilt`` wheel) at ``/client/``: what a Pipecat user
 opens in a browser. Runs inside .bench/pipecat, never with voicegate code.
 
-    .bench/pipecat/bin/python benchmarks/pipecat_runner_bot.py -t webrtc --port 7860
+    .bench/pipecat/bin/python benchmarks/systems/pipecat_peer/pipecat_runner_bot.py -t webrtc \
+        --port 7860
 
 Environment: as ``pipecat_bot.py`` (the Bedrock stand-in's endpoint, CA and keys).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 from pipecat.runner.run import main
 from pipecat.runner.types import SmallWebRTCRunnerArguments
-
 from pipecat_bot import run_bot  # this directory is on sys.path (the script's own)
 
 

@@ -1,11 +1,12 @@
 """The peer: Pipecat's SmallWebRTC transport + its AWS Nova Sonic service, pointed at the
 same Bedrock stand-in. Runs inside the benchmark's own virtualenv (.bench/pipecat, created by
-``run.py`` from PyPI: ``pipecat-ai[aws-nova-sonic,webrtc]==1.14.0``), never with voicegate code.
+``systems/pipecat.py`` from PyPI: ``pipecat-ai[aws-nova-sonic,webrtc]==1.14.0``), never with
+voicegate code.
 
-    .bench/pipecat/bin/python benchmarks/pipecat_bot.py --port 8095
+    .bench/pipecat/bin/python benchmarks/systems/pipecat_peer/pipecat_bot.py --port 8095
 
 Environment: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, SSL_CERT_FILE, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY (what ``benchmarks/standin_proc.py`` prints).
+AWS_SECRET_ACCESS_KEY (what ``benchmarks/systems/standin_proc.py`` prints).
 
 Set up for latency the way Pipecat documents it (``SETTINGS`` below, recorded with every result):
 ``TransportParams.audio_out_10ms_chunks=2`` (20 ms, one WebRTC packet; the default is 4, and

@@ -1,7 +1,7 @@
-"""Part (c) of benchmarks/cluster_failover.py: ``--workers 1`` against ``--workers 2``.
+"""Part (c) of scenarios/cluster_failover.py: ``--workers 1`` against ``--workers 2``.
 
-Each server gets a fresh Bedrock stand-in (echo brain, zero think time, as benchmarks/run.py
-starts it); ``voicegate loadtest`` offers K concurrent calls and measures the marker round
+Each server gets a fresh Bedrock stand-in (echo brain, zero think time, as the suite starts
+it); ``voicegate loadtest`` offers K concurrent calls and measures the marker round
 trip. The server's CPU is summed over its whole process tree (the supervisor and its workers).
 The per-address offer rate limit is off: the load client is one address.
 """
@@ -19,35 +19,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster_failover import ROOT, _load
+from tests.support.cluster import Node
 
-
-def _tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and every process below it (the supervisor and its workers)."""
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            pid = int(stat.parent.name)
-            parent[pid] = int(fields[1])
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in cpu:
-        p = pid
-        while p > 1 and p != root:
-            p = parent.get(p, 0)
-        if p == root:
-            total += cpu[pid]
-    return total
+from benchmarks.harness.procs import tree_cpu_seconds
+from benchmarks.harness.provenance import ROOT, load_avg
+from benchmarks.harness.standin import benchmark_standin
 
 
 @contextlib.asynccontextmanager
-async def _plain_node(workdir: Path, extra_env: dict[str, str], *args: str) -> AsyncIterator[Any]:
+async def _plain_node(workdir: Path, extra_env: dict[str, str], *args: str) -> AsyncIterator[Node]:
     """``voicegate serve`` on loopback without a signaling secret (the load client sends no
     token), in its own process group; the group is killed afterwards."""
-    from tests.support.cluster import Node
-
     env = {
         k: v
         for k, v in os.environ.items()
@@ -73,16 +55,15 @@ async def _plain_node(workdir: Path, extra_env: dict[str, str], *args: str) -> A
 
 
 async def workers(counts: list[int], seconds: float, workdir: Path) -> list[dict[str, Any]]:
-    from benchmarks.run import standin
-
     rows = []
     for n_workers in (1, 2):
         args = ("--backend", "bedrock", "--workers", str(n_workers), "--max-sessions", "200",
                 "--offer-rate", "0")  # fmt: skip
         (workdir / f"standin{n_workers}").mkdir()
-        # A fresh stand-in (echo brain, zero think time) per server, as benchmarks/run.py does.
-        with standin(workdir / f"standin{n_workers}") as (model_env, _):
-            async with _plain_node(workdir, model_env, *args) as node:
+        # A fresh stand-in (echo brain, zero think time) per server, as the suite does.
+        with benchmark_standin(workdir / f"standin{n_workers}") as (model_env, _):
+            env = {k: str(v) for k, v in model_env.items()}
+            async with _plain_node(workdir, env, *args) as node:
                 await asyncio.sleep(3)
                 for calls in counts:
                     rows.append(await _load_run(node, n_workers, calls, seconds, workdir))
@@ -91,7 +72,7 @@ async def workers(counts: list[int], seconds: float, workdir: Path) -> list[dict
 
 
 async def _load_run(
-    node: Any, n_workers: int, calls: int, seconds: float, workdir: Path
+    node: Node, n_workers: int, calls: int, seconds: float, workdir: Path
 ) -> dict[str, Any]:
     """``voicegate loadtest`` (markers) against the node; the node's whole process tree's CPU
     over the loadtest's measured window (its ``window_monotonic``, the same clock as ours)."""
@@ -103,7 +84,7 @@ async def _load_run(
     )  # fmt: skip
     samples: list[tuple[float, float]] = []
     while proc.returncode is None:
-        samples.append((time.monotonic(), _tree_cpu(node.proc.pid)))
+        samples.append((time.monotonic(), tree_cpu_seconds(node.proc.pid)))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):  # a CPU sample every half second, not an audio path
                 await proc.wait()
@@ -120,5 +101,8 @@ async def _load_run(
         "server_cpu_pct_of_core": round(100 * cpu / window, 1),
         "server_cpu_pct_per_call": round(100 * cpu / window / max(1, ok), 2),
         "rtt_p50_ms": summary["rtt_ms"]["p50"], "rtt_p95_ms": summary["rtt_ms"]["p95"],
-        "fps_min": summary["fps_min"], "load": _load(),
+        "fps_min": summary["fps_min"], "load": load_avg(),
     }  # fmt: skip
+
+
+__all__ = ["workers"]

@@ -1,0 +1,1 @@
+"""What every benchmark stands on: processes, stand-in launchers, provenance, results files."""

@@ -1,0 +1,1 @@
+"""The benchmark tables and the marked blocks of the docs, rendered from results files only."""
