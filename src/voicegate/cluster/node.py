@@ -24,7 +24,7 @@ from voicegate.cluster.router import NodeRouter, Placement, peek_call
 from voicegate.config import ServeConfig
 from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import Handler
-from voicegate.signaling.keys import ADMISSION, CONFIG, GATE, SESSIONS
+from voicegate.signaling.keys import ADMISSION, CALL_LOG, CONFIG, GATE, SESSIONS
 
 __all__ = ["CLUSTER", "ClusterNode", "join_cluster", "move_calls", "start_cluster"]
 
@@ -73,6 +73,12 @@ class ClusterNode:
         if stored is not None:
             log.info("call_adopted", pc_id=pc_id, history_messages=len(stored.history))
         return stored
+
+    async def still_ours(self, pc_id: str) -> bool:
+        """Whether a call that ended here ended for good: not when another node holds its
+        record by now (the call moved there, or was adopted; that node reports its end)."""
+        owner = await self.directory.owner(pc_id)
+        return owner is None or owner == (self.config.node_id, self.worker or 0)
 
     # -- keeping state -----------------------------------------------------------------------
 
@@ -175,6 +181,9 @@ def join_cluster(app: web.Application, config: ServeConfig, worker: int | None) 
     node = ClusterNode(app, config, worker)
     app[CLUSTER] = node
     app[SESSIONS].store = node
+    call_log = app.get(CALL_LOG)
+    if call_log is not None:
+        call_log.still_ours = node.still_ours
     if worker is None:
         app.middlewares.append(route_calls)
 

@@ -161,6 +161,12 @@ class GatewayMetrics:
         self.recording_uploads = Counter(
             "voicegate_recording_uploads_total", "recording uploads, by result", ["result"]
         )
+        self.webhooks = Counter(
+            "voicegate_webhooks_total",
+            "webhook deliveries by event and result (delivered, retried, gave_up, rejected, "
+            "dropped)",
+            ["event", "result"],
+        )
         self._process = [
             Gauge("voicegate_process_resident_memory_bytes", "RSS", read=lambda: rss_bytes()),
             Counter(
@@ -331,6 +337,7 @@ class GatewayMetrics:
             self.loop_lag_last,
             self.recording_dropped,
             self.recording_uploads,
+            self.webhooks,
             *self._process,
             *self._conversation_counters(),
             self._stream_failures(),
