@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from voicegate.signaling.listener import serve
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Tests never probe the EC2 instance metadata service: all their traffic stays on loopback.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# The embedded call history of every server a test starts goes to a throwaway directory.
+os.environ.setdefault("VOICEGATE_STATE_DIR", tempfile.mkdtemp(prefix="vg-state-"))
 
 
 def require(ok: bool, why: str) -> None:

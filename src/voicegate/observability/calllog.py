@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -200,7 +201,8 @@ class CallLog:
         )
         self._live[call_id] = _Live(record, {})
         if not info.adopted and not event.restart:
-            self._put("call.started", record)
+            # A copy: the live record goes on changing while this one waits for the sinks.
+            self._put("call.started", copy.deepcopy(record))
 
     def _ended(self, call_id: str, event: CallEnded) -> None:
         if event.handed_over:
