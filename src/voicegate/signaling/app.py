@@ -11,12 +11,14 @@ whoever owns the process (``voicegate.media.configure``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from voicegate import __version__
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
@@ -26,6 +28,7 @@ from voicegate.media import ice
 from voicegate.observability.calllog import CallLog, CallSink
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder, RecordingOptions
+from voicegate.observability.tracing import CallTracer, tracing_enabled
 from voicegate.observability.webhooks import WebhookSender, parse_secrets
 from voicegate.privacy import Redaction
 from voicegate.signaling import health, history, offers, pages
@@ -48,6 +51,7 @@ from voicegate.signaling.keys import (
     SETTINGS,
     STARTED,
     TOOLS,
+    TRACER,
     WEBHOOKS,
     Gate,
 )
@@ -172,6 +176,9 @@ def _call_records(app: web.Application, config: ServeConfig, recording: Recordin
             on_result=lambda event, result: app[METRICS].webhooks.inc(event=event, result=result),
         )
         sinks.append(app[WEBHOOKS])
+    if tracing_enabled(os.environ):
+        app[TRACER] = CallTracer(service_version=__version__)
+        sinks.append(app[TRACER])
     if config.admin_token_file:
         app[ADMIN_TOKEN] = Path(config.admin_token_file).read_text(encoding="utf-8").strip()
     if sinks:
@@ -208,6 +215,9 @@ async def _cleanup(app: web.Application) -> None:
     writer = app.get(HISTORY_WRITER)
     if writer is not None:
         await writer.aclose()
+    tracer = app.get(TRACER)
+    if tracer is not None:
+        await tracer.aclose()
 
 
 async def drain(app: web.Application, timeout: float, cut: asyncio.Event | None = None) -> int:

@@ -17,6 +17,7 @@ from voicegate.media.ice import CandidatePolicy
 from voicegate.observability.calllog import CallLog
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder
+from voicegate.observability.tracing import CallTracer
 from voicegate.observability.webhooks import WebhookSender
 from voicegate.signaling import auth
 from voicegate.signaling.admission import Admission
@@ -70,3 +71,5 @@ ADMIN_TOKEN: Final = web.AppKey("admin_token", str)
 HISTORY_WRITER: Final = web.AppKey("history_writer", HistoryWriter)
 WEBHOOKS: Final = web.AppKey("webhooks", WebhookSender)
 """Absent without ``--webhook-url``."""
+TRACER: Final = web.AppKey("tracer", CallTracer)
+"""Absent unless an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
