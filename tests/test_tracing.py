@@ -27,6 +27,11 @@ class Collector:
         self.spans: list[Any] = []
         self.resources: list[dict[str, Any]] = []
         self.content_types: set[str] = set()
+        self.arrived = asyncio.Condition()
+
+    async def wait_for_span(self, name: str, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout), self.arrived:
+            await self.arrived.wait_for(lambda: any(s.name == name for s in self.spans))
 
     async def handle(self, request: web.Request) -> web.Response:
         self.content_types.add(request.content_type)
@@ -37,6 +42,8 @@ class Collector:
             )
             for scope in resource_spans.scope_spans:
                 self.spans.extend(scope.spans)
+        async with self.arrived:
+            self.arrived.notify_all()
         return web.Response(status=200, content_type="application/x-protobuf")
 
 

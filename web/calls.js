@@ -116,6 +116,31 @@ function renderCall(call) {
     summary.append(el("dt", name), el("dd", value));
   }
   renderTimeline(call);
+  renderRecording(call);
+}
+
+async function renderRecording(call) {
+  // <audio src> cannot send the admin token: each file is fetched with it and played as a blob.
+  const box = $("recording");
+  box.replaceChildren();
+  box.hidden = !call.recording || call.recording.startsWith("s3://");
+  if (box.hidden) return;
+  for (const [stream, label] of [["user", "Caller (what the model heard)"], ["bot", "Assistant (what the caller heard)"]]) {
+    try {
+      const res = await fetch(`/api/calls/${encodeURIComponent(call.call_id)}/audio/${stream}`,
+        { headers: headers(), signal: AbortSignal.timeout(30000) });
+      if (!res.ok) continue;
+      const audio = el("audio");
+      audio.controls = true;
+      audio.src = URL.createObjectURL(await res.blob());
+      audio.dataset.stream = stream;
+      const figure = el("figure");
+      figure.append(el("figcaption", label), audio);
+      box.append(figure);
+    } catch {
+      // a recording that cannot be fetched is simply not offered
+    }
+  }
 }
 
 function entries(call) {
@@ -132,7 +157,7 @@ function entries(call) {
     items.push({ t: c.t, kind: "mark", text: `Model stream ${c.leg}: ${c.kind} (${c.reason}${forced}), gap ${c.gap_ms} ms` });
   }
   for (const e of call.error_events) items.push({ t: e.t, kind: "error mark", text: `Error ${e.kind}: ${e.message}` });
-  for (const turn of call.turn_latency) items.push({ t: turn.speech_end_t ?? turn.t, kind: "turn", turn });
+  for (const turn of call.turn_latency) items.push({ t: turn.t, kind: "turn", turn });
   return items.sort((a, b) => a.t - b.t);
 }
 

@@ -150,6 +150,7 @@ def _routes(router: web.UrlDispatcher, separate_metrics: bool) -> None:
     router.add_delete("/api/sessions/{pc_id}", offers.delete_session)
     router.add_get("/api/calls", history.list_calls)
     router.add_get("/api/calls/{call_id}", history.call_detail)
+    router.add_get("/api/calls/{call_id}/audio/{stream}", history.call_audio)
     router.add_get("/calls", history.calls_page)
 
 

@@ -11,6 +11,7 @@ types in (kept in the tab's sessionStorage only).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import re
@@ -25,7 +26,14 @@ from voicegate.signaling.errors import ApiError, json_error
 from voicegate.signaling.keys import ADMIN_TOKEN, CALL_HISTORY, CONFIG
 from voicegate.store import MAX_LIMIT, CallHistory, CallQuery, decode_cursor
 
-__all__ = ["admin_refusal", "call_detail", "calls_page", "is_admin_path", "list_calls"]
+__all__ = [
+    "admin_refusal",
+    "call_audio",
+    "call_detail",
+    "calls_page",
+    "is_admin_path",
+    "list_calls",
+]
 
 FILTERS: Final = frozenset({"agent", "end_reason", "since", "until", "limit", "cursor"})
 _NAME: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
@@ -148,6 +156,30 @@ async def call_detail(request: web.Request) -> web.Response:
     if record is None:
         raise ApiError(404, f"no call {call_id} in the history")
     return web.json_response(record.to_json(), headers={"Cache-Control": "no-store"})
+
+
+async def call_audio(request: web.Request) -> web.StreamResponse:
+    """A recorded call's ``user.wav`` or ``bot.wav`` from the recording directory (recordings
+    that went to S3 are fetched from there). The inspector plays them."""
+    call_id, stream = request.match_info["call_id"], request.match_info["stream"]
+    if not _CALL_ID.fullmatch(call_id) or stream not in ("user", "bot"):
+        raise ApiError(400, "a recording is /api/calls/{call_id}/audio/user or .../bot")
+    record = await _history(request).get(call_id)
+    if record is None:
+        raise ApiError(404, f"no call {call_id} in the history")
+    directory = request.app[CONFIG].record_dir
+    if not record.recording or not directory or record.recording.startswith("s3://"):
+        raise ApiError(404, f"call {call_id} has no recording on this server")
+    target = await asyncio.to_thread(_recorded_file, directory, call_id, stream)
+    if target is None:
+        raise ApiError(404, f"call {call_id} has no {stream}.wav (yet)")
+    return web.FileResponse(target, headers={"Cache-Control": "no-store"})
+
+
+def _recorded_file(directory: str, call_id: str, stream: str) -> Path | None:
+    root = Path(directory).resolve()
+    target = (root / call_id / f"{stream}.wav").resolve()
+    return target if target.is_relative_to(root) and target.is_file() else None
 
 
 async def calls_page(request: web.Request) -> web.StreamResponse:
