@@ -39,8 +39,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.browser_util import Server, chromium, running_server
-from tests.coturn_util import running_coturn
+from tests.support.browser import Server, chromium, running_server
+from tests.support.coturn import running_coturn
 
 SECRET = "bench-turn-secret-0b3f"
 MODES = {"host": ("", False), "relay": ("&relay=1", False), "relay-both": ("&relay=1", True)}

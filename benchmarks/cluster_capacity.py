@@ -46,7 +46,7 @@ def _tree_cpu(root: int) -> float:
 async def _plain_node(workdir: Path, extra_env: dict[str, str], *args: str) -> AsyncIterator[Any]:
     """``voicegate serve`` on loopback without a signaling secret (the load client sends no
     token), in its own process group; the group is killed afterwards."""
-    from tests.cluster_util import Node
+    from tests.support.cluster import Node
 
     env = {
         k: v

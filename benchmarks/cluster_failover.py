@@ -70,19 +70,21 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def failover(tries: int, workdir: Path) -> dict[str, Any]:
-    from tests.cluster_netns import PUBLIC_IP, LoopIn, topology
-    from tests.cluster_util import token
-    from tests.coturn_util import running_coturn
-    from tests.netns_util import exec_in, socket_in
-    from tests.test_cluster_netns import (
+    from tests.support.cluster import token
+    from tests.support.cluster_netns import (
+        PUBLIC_IP,
         TURN_SECRET,
+        LoopIn,
         cluster,
         first_turn,
         history_saved,
         ice_servers,
         reconnect_and_talk,
         relay_caller,
+        topology,
     )
+    from tests.support.coturn import running_coturn
+    from tests.support.netns import exec_in, socket_in
 
     from voicegate.standin import StandIn
     from voicegate.testing.client import load_wav
@@ -166,7 +168,7 @@ class PageCall:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from tests.cluster_util import SECRET, start_call
+        from tests.support.cluster import SECRET, start_call
 
         from voicegate.signaling import auth
 
@@ -197,7 +199,7 @@ class PageCall:
 
 
 async def rolling(calls_per_node: int, workdir: Path) -> dict[str, Any]:
-    from tests.cluster_util import free_port, receiving, redis_server, serve_node, tone
+    from tests.support.cluster import free_port, receiving, redis_server, serve_node, tone
 
     ports = {"a": free_port(), "b": free_port()}
     urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}

@@ -54,7 +54,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.browser_util import CHROMIUM, Server, chromium, running_server
+from tests.support.browser import CHROMIUM, Server, chromium, running_server
 
 from benchmarks import pipecat_m2e
 from benchmarks.browser_connect import standin

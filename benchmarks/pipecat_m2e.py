@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.browser_util import free_port
+from tests.support.browser import free_port
 
 from benchmarks.browser_connect import standin
 from benchmarks.procs import BENCH_VENV, PIPECAT, ROOT, ensure_pipecat

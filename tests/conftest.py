@@ -1,10 +1,9 @@
-"""Shared test fixtures: a real voicegate server on loopback, spoken WAVs, CI strictness."""
+"""Shared test fixtures: spoken WAVs, a clean AWS environment, the Bedrock stand-in, the
+event-loop guard on every test. Helpers that are not fixtures live in tests/support/."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -12,33 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
-from voicegate import media
-from voicegate.backends.base import Backend
-from voicegate.config import ServeConfig, media_setup, resolve
+from tests.support.components import require_tool
+from tests.support.loop_guard import loop_guard, pytest_collection_modifyitems  # noqa: F401
 from voicegate.media import ice
 
 # Imported here, once, so that no test pays for importing aiortc's codecs inside its running loop.
 from voicegate.media import patch as _aiortc_patch  # noqa: F401
-from voicegate.signaling.app import create_app
-from voicegate.signaling.listener import serve
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Tests never probe the EC2 instance metadata service: all their traffic stays on loopback.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 # The embedded call history of every server a test starts goes to a throwaway directory.
 os.environ.setdefault("VOICEGATE_STATE_DIR", tempfile.mkdtemp(prefix="vg-state-"))
-
-
-def require(ok: bool, why: str) -> None:
-    """A missing real component fails the test in CI and skips it elsewhere, never silently."""
-    if ok:
-        return
-    if IN_CI:
-        pytest.fail(f"required component missing in CI: {why}")
-    pytest.skip(why)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -47,33 +31,9 @@ def _loopback_ice() -> None:
     ice.configure_host_addresses(["127.0.0.1"])
 
 
-@contextlib.asynccontextmanager
-async def running_server(
-    backend: Backend, **overrides: Any
-) -> AsyncIterator[tuple[str, web.Application]]:
-    base = resolve(None, env={})
-    values = {f: getattr(base, f) for f in ServeConfig.__dataclass_fields__}
-    # Load shedding by event-loop lag is tested on its own (tests/test_loadguard.py); elsewhere a
-    # busy test machine must not turn into refused calls, so it is off unless a test asks.
-    values["max_loop_lag_ms"] = 0.0
-    values.update(overrides)
-    values["port"] = 0
-    config = ServeConfig(**values)
-    media.configure(media_setup(config))
-    app = create_app(config, backend)
-    listener = await serve(app, config, host="127.0.0.1", port=0)
-    try:
-        yield listener.url, app
-    finally:
-        await listener.close()
-
-
 @pytest.fixture(scope="session")
 def espeak() -> str:
-    path = shutil.which("espeak-ng")
-    require(path is not None, "espeak-ng is not installed (apt-get install espeak-ng)")
-    assert path is not None
-    return path
+    return require_tool("espeak-ng")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import structlog
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.cli import main
 from voicegate.config import ConfigError, resolve
@@ -400,9 +400,8 @@ def test_the_documented_python_minting_snippet_works() -> None:
 async def test_the_page_sends_its_token(tmp_path: Path) -> None:
     """Debian chromium, the real page: with ?token= the call connects and hangs up (204, so the
     session token was used); the token leaves the address bar; without one the 401 is explained."""
-    from tests.browser_util import chromium, require_browser
-    from tests.browser_util import running_server as serve_process
-    from tests.test_browser import wait_js
+    from tests.support.browser import chromium, require_browser, wait_js
+    from tests.support.browser import running_server as serve_process
 
     require_browser()
     env = {"VOICEGATE_AUTH_SECRET": SECRET}

@@ -17,24 +17,28 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
+from tests.support.browser import (
+    BOT_LINE,
+    BOT_RMS_FLOOR,
+    CONNECT_TIMEOUT_MS,
+    TURN_TIMEOUT_MS,
+    USER_LINE,
+    Server,
+    chromium,
+    make_speech_wav,
+    require_browser,
+    running_server,
+    wait_js,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 SPOKEN = "Hello, what time is it?"
-# Peak RMS (full scale = 1.0) the bot meter must exceed. Silence and comfort noise stay far below;
-# spoken audio through Opus reaches roughly 0.05-0.3.
-BOT_RMS_FLOOR = 0.02
-CONNECT_TIMEOUT_MS = 30_000
-TURN_TIMEOUT_MS = 90_000  # local backend on a shared 2-core box: ASR + TTS of one short turn
 
 BACKENDS = [
     pytest.param("echo", id="echo"),
     pytest.param("local", id="local", marks=pytest.mark.local),
 ]
-
-USER_LINE = "#transcript .line.user .said"
-BOT_LINE = "#transcript .line.bot .said"
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +60,6 @@ async def texts(page: Any, selector: str) -> list[str]:
             selector, "els => els.map(e => e.textContent.trim()).filter(Boolean)"
         )
     return found
-
-
-async def wait_js(page: Any, expression: str, timeout_ms: int, what: str, server: Server) -> None:
-    """wait_for_function under a Playwright and an asyncio deadline, failing with a snapshot."""
-    try:
-        async with asyncio.timeout(timeout_ms / 1000 + 5):
-            await page.wait_for_function(expression, timeout=timeout_ms, polling=100)
-    except Exception as exc:  # Playwright's TimeoutError or ours; both mean the same here
-        async with asyncio.timeout(10):
-            snapshot = await page.evaluate(
-                "() => ({state: vg.state, connected: vg.connected, errors: vg.errors,"
-                " transcript: vg.transcript, stats: vg.stats, botPeak: vg.botPeak,"
-                " events: vg.events.map(e => e.type)})"
-            )
-        raise AssertionError(
-            f"timed out waiting for {what}: {type(exc).__name__}\npage: {snapshot}\n"
-            f"server log:\n{server.log_tail()}"
-        ) from None
 
 
 @pytest.mark.parametrize("server", BACKENDS, indirect=True)

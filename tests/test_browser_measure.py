@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from benchmarks.mouth_to_ear import make_mic_wav, measure_call, voicegate_on_echo
 
-from tests.browser_util import chromium, require_browser
+from tests.support.browser import chromium, require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

@@ -23,8 +23,17 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
-from tests.test_browser import BOT_LINE, CONNECT_TIMEOUT_MS, TURN_TIMEOUT_MS, USER_LINE
+from tests.support.browser import (
+    BOT_LINE,
+    CONNECT_TIMEOUT_MS,
+    TURN_TIMEOUT_MS,
+    USER_LINE,
+    Server,
+    chromium,
+    make_speech_wav,
+    require_browser,
+    running_server,
+)
 from voicegate.signaling import auth
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]

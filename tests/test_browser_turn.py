@@ -18,9 +18,19 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import Server, chromium, make_speech_wav, require_browser, running_server
-from tests.coturn_util import Coturn, running_coturn
-from tests.test_browser import BOT_LINE, BOT_RMS_FLOOR, CONNECT_TIMEOUT_MS, USER_LINE, wait_js
+from tests.support.browser import (
+    BOT_LINE,
+    BOT_RMS_FLOOR,
+    CONNECT_TIMEOUT_MS,
+    USER_LINE,
+    Server,
+    chromium,
+    make_speech_wav,
+    require_browser,
+    running_server,
+    wait_js,
+)
+from tests.support.coturn import Coturn, running_coturn
 from voicegate.signaling.turn import mint
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.signaling.app import SESSIONS
 from voicegate.standin import StandIn

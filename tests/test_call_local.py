@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, running_server
+from tests.support.components import require
+from tests.support.server import running_server
 from voicegate.backends.base import Backend
 from voicegate.signaling.app import SESSIONS
 from voicegate.testing.client import CallClient, load_wav

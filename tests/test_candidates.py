@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiortc import RTCSessionDescription
 
-from tests.conftest import require, running_server
+from tests.support.components import require
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.media import ice
 from voicegate.media.ice import CandidatePolicy

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import chromium, make_speech_wav, require_browser
-from tests.cluster_util import Node, free_port, redis_server, serve_node, token
+from tests.support.browser import chromium, make_speech_wav, require_browser
+from tests.support.cluster import Node, free_port, redis_server, serve_node, token
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aredis
 
-from tests.cluster_util import (
+from tests.support.cluster import (
     Node,
     free_port,
     receiving,
@@ -202,7 +202,7 @@ async def test_sigterm_moves_every_call_to_the_other_node_and_exits_0(tmp_path: 
 
 
 def load_tone() -> Any:
-    from tests.cluster_util import tone
+    from tests.support.cluster import tone
 
     return tone(0.3)
 

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.cluster_util import Node, receiving, serve_node, start_call
+from tests.support.cluster import Node, receiving, serve_node, start_call
 
 
 async def settled(node: Node, sessions: int) -> Any:

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from tests.conftest import running_server
-from tests.test_metrics import scrape, value
+from tests.support.metrics import scrape, value
+from tests.support.server import running_server
 from voicegate.backends.base import BackendStream
 from voicegate.backends.echo import EchoBackend, EchoStream
 from voicegate.call.sdp import OfferError, check_offer

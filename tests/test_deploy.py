@@ -27,7 +27,7 @@ import aiohttp
 import kubernetes_validate
 import pytest
 
-from tests.deploy_util import (
+from tests.support.deploy import (
     DEPLOY,
     KUBE,
     ROOT,
@@ -320,7 +320,7 @@ async def test_dashboard_and_alerts_read_only_live_metrics(
 @pytest.mark.image  # deselected by `make test`; `make image-test` runs it
 @pytest.mark.timeout(1800)  # a cold build downloads every wheel
 def test_image_builds_and_answers_healthz(tmp_path: Path) -> None:
-    from tests.image_check import build_and_run_image
+    from tests.support.image_check import build_and_run_image
 
     build_and_run_image(ROOT, tmp_path)
 

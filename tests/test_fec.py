@@ -15,7 +15,7 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-from tests.conftest import require
+from tests.support.components import require
 from voicegate.media import opus, receive
 from voicegate.media.levels import rms
 from voicegate.media.resample import resample_pcm16

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.signaling import auth
 from voicegate.signaling.app import SESSIONS

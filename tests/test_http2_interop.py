@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
-from tests.h2_util import Certs, Nghttpd, RawH2Server, chunks, make_certs, pattern
+from tests.support.components import require
+from tests.support.h2 import Certs, Nghttpd, RawH2Server, chunks, make_certs, pattern
 from voicegate.backends.bedrock.http2 import (
     ConnectFailed,
     H2Pool,

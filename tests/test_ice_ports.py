@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ServeConfig, validate
 from voicegate.media import ice

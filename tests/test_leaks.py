@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.testing.client import CallClient
 

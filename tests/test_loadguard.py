@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.signaling.admission import Admission, LagMonitor
 from voicegate.signaling.app import ADMISSION

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import running_server
-from tests.coturn_util import running_coturn
+from tests.support.coturn import running_coturn
+from tests.support.server import running_server
 from voicegate.backends.base import BackendStream
 from voicegate.sonic import events as sonic
 from voicegate.standin.brains import EchoBrain

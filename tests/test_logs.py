@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate import logs
 from voicegate.backends.echo import EchoBackend
 from voicegate.testing.client import CallClient, load_wav

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.loop_guard import _Watchdog
+from tests.support.loop_guard import _Watchdog
 
 
 @pytest.mark.blocks_loop

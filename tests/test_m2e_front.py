@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from benchmarks.pipecat_m2e import page_front
 
-from tests.browser_util import REPO
+from tests.support.browser import REPO
 from voicegate.signaling.middleware import PAGE_POLICY
 
 WEB = REPO / "web"

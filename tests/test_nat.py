@@ -11,18 +11,16 @@ proxy would. ``edge`` does not forward packets, and neither side has a route to 
 subnet, so no UDP path exists between the caller and voicegate except through coturn.
 
 voicegate (``python -m voicegate serve``) runs in ``srv``; the caller is the headless aiortc
-client (:mod:`voicegate.client`) run in ``cli`` by this very file (``python -m tests.test_nat
---client ...``), which prints one JSON line. With the ICE servers voicegate hands out the call
-connects, and its selected pair uses a relay candidate; without TURN (a voicegate with no
-TURN configured, a caller with no ICE servers) the same call cannot connect at all.
+client (:mod:`voicegate.client`) run in ``cli`` (``python -m tests.support.nat_caller --client
+...``), which prints one JSON line. With the ICE servers voicegate hands out the call connects,
+and its selected pair uses a relay candidate; without TURN (a voicegate with no TURN configured,
+a caller with no ICE servers) the same call cannot connect at all.
 
 Needs root (CAP_NET_ADMIN + CAP_SYS_ADMIN) and iproute2: missing in CI fails, elsewhere skips.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -30,13 +28,14 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from tests.support.components import missing
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "nat-test-turn-secret-4Hq"
@@ -47,7 +46,6 @@ SRV_IP, SRV_GW = "10.199.1.2", "10.199.1.1"
 CLI_IP, CLI_GW = "10.199.2.2", "10.199.2.1"
 WITH_TURN_PORT, NO_TURN_PORT = 8080, 8081  # voicegate in srv, forwarded on edge
 CLIENT_TIMEOUT_S = 90.0
-CONNECT_TIMEOUT_S = 20.0  # the caller's own wait for the data channel
 NO_TURN_WAIT_S = 8.0  # the relayed call needs < 1 s here; aioice itself gives up after ~40 s
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -85,96 +83,7 @@ asyncio.run(main())
 
 
 # --------------------------------------------------------------------------------------------
-# The caller, run inside the client namespace.
-
-
-async def _client(
-    base: str, use_turn: bool, relay_only: bool, wait_s: float, token: str
-) -> dict[str, Any]:
-    import aiohttp
-
-    from voicegate.testing.client import CallClient
-
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        deadline = time.monotonic() + 60
-        while True:  # voicegate in the other namespace is still loading
-            try:
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                return {"error": "voicegate never answered /healthz through the edge"}
-            await asyncio.sleep(0.2)  # start-up wait for another process, not an audio path
-        headers = {"Authorization": f"Bearer {token}"}
-        async with http.get(f"{base}/api/ice-servers", headers=headers) as resp:
-            body = await resp.json()
-            if resp.status != 200:
-                return {"error": f"/api/ice-servers answered {resp.status}: {body}"}
-        servers = CallClient.ice_servers_from_json(body["iceServers"]) if use_turn else []
-        client = CallClient(base, ice_servers=servers, relay_only=relay_only, token=token)
-        result: dict[str, Any] = {"ice_servers": len(servers)}
-        try:
-            t0 = time.monotonic()
-            async with asyncio.timeout(20):
-                answer = await client.connect(http)
-            result["offer_sdp_relay"] = "typ relay" in client.pc.localDescription.sdp
-            result["answer_sdp_relay"] = "typ relay" in answer["sdp"]
-            failed = asyncio.Event()
-
-            @client.pc.on("connectionstatechange")
-            def _state() -> None:
-                if client.pc.connectionState == "failed":
-                    failed.set()
-
-            ready = asyncio.ensure_future(client.wait_for("bot-ready", wait_s))
-            gave_up = asyncio.ensure_future(failed.wait())
-            await asyncio.wait({ready, gave_up}, return_when=asyncio.FIRST_COMPLETED)
-            gave_up.cancel()
-            if ready.done() and ready.exception() is None:
-                result["connect_ms"] = round((time.monotonic() - t0) * 1000)
-                await client.wait_frames(25, 10)
-                result["frames"] = len(client.audio.frames)
-            else:
-                ready.cancel()
-                await asyncio.gather(ready, return_exceptions=True)
-                result["not_connected_after_ms"] = round((time.monotonic() - t0) * 1000)
-            result["state"] = client.pc.connectionState
-            result["pair"] = client.selected_candidate_types()
-        finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await client.hangup(http)
-            await client.close()
-    return result
-
-
-def _client_main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--client", required=True, help="voicegate base URL")
-    parser.add_argument("--no-turn", action="store_true")
-    parser.add_argument("--relay-only", action="store_true")
-    parser.add_argument("--wait", type=float, default=CONNECT_TIMEOUT_S)
-    args = parser.parse_args(argv)
-    token = os.environ["VG_NAT_TOKEN"]
-    result = asyncio.run(_client(args.client, not args.no_turn, args.relay_only, args.wait, token))
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-# --------------------------------------------------------------------------------------------
 # Namespaces
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _missing(reason: str) -> None:
-    if _in_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -194,7 +103,7 @@ class Topology:
 @contextlib.contextmanager
 def topology() -> Iterator[Topology]:
     if shutil.which("ip") is None:
-        _missing("iproute2 is not installed (apt-get install iproute2)")
+        missing("iproute2 is not installed (apt-get install iproute2)")
     _remove_orphans()
     tag = f"vgnat{os.getpid()}"
     topo = Topology(f"{tag}-srv", f"{tag}-cli", f"{tag}-edge")
@@ -203,7 +112,7 @@ def topology() -> Iterator[Topology]:
         for ns in (topo.edge, topo.srv, topo.cli):
             done = _ip("netns", "add", ns, check=False)
             if done.returncode != 0:
-                _missing(f"cannot create a network namespace ({done.stderr.strip()}); needs root")
+                missing(f"cannot create a network namespace ({done.stderr.strip()}); needs root")
             created.append(ns)
         e, s, c = topo.edge, topo.srv, topo.cli
         # veths are created straight inside the namespaces, so no name on the host is touched.
@@ -309,7 +218,7 @@ class Nat:
 
 @pytest.fixture(scope="module")
 def nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nat]:
-    from tests.coturn_util import require_coturn, running_coturn
+    from tests.support.coturn import require_coturn, running_coturn
 
     require_coturn()
     workdir = tmp_path_factory.mktemp("nat")
@@ -375,7 +284,7 @@ def _udp_socket_in(ns: str) -> Any:
 
 def run_client(nat: Nat, port: int, *flags: str) -> dict[str, Any]:
     argv = [
-        *nat.topo.exec(nat.topo.cli), sys.executable, "-m", "tests.test_nat",
+        *nat.topo.exec(nat.topo.cli), sys.executable, "-m", "tests.support.nat_caller",
         "--client", f"http://{EDGE_IP}:{port}", *flags,
     ]  # fmt: skip
     from voicegate.signaling import auth
@@ -437,7 +346,3 @@ def test_call_without_turn_cannot_connect(nat: Nat) -> None:
     assert result["state"] in ("failed", "connecting", "new"), result
     assert result["pair"] is None, result
     print(f"NAT without TURN: {result}")
-
-
-if __name__ == "__main__":
-    _client_main(sys.argv[1:])

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import running_server
-from tests.test_typed_text import client_texts
+from tests.support.server import running_server
+from tests.support.standin import client_texts
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.signaling.app import SESSIONS
 from voicegate.standin import StandIn

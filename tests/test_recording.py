@@ -20,7 +20,8 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import require, running_server
+from tests.support.components import require
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.observability import recording
 from voicegate.observability.metrics import GatewayMetrics

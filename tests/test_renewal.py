@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import running_server
-from tests.test_conversation import Listener, OneBackend, Recorder
+from tests.support.conversation import Listener, OneBackend, Recorder
+from tests.support.server import running_server
 from voicegate.backends.base import BackendStream
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.backends.inprocess import InProcessStream

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import structlog
 
-from tests.browser_util import free_port
-from tests.conftest import running_server
+from tests.support.browser import free_port
+from tests.support.server import running_server
 from voicegate.backends.base import AccessDenied, BackendStream
 from voicegate.backends.echo import EchoBackend
 from voicegate.config import ConfigError, resolve
@@ -221,8 +221,8 @@ async def test_pages_carry_referrer_policy_and_a_strict_csp() -> None:
 @pytest.mark.timeout(120)
 async def test_the_page_works_under_its_csp(tmp_path: Path) -> None:
     """Debian chromium enforcing the policy: the call connects, no violation is reported."""
-    from tests.browser_util import chromium, require_browser
-    from tests.browser_util import running_server as serve_process
+    from tests.support.browser import chromium, require_browser
+    from tests.support.browser import running_server as serve_process
 
     require_browser()
     async with serve_process("echo", tmp_path) as server, chromium(None, bypass_csp=False) as ctx:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.call.inbound import MAX_TYPED_TEXTS
 from voicegate.call.rtvi import MAX_TEXT_CHARS

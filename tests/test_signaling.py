@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.testing.client import CallClient
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_standin import SILENCE, Call, tone
+from tests.support.sdk_call import SILENCE, Call, tone
 from voicegate import sonic as sonic
 from voicegate.standin import StandIn
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.test_standin import AUDIO as MIC
-from tests.test_standin import Call, P
+from tests.support.sdk_call import AUDIO as MIC
+from tests.support.sdk_call import Call, P
 from voicegate import sonic as sonic
 
 pytestmark = pytest.mark.bedrock

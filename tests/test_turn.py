@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from aiortc import RTCIceServer
 
-from tests.conftest import running_server
-from tests.coturn_util import running_coturn
+from tests.support.coturn import running_coturn
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.signaling.turn import TurnConfig, mint, quota_name
 from voicegate.testing.client import CallClient

@@ -37,10 +37,10 @@ from typing import Any
 
 import pytest
 
-from tests.browser_util import missing
-from tests.coturn_util import PROD_CONF, prod_config, require_coturn, running_coturn
-from tests.netns_util import exec_in, namespace, socket_in
-from tests.turn_client import IPV4, IPV6, TCP, Attr, Method, TurnClient
+from tests.support.components import missing
+from tests.support.coturn import PROD_CONF, prod_config, require_coturn, running_coturn
+from tests.support.netns import exec_in, namespace, socket_in
+from tests.support.turn_client import IPV4, IPV6, TCP, Attr, Method, TurnClient
 from voicegate.signaling import auth
 from voicegate.signaling.turn import TurnConfig, mint
 
@@ -337,7 +337,7 @@ def test_relay_only_call_through_production_config(relay: Relay) -> None:
         server = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo)
         try:
             caller = [
-                *exec_in(relay.ns), sys.executable, "-m", "tests.test_nat",
+                *exec_in(relay.ns), sys.executable, "-m", "tests.support.nat_caller",
                 "--client", f"http://{VOICEGATE}:{VOICEGATE_PORT}", "--relay-only",
             ]  # fmt: skip
             done = subprocess.run(

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require
-from tests.test_conversation import Listener, OneBackend, Recorder
+from tests.support.components import require
+from tests.support.conversation import Listener, OneBackend, Recorder
+from tests.support.standin import client_texts
 from voicegate.backends.base import BackendStream, StreamLost
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.backends.echo import EchoBackend
@@ -40,27 +41,6 @@ from voicegate.sonic import (
     TextInput,
 )
 from voicegate.standin import StandIn
-
-
-def client_texts(record: Any) -> list[tuple[str, bool, str, bool]]:
-    """(role, interactive, text, sent after the audio content started) of every TEXT content
-    a stand-in session received, in order."""
-    opened: dict[str, list[Any]] = {}
-    out: list[tuple[str, bool, str, bool]] = []
-    audio = False
-    for event in record.events:
-        ((name, body),) = event.items()
-        content = body.get("contentName")
-        if name == "contentStart" and body.get("type") == "AUDIO":
-            audio = True
-        elif name == "contentStart" and body.get("type") == "TEXT":
-            opened[content] = [body["role"], body["interactive"], "", audio]
-        elif name == "textInput" and content in opened:
-            opened[content][2] += body["content"]
-        elif name == "contentEnd" and content in opened:
-            role, interactive, text, after = opened.pop(content)
-            out.append((role, interactive, text, after))
-    return out
 
 
 def interactive_block(inputs: list[InputEvent]) -> tuple[int, str]:

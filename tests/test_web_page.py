@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import running_server
+from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 
 WEB = Path(__file__).resolve().parents[1] / "web"

@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 
-from tests.browser_util import missing
+from tests.support.components import missing
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -25,20 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.browser_util import missing
-from tests.netns_util import exec_in, ip, socket_in
+import aiohttp
+import numpy as np
+
+from tests.support.cluster import Node, serve_node
+from tests.support.components import missing
+from tests.support.netns import exec_in, ip, socket_in
+from voicegate.media.levels import rms
+from voicegate.testing.client import CallClient
 
 T = TypeVar("T")
 
@@ -287,3 +295,108 @@ class LoopIn:
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+
+
+# -- The two-node relay cluster the failover test and its benchmark run ----------------------
+
+TURN_SECRET = "cluster-netns-turn-secret-7Rw"
+
+
+def node_args(topo: Topology, name: str, turn_port: int) -> tuple[str, ...]:
+    address = NODE_IPS[name]
+    return (
+        "--host", address, "--port", str(NODE_PORT),
+        "--cluster-redis", topo.redis_url,
+        "--node-id", f"node-{name}",
+        "--node-url", f"http://{address}:{NODE_PORT}",
+        "--workers", "1",
+        "--backend", "bedrock", "--system-prompt", "scenario:reply",
+        "--relay-only", "--turn-url", f"turn:{PUBLIC_IP}:{turn_port}?transport=udp",
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    topo: Topology, turn_port: int, workdir: Path, standin: Any
+) -> AsyncIterator[dict[str, Node]]:
+    """Redis, the two nodes (each with its tunnel to the stand-in) and the load balancer."""
+    env = {
+        **standin.client_env(),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "VOICEGATE_TURN_SECRET": TURN_SECRET,
+    }
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        env[name] = os.environ[name]
+    edge = topo.ns("edge")
+    loopback = ("127.0.0.1", standin.port)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(redis_in(topo, workdir))
+        nodes: dict[str, Node] = {}
+        for name, address in NODE_IPS.items():
+            ns = topo.ns(name)
+            await stack.enter_async_context(forward(ns, loopback, None, loopback))
+            lb = (PUBLIC_IP, LB_PORTS[name])
+            await stack.enter_async_context(forward(edge, lb, edge, (address, NODE_PORT)))
+            args = node_args(topo, name, turn_port)
+            nodes[name] = await stack.enter_async_context(
+                serve_node(workdir, *args, name=name, env=env, prefix=exec_in(ns))
+            )
+        await wait_registered(topo, "node-a", "node-b")
+        yield nodes
+
+
+async def history_saved(topo: Topology, pc_id: str, messages: int) -> list[Any]:
+    async with asyncio.timeout(10):
+        while True:
+            text = await redis_cli(topo, "HGET", f"vg:call:{pc_id}", "state")
+            if text and len(history := json.loads(text)["history"]) >= messages:
+                return list(history)
+            await asyncio.sleep(0.1)  # Redis has no event to wait on
+
+
+# -- The caller's side, run on the loop inside the caller's namespace --------------------------
+
+
+async def ice_servers(base: str, tok: str) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {tok}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/api/ice-servers", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            return list((await resp.json())["iceServers"])
+
+
+def relay_caller(base: str, servers: list[dict[str, Any]], tok: str | None) -> CallClient:
+    return CallClient(
+        base, ice_servers=CallClient.ice_servers_from_json(servers), relay_only=True, token=tok
+    )
+
+
+async def first_turn(client: CallClient, speech: np.ndarray) -> str:
+    await client.connect()
+    await client.wait_for("bot-ready", 20)
+    client.mic.play(speech)
+    return str((await client.wait_for("bot-transcription", 30))["data"]["text"])
+
+
+async def reconnect_and_talk(
+    moved: CallClient, pc_id: str, speech: np.ndarray
+) -> tuple[float, float]:
+    """The page's automatic reconnect, then the caller's next turn at once: when that turn
+    started and when the first bot audio frame after it arrived (monotonic clock)."""
+    await moved.connect(restart_of=pc_id)
+    await moved.wait_for("bot-ready", 20)
+    sent = time.monotonic()
+    moved.mic.play(speech)
+    await moved.wait_for("bot-transcription", 30)
+    async with asyncio.timeout(15):
+        while (heard := first_bot_audio(moved, sent)) is None:
+            await moved.wait_frames(1, 15)
+    return sent, heard
+
+
+def first_bot_audio(client: CallClient, after: float, threshold: float = 500.0) -> float | None:
+    """Arrival of the first received frame after ``after`` louder than ``threshold`` RMS."""
+    for frame, arrival in zip(client.audio.frames, client.audio.arrival, strict=True):
+        if arrival >= after and rms(frame) > threshold:
+            return arrival
+    return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,12 +17,13 @@ import tempfile
 import wave
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import aiohttp
-import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.components import missing, require_tool
+
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("VOICEGATE_CHROMIUM", "/usr/bin/chromium"))
 SERVER_START_TIMEOUT_S = 120.0  # the local backend loads Whisper and TTS weights before listening
 HTTP_TIMEOUT_S = 10.0
@@ -45,17 +45,6 @@ CHROMIUM_ARGS: tuple[str, ...] = (
 )
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def missing(reason: str) -> NoReturn:
-    """A missing real component fails the run in CI and skips elsewhere (with the reason)."""
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}; `make test` installs it", pytrace=False)
-    pytest.skip(reason)
-
-
 def require_browser() -> None:
     if not CHROMIUM.exists():
         missing(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
@@ -63,13 +52,6 @@ def require_browser() -> None:
         import playwright.async_api  # noqa: F401
     except ImportError:
         missing("the playwright Python package is not installed (pip install voicegate[dev])")
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        missing(f"{name} is not installed (apt-get install {name})")
-    return path
 
 
 def make_speech_wav(
@@ -276,3 +258,34 @@ async def chromium(
             finally:
                 async with asyncio.timeout(30):
                     await ctx.close()
+
+
+# -- The page (web/) as the browser tests read it ------------------------------------------
+
+# Peak RMS (full scale = 1.0) the bot meter must exceed. Silence and comfort noise stay far below;
+# spoken audio through Opus reaches roughly 0.05-0.3.
+BOT_RMS_FLOOR = 0.02
+CONNECT_TIMEOUT_MS = 30_000
+TURN_TIMEOUT_MS = 90_000  # local backend on a shared 2-core box: ASR + TTS of one short turn
+
+# Transcript lines the page renders, one per turn and side.
+USER_LINE = "#transcript .line.user .said"
+BOT_LINE = "#transcript .line.bot .said"
+
+
+async def wait_js(page: Any, expression: str, timeout_ms: int, what: str, server: Server) -> None:
+    """wait_for_function under a Playwright and an asyncio deadline, failing with a snapshot."""
+    try:
+        async with asyncio.timeout(timeout_ms / 1000 + 5):
+            await page.wait_for_function(expression, timeout=timeout_ms, polling=100)
+    except Exception as exc:  # Playwright's TimeoutError or ours; both mean the same here
+        async with asyncio.timeout(10):
+            snapshot = await page.evaluate(
+                "() => ({state: vg.state, connected: vg.connected, errors: vg.errors,"
+                " transcript: vg.transcript, stats: vg.stats, botPeak: vg.botPeak,"
+                " events: vg.events.map(e => e.type)})"
+            )
+        raise AssertionError(
+            f"timed out waiting for {what}: {type(exc).__name__}\npage: {snapshot}\n"
+            f"server log:\n{server.log_tail()}"
+        ) from None

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from tests.conftest import require
+from tests.support.components import require
 from voicegate.signaling import auth
 from voicegate.testing.client import CallClient
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import cluster_util
-from tests.conftest import require
-from tests.deploy_util import compose, compose_env
+from tests.support import cluster as cluster_util
+from tests.support.components import require
+from tests.support.deploy import compose, compose_env
 
 IMAGE = "localhost/voicegate:image-test"
 SECRET = "image-test-secret-0123456789"

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.browser_util import missing
+from tests.support.components import missing
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEV_CONF = REPO / "turn" / "turnserver-dev.conf"
 PROD_CONF = REPO / "turn" / "turnserver.conf"
 START_TIMEOUT_S = 10.0
