@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_util import chromium, running_server
+from tests.support.browser import chromium, running_server
+from tests.support.receivers import Collector, Receiver, collecting, receiving
 from voicegate.testing.client import CallClient, load_wav
 
 pytestmark = pytest.mark.browser
@@ -97,9 +98,6 @@ async def test_offline_brain_call_reaches_webhook_history_trace_and_page(
     import os
 
     from standardwebhooks.webhooks import Webhook
-
-    from tests.test_tracing import Collector, collecting
-    from tests.test_webhooks import Receiver, receiving
 
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     (tmp_path / "whsec").write_text(secret)

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import running_server
-from tests.postgres_util import postgres_server
-from tests.test_webhooks import echo_call
+from tests.support.postgres import postgres_server
+from tests.support.server import running_server
+from tests.support.spoken_call import spoken_call
 from voicegate.backends.echo import EchoBackend
 from voicegate.signaling import auth
 from voicegate.signaling.keys import CALL_LOG
@@ -137,7 +137,7 @@ async def test_a_real_call_is_listed_and_inspected(
         redact=("digits",),
     ) as (url, app):
         caller = auth.mint(SECRET, 600, subject="alice")
-        pc_id = await _token_call(url, caller, speech)
+        pc_id = await spoken_call(url, speech, caller)
         await app[CALL_LOG].flush()
         status, body = await _get(f"{url}/api/calls?limit=5", ADMIN)
         assert status == 200
@@ -175,23 +175,6 @@ async def test_a_real_call_is_listed_and_inspected(
         assert status in (400, 404) and "error" in refusal
 
 
-async def _token_call(url: str, token: str, speech: Any) -> str:
-    from voicegate.testing.client import CallClient
-
-    client = CallClient(url, token=token)
-    try:
-        async with asyncio.timeout(40):
-            answer = await client.connect()
-            await client.wait_for("bot-ready", 10)
-            client.mic.play(speech)
-            await client.wait_for("user-transcription", 15, lambda m: m["data"]["final"])
-            await client.wait_for("bot-stopped-speaking", 20)
-            assert await client.hangup() == 204
-        return str(answer["pc_id"])
-    finally:
-        await client.close()
-
-
 async def test_without_an_admin_token_the_api_is_local_dev_only(tmp_path: Path) -> None:
     store = f"sqlite:{tmp_path / 'calls.db'}"
     async with running_server(EchoBackend(), call_store=store) as (url, _app):
@@ -216,7 +199,7 @@ async def test_two_servers_write_one_postgres(
         running_server(EchoBackend(), call_store=postgres_url, node_id="a") as (url_a, app_a),
         running_server(EchoBackend(), call_store=postgres_url, node_id="b") as (url_b, app_b),
     ):
-        ids = await asyncio.gather(echo_call(url_a, speech), echo_call(url_b, speech))
+        ids = await asyncio.gather(spoken_call(url_a, speech), spoken_call(url_b, speech))
         await app_a[CALL_LOG].flush()
         await app_b[CALL_LOG].flush()
         for url in (url_a, url_b):

@@ -4,70 +4,20 @@ test collector and decoded with opentelemetry-proto; the span tree of a real cal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.conftest import running_server
-from tests.test_webhooks import echo_call
+from tests.support.receivers import Collector, attrs, collecting
+from tests.support.server import running_server
+from tests.support.spoken_call import spoken_call
 from voicegate.backends.echo import EchoBackend
 from voicegate.observability.tracing import CallTracer, tracing_enabled
 from voicegate.signaling.keys import CALL_LOG, TRACER
 from voicegate.store.record import CallRecord
 from voicegate.testing.client import load_wav
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.resources: list[dict[str, Any]] = []
-        self.content_types: set[str] = set()
-        self.arrived = asyncio.Condition()
-
-    async def wait_for_span(self, name: str, timeout: float = 15) -> None:
-        async with asyncio.timeout(timeout), self.arrived:
-            await self.arrived.wait_for(lambda: any(s.name == name for s in self.spans))
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.content_types.add(request.content_type)
-        message = ExportTraceServiceRequest.FromString(await request.read())
-        for resource_spans in message.resource_spans:
-            self.resources.append(
-                {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            )
-            for scope in resource_spans.scope_spans:
-                self.spans.extend(scope.spans)
-        async with self.arrived:
-            self.arrived.notify_all()
-        return web.Response(status=200, content_type="application/x-protobuf")
-
-
-@asynccontextmanager
-async def collecting(collector: Collector) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/v1/traces", collector.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in span.attributes:
-        value = a.value
-        out[a.key] = getattr(value, value.WhichOneof("value"))
-    return out
 
 
 def test_off_unless_an_endpoint_is_set() -> None:
@@ -88,7 +38,7 @@ async def test_a_real_call_exports_its_trace(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         monkeypatch.setenv("OTEL_SERVICE_NAME", "voicegate-test")
         async with running_server(EchoBackend(), call_store="none") as (url, app):
-            pc_id = await echo_call(url, speech)
+            pc_id = await spoken_call(url, speech)
             await app[CALL_LOG].flush()
             await app[TRACER].flush()
     assert collector.content_types == {"application/x-protobuf"}

@@ -5,87 +5,31 @@ costs a counted give-up and nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.conftest import running_server
+from tests.support.receivers import Receiver, receiving
+from tests.support.server import running_server
+from tests.support.spoken_call import spoken_call
 from voicegate.backends.echo import EchoBackend
 from voicegate.observability.webhooks import parse_secrets, sign
 from voicegate.signaling.keys import CALL_LOG, WEBHOOKS
-from voicegate.testing.client import CallClient, load_wav
+from voicegate.testing.client import load_wav
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-class Receiver:
-    """An HTTP endpoint that records every delivery and answers with ``statuses`` in turn
-    (then 200)."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.statuses = list(statuses or [])
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.arrived = asyncio.Condition()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        async with self.arrived:
-            self.got.append((dict(request.headers), body))
-            self.arrived.notify_all()
-        status = self.statuses.pop(0) if self.statuses else 200
-        return web.json_response({"ok": status < 300}, status=status)
-
-    async def wait(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout), self.arrived:
-            await self.arrived.wait_for(lambda: pred(self.events()))
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _headers, body in self.got]
-
-
-@asynccontextmanager
-async def receiving(receiver: Receiver) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/hook"
-    finally:
-        await runner.cleanup()
 
 
 def secret_file(tmp_path: Path, *secrets: str) -> str:
     path = tmp_path / "webhook-secret"
     path.write_text("\n".join(secrets) + "\n")
     return str(path)
-
-
-async def echo_call(url: str, speech: Any) -> str:
-    client = CallClient(url)
-    try:
-        async with asyncio.timeout(40):
-            answer = await client.connect()
-            await client.wait_for("bot-ready", 10)
-            client.mic.play(speech)
-            await client.wait_for("user-transcription", 15, lambda m: m["data"]["final"])
-            await client.wait_for("bot-stopped-speaking", 20)
-            assert await client.hangup() == 204
-        return str(answer["pc_id"])
-    finally:
-        await client.close()
 
 
 def test_signature_verifies_with_the_standard_library() -> None:
@@ -140,7 +84,7 @@ async def test_a_call_sends_started_and_ended_signed(
             webhook_secret_file=secret_file(tmp_path, SECRET),
             call_store=f"sqlite:{tmp_path / 'calls.db'}",
         ) as (url, app):
-            pc_id = await echo_call(url, speech)
+            pc_id = await spoken_call(url, speech)
             await receiver.wait(lambda ev: any(e["type"] == "call.ended" for e in ev))
     verifier = Webhook(SECRET)
     for headers, body in receiver.got:
@@ -176,7 +120,7 @@ async def test_a_503_is_retried_with_the_same_id(
             webhook_retry_seconds=60.0,
             call_store="none",
         ) as (url, app):
-            await echo_call(url, speech)
+            await spoken_call(url, speech)
             await receiver.wait(lambda ev: [e["type"] for e in ev].count("call.ended") == 3)
             await app[WEBHOOKS].settled()
             metrics = app[METRICS_KEY()].render()
@@ -201,7 +145,7 @@ async def test_a_receiver_down_costs_only_a_counted_give_up(
         webhook_retry_seconds=1.0,
         call_store="none",
     ) as (url, app):
-        pc_id = await echo_call(url, speech)  # the call itself is untouched
+        pc_id = await spoken_call(url, speech)  # the call itself is untouched
         await app[CALL_LOG].flush()
         await app[WEBHOOKS].settled()
         metrics = app[METRICS_KEY()].render()

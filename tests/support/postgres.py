@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import require
+from tests.support.components import require
 
 
 def _bin(name: str) -> str | None:
