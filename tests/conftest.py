@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from voicegate.media import patch as _aiortc_patch  # noqa: F401
 
 # Tests never probe the EC2 instance metadata service: all their traffic stays on loopback.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# The embedded call history of every server a test starts goes to a throwaway directory.
+os.environ.setdefault("VOICEGATE_STATE_DIR", tempfile.mkdtemp(prefix="vg-state-"))
 
 
 @pytest.fixture(autouse=True, scope="session")

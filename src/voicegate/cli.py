@@ -36,7 +36,9 @@ def _serve(args: argparse.Namespace) -> int:
     except cfg.ConfigError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
-    logs.configure(conf.log_format, conf.log_level, transcripts=conf.log_transcripts)
+    logs.configure(
+        conf.log_format, conf.log_level, transcripts=conf.log_transcripts, redact=conf.redact
+    )
     import os
 
     from voicegate.cluster.workers import WORKER_ENV

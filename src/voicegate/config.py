@@ -108,6 +108,15 @@ class ServeConfig:
     record_s3_bucket: str = ""
     record_s3_prefix: str = "voicegate/"
     log_transcripts: bool = False
+    redact: tuple[str, ...] = ()
+    webhook_url: tuple[str, ...] = ()
+    webhook_secret_file: str = ""
+    webhook_timeout: float = 10.0
+    webhook_retry_seconds: float = 300.0
+    call_store: str = "sqlite"
+    call_retention_days: float = 30.0
+    call_store_text: str = "full"
+    admin_token_file: str = ""
     # calls that never break: stream renewal, recovery, browser reconnect
     renew_after: float = RENEW_AFTER_S
     renew_force_after: float = 60.0

@@ -78,6 +78,7 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append(f"log_level {c.log_level!r} must be debug, info, warning or error")
     problems += _validate_access(c)
     problems += _validate_recording(c)
+    problems += _validate_call_records(c)
     problems += _validate_continuation(c)
     problems += _validate_media(c)
     problems += _validate_cluster(c)
@@ -246,3 +247,56 @@ def _validate_recording(c: ServeConfig) -> list[str]:
     if len(c.record_s3_prefix) > 512:
         problems.append("record_s3_prefix is longer than 512 characters")
     return problems
+
+
+def _validate_call_records(c: ServeConfig) -> list[str]:
+    """Webhooks, the call history and the admin token (files are read here so a bad one stops
+    the start, not the first call)."""
+    from urllib.parse import urlsplit
+
+    from voicegate.observability.webhooks import parse_secrets
+
+    problems: list[str] = []
+    for url in c.webhook_url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"webhook_url {url[:100]!r} is not an http(s) URL")
+    if c.webhook_url and not c.webhook_secret_file:
+        problems.append(
+            "webhook_url needs --webhook-secret-file (receivers verify every event's signature)"
+        )
+    if c.webhook_secret_file:
+        text = _read_text(c.webhook_secret_file, "webhook_secret_file", problems)
+        if text is not None:
+            try:
+                parse_secrets(text)
+            except ValueError as exc:
+                problems.append(f"webhook_secret_file {c.webhook_secret_file!r}: {exc}")
+    if not 0.5 <= c.webhook_timeout <= 60:
+        problems.append(f"webhook_timeout {c.webhook_timeout} must be between 0.5 and 60 s")
+    if not 0 <= c.webhook_retry_seconds <= 86400:
+        problems.append(
+            f"webhook_retry_seconds {c.webhook_retry_seconds} must be between 0 and 86400"
+        )
+    if not 0 <= c.call_retention_days <= 36500:
+        problems.append(f"call_retention_days {c.call_retention_days} must be 0-36500")
+    if c.admin_token_file:
+        token = _read_text(c.admin_token_file, "admin_token_file", problems)
+        if token is not None and len(token.strip()) < 16:
+            problems.append(f"admin_token_file {c.admin_token_file!r}: use 16 or more characters")
+    return problems
+
+
+def _read_text(path: str, name: str, problems: list[str]) -> str | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{name} {path!r} cannot be read: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"{name} {path!r} is not UTF-8 text")
+        return None
+    if not text.strip():
+        problems.append(f"{name} {path!r} is empty")
+        return None
+    return text

@@ -14,6 +14,8 @@ from typing import Any, Final
 from voicegate.backends.bedrock.transport import TRANSPORTS
 from voicegate.conversation.continuation import RENEW_AFTER_S
 from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE, STREAM_LIMIT_S
+from voicegate.privacy import parse_rule
+from voicegate.store import check_store_url
 
 __all__ = [
     "BACKENDS",
@@ -236,6 +238,54 @@ OPTIONS: Final = (
     Option("record_s3_bucket", "S3 bucket recordings are uploaded to after each recorded call"),
     Option("record_s3_prefix", "key prefix of recordings in the S3 bucket (default voicegate/)"),
     Option("log_transcripts", "write transcript text to the logs (default: never)", parse_bool),
+    # what the team's systems see of each call (docs/observability.md)
+    Option(
+        "redact",
+        "redact transcript text before it leaves the process (webhooks, call history, logs, "
+        "traces): digits (runs of 4+ digits), email, or re:PATTERN; repeatable",
+        parse_rule,
+        metavar="RULE",
+        repeat=True,
+    ),
+    Option(
+        "webhook_url",
+        "POST call.started / call.ended / call.failed events to this URL, signed per the "
+        "Standard Webhooks spec (needs --webhook-secret-file); repeatable",
+        metavar="URL",
+        repeat=True,
+    ),
+    Option(
+        "webhook_secret_file",
+        "file holding the webhook signing secret(s), whsec_<base64> one per line (each signs)",
+    ),
+    Option("webhook_timeout", "seconds one webhook delivery may take (default 10)", _number),
+    Option(
+        "webhook_retry_seconds",
+        "a failed delivery is retried with backoff, same webhook-id, for this long (default 300)",
+        _number,
+    ),
+    Option(
+        "call_store",
+        "the call history: sqlite (default: a file in $VOICEGATE_STATE_DIR or "
+        "~/.local/state/voicegate), sqlite:PATH, postgresql://... (one store for a cluster), "
+        "or none",
+        check_store_url,
+        metavar="URL",
+    ),
+    Option(
+        "call_retention_days",
+        "calls older than this are deleted from the history (default 30; 0: kept forever)",
+        _number,
+    ),
+    Option(
+        "call_store_text",
+        "full: the history keeps transcripts and tool arguments; none: timings and counts only",
+        choices=("full", "none"),
+    ),
+    Option(
+        "admin_token_file",
+        "file holding the bearer token of the operator's API and pages (/api/calls, /calls)",
+    ),
     # calls that never break (docs/renewal.md)
     Option(
         "renew_after",

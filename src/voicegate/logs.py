@@ -14,6 +14,7 @@ from typing import Any, Final, TextIO
 import structlog
 
 __all__ = ["MAX_VALUE_CHARS", "Redactor", "SECRET_WORDS", "TRANSCRIPT_KEYS", "configure"]
+from voicegate.privacy import Redaction
 
 SECRET_WORDS: Final = (
     "secret",
@@ -38,10 +39,12 @@ class Redactor:
 
     Audio is bytes (or base64 text): bytes become their length, long strings are cut. Secrets are
     recognised by key name. Transcript text (keys ``text``, ``transcript``, prompts) becomes its
-    length unless the operator turned ``--log-transcripts`` on."""
+    length unless the operator turned ``--log-transcripts`` on; then the ``--redact`` rules
+    still apply to it."""
 
-    def __init__(self, transcripts: bool = False) -> None:
+    def __init__(self, transcripts: bool = False, redaction: Redaction | None = None) -> None:
         self.transcripts = transcripts
+        self.redaction = redaction or Redaction()
 
     def __call__(
         self, logger: Any, method: str, event: MutableMapping[str, Any]
@@ -58,8 +61,10 @@ class Redactor:
         if isinstance(value, bytes | bytearray | memoryview):
             return f"<{len(value)} bytes>"
         if isinstance(value, str):
-            if lowered in TRANSCRIPT_KEYS and not self.transcripts:
-                return f"<{len(value)} chars>"
+            if lowered in TRANSCRIPT_KEYS:
+                if not self.transcripts:
+                    return f"<{len(value)} chars>"
+                value = self.redaction.apply(value) if self.redaction else value
             if len(value) > MAX_VALUE_CHARS:
                 return value[:MAX_VALUE_CHARS] + f"...<{len(value) - MAX_VALUE_CHARS} more chars>"
             return value
@@ -76,6 +81,7 @@ def configure(
     transcripts: bool = False,
     stream: TextIO | None = None,
     cache: bool = True,
+    redact: tuple[str, ...] = (),
 ) -> None:
     """Set up structlog (and stdlib logging) for the process.
 
@@ -102,7 +108,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            Redactor(transcripts),
+            Redactor(transcripts, Redaction.from_rules(redact)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

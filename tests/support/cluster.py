@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import redis.asyncio as aredis
 
 from tests.support.components import require
 from voicegate.signaling import auth
@@ -167,3 +169,56 @@ async def receiving(client: CallClient, frames: int = 25, timeout: float = 5.0) 
     except TimeoutError:
         return False
     return True
+
+
+def node_args(redis_url: str, name: str, *extra: str) -> tuple[str, ...]:
+    port = free_port()
+    return (
+        "--port", str(port),
+        "--cluster-redis", redis_url,
+        "--node-id", name,
+        "--node-url", f"http://127.0.0.1:{port}",
+        "--workers", "1",
+        *extra,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(
+    tmp_path: Path, a_extra: tuple[str, ...] = (), b_extra: tuple[str, ...] = (), **kw: Any
+) -> AsyncIterator[tuple[str, Node, Node]]:
+    async with redis_server(tmp_path) as redis_url:
+        async with (
+            serve_node(tmp_path, *node_args(redis_url, "node-a", *a_extra), name="a", **kw) as a,
+            serve_node(tmp_path, *node_args(redis_url, "node-b", *b_extra), name="b", **kw) as b,
+        ):
+            await _both_registered(redis_url)
+            yield redis_url, a, b
+
+
+async def _both_registered(redis_url: str) -> None:
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with asyncio.timeout(10):
+            # Redis has no event to wait on: ask until both heartbeats are there.
+            for _ in range(200):
+                if await r.exists("vg:node:node-a", "vg:node:node-b") == 2:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("the nodes never registered")
+    finally:
+        await r.aclose()
+
+
+async def history_saved(redis_url: str, pc_id: str, messages: int) -> dict[str, Any]:
+    """The call's stored state once it holds ``messages`` history messages."""
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                text = await r.hget(f"vg:call:{pc_id}", "state")
+                if text and len(json.loads(text)["history"]) >= messages:
+                    return dict(json.loads(text))
+                await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +23,16 @@ import redis.asyncio as aredis
 
 from tests.support.cluster import (
     Node,
-    free_port,
+    history_saved,
+    node_args,
     receiving,
     redis_server,
     serve_node,
     start_call,
     token,
+    two_nodes,
 )
 from voicegate.testing.client import CallClient, load_wav
-
-
-def node_args(redis_url: str, name: str, *extra: str) -> tuple[str, ...]:
-    port = free_port()
-    return (
-        "--port", str(port),
-        "--cluster-redis", redis_url,
-        "--node-id", name,
-        "--node-url", f"http://127.0.0.1:{port}",
-        "--workers", "1",
-        *extra,
-    )  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def two_nodes(
-    tmp_path: Path, a_extra: tuple[str, ...] = (), b_extra: tuple[str, ...] = (), **kw: Any
-) -> AsyncIterator[tuple[str, Node, Node]]:
-    async with redis_server(tmp_path) as redis_url:
-        async with (
-            serve_node(tmp_path, *node_args(redis_url, "node-a", *a_extra), name="a", **kw) as a,
-            serve_node(tmp_path, *node_args(redis_url, "node-b", *b_extra), name="b", **kw) as b,
-        ):
-            await _both_registered(redis_url)
-            yield redis_url, a, b
-
-
-async def _both_registered(redis_url: str) -> None:
-    r = aredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        async with asyncio.timeout(10):
-            # Redis has no event to wait on: ask until both heartbeats are there.
-            for _ in range(200):
-                if await r.exists("vg:node:node-a", "vg:node:node-b") == 2:
-                    return
-                await asyncio.sleep(0.05)
-            raise AssertionError("the nodes never registered")
-    finally:
-        await r.aclose()
 
 
 async def active_calls(node: Node) -> int:
@@ -111,19 +73,6 @@ async def test_offer_to_a_full_node_lands_on_the_other_and_requests_follow_the_c
                 await second.close()
 
 
-async def _history_saved(redis_url: str, pc_id: str, messages: int) -> dict[str, Any]:
-    r = aredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                text = await r.hget(f"vg:call:{pc_id}", "state")
-                if text and len(json.loads(text)["history"]) >= messages:
-                    return dict(json.loads(text))
-                await asyncio.sleep(0.05)
-    finally:
-        await r.aclose()
-
-
 @pytest.mark.bedrock
 async def test_a_call_whose_node_dies_is_adopted_with_its_history(
     tmp_path: Path, standin: Any, speech_wav: Callable[[str], Path]
@@ -140,7 +89,7 @@ async def test_a_call_whose_node_dies_is_adopted_with_its_history(
             async with asyncio.timeout(90):
                 client.mic.play(speech)
                 said = (await client.wait_for("bot-transcription", 20))["data"]["text"]
-                state = await _history_saved(redis_url, client.pc_id, 2)
+                state = await history_saved(redis_url, client.pc_id, 2)
                 assert state["history"][-1] == ["ASSISTANT", said]
                 streams_before = len(standin.sessions)
                 killed = time.monotonic()

@@ -44,11 +44,28 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class CallInfo:
+    """Who and what a call is, as signaling admitted it: for observers that describe calls to
+    the outside (the call history, webhooks, traces). Never the system prompt."""
+
+    subject: str | None = None
+    """The token's subject (None: open dev mode)."""
+    agent: str = ""
+    backend: str = ""
+    adopted: bool = False
+    """The call came over from another node that held it before (its start was seen there)."""
+    started_at: float | None = None
+    """Wall-clock start of the call when it began before this process had it."""
+    recorded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CallStarted:
     """The offer was answered and the conversation is running: from now on the call counts."""
 
     restart: bool = False
     """A reconnect of a call in progress: the conversation came over from the old connection."""
+    info: CallInfo = CallInfo()
 
 
 @dataclass(frozen=True, slots=True)

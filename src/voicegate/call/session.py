@@ -35,6 +35,7 @@ from voicegate.call.events import (
     CallClosing,
     CallConnected,
     CallEnded,
+    CallInfo,
     CallObserver,
     CallStarted,
     Observers,
@@ -80,6 +81,8 @@ class PeerOptions:
     connect_timeout: float = 15.0
     """A call whose media (ICE + DTLS) is not connected this long after the answer is closed:
     an offer that never connects must not hold a slot and a paid model stream."""
+    info: CallInfo = CallInfo()
+    """Who and what the call is, for the observers (``CallStarted.info``)."""
     stall_after: float = 5.0
     """No inbound audio for this long counts as a dropped connection (browsers send
     audio frames continuously; aiortc only notices a dead path after ~30 s of ICE consent)."""
@@ -157,7 +160,7 @@ class PeerSession:
         self._spawn(sample_every(self.pc, RTP_SAMPLE_INTERVAL, self._rtp_sampled))
         if self.options.idle_timeout > 0:
             self._spawn(self._idle_watch())
-        self.observers.publish(CallStarted(restart=self._adopted))
+        self.observers.publish(CallStarted(restart=self._adopted, info=self.options.info))
         return desc
 
     async def _start_conversation(self) -> None:

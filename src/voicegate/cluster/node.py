@@ -24,12 +24,13 @@ from voicegate.cluster.router import NodeRouter, Placement, peek_call
 from voicegate.config import ServeConfig
 from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import Handler
-from voicegate.signaling.keys import ADMISSION, CONFIG, GATE, SESSIONS
+from voicegate.signaling.keys import ADMISSION, CALL_LOG, CONFIG, GATE, SESSIONS
 
 __all__ = ["CLUSTER", "ClusterNode", "join_cluster", "move_calls", "start_cluster"]
 
 log = structlog.get_logger(__name__)
 
+MAX_ADOPTED_KEPT: Final = 10_000
 RECONNECT: Final = json.dumps(
     {"label": "rtvi-ai", "type": "server-message", "data": {"type": "reconnect", "reason": "drain"}}
 )
@@ -49,6 +50,8 @@ class ClusterNode:
         self._saving: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._adopted_from: dict[str, tuple[str, int] | None] = {}
+        """Adopted calls -> the owner their record named when this process took them."""
 
     # -- CallStore ---------------------------------------------------------------------------
 
@@ -71,8 +74,22 @@ class ClusterNode:
         text = await self.directory.state(pc_id)
         stored = state.decode(text) if text else None
         if stored is not None:
+            self._adopted_from[pc_id] = await self.directory.owner(pc_id)
+            while len(self._adopted_from) > MAX_ADOPTED_KEPT:
+                self._adopted_from.pop(next(iter(self._adopted_from)))
             log.info("call_adopted", pc_id=pc_id, history_messages=len(stored.history))
         return stored
+
+    async def still_ours(self, pc_id: str) -> bool:
+        """Whether a call that ended here ended for good: not when another node holds its
+        record by now (the call moved there; that node reports its end). The node this process
+        adopted the call from does not count: a call that ends before this process's own claim
+        reached the directory still names it."""
+        previous = self._adopted_from.pop(pc_id, None)
+        owner = await self.directory.owner(pc_id)
+        return (
+            owner is None or owner == (self.config.node_id, self.worker or 0) or owner == previous
+        )
 
     # -- keeping state -----------------------------------------------------------------------
 
@@ -175,6 +192,9 @@ def join_cluster(app: web.Application, config: ServeConfig, worker: int | None) 
     node = ClusterNode(app, config, worker)
     app[CLUSTER] = node
     app[SESSIONS].store = node
+    call_log = app.get(CALL_LOG)
+    if call_log is not None:
+        call_log.still_ours = node.still_ours
     if worker is None:
         app.middlewares.append(route_calls)
 

@@ -65,6 +65,8 @@ DIRECTIONS: Final = ("inbound", "outbound")
 HANDOVERS: Final = ("renewal", "recovery")
 STREAMS: Final = ("user", "bot")
 RESULTS: Final = ("ok", "failed")
+WEBHOOK_EVENTS: Final = ("call.started", "call.ended", "call.failed")
+WEBHOOK_RESULTS: Final = ("delivered", "retried", "gave_up", "rejected", "dropped")
 
 
 def error_kinds() -> tuple[str, ...]:
@@ -231,6 +233,14 @@ class GatewayMetrics:
             "recording uploads, by result",
             ["result"],
             [(r,) for r in RESULTS],
+        )
+        self.webhooks = Counter(
+            reg,
+            "voicegate_webhooks_total",
+            "webhook deliveries by event and result (delivered, retried, gave_up, rejected, "
+            "dropped)",
+            ["event", "result"],
+            [(e, r) for e in WEBHOOK_EVENTS for r in WEBHOOK_RESULTS],
         )
         for name, help_text, read in (
             ("voicegate_process_resident_memory_bytes", "RSS", rss_bytes),

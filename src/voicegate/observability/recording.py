@@ -89,6 +89,14 @@ class RecordingOptions:
     def enabled(self) -> bool:
         return bool(self.directory or self.s3_bucket)
 
+    def location(self, call_id: str) -> str | None:
+        """Where a recorded call's files end up (S3 when configured, else the directory)."""
+        if self.s3_bucket:
+            return f"s3://{self.s3_bucket}/{self.s3_prefix}{call_id}/"
+        if self.directory:
+            return str(Path(self.directory) / call_id) + "/"
+        return None
+
 
 @dataclass(slots=True)
 class _Open:

@@ -11,35 +11,48 @@ whoever owns the process (``voicegate.media.configure``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from voicegate import __version__
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.conversation.tools import ToolRegistry, default_tools
 from voicegate.media import ice
+from voicegate.observability.calllog import CallLog, CallSink
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder, RecordingOptions
-from voicegate.signaling import health, offers, pages
+from voicegate.observability.tracing import CallTracer, tracing_enabled
+from voicegate.observability.webhooks import WebhookSender, parse_secrets
+from voicegate.privacy import Redaction
+from voicegate.signaling import health, history, offers, pages
 from voicegate.signaling.admission import Admission, LagMonitor
 from voicegate.signaling.calls import CallRegistry
 from voicegate.signaling.keys import (
+    ADMIN_TOKEN,
     ADMISSION,
     BACKEND,
+    CALL_HISTORY,
+    CALL_LOG,
     CANDIDATES,
     CONFIG,
     COUNTERS,
     GATE,
+    HISTORY_WRITER,
     METRICS,
     RECORDER,
     SESSIONS,
     SETTINGS,
     STARTED,
     TOOLS,
+    TRACER,
+    WEBHOOKS,
     Gate,
 )
 from voicegate.signaling.middleware import (
@@ -48,6 +61,7 @@ from voicegate.signaling.middleware import (
     errors_as_json,
     security_headers,
 )
+from voicegate.store import HistoryWriter, open_history
 
 __all__ = [
     "ADMISSION",
@@ -102,6 +116,7 @@ def create_app(
     )
     if recording.enabled:
         app[RECORDER] = Recorder(recording, metrics)
+    _call_records(app, config, recording)
     app[GATE] = Gate.for_rate(config.offer_rate, config.offer_burst)
     app[CANDIDATES] = ice.candidate_policy(
         config.allow_private_candidates, config.allow_mdns_candidates
@@ -133,10 +148,53 @@ def _routes(router: web.UrlDispatcher, separate_metrics: bool) -> None:
     router.add_post("/api/offer", offers.post_offer)
     router.add_patch("/api/offer", offers.patch_offer)
     router.add_delete("/api/sessions/{pc_id}", offers.delete_session)
+    router.add_get("/api/calls", history.list_calls)
+    router.add_get("/api/calls/{call_id}", history.call_detail)
+    router.add_get("/api/calls/{call_id}/audio/{stream}", history.call_audio)
+    router.add_get("/calls", history.calls_page)
+
+
+def _call_records(app: web.Application, config: ServeConfig, recording: RecordingOptions) -> None:
+    """Who hears of each call's record: the call history, webhooks and traces. One ``CallLog``
+    builds the records for all of them, off the audio path."""
+    sinks: list[CallSink] = []
+    store = open_history(config.call_store)
+    if store is not None:
+        app[CALL_HISTORY] = store
+        app[HISTORY_WRITER] = HistoryWriter(
+            store,
+            keep_text=config.call_store_text != "none",
+            retention_days=config.call_retention_days,
+        )
+        sinks.append(app[HISTORY_WRITER])
+    if config.webhook_url:
+        keys = parse_secrets(Path(config.webhook_secret_file).read_text(encoding="utf-8"))
+        app[WEBHOOKS] = WebhookSender(
+            config.webhook_url,
+            keys,
+            timeout_s=config.webhook_timeout,
+            retry_seconds=config.webhook_retry_seconds,
+            on_result=lambda event, result: app[METRICS].webhooks.inc(event=event, result=result),
+        )
+        sinks.append(app[WEBHOOKS])
+    if tracing_enabled(os.environ):
+        app[TRACER] = CallTracer(service_version=__version__)
+        sinks.append(app[TRACER])
+    if config.admin_token_file:
+        app[ADMIN_TOKEN] = Path(config.admin_token_file).read_text(encoding="utf-8").strip()
+    if sinks:
+        app[CALL_LOG] = CallLog(
+            sinks,
+            Redaction.from_rules(config.redact),
+            recording_location=recording.location,
+        )
 
 
 async def _start(app: web.Application) -> None:
     app[ADMISSION].monitor.start()
+    writer = app.get(HISTORY_WRITER)
+    if writer is not None:
+        writer.start()
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -149,6 +207,18 @@ async def _cleanup(app: web.Application) -> None:
     recorder = app.get(RECORDER)
     if recorder is not None:
         await recorder.aclose()
+    call_log = app.get(CALL_LOG)
+    if call_log is not None:
+        await call_log.aclose()
+    webhooks = app.get(WEBHOOKS)
+    if webhooks is not None:
+        await webhooks.aclose()
+    writer = app.get(HISTORY_WRITER)
+    if writer is not None:
+        await writer.aclose()
+    tracer = app.get(TRACER)
+    if tracer is not None:
+        await tracer.aclose()
 
 
 async def drain(app: web.Application, timeout: float, cut: asyncio.Event | None = None) -> int:

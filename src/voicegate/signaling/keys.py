@@ -14,12 +14,16 @@ from voicegate.config import ServeConfig
 from voicegate.conversation import ConversationSettings
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.ice import CandidatePolicy
+from voicegate.observability.calllog import CallLog
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder
+from voicegate.observability.tracing import CallTracer
+from voicegate.observability.webhooks import WebhookSender
 from voicegate.signaling import auth
 from voicegate.signaling.admission import Admission
 from voicegate.signaling.calls import CallRegistry
 from voicegate.signaling.ratelimit import RateLimiter
+from voicegate.store import CallHistory, HistoryWriter
 
 __all__ = [
     "ADMISSION",
@@ -75,3 +79,14 @@ CANDIDATES: Final = web.AppKey("candidates", CandidatePolicy)
 """Which remote ICE candidates the server may be made to send to."""
 CLAIMS: Final = web.RequestKey("claims", auth.Claims)
 """The verified token claims of a request (absent in open dev mode)."""
+CALL_LOG: Final = web.AppKey("call_log", CallLog)
+"""Absent when no call record goes anywhere (no webhooks, no history, no traces)."""
+CALL_HISTORY: Final = web.AppKey("call_history", CallHistory)
+"""Absent with ``--call-store none``."""
+ADMIN_TOKEN: Final = web.AppKey("admin_token", str)
+"""The bearer token of the operator's API (``--admin-token-file``); absent when not set."""
+HISTORY_WRITER: Final = web.AppKey("history_writer", HistoryWriter)
+WEBHOOKS: Final = web.AppKey("webhooks", WebhookSender)
+"""Absent without ``--webhook-url``."""
+TRACER: Final = web.AppKey("tracer", CallTracer)
+"""Absent unless an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""

@@ -20,6 +20,7 @@ from voicegate.config import ServeConfig
 from voicegate.signaling import auth
 from voicegate.signaling.access import authenticate
 from voicegate.signaling.errors import ApiError, Handler, json_error
+from voicegate.signaling.history import admin_refusal, is_admin_path
 from voicegate.signaling.keys import CLAIMS, CONFIG, COUNTERS, GATE, METRICS, Gate
 from voicegate.signaling.ratelimit import RateLimiter
 
@@ -205,6 +206,11 @@ async def _admit(
             if limiter is gate.offers:
                 request.app[COUNTERS]["calls_refused"] += 1
             return refused
+    resource = request.match_info.route.resource
+    if is_admin_path(request.path) or (resource is not None and is_admin_path(resource.canonical)):
+        # The operator's API: its own token, never a caller's (signaling.history).
+        refused = admin_refusal(request)
+        return refused if refused is not None else await handler(request)
     try:
         claims = authenticate(request, config)
     except auth.AuthError as exc:

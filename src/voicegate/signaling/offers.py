@@ -20,15 +20,17 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 
 from voicegate.backends.base import BackendError
-from voicegate.call import OfferError, PeerOptions, PeerSession
+from voicegate.call import CallInfo, CallObserver, OfferError, PeerOptions, PeerSession
 from voicegate.config import ServeConfig
 from voicegate.media import ice
 from voicegate.signaling import access, auth
 from voicegate.signaling.admission import RETRY_AFTER_S
+from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.keys import (
     ADMISSION,
     BACKEND,
+    CALL_LOG,
     CANDIDATES,
     CLAIMS,
     CONFIG,
@@ -237,8 +239,15 @@ async def post_offer(request: web.Request) -> web.Response:
             relay_only=config.relay_only,
             max_call_seconds=call_limit,
             idle_timeout=config.idle_timeout,
-            # metrics and recording observe the call's events
-            observers=(app[METRICS],) if recording is None else (app[METRICS], recording),
+            # metrics, recording and the call log (history, webhooks, traces) observe the
+            # call's events
+            observers=_observers(app, recording),
+            info=CallInfo(
+                subject=subject_of(claims, stored),
+                backend=app[BACKEND].name,
+                adopted=stored is not None,
+                recorded=recording is not None,
+            ),
             reconnect_grace=config.reconnect_grace,
             connect_timeout=config.connect_timeout,
         ),
@@ -281,6 +290,22 @@ async def post_offer(request: web.Request) -> web.Response:
         new_id, subject=claims.sub if claims is not None else None, not_after=session_exp
     )
     return web.json_response(result)
+
+
+def _observers(app: web.Application, recording: CallObserver | None) -> tuple[CallObserver, ...]:
+    chosen: list[CallObserver] = [app[METRICS]]
+    if recording is not None:
+        chosen.append(recording)
+    call_log = app.get(CALL_LOG)
+    if call_log is not None:
+        chosen.append(call_log)
+    return tuple(chosen)
+
+
+def subject_of(claims: auth.Claims | None, stored: StoredCall | None) -> str | None:
+    if claims is not None and claims.sub is not None:
+        return claims.sub
+    return stored.subject if stored is not None else None
 
 
 async def _accept(app: web.Application, session: PeerSession, sdp: str) -> RTCSessionDescription:
