@@ -13,8 +13,8 @@ from typing import Any, Final
 
 from voicegate.backends.bedrock.transport import TRANSPORTS
 from voicegate.conversation.continuation import RENEW_AFTER_S
-from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE, STREAM_LIMIT_S
 from voicegate.privacy import parse_rule
+from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE, STREAM_LIMIT_S
 from voicegate.store import check_store_url
 
 __all__ = [

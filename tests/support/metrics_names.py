@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SINGLE = GOLDEN / "metrics_names.txt"
 WORKERS = GOLDEN / "metrics_names_workers.txt"
 
@@ -134,7 +134,7 @@ def golden(path: Path) -> list[str]:
 _HEADER = (
     "# The metric families of GET /metrics{mode}: name, type, label names ('le' of histogram\n"
     "# buckets left out), HELP. Users scrape these: tests/test_metrics_names.py keeps them.\n"
-    "# Regenerate with `python -m tests.support.metrics_names` only when a metric is added on purpose.\n"
+    "# Regenerate with `python -m tests.support.metrics_names` only when a metric is added on purpose.\n"  # noqa: E501
 )
 
 
@@ -157,7 +157,7 @@ def speech() -> np.ndarray:
 @contextlib.asynccontextmanager
 async def serving(*args: str) -> AsyncIterator[str]:
     """``voicegate serve --backend echo ARGS`` on loopback, every worker ready: its URL."""
-    from tests.deploy_util import start_serve, stop
+    from tests.support.deploy import start_serve, stop
 
     proc, url = await asyncio.to_thread(start_serve, "--backend", "echo", *args)
     try:

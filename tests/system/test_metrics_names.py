@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_util import DEPLOY, dashboard_exprs, one, promql_metrics
+from tests.support.deploy import DEPLOY, dashboard_exprs, one, promql_metrics
 from tests.support.metrics_names import (
     SINGLE,
     WORKERS,

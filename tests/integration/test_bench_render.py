@@ -26,7 +26,7 @@ from benchmarks.report.render import render_all
 
 from voicegate.testing.signals import percentiles
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = {
     "results",
     "bench-summary",
