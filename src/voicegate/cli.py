@@ -31,19 +31,20 @@ def _serve(args: argparse.Namespace) -> int:
         from voicegate.preflight import check_config
 
         return check_config(args)
+    import os
+
+    from voicegate.cluster.workers import WORKER_ENV
+
+    worker = os.environ.get(WORKER_ENV)
+    env, worker_key = _worker_handoff() if worker is not None else (None, "")
     try:
-        conf = cfg.resolve(args)
+        conf = cfg.resolve(args, env)
     except cfg.ConfigError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
     logs.configure(
         conf.log_format, conf.log_level, transcripts=conf.log_transcripts, redact=conf.redact
     )
-    import os
-
-    from voicegate.cluster.workers import WORKER_ENV
-
-    worker = os.environ.get(WORKER_ENV)
     count = cfg.worker_count(conf)
     if worker is None and count > 1:
         # A node of several workers: this process only supervises and routes (docs/cluster.md).
@@ -65,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     structlog.get_logger("voicegate").info("backend_selected", backend=backend.name, why=why)
     return asyncio.run(
-        _run_server(conf, backend, None if worker is None else int(worker)),
+        _run_server(conf, backend, None if worker is None else int(worker), worker_key),
         loop_factory=loop_factory(conf.loop),
     )
 
@@ -85,7 +86,20 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = None) -> int:
+def _worker_handoff() -> tuple[dict[str, str], str]:
+    """A worker's environment plus the secrets its supervisor wrote to stdin (kept in memory,
+    never in the process environment), and its worker key."""
+    import os
+
+    from voicegate.cluster.handoff import receive
+
+    secrets, key = receive(sys.stdin.buffer)
+    return {**os.environ, **secrets}, key
+
+
+async def _run_server(
+    conf: ServeConfig, backend: Backend, worker: int | None = None, worker_key: str = ""
+) -> int:
     """One process serving calls: the whole node (``--workers 1``) or worker ``worker`` of a
     supervised node, which listens on a private loopback port."""
     from voicegate import media
@@ -108,6 +122,10 @@ async def _run_server(conf: ServeConfig, backend: Backend, worker: int | None = 
             )
             return 2
     app = create_app(conf, backend)
+    if worker is not None:
+        from voicegate.cluster.handoff import supervisor_only
+
+        app.middlewares.insert(0, supervisor_only(worker_key))
     if conf.cluster_redis:
         from voicegate.cluster.node import join_cluster
 

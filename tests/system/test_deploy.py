@@ -327,7 +327,11 @@ def test_image_builds_and_answers_healthz(tmp_path: Path) -> None:
 
 def test_workers_start_from_secret_files(tmp_path: Path) -> None:
     """The pods' shape (secrets as files, several workers): each worker's environment, built by
-    its supervisor, is a valid configuration with the secrets the supervisor read."""
+    its supervisor, holds no secret; with the line the supervisor writes to the worker's stdin
+    it is a valid configuration with the secrets the supervisor read."""
+    import io
+
+    from voicegate.cluster.handoff import receive, send_line
     from voicegate.cluster.workers import worker_env
     from voicegate.config import resolve
 
@@ -343,6 +347,11 @@ def test_workers_start_from_secret_files(tmp_path: Path) -> None:
         },
     )
     for index in range(2):
-        worker = resolve(None, env=worker_env(node, index, 2))
+        env = worker_env(node, index, 2)
+        secret_values = ("a-long-enough-auth-secret", "turn-secret")
+        assert not [v for v in env.values() if v in secret_values], "a secret in a worker's env"
+        secrets, key = receive(io.BytesIO(send_line(node, "worker-key")))
+        assert key == "worker-key"
+        worker = resolve(None, env={**env, **secrets})
         assert worker.auth_secret == "a-long-enough-auth-secret"
         assert worker.turn_secret == "turn-secret"

@@ -12,10 +12,12 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiortc.rtcdatachannel import RTCDataChannel
 
+from voicegate.call.outqueue import ChannelQueue
 from voicegate.conversation import (
     BotInterrupted,
     BotText,
@@ -230,16 +232,28 @@ class Outbox:
     the browser, so it may come after the first events) they wait, at most
     ``MAX_PENDING_MESSAGES``; older ones give way and are counted in ``dropped``."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_drop: Callable[[], None] = lambda: None,
+        on_overflow: Callable[[], None] = lambda: None,
+    ) -> None:
         self.channel: RTCDataChannel | None = None
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_MESSAGES)
         self.dropped = 0
+        self._on_drop = on_drop
+        self._on_overflow = on_overflow
+        self._queue: ChannelQueue | None = None  # once attached: bounded (call.outqueue)
+
+    def _dropped_one(self) -> None:
+        self.dropped += 1
+        self._on_drop()
 
     def attach(self, channel: RTCDataChannel) -> bool:
         """Use ``channel`` from now on; False (ignored) when the call has one already."""
         if self.channel is not None:
             return False
         self.channel = channel
+        self._queue = ChannelQueue(channel, self._dropped_one, self._on_overflow)
         channel.on("open", self.flush)
         if channel.readyState == "open":
             self.flush()
@@ -247,14 +261,16 @@ class Outbox:
 
     def flush(self) -> None:
         channel = self.channel
-        while self._pending and channel is not None and channel.readyState == "open":
-            channel.send(self._pending.popleft())
+        while self._pending and self._queue is not None and channel is not None:
+            if channel.readyState != "open":
+                break
+            self._queue.send(self._pending.popleft())
 
     def send(self, text: str) -> None:
         channel = self.channel
-        if channel is not None and channel.readyState == "open":
-            channel.send(text)
+        if self._queue is not None and channel is not None and channel.readyState == "open":
+            self._queue.send(text)
             return
         if len(self._pending) == self._pending.maxlen:
-            self.dropped += 1
+            self._dropped_one()
         self._pending.append(text)

@@ -132,7 +132,7 @@ class PeerSession:
         for observer in options.observers:
             self.observers.add(observer)
         self.rtp: RtpSample | None = None  # the latest getStats() sample
-        self._outbox = rtvi.Outbox()
+        self._outbox = rtvi.Outbox(self._message_dropped, self._channel_overflow)
         self._typed = TypedText(self.conversation, self._text_refused)
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = TurnClock()
@@ -253,8 +253,7 @@ class PeerSession:
         if msg is None:
             return
         if msg["type"] == "client-ready":
-            request_id = msg.get("id") if isinstance(msg.get("id"), str) else None
-            self.send_message(rtvi.bot_ready(request_id, self.backend_name))
+            self.send_message(rtvi.bot_ready(rtvi.request_id(msg), self.backend_name))
         elif msg["type"] == "disconnect-bot":
             self._spawn(self.close("client-disconnect"))
         elif msg["type"] == "send-text" and not self._closing:
@@ -268,6 +267,18 @@ class PeerSession:
 
     def send_message(self, text: str) -> None:
         self._outbox.send(text)
+
+    def _message_dropped(self) -> None:
+        self.conversation.stats.data_channel_messages_dropped += 1
+
+    def _channel_overflow(self) -> None:
+        """The browser has not read its data channel for long: a peer that will not."""
+        self._log.warning("data_channel_overflow", dropped=self._outbox.dropped)
+        self._spawn(self.close("data-channel-overflow"))
+
+    @property
+    def messages_dropped(self) -> int:
+        return self._outbox.dropped
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -18,12 +18,20 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-__all__ = ["FORWARDED_BY", "ForwardError", "forward"]
+__all__ = ["FORWARDED_BY", "INTERNAL", "WORKER_KEY", "ForwardError", "forward"]
 
 log = structlog.get_logger(__name__)
 
 FORWARDED_BY: Final = "X-Voicegate-Forwarded-By"
 """Set on a request another node of the cluster forwarded: the receiver routes no further."""
+WORKER_KEY: Final = "X-Voicegate-Worker-Key"
+"""The per-start secret a supervisor adds to what it sends its workers, which require it."""
+HOP_TIME: Final = "X-Voicegate-Hop-Time"
+HOP_SIGNATURE: Final = "X-Voicegate-Hop-Signature"
+"""A node-to-node hop's signature and its time (``cluster.hop``)."""
+INTERNAL: Final = frozenset(h.lower() for h in (FORWARDED_BY, WORKER_KEY, HOP_TIME, HOP_SIGNATURE))
+"""Headers only voicegate itself sets: a client's copies are never passed on (each hop sets its
+own, after checking the ones it received)."""
 _HOP_BY_HOP: Final = frozenset(
     {
         "connection",
@@ -63,10 +71,12 @@ async def forward(
 ) -> web.Response:
     """``request`` (whose body was ``body``) sent to ``base_url``; its answer as a Response.
     Raises ForwardError when the receiver is unreachable or too slow."""
-    out = _copy(request.headers, _HOP_BY_HOP)
+    out = _copy(request.headers, _HOP_BY_HOP | INTERNAL)
     for name, value in (headers or {}).items():
         out[name] = value
-    url = base_url.rstrip("/") + request.rel_url.path_qs
+    # The path exactly as received (and as routed and limited here: ``signaling.paths`` refused
+    # any that decodes to something else), not aiohttp's decoded form.
+    url = base_url.rstrip("/") + request.raw_path
     try:
         async with client.request(
             request.method,

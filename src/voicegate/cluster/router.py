@@ -28,7 +28,8 @@ import structlog
 from aiohttp import web
 
 from voicegate.cluster.directory import HEARTBEAT_S, Directory, NodeInfo
-from voicegate.cluster.proxy import FORWARDED_BY, ForwardError, forward
+from voicegate.cluster.hop import HopGuard
+from voicegate.cluster.proxy import ForwardError, forward
 from voicegate.config import ServeConfig
 
 __all__ = ["NodeRouter", "Placement", "peek_call"]
@@ -75,6 +76,7 @@ class NodeRouter:
         self.directory = Directory(config.cluster_redis, config.node_id, worker)
         self._client: aiohttp.ClientSession | None = None
         self._beat: asyncio.Task[None] | None = None
+        self.hop = HopGuard(config)
 
     async def start(self) -> None:
         self._client = aiohttp.ClientSession(auto_decompress=False)
@@ -102,7 +104,7 @@ class NodeRouter:
         self, request: web.Request, pc_id: str | None, restart: bool, *, owned: bool, can_take: bool
     ) -> str | None:
         """The URL of the node to forward to, or None to handle the request here."""
-        if FORWARDED_BY in request.headers:
+        if await self.hop.arrived(request):  # another node routed it (signed, checked)
             return None
         draining = self.placement().draining
         if pc_id is not None and owned:
@@ -132,7 +134,7 @@ class NodeRouter:
                 request,
                 body,
                 timeout=FORWARD_TIMEOUT,
-                headers={FORWARDED_BY: self.node_id},
+                headers=self.hop.outgoing(request, body, self.node_id),
             )
         except ForwardError:
             from voicegate.signaling.errors import json_error

@@ -38,6 +38,7 @@ from voicegate.signaling.health import METRICS_HANDLER, check_metrics_token, met
 from voicegate.signaling.keys import CONFIG, Gate
 from voicegate.signaling.listener import serve
 from voicegate.signaling.middleware import errors_as_json, rate_limited
+from voicegate.signaling.paths import one_path
 
 __all__ = ["Supervisor", "run_supervisor"]
 
@@ -260,7 +261,9 @@ class Supervisor:
 
 
 def create_supervisor_app(sup: Supervisor) -> web.Application:
-    app = web.Application(client_max_size=sup.config.max_body_bytes, middlewares=[errors_as_json])
+    app = web.Application(
+        client_max_size=sup.config.max_body_bytes, middlewares=[one_path, errors_as_json]
+    )
     app[CONFIG] = sup.config
     app[SUPERVISOR] = sup
     r = app.router

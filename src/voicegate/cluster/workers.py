@@ -5,7 +5,8 @@ Each worker is a plain ``voicegate serve`` process (its own interpreter, event l
 UDP media sockets and model connections) told by ``WORKER_ENV`` that it is worker *i*: it then
 listens on a private loopback port and prints that address on stdout, which is how the
 supervisor finds it. The configuration reaches workers through ``VOICEGATE_*`` environment
-variables, never the command line, so secrets do not show in ``ps``. A worker dies with its
+variables, never the command line, so it does not show in ``ps``; the secrets and a per-start
+worker key come through the worker's stdin instead (``cluster.handoff``). A worker dies with its
 supervisor (``PR_SET_PDEATHSIG``): a node is killed as a whole, never half.
 """
 
@@ -26,6 +27,8 @@ from typing import Final
 import aiohttp
 import structlog
 
+from voicegate.cluster.handoff import SECRET_OPTIONS, new_worker_key, send_line
+from voicegate.cluster.proxy import WORKER_KEY
 from voicegate.config import OPTIONS, ServeConfig, env_name
 from voicegate.config_options import parse_port_range
 
@@ -78,9 +81,19 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
         low = ports[0] + index * size
         values["rtc_ports"] = f"{low}-{low + size - 1}"
     for opt in OPTIONS:
-        env[env_name(opt)] = _text(values[opt.name])
+        if opt.name not in SECRET_OPTIONS:  # those come through stdin: cluster.handoff
+            env[env_name(opt)] = _text(values[opt.name])
     env[WORKER_ENV] = str(index)
     return env
+
+
+async def _hand_over(proc: asyncio.subprocess.Process, line: bytes) -> None:
+    """The secrets and the worker key, through the worker's stdin (then closed)."""
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):  # a worker that died at once is reported by its exit
+        proc.stdin.write(line)
+        await proc.stdin.drain()
+    proc.stdin.close()
 
 
 @dataclass(slots=True)
@@ -136,6 +149,8 @@ class WorkerPool:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._client: aiohttp.ClientSession | None = None
+        self.worker_key = new_worker_key()
+        """Sent with every request to a worker, which refuses requests without it."""
         self.lost_listeners: list[Callable[[Worker], None]] = []
 
     @property
@@ -146,7 +161,9 @@ class WorkerPool:
     async def start(self) -> None:
         """Start every worker and wait until all listen; StartFailed if one cannot start."""
         self._client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
+            headers={WORKER_KEY: self.worker_key},
         )
         results = await asyncio.gather(
             *(self._spawn(w) for w in self.workers), return_exceptions=True
@@ -167,11 +184,12 @@ class WorkerPool:
             "serve",
             env=worker_env(self.config, w.index, count),
             stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor alone
             preexec_fn=_die_with_parent,
         )
         w.proc = proc
+        await _hand_over(proc, send_line(self.config, self.worker_key))
         w.exited = asyncio.Event()
         assert proc.stdout is not None
         try:

@@ -180,6 +180,8 @@ class ConversationStats:
     """Background opening of the next stream (not part of any gap)."""
     history_bytes_replayed: int = 0
     history_messages_replayed: int = 0
+    data_channel_messages_dropped: int = 0
+    """Messages to the browser dropped because its data channel was not read (call.outqueue)."""
     audio_chunks_replayed: int = 0
     stale_events_dropped: int = 0
     """Output of retired streams after a handover, ignored."""

@@ -61,6 +61,7 @@ from voicegate.signaling.middleware import (
     errors_as_json,
     security_headers,
 )
+from voicegate.signaling.paths import one_path
 from voicegate.store import HistoryWriter, open_history
 
 __all__ = [
@@ -97,7 +98,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[count_offers, access_control, errors_as_json],
+        middlewares=[one_path, count_offers, access_control, errors_as_json],
     )
     app[CONFIG] = config
     app[BACKEND] = backend

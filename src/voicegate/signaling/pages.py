@@ -28,5 +28,8 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 def _locate(web_dir: str, relative: str) -> Path | None:
     root = Path(web_dir).resolve()
-    target = (root / relative).resolve()
-    return target if target.is_relative_to(root) and target.is_file() else None
+    try:
+        target = (root / relative).resolve()
+        return target if target.is_relative_to(root) and target.is_file() else None
+    except (ValueError, OSError):  # a NUL byte, a name too long: no such file
+        return None
