@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -36,6 +38,8 @@ __all__ = ["NodeRouter", "Placement", "peek_call"]
 log = structlog.get_logger(__name__)
 
 FORWARD_TIMEOUT: Final = 30.0
+_PLACED: Final = "voicegate.cluster.placed"
+"""Request key: the node this request's offer was counted against when it was picked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,9 @@ class NodeRouter:
         self.directory = Directory(config.cluster_redis, config.node_id, worker)
         self._client: aiohttp.ClientSession | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._placed: dict[str, list[float]] = {}
+        """node id -> until when each offer this node sent there counts against it: forever
+        while it is in flight, then until that node's own heartbeat has surely counted it."""
 
     async def start(self) -> None:
         self._client = aiohttp.ClientSession(auto_decompress=False)
@@ -92,11 +99,31 @@ class NodeRouter:
             await asyncio.sleep(HEARTBEAT_S)
             await self.publish()
 
-    async def _least_loaded_other(self) -> NodeInfo | None:
-        others = [n for n in await self.directory.nodes() if n.id != self.node_id and n.can_take()]
-        if not others:
+    def _in_flight(self, node_id: str) -> int:
+        now = time.monotonic()
+        until = [t for t in self._placed.get(node_id, ()) if t > now]
+        if until:
+            self._placed[node_id] = until
+        else:
+            self._placed.pop(node_id, None)
+        return len(until)
+
+    async def _least_loaded_other(self, request: web.Request | None = None) -> NodeInfo | None:
+        """The ready node with the most room, the offers this node sent it lately counted; the
+        pick is counted against it at once (``request`` then remembers it for ``forward``)."""
+        loads = [
+            (n, n.calls + self._in_flight(n.id))
+            for n in await self.directory.nodes()
+            if n.id != self.node_id and n.can_take()
+        ]
+        loads = [(n, calls) for n, calls in loads if calls < n.capacity]
+        if not loads:
             return None
-        return min(others, key=lambda n: (n.calls / max(n.capacity, 1), n.lag_ms))
+        node, _ = min(loads, key=lambda nc: (nc[1] / max(nc[0].capacity, 1), nc[0].lag_ms))
+        if request is not None:
+            self._placed.setdefault(node.id, []).append(math.inf)
+            request[_PLACED] = node.id
+        return node
 
     async def route(
         self, request: web.Request, pc_id: str | None, restart: bool, *, owned: bool, can_take: bool
@@ -108,7 +135,7 @@ class NodeRouter:
         if pc_id is not None and owned:
             if not (draining and restart):
                 return None
-            other = await self._least_loaded_other()
+            other = await self._least_loaded_other(request)
             return other.url if other is not None else None
         if pc_id is not None:
             owner = await self.directory.owner(pc_id)
@@ -120,13 +147,15 @@ class NodeRouter:
                 return None  # PATCH/DELETE of a call nobody has: answered 404 here
         if can_take:
             return None
-        other = await self._least_loaded_other()
+        other = await self._least_loaded_other(request)
         return other.url if other is not None else None
 
     async def forward(self, request: web.Request, body: bytes, url: str) -> web.StreamResponse:
         assert self._client is not None
+        placed = request.get(_PLACED)
+        answered = False
         try:
-            return await forward(
+            response = await forward(
                 self._client,
                 url,
                 request,
@@ -134,6 +163,8 @@ class NodeRouter:
                 timeout=FORWARD_TIMEOUT,
                 headers={FORWARDED_BY: self.node_id},
             )
+            answered = response.status == 200
+            return response
         except ForwardError:
             from voicegate.signaling.errors import json_error
 
@@ -142,6 +173,19 @@ class NodeRouter:
                 "the node that should handle this request is unreachable; retry",
                 retry_after=1,
             )
+        finally:
+            if placed is not None:
+                self._settle(placed, answered)
+
+    def _settle(self, node_id: str, answered: bool) -> None:
+        """An offer sent to ``node_id`` finished: a refused one stops counting at once, an
+        answered one until the node's heartbeat includes it."""
+        marks = self._placed.get(node_id)
+        if not marks or math.inf not in marks:
+            return
+        marks.remove(math.inf)
+        if answered:
+            marks.append(time.monotonic() + 2 * HEARTBEAT_S)
 
     async def aclose(self) -> None:
         if self._beat is not None:

@@ -83,7 +83,7 @@ class Supervisor:
         self.owners[pc_id] = (w.index, w.restarts)
 
     def _calls(self) -> int:
-        return sum(w.sessions for w in self.pool.workers if w.alive)
+        return sum(w.sessions + w.pending for w in self.pool.workers if w.alive)
 
     def _has_room(self) -> bool:
         """Whether this node takes one more call: not draining, under --max-sessions, and a
@@ -147,10 +147,10 @@ class Supervisor:
                     reason="max_sessions",
                     retry_after=RETRY_AFTER_S,
                 )
-            if target is None:
-                target = self.pool.pick(exclude=owner.index if owner is not None else None)
-            target = target or self.pool.any_alive()
-            return await self._to_worker(request, body, target, learn=True)
+            if target is not None:
+                return await self._to_worker(request, body, target, learn=True)
+            picked = self.pool.pick(exclude=owner.index if owner is not None else None)
+            return await self._place(request, body, picked or self.pool.any_alive())
         # PATCH: trickled candidates for a call
         if owner is None and self.router is not None and pc_id:
             remote = await self.router.route(request, pc_id, False, owned=False, can_take=False)
@@ -174,6 +174,19 @@ class Supervisor:
             if refused is not None:
                 return refused
         return await self._to_worker(request, await request.read(), self.pool.any_alive())
+
+    async def _place(
+        self, request: web.Request, body: bytes, w: Worker | None
+    ) -> web.StreamResponse:
+        """A new call (or an adoption) sent to the worker just picked, counted against it from
+        this moment until it answers: offers arriving meanwhile see it loaded and go elsewhere."""
+        if w is None:
+            return await self._to_worker(request, body, w, learn=True)
+        w.pending += 1
+        try:
+            return await self._to_worker(request, body, w, learn=True)
+        finally:
+            w.pending -= 1
 
     async def _to_worker(
         self, request: web.Request, body: bytes, w: Worker | None, learn: bool = False
