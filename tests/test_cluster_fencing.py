@@ -1,0 +1,114 @@
+"""One owner per call, under faults: two real nodes, a real ``redis-server``, real aiortc callers.
+
+Each call's record carries an epoch that only an adoption increases; every write of a node is
+conditional on its epoch. A node that stalls (SIGSTOP) while the other adopts its call must, on
+waking, neither rewrite nor delete the record, and must close its stale copy at once. A record
+lost with Redis (restarted empty) is written again by the node holding the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+
+from tests.cluster_util import Node, receiving, start_call
+from tests.test_cluster_nodes import two_nodes
+from voicegate.testing.client import CallClient
+
+ECHO = ("--backend", "echo")
+
+
+@contextlib.asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[aredis.Redis]:
+    r = aredis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+async def record_where(r: aredis.Redis, pc_id: str, node: str, epoch: int) -> dict[str, Any]:
+    """The call's record once it names ``node`` as owner at ``epoch`` (Redis has no event to
+    wait on: ask until it does)."""
+    while True:
+        rec = await r.hgetall(f"vg:call:{pc_id}")
+        if (
+            rec.get("owner")
+            and json.loads(rec["owner"])["node"] == node
+            and rec.get("epoch") == str(epoch)
+            and rec.get("state")
+        ):
+            return dict(rec)
+        await asyncio.sleep(0.05)
+
+
+async def until_gone(r: aredis.Redis, key: str) -> None:
+    while True:  # a key's expiry has no event to wait on
+        if not await r.exists(key):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def sessions_of(node: Node, count: int) -> None:
+    while True:  # the node's call count, asked until it is ``count``
+        if (await node.json("/healthz"))["sessions"] == count:
+            return
+        await asyncio.sleep(0.1)
+
+
+def typed(text: str) -> str:
+    return json.dumps(
+        {
+            "label": "rtvi-ai",
+            "type": "send-text",
+            "id": "t1",
+            "data": {"content": text, "options": {"run_immediately": True}},
+        }
+    )
+
+
+async def test_a_node_woken_from_a_stall_closes_its_superseded_copy_and_keeps_the_record(
+    tmp_path: Path,
+) -> None:
+    async with two_nodes(tmp_path, ECHO, ECHO) as (redis_url, a, b), redis_client(redis_url) as r:
+        old = await start_call(a.url)
+        moved: CallClient | None = None
+        stopped = False
+        try:
+            async with asyncio.timeout(60):
+                await record_where(r, old.pc_id, "node-a", 1)
+                os.kill(a.proc.pid, signal.SIGSTOP)
+                stopped = True
+                await until_gone(r, "vg:node:node-a")  # A's heartbeat expired: B adopts
+                moved = CallClient(b.url, token=old.session_token)
+                await moved.connect(restart_of=old.pc_id)
+                assert await receiving(moved)
+                await record_where(r, old.pc_id, "node-b", 2)
+                # Something for A's stale copy to do on waking (it lands in A's socket buffer):
+                # a turn whose transcript A would save over B's record.
+                old._channel.send(typed("are you still there"))
+                os.kill(a.proc.pid, signal.SIGCONT)
+                stopped = False
+                # A learns its copy was superseded and closes it, while its caller's old
+                # connection is still open.
+                await sessions_of(a, 0)
+                rec = await record_where(r, old.pc_id, "node-b", 2)
+                await old.close()
+                assert await receiving(moved), "the adopted call stopped"
+                assert await r.hget(f"vg:call:{old.pc_id}", "owner") == rec["owner"]
+                assert (await b.json("/healthz"))["sessions"] == 1
+            assert '"call_superseded"' in a.log.read_text()
+        finally:
+            if stopped:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            await old.close()
+            if moved is not None:
+                await moved.close()
