@@ -112,3 +112,27 @@ async def test_a_node_woken_from_a_stall_closes_its_superseded_copy_and_keeps_th
             await old.close()
             if moved is not None:
                 await moved.close()
+
+
+async def test_a_node_with_workers_adopts_a_call_whose_owner_died_inside_its_heartbeat_ttl(
+    tmp_path: Path,
+) -> None:
+    # B runs a supervisor: the owner's heartbeat is still in Redis, so B forwards the restart to
+    # the dead owner first; the refused forward must end in an adoption here, not in its 503.
+    async with two_nodes(tmp_path, ECHO, (*ECHO, "--workers", "2")) as (redis_url, a, b):
+        client = await start_call(a.url)
+        moved: CallClient | None = None
+        try:
+            async with asyncio.timeout(60), redis_client(redis_url) as r:
+                await record_where(r, client.pc_id, "node-a", 1)
+                a.kill()
+                moved = CallClient(b.url, token=client.session_token)
+                await moved.connect(restart_of=client.pc_id)
+                assert moved.pc_id == client.pc_id
+                assert await receiving(moved)
+                await record_where(r, client.pc_id, "node-b", 2)
+            assert '"forward_failed"' in b.log.read_text()  # it did try the dead owner first
+        finally:
+            await client.close()
+            if moved is not None:
+                await moved.close()

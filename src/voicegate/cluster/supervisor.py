@@ -131,7 +131,9 @@ class Supervisor:
                     can_take=self._has_room(),
                 )
                 if remote is not None:
-                    return await self.router.forward(request, body, remote)
+                    response = await self.router.forward(request, body, remote)
+                    if not self._adopt_here(response, restart, owned=target is not None):
+                        return response
             if target is None and self.draining:
                 # No other node took it: a draining node starts no call, as one process would.
                 raise ApiError(
@@ -174,6 +176,12 @@ class Supervisor:
             if refused is not None:
                 return refused
         return await self._to_worker(request, await request.read(), self.pool.any_alive())
+
+    def _adopt_here(self, response: web.StreamResponse, restart: bool, *, owned: bool) -> bool:
+        """Whether a forwarded ``restart_pc`` that failed is adopted by a worker here instead:
+        the owner did not answer, so it is dead even if its heartbeat has not expired yet (what
+        a single-process node does; the adoption is fenced, so the old owner stands down)."""
+        return response.status == 503 and restart and not owned and not self.draining
 
     async def _place(
         self, request: web.Request, body: bytes, w: Worker | None
