@@ -19,8 +19,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from tests.cluster_util import Node, receiving, start_call
-from tests.test_cluster_nodes import two_nodes
+from tests.cluster_util import Node, receiving, redis_server, serve_node, start_call
+from tests.test_cluster_nodes import _history_saved, node_args, two_nodes
 from voicegate.testing.client import CallClient
 
 ECHO = ("--backend", "echo")
@@ -53,6 +53,13 @@ async def record_where(r: aredis.Redis, pc_id: str, node: str, epoch: int) -> di
 async def until_gone(r: aredis.Redis, key: str) -> None:
     while True:  # a key's expiry has no event to wait on
         if not await r.exists(key):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def until_present(r: aredis.Redis, key: str) -> None:
+    while True:  # a heartbeat's key, asked until the node wrote it
+        if await r.exists(key):
             return
         await asyncio.sleep(0.05)
 
@@ -136,3 +143,39 @@ async def test_a_node_with_workers_adopts_a_call_whose_owner_died_inside_its_hea
             await client.close()
             if moved is not None:
                 await moved.close()
+
+
+async def test_records_lost_with_redis_are_rebuilt_and_the_call_still_moves(
+    tmp_path: Path,
+) -> None:
+    # Redis restarted empty: the node holding a quiet call writes its record again (owner,
+    # epoch, state), so the call is still adopted when that node dies afterwards.
+    async with redis_server(tmp_path) as redis_url:
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        async with (
+            serve_node(tmp_path, *node_args(redis_url, "node-a", *ECHO), name="a") as a,
+            serve_node(tmp_path, *node_args(redis_url, "node-b", *ECHO), name="b") as b,
+        ):
+            client = await start_call(a.url)
+            moved: CallClient | None = None
+            try:
+                async with asyncio.timeout(60), redis_client(redis_url) as r:
+                    # The call's one turn (start_call's tone) is saved: it is quiet from now.
+                    await _history_saved(redis_url, client.pc_id, 2)
+                    with contextlib.suppress(Exception):
+                        await r.shutdown(nosave=True)
+                    async with redis_server(tmp_path, port=port):
+                        assert not await r.exists(f"vg:call:{client.pc_id}")  # empty indeed
+                        await record_where(r, client.pc_id, "node-a", 1)
+                        await until_present(r, "vg:node:node-b")
+                        a.kill()
+                        await until_gone(r, "vg:node:node-a")
+                        moved = CallClient(b.url, token=client.session_token)
+                        await moved.connect(restart_of=client.pc_id)
+                        assert await receiving(moved)
+                        await record_where(r, client.pc_id, "node-b", 2)
+                assert '"call_record_rebuilt"' in a.log.read_text()
+            finally:
+                await client.close()
+                if moved is not None:
+                    await moved.close()
