@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -179,3 +180,48 @@ async def test_records_lost_with_redis_are_rebuilt_and_the_call_still_moves(
                 await client.close()
                 if moved is not None:
                     await moved.close()
+
+
+def page_request_timeout_s() -> float:
+    """The page's own limit on one HTTP request (web/http.js): a caller waits no longer."""
+    text = (Path(__file__).parents[1] / "web" / "http.js").read_text()
+    match = re.search(r"HTTP_TIMEOUT_MS = (\d+)", text)
+    assert match is not None
+    return int(match.group(1)) / 1000
+
+
+async def test_a_restart_forwarded_to_a_stalled_owner_is_adopted_before_the_page_gives_up(
+    tmp_path: Path,
+) -> None:
+    # A is stalled but its heartbeat has not expired: B forwards the restart to A, gives up on
+    # it in time, adopts the call itself; when A wakes (and acts on the forwarded request still
+    # in its socket buffer, or drops it when past its deadline), A's copy stands down.
+    async with two_nodes(tmp_path, ECHO, ECHO) as (redis_url, a, b), redis_client(redis_url) as r:
+        old = await start_call(a.url)
+        moved: CallClient | None = None
+        stopped = False
+        try:
+            async with asyncio.timeout(60):
+                await record_where(r, old.pc_id, "node-a", 1)
+                os.kill(a.proc.pid, signal.SIGSTOP)
+                stopped = True
+                moved = CallClient(b.url, token=old.session_token)
+                # The page aborts a request after this long; the caller must be answered.
+                async with asyncio.timeout(page_request_timeout_s()):
+                    await moved.connect(restart_of=old.pc_id)
+                assert await receiving(moved)
+                await record_where(r, old.pc_id, "node-b", 2)
+                os.kill(a.proc.pid, signal.SIGCONT)
+                stopped = False
+                await sessions_of(a, 0)
+                await old.close()
+                assert await receiving(moved), "the adopted call stopped"
+                await record_where(r, old.pc_id, "node-b", 2)
+                assert (await b.json("/healthz"))["sessions"] == 1
+            assert '"forward_failed"' in b.log.read_text()
+        finally:
+            if stopped:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            await old.close()
+            if moved is not None:
+                await moved.close()

@@ -20,7 +20,7 @@ from aiohttp import web
 from voicegate.call.session import PeerSession
 from voicegate.cluster import state
 from voicegate.cluster.directory import HEARTBEAT_S, Directory
-from voicegate.cluster.router import NodeRouter, Placement, peek_call
+from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.config import ServeConfig
 from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import Handler
@@ -204,6 +204,8 @@ async def route_calls(request: web.Request, handler: Handler) -> web.StreamRespo
     node = request.app[CLUSTER]
     if node.router is None or not _call_route(request):
         return await handler(request)
+    if node.router.too_late(request):
+        return late_forward()
     body = await request.read() if request.method != "DELETE" else b""
     if request.method == "DELETE":
         pc_id: str | None = request.match_info.get("pc_id")

@@ -33,11 +33,18 @@ from voicegate.cluster.directory import HEARTBEAT_S, Directory, NodeInfo
 from voicegate.cluster.proxy import FORWARDED_BY, ForwardError, forward
 from voicegate.config import ServeConfig
 
-__all__ = ["NodeRouter", "Placement", "peek_call"]
+__all__ = ["NodeRouter", "Placement", "late_forward", "peek_call"]
 
 log = structlog.get_logger(__name__)
 
-FORWARD_TIMEOUT: Final = 30.0
+FORWARD_TIMEOUT: Final = 4.0
+"""How long a node waits for the node it forwards to: well under the page's 10 s request
+timeout, so that on a timeout (owner stalled or cut off) this node can still adopt the call and
+answer the page in time. The adoption is fenced: the slow owner stands down when it learns."""
+FORWARD_DEADLINE: Final = "X-Voicegate-Forward-Deadline"
+"""Wall-clock time (Unix seconds) after which nobody waits for a forwarded request's answer: a
+request delivered later (it sat in a partitioned link's buffers) is dropped, never acted on."""
+CLOCK_SKEW_S: Final = 1.0
 _PLACED: Final = "voicegate.cluster.placed"
 """Request key: the node this request's offer was counted against when it was picked."""
 
@@ -66,6 +73,14 @@ def peek_call(body: bytes) -> tuple[str | None, bool]:
     if not isinstance(pc_id, str) or not 0 < len(pc_id) <= 128:
         return None, False
     return pc_id, data.get("restart_pc") is True
+
+
+def late_forward() -> web.Response:
+    """The answer to a forwarded request that came too late (``NodeRouter.too_late``)."""
+    from voicegate.signaling.errors import json_error
+
+    log.warning("forward_too_late_dropped")
+    return json_error(504, "this forwarded request arrived after its deadline; it was dropped")
 
 
 class NodeRouter:
@@ -125,6 +140,19 @@ class NodeRouter:
             request[_PLACED] = node.id
         return node
 
+    @staticmethod
+    def too_late(request: web.Request) -> bool:
+        """A forwarded request that arrives after its sender stopped waiting (and adopted the
+        call itself, or told the page to retry): acting on it would take the call back."""
+        text = request.headers.get(FORWARD_DEADLINE)
+        if FORWARDED_BY not in request.headers or text is None:
+            return False
+        try:
+            deadline = float(text)
+        except ValueError:
+            return False
+        return time.time() > deadline + CLOCK_SKEW_S
+
     async def route(
         self, request: web.Request, pc_id: str | None, restart: bool, *, owned: bool, can_take: bool
     ) -> str | None:
@@ -161,7 +189,10 @@ class NodeRouter:
                 request,
                 body,
                 timeout=FORWARD_TIMEOUT,
-                headers={FORWARDED_BY: self.node_id},
+                headers={
+                    FORWARDED_BY: self.node_id,
+                    FORWARD_DEADLINE: f"{time.time() + FORWARD_TIMEOUT:.3f}",
+                },
             )
             answered = response.status == 200
             return response

@@ -28,7 +28,7 @@ from aiohttp import web
 from voicegate import __version__
 from voicegate.cluster.promtext import merge
 from voicegate.cluster.proxy import ForwardError, forward
-from voicegate.cluster.router import NodeRouter, Placement, peek_call
+from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
 from voicegate.signaling.admission import RETRY_AFTER_S
@@ -108,6 +108,8 @@ class Supervisor:
     # -- handlers ----------------------------------------------------------------------------
 
     async def offer(self, request: web.Request) -> web.StreamResponse:
+        if self.router is not None and self.router.too_late(request):
+            return late_forward()
         body = await request.read()
         pc_id, restart = peek_call(body)
         refused = rate_limited(
@@ -161,6 +163,8 @@ class Supervisor:
         return await self._to_worker(request, body, owner or self.pool.any_alive())
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
+        if self.router is not None and self.router.too_late(request):
+            return late_forward()
         pc_id = request.match_info["pc_id"]
         owner = self.owner(pc_id)
         if owner is None and self.router is not None:
