@@ -117,11 +117,14 @@ async def _drain(proc: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def redis_server(tmp_path: Path, host: str = "127.0.0.1") -> AsyncIterator[str]:
+async def redis_server(
+    tmp_path: Path, host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[str]:
+    """A fresh, empty ``redis-server`` (``port``: the one a previous one had, to restart it)."""
     exe = shutil.which("redis-server")
     require(exe is not None, "redis-server is not installed (apt-get install redis-server)")
     assert exe is not None
-    port = free_port(host)
+    port = port or free_port(host)
     proc = await asyncio.create_subprocess_exec(
         exe,
         "--port",

@@ -14,8 +14,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.support.cluster import Node, receiving, serve_node, start_call
+from tests.support.cluster import SECRET, Node, receiving, serve_node, start_call
 from tests.support.metrics_names import sample
+from voicegate.signaling import auth
 
 
 async def settled(node: Node, sessions: int) -> Any:
@@ -71,6 +72,29 @@ async def test_two_workers_spread_calls_and_survive_one_worker_death(tmp_path: P
                     if ok:
                         assert await receiving(c), "a surviving call stopped"
                         assert not c.of_type("error")
+        finally:
+            for c in clients:
+                await c.close()
+
+
+async def test_a_burst_of_offers_is_split_evenly_between_the_workers(tmp_path: Path) -> None:
+    # Offers that arrive while others are still negotiating must not all see the same "least
+    # loaded" worker: each counts against its worker from the moment it is picked.
+    args = ("--workers", "2", "--backend", "echo", "--port", "0")
+    async with serve_node(tmp_path, *args) as node:
+        clients: list[Any] = []
+        try:
+            async with asyncio.timeout(90):
+                tokens = [auth.mint(SECRET, 600, subject=f"caller-{i}") for i in range(5)]
+                started = await asyncio.gather(
+                    *(start_call(node.url, t) for t in tokens), return_exceptions=True
+                )
+                clients = [c for c in started if not isinstance(c, BaseException)]
+                assert len(clients) == 5, started
+                health = await settled(node, 5)
+                per_worker = sorted(w["sessions"] for w in health["workers"])
+                print(f"5 concurrent offers per worker: {per_worker}")
+                assert per_worker == [2, 3], health
         finally:
             for c in clients:
                 await c.close()

@@ -7,13 +7,22 @@ Keys (all under ``vg:``, all expiring, so a dead node or an ended call cleans it
   node's heartbeat every ``HEARTBEAT_S`` with a ``NODE_TTL_S`` expiry: a node that stops
   beating is dead to the others within a few seconds.
 - ``vg:nodes``: the set of node ids ever registered (members without a node key are pruned).
-- ``vg:call:<pc_id>``: a hash, ``owner`` = JSON {node, worker}, ``state`` = the call's
-  conversation state (``cluster.state``), expiring after the call's longest possible life.
+- ``vg:call:<pc_id>``: a hash, ``owner`` = JSON {node, worker}, ``epoch`` = how many times the
+  call changed hands (1 at its start), ``state`` = the call's conversation state
+  (``cluster.state``), expiring after the call's longest possible life; ``ended`` marks a call
+  that ended (a tombstone, kept ``TOMBSTONE_TTL_S``, so a stale copy cannot bring it back).
 
 Redis being down never breaks a call or a request: every operation catches the client's errors,
 logs the outage once, and answers "unknown" (None/False/empty), so the node keeps its calls and
-serves new offers locally. There is no consensus here and none is needed: an owner record is
-written by the one process that has the call, and a stale one is corrected by the next write.
+serves new offers locally.
+
+Ownership is fenced by the epoch. Adopting a call increments it atomically (a Lua script) and
+makes the adopter the owner; every later write (saving state, ending the call) carries the
+writer's epoch and is applied only while the record's epoch is not higher. So a node that stalled
+(SIGSTOP, a long pause) or was cut off while another node adopted its call can never rewrite or
+delete that call's record: its write is refused, which is how it learns its copy was superseded
+and closes it. A record missing altogether (Redis restarted empty) is written again by its owner,
+with its epoch, on the owner's next check (``epochs``).
 """
 
 from __future__ import annotations
@@ -35,15 +44,39 @@ NODE_TTL_S: Final = 3
 CALL_TTL_SLACK_S: Final = 600
 OP_TIMEOUT_S: Final = 0.5
 """Socket timeout of every Redis operation: a request waits at most this long on a dead Redis."""
-_RELEASE: Final = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then return 0 end
-local o = cjson.decode(owner)
-if o['node'] == ARGV[1] and o['worker'] == tonumber(ARGV[2]) then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
+TOMBSTONE_TTL_S: Final = 600
+"""How long an ended call's record says so: a copy stalled longer than this may rewrite it."""
+_SAVE: Final = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+local mine = tonumber(ARGV[1])
+if cur > mine then return 0 end
+if cur == mine and redis.call('HEXISTS', KEYS[1], 'ended') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
 """
+"""Write the owner (and state) at epoch ARGV[1] unless a higher epoch owns the call: 1 when
+written, 0 when this copy was superseded."""
+_ADOPT: Final = """
+if redis.call('HEXISTS', KEYS[1], 'ended') == 1 then return false end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {epoch, state}
+"""
+"""Take a live call over: {new epoch, state}, or nil when there is none (ended, unknown)."""
+_RELEASE: Final = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '-1')
+if cur ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HDEL', KEYS[1], 'state')
+redis.call('HSET', KEYS[1], 'ended', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+"""The call ended at its owner (epoch ARGV[1]): leave a tombstone; a non-owner changes nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,40 +178,76 @@ class Directory:
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def claim(self, pc_id: str, ttl_s: float) -> None:
-        """This process owns ``pc_id`` from now on."""
-        owner = json.dumps({"node": self.node_id, "worker": self.worker})
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(f"vg:call:{pc_id}", "owner", owner)
-        pipe.expire(f"vg:call:{pc_id}", int(ttl_s) + CALL_TTL_SLACK_S)
-        await self._do("claim", pipe.execute())
+    def _owner_json(self) -> str:
+        return json.dumps({"node": self.node_id, "worker": self.worker})
 
-    async def save_state(self, pc_id: str, state: str, ttl_s: float) -> None:
+    async def claim(self, pc_id: str, epoch: int, state: str, ttl_s: float) -> bool | None:
+        """This process owns ``pc_id`` at ``epoch``, with conversation ``state`` ("" keeps the
+        stored one). False: a higher epoch owns it (this copy was superseded); None: Redis is
+        down."""
+        result = await self._do(
+            "claim",
+            self._redis.eval(
+                _SAVE,
+                1,
+                f"vg:call:{pc_id}",
+                str(epoch),
+                self._owner_json(),
+                state,
+                str(int(ttl_s) + CALL_TTL_SLACK_S),
+            ),
+        )
+        return None if result is None else bool(result)
+
+    async def adopt(self, pc_id: str, ttl_s: float) -> tuple[int, str] | None:
+        """Take ``pc_id`` over from whoever had it: (the new epoch, its stored state), or None
+        when it is not a live call (ended, unknown, or Redis down)."""
+        ttl = str(int(ttl_s) + CALL_TTL_SLACK_S)
+        result = await self._do(
+            "adopt", self._redis.eval(_ADOPT, 1, f"vg:call:{pc_id}", self._owner_json(), ttl)
+        )
+        if not isinstance(result, list) or len(result) != 2:
+            return None
+        return int(result[0]), str(result[1])
+
+    async def epochs(self, pc_ids: list[str]) -> list[int | None] | None:
+        """The stored epoch of each call (None: no record, or an ended one); None when Redis is
+        down. One round trip, however many calls."""
+        if not pc_ids:
+            return []
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(f"vg:call:{pc_id}", mapping={"state": state})
-        pipe.expire(f"vg:call:{pc_id}", int(ttl_s) + CALL_TTL_SLACK_S)
-        await self._do("save_state", pipe.execute())
+        for pc_id in pc_ids:
+            pipe.hmget(f"vg:call:{pc_id}", ["epoch", "ended"])
+        rows = await self._do("epochs", pipe.execute())
+        if rows is None:
+            return None
+        out: list[int | None] = []
+        for epoch, ended in rows:
+            try:
+                out.append(None if epoch is None or ended else int(epoch))
+            except ValueError:
+                out.append(None)
+        return out
 
     async def owner(self, pc_id: str) -> tuple[str, int] | None:
-        text = await self._do("owner", self._redis.hget(f"vg:call:{pc_id}", "owner"))
-        if not text:
+        """The node and worker that own a live call (None: ended, unknown, Redis down)."""
+        row = await self._do("owner", self._redis.hmget(f"vg:call:{pc_id}", ["owner", "ended"]))
+        if not row or not row[0] or row[1]:
             return None
         try:
-            data = json.loads(text)
+            data = json.loads(row[0])
             return str(data["node"]), int(data["worker"])
         except (ValueError, KeyError, TypeError):
             return None
 
-    async def state(self, pc_id: str) -> str | None:
-        text = await self._do("state", self._redis.hget(f"vg:call:{pc_id}", "state"))
-        return str(text) if text else None
-
-    async def release(self, pc_id: str) -> None:
-        """The call ended here: forget it, unless another node owns it by now (it moved)."""
-        await self._do(
+    async def release(self, pc_id: str, epoch: int) -> bool | None:
+        """The call ended here: mark its record ended, unless a higher epoch owns it by now
+        (it moved). True when marked; None when Redis is down."""
+        result = await self._do(
             "release",
-            self._redis.eval(_RELEASE, 1, f"vg:call:{pc_id}", self.node_id, str(self.worker)),
+            self._redis.eval(_RELEASE, 1, f"vg:call:{pc_id}", str(epoch), str(TOMBSTONE_TTL_S)),
         )
+        return None if result is None else bool(result)
 
     async def aclose(self) -> None:
         from redis.exceptions import RedisError

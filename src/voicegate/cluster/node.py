@@ -19,8 +19,8 @@ from aiohttp import web
 
 from voicegate.call.session import PeerSession
 from voicegate.cluster import state
-from voicegate.cluster.directory import Directory
-from voicegate.cluster.router import NodeRouter, Placement, peek_call
+from voicegate.cluster.directory import HEARTBEAT_S, Directory
+from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.config import ServeConfig
 from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import Handler
@@ -30,11 +30,12 @@ __all__ = ["CLUSTER", "ClusterNode", "join_cluster", "move_calls", "start_cluste
 
 log = structlog.get_logger(__name__)
 
-MAX_ADOPTED_KEPT: Final = 10_000
 RECONNECT: Final = json.dumps(
     {"label": "rtvi-ai", "type": "server-message", "data": {"type": "reconnect", "reason": "drain"}}
 )
 """Asks the page to move its call (it reconnects with ``restart_pc``, same pc_id)."""
+SUPERSEDED: Final = "superseded"
+"""Close reason of a copy of a call that another process adopted meanwhile."""
 
 
 class ClusterNode:
@@ -50,14 +51,16 @@ class ClusterNode:
         self._saving: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._adopted_from: dict[str, tuple[str, int] | None] = {}
-        """Adopted calls -> the owner their record named when this process took them."""
+        self._epochs: dict[str, int] = {}
+        """pc_id -> the epoch this process holds the call at (1 for a call started here)."""
+        self._fence: asyncio.Task[None] | None = None
 
     # -- CallStore ---------------------------------------------------------------------------
 
     def call_started(self, session: PeerSession, subject: str | None) -> None:
         pc_id = session.pc_id
         self._subjects[pc_id] = subject
+        self._epochs.setdefault(pc_id, 1)  # an adopted call has its epoch from ``adopt``
         session.conversation.on_history = lambda: self._save_soon(pc_id)
         self._save_soon(pc_id)
 
@@ -65,30 +68,65 @@ class ClusterNode:
         pc_id = session.pc_id
         self._subjects.pop(pc_id, None)
         self._dirty.discard(pc_id)
+        epoch = self._epochs.pop(pc_id, None)
         task = self._saving.pop(pc_id, None)
         if task is not None:
             task.cancel()
-        self._spawn(self.directory.release(pc_id))
+        if epoch is not None and session.close_reason != SUPERSEDED:
+            self._spawn(self.directory.release(pc_id, epoch))
 
     async def adopt(self, pc_id: str) -> StoredCall | None:
-        text = await self.directory.state(pc_id)
-        stored = state.decode(text) if text else None
+        taken = await self.directory.adopt(pc_id, self._ttl())
+        if taken is None:
+            return None
+        epoch, text = taken
+        stored = state.decode(text)
         if stored is not None:
-            self._adopted_from[pc_id] = await self.directory.owner(pc_id)
-            while len(self._adopted_from) > MAX_ADOPTED_KEPT:
-                self._adopted_from.pop(next(iter(self._adopted_from)))
-            log.info("call_adopted", pc_id=pc_id, history_messages=len(stored.history))
+            self._epochs[pc_id] = epoch
+            log.info("call_adopted", pc_id=pc_id, epoch=epoch, history_messages=len(stored.history))
         return stored
 
     async def still_ours(self, pc_id: str) -> bool:
         """Whether a call that ended here ended for good: not when another node holds its
-        record by now (the call moved there; that node reports its end). The node this process
-        adopted the call from does not count: a call that ends before this process's own claim
-        reached the directory still names it."""
-        previous = self._adopted_from.pop(pc_id, None)
+        record by now (the call moved there, fenced at a higher epoch; that node reports its
+        end)."""
         owner = await self.directory.owner(pc_id)
-        return (
-            owner is None or owner == (self.config.node_id, self.worker or 0) or owner == previous
+        return owner is None or owner == (self.config.node_id, self.worker or 0)
+
+    # -- fencing -----------------------------------------------------------------------------
+
+    def _superseded(self, pc_id: str, epoch: int) -> None:
+        """Another process adopted this call (at a higher epoch) while this one stalled or was
+        cut off: close this copy and its model stream now, leaving the record alone."""
+        session = self.app[SESSIONS].get(pc_id)
+        if session is None or self._epochs.get(pc_id) != epoch:
+            return
+        self._epochs.pop(pc_id, None)
+        log.warning("call_superseded", pc_id=pc_id, epoch=epoch)
+        self._spawn(session.close(SUPERSEDED))
+
+    async def check_calls(self) -> None:
+        """One round trip: every call held here still at its epoch? A superseded copy closes;
+        a record Redis lost (restarted empty) is written again with the call's state."""
+        held = [(p, e) for p, e in self._epochs.items() if p in self.app[SESSIONS]]
+        stored = await self.directory.epochs([p for p, _ in held])
+        if stored is None:
+            return  # Redis down: keep every call, check again on the next beat
+        for (pc_id, epoch), current in zip(held, stored, strict=True):
+            if current is None:
+                log.info("call_record_rebuilt", pc_id=pc_id, epoch=epoch)
+                self._save_soon(pc_id)
+            elif current > epoch:
+                self._superseded(pc_id, epoch)
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await self.check_calls()
+
+    def start(self) -> None:
+        self._fence = asyncio.get_running_loop().create_task(
+            self._check_loop(), name="cluster-fence"
         )
 
     # -- keeping state -----------------------------------------------------------------------
@@ -109,14 +147,17 @@ class ClusterNode:
             self._dirty.discard(pc_id)
             self._save_soon(pc_id)
 
+    def _ttl(self) -> float:
+        return self.config.max_call_seconds + self.config.reconnect_grace
+
     async def _save(self, pc_id: str) -> None:
         session = self.app[SESSIONS].get(pc_id)
-        if session is None:
+        epoch = self._epochs.get(pc_id)
+        if session is None or epoch is None:
             return
-        ttl = self.config.max_call_seconds + self.config.reconnect_grace
         text = state.encode(session.conversation, self._subjects.get(pc_id))
-        await self.directory.claim(pc_id, ttl)
-        await self.directory.save_state(pc_id, text, ttl)
+        if await self.directory.claim(pc_id, epoch, text, self._ttl()) is False:
+            self._superseded(pc_id, epoch)
 
     async def save_all(self) -> None:
         pc_ids = list(self.app[SESSIONS].keys())
@@ -142,6 +183,10 @@ class ClusterNode:
         )
 
     async def aclose(self) -> None:
+        if self._fence is not None:
+            self._fence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fence
         for task in list(self._saving.values()) + list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._saving.values(), *self._tasks, return_exceptions=True)
@@ -166,6 +211,8 @@ async def route_calls(request: web.Request, handler: Handler) -> web.StreamRespo
     node = request.app[CLUSTER]
     if node.router is None or not _call_route(request):
         return await handler(request)
+    if node.router.too_late(request):
+        return late_forward()
     body = await request.read() if request.method != "DELETE" else b""
     if request.method == "DELETE":
         pc_id: str | None = request.match_info.get("pc_id")
@@ -208,6 +255,7 @@ def join_cluster(app: web.Application, config: ServeConfig, worker: int | None) 
 async def start_cluster(app: web.Application, url: str) -> None:
     """Once listening: register the node and start its heartbeat (front process only)."""
     node = app[CLUSTER]
+    node.start()
     if node.worker is None:
         node.router = NodeRouter(node.config, url, node.placement)
         await node.router.start()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -29,14 +31,23 @@ from aiohttp import web
 
 from voicegate.cluster.directory import HEARTBEAT_S, Directory, NodeInfo
 from voicegate.cluster.hop import HopGuard
-from voicegate.cluster.proxy import ForwardError, forward
+from voicegate.cluster.proxy import FORWARDED_BY, ForwardError, forward
 from voicegate.config import ServeConfig
 
-__all__ = ["NodeRouter", "Placement", "peek_call"]
+__all__ = ["NodeRouter", "Placement", "late_forward", "peek_call"]
 
 log = structlog.get_logger(__name__)
 
-FORWARD_TIMEOUT: Final = 30.0
+FORWARD_TIMEOUT: Final = 4.0
+"""How long a node waits for the node it forwards to: well under the page's 10 s request
+timeout, so that on a timeout (owner stalled or cut off) this node can still adopt the call and
+answer the page in time. The adoption is fenced: the slow owner stands down when it learns."""
+FORWARD_DEADLINE: Final = "X-Voicegate-Forward-Deadline"
+"""Wall-clock time (Unix seconds) after which nobody waits for a forwarded request's answer: a
+request delivered later (it sat in a partitioned link's buffers) is dropped, never acted on."""
+CLOCK_SKEW_S: Final = 1.0
+_PLACED: Final = "voicegate.cluster.placed"
+"""Request key: the node this request's offer was counted against when it was picked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,14 @@ def peek_call(body: bytes) -> tuple[str | None, bool]:
     return pc_id, data.get("restart_pc") is True
 
 
+def late_forward() -> web.Response:
+    """The answer to a forwarded request that came too late (``NodeRouter.too_late``)."""
+    from voicegate.signaling.errors import json_error
+
+    log.warning("forward_too_late_dropped")
+    return json_error(504, "this forwarded request arrived after its deadline; it was dropped")
+
+
 class NodeRouter:
     def __init__(
         self, config: ServeConfig, url: str, placement: Callable[[], Placement], worker: int = 0
@@ -77,6 +96,9 @@ class NodeRouter:
         self._client: aiohttp.ClientSession | None = None
         self._beat: asyncio.Task[None] | None = None
         self.hop = HopGuard(config)
+        self._placed: dict[str, list[float]] = {}
+        """node id -> until when each offer this node sent there counts against it: forever
+        while it is in flight, then until that node's own heartbeat has surely counted it."""
 
     async def start(self) -> None:
         self._client = aiohttp.ClientSession(auto_decompress=False)
@@ -94,11 +116,44 @@ class NodeRouter:
             await asyncio.sleep(HEARTBEAT_S)
             await self.publish()
 
-    async def _least_loaded_other(self) -> NodeInfo | None:
-        others = [n for n in await self.directory.nodes() if n.id != self.node_id and n.can_take()]
-        if not others:
+    def _in_flight(self, node_id: str) -> int:
+        now = time.monotonic()
+        until = [t for t in self._placed.get(node_id, ()) if t > now]
+        if until:
+            self._placed[node_id] = until
+        else:
+            self._placed.pop(node_id, None)
+        return len(until)
+
+    async def _least_loaded_other(self, request: web.Request | None = None) -> NodeInfo | None:
+        """The ready node with the most room, the offers this node sent it lately counted; the
+        pick is counted against it at once (``request`` then remembers it for ``forward``)."""
+        loads = [
+            (n, n.calls + self._in_flight(n.id))
+            for n in await self.directory.nodes()
+            if n.id != self.node_id and n.can_take()
+        ]
+        loads = [(n, calls) for n, calls in loads if calls < n.capacity]
+        if not loads:
             return None
-        return min(others, key=lambda n: (n.calls / max(n.capacity, 1), n.lag_ms))
+        node, _ = min(loads, key=lambda nc: (nc[1] / max(nc[0].capacity, 1), nc[0].lag_ms))
+        if request is not None:
+            self._placed.setdefault(node.id, []).append(math.inf)
+            request[_PLACED] = node.id
+        return node
+
+    @staticmethod
+    def too_late(request: web.Request) -> bool:
+        """A forwarded request that arrives after its sender stopped waiting (and adopted the
+        call itself, or told the page to retry): acting on it would take the call back."""
+        text = request.headers.get(FORWARD_DEADLINE)
+        if FORWARDED_BY not in request.headers or text is None:
+            return False
+        try:
+            deadline = float(text)
+        except ValueError:
+            return False
+        return time.time() > deadline + CLOCK_SKEW_S
 
     async def route(
         self, request: web.Request, pc_id: str | None, restart: bool, *, owned: bool, can_take: bool
@@ -110,7 +165,7 @@ class NodeRouter:
         if pc_id is not None and owned:
             if not (draining and restart):
                 return None
-            other = await self._least_loaded_other()
+            other = await self._least_loaded_other(request)
             return other.url if other is not None else None
         if pc_id is not None:
             owner = await self.directory.owner(pc_id)
@@ -122,20 +177,27 @@ class NodeRouter:
                 return None  # PATCH/DELETE of a call nobody has: answered 404 here
         if can_take:
             return None
-        other = await self._least_loaded_other()
+        other = await self._least_loaded_other(request)
         return other.url if other is not None else None
 
     async def forward(self, request: web.Request, body: bytes, url: str) -> web.StreamResponse:
         assert self._client is not None
+        placed = request.get(_PLACED)
+        answered = False
         try:
-            return await forward(
+            response = await forward(
                 self._client,
                 url,
                 request,
                 body,
                 timeout=FORWARD_TIMEOUT,
-                headers=self.hop.outgoing(request, body, self.node_id),
+                headers={
+                    **self.hop.outgoing(request, body, self.node_id),
+                    FORWARD_DEADLINE: f"{time.time() + FORWARD_TIMEOUT:.3f}",
+                },
             )
+            answered = response.status == 200
+            return response
         except ForwardError:
             from voicegate.signaling.errors import json_error
 
@@ -144,6 +206,19 @@ class NodeRouter:
                 "the node that should handle this request is unreachable; retry",
                 retry_after=1,
             )
+        finally:
+            if placed is not None:
+                self._settle(placed, answered)
+
+    def _settle(self, node_id: str, answered: bool) -> None:
+        """An offer sent to ``node_id`` finished: a refused one stops counting at once, an
+        answered one until the node's heartbeat includes it."""
+        marks = self._placed.get(node_id)
+        if not marks or math.inf not in marks:
+            return
+        marks.remove(math.inf)
+        if answered:
+            marks.append(time.monotonic() + 2 * HEARTBEAT_S)
 
     async def aclose(self) -> None:
         if self._beat is not None:

@@ -28,7 +28,7 @@ from aiohttp import web
 from voicegate import __version__
 from voicegate.cluster.node_metrics import NodeMetrics
 from voicegate.cluster.proxy import ForwardError, forward
-from voicegate.cluster.router import NodeRouter, Placement, peek_call
+from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
 from voicegate.observability.exposition import CONTENT_TYPE
@@ -86,7 +86,7 @@ class Supervisor:
         self.owners[pc_id] = (w.index, w.restarts)
 
     def _calls(self) -> int:
-        return sum(w.sessions for w in self.pool.workers if w.alive)
+        return sum(w.sessions + w.pending for w in self.pool.workers if w.alive)
 
     def _has_room(self) -> bool:
         """Whether this node takes one more call: not draining, under --max-sessions, and a
@@ -111,6 +111,8 @@ class Supervisor:
     # -- handlers ----------------------------------------------------------------------------
 
     async def offer(self, request: web.Request) -> web.StreamResponse:
+        if self.router is not None and self.router.too_late(request):
+            return late_forward()
         body = await request.read()
         pc_id, restart = peek_call(body)
         refused = rate_limited(
@@ -134,7 +136,9 @@ class Supervisor:
                     can_take=self._has_room(),
                 )
                 if remote is not None:
-                    return await self.router.forward(request, body, remote)
+                    response = await self.router.forward(request, body, remote)
+                    if not self._adopt_here(response, restart, owned=target is not None):
+                        return response
             if target is None and self.draining:
                 # No other node took it: a draining node starts no call, as one process would.
                 raise ApiError(
@@ -150,10 +154,10 @@ class Supervisor:
                     reason="max_sessions",
                     retry_after=RETRY_AFTER_S,
                 )
-            if target is None:
-                target = self.pool.pick(exclude=owner.index if owner is not None else None)
-            target = target or self.pool.any_alive()
-            return await self._to_worker(request, body, target, learn=True)
+            if target is not None:
+                return await self._to_worker(request, body, target, learn=True)
+            picked = self.pool.pick(exclude=owner.index if owner is not None else None)
+            return await self._place(request, body, picked or self.pool.any_alive())
         # PATCH: trickled candidates for a call
         if owner is None and self.router is not None and pc_id:
             remote = await self.router.route(request, pc_id, False, owned=False, can_take=False)
@@ -162,6 +166,8 @@ class Supervisor:
         return await self._to_worker(request, body, owner or self.pool.any_alive())
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
+        if self.router is not None and self.router.too_late(request):
+            return late_forward()
         pc_id = request.match_info["pc_id"]
         owner = self.owner(pc_id)
         if owner is None and self.router is not None:
@@ -177,6 +183,25 @@ class Supervisor:
             if refused is not None:
                 return refused
         return await self._to_worker(request, await request.read(), self.pool.any_alive())
+
+    def _adopt_here(self, response: web.StreamResponse, restart: bool, *, owned: bool) -> bool:
+        """Whether a forwarded ``restart_pc`` that failed is adopted by a worker here instead:
+        the owner did not answer, so it is dead even if its heartbeat has not expired yet (what
+        a single-process node does; the adoption is fenced, so the old owner stands down)."""
+        return response.status == 503 and restart and not owned and not self.draining
+
+    async def _place(
+        self, request: web.Request, body: bytes, w: Worker | None
+    ) -> web.StreamResponse:
+        """A new call (or an adoption) sent to the worker just picked, counted against it from
+        this moment until it answers: offers arriving meanwhile see it loaded and go elsewhere."""
+        if w is None:
+            return await self._to_worker(request, body, w, learn=True)
+        w.pending += 1
+        try:
+            return await self._to_worker(request, body, w, learn=True)
+        finally:
+            w.pending -= 1
 
     async def _to_worker(
         self, request: web.Request, body: bytes, w: Worker | None, learn: bool = False

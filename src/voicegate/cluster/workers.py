@@ -105,6 +105,9 @@ class Worker:
     ready: bool = False
     draining: bool = False
     sessions: int = 0
+    pending: int = 0
+    """Offers sent to this worker and not answered yet: counted at the moment it is picked,
+    so a burst of offers arriving while others negotiate spreads over the workers."""
     max_sessions: int = 0
     lag_ms: float = 0.0
     calls_total: int = 0
@@ -116,8 +119,9 @@ class Worker:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     def load(self) -> tuple[int, float]:
-        """Sort key for placing a new call: active calls, then event-loop lag."""
-        return self.sessions, self.lag_ms
+        """Sort key for placing a new call: active calls and offers in flight, then event-loop
+        lag."""
+        return self.sessions + self.pending, self.lag_ms
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -126,6 +130,7 @@ class Worker:
             "ready": self.ready,
             "draining": self.draining,
             "sessions": self.sessions,
+            "pending": self.pending,
             "loop_lag_ms": round(self.lag_ms, 1),
             "restarts": self.restarts,
             "pid": self.proc.pid if self.proc is not None and self.alive else None,
@@ -281,7 +286,10 @@ class WorkerPool:
         ready = [
             w
             for w in self.workers
-            if w.alive and w.ready and w.index != exclude and w.sessions < max(w.max_sessions, 1)
+            if w.alive
+            and w.ready
+            and w.index != exclude
+            and w.sessions + w.pending < max(w.max_sessions, 1)
         ]
         return min(ready, key=Worker.load) if ready else None
 
