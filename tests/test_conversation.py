@@ -181,7 +181,7 @@ async def test_grammar_violation_surfaces_as_validation_error() -> None:
     # Opening a second audio content is refused, like Bedrock does.
     from voicegate.sonic import AudioContentStart
 
-    await conv._send(AudioContentStart(conv.prompt_name, "second"))
+    await conv.legs.send_live(AudioContentStart(conv.prompt_name, "second"))
     err = await listener.wait(ConversationError)
     assert isinstance(err, ConversationError) and err.kind == "validation"
     await conv.close()
@@ -231,8 +231,8 @@ async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> Non
                 sent = [len(e.content) for e in brain.inputs if isinstance(e, AudioInput)]
                 assert conv.stats.silence_chunks_sent > 0
                 assert set(sent) == {size}, (ms, set(sent))
-                assert conv._replay.seconds == 1.0
-                assert sum(map(len, conv._replay.replay())) == 16000 * 2
+                assert conv.memory.replay.seconds == 1.0
+                assert sum(map(len, conv.memory.replay.replay())) == 16000 * 2
             finally:
                 await conv.close()
     finally:

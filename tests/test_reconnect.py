@@ -142,7 +142,7 @@ async def test_when_every_reconnect_is_refused_the_call_ends_with_an_error(
             assert conv.stats.recovery_give_ups == 1 and conv.stats.recovery_attempts == 3
             assert conv.stats.failures == {"service_unavailable": 1}
             assert conv.end_reason == "error:service_unavailable"
-            assert not app[SESSIONS] and not conv._legs and not conv._tasks
+            assert not app[SESSIONS] and not conv.legs.open_legs and not conv.life.tasks
             assert [r.status for r in standin.rejections] == [429, 429, 429]
         finally:
             await client.close()
@@ -215,7 +215,7 @@ async def test_after_the_grace_period_the_call_is_freed(
                 record = standin.sessions[-1]
                 await record.closed.wait()
             assert session.close_reason == "connection-stalled"
-            assert session.conversation.ended.is_set() and not session.conversation._legs
+            assert session.conversation.ended.is_set() and not session.conversation.legs.open_legs
             assert not app[SESSIONS]
             assert record.outcome == "completed"  # the model stream was closed in order
         finally:

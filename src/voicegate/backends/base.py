@@ -8,7 +8,7 @@ which one it talks to.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -79,6 +79,12 @@ class BackendStream(Protocol):
 
     async def send(self, event: InputEvent) -> None:
         """Send one input event. Raises BackendError (StreamLost once the stream is dead)."""
+        ...
+
+    async def send_all(self, events: Sequence[InputEvent]) -> None:
+        """Send events back to back: no event of a concurrent sender lands between them. The
+        stream owns the one lock its senders share (Bedrock's event signatures are chained, so
+        there signing and writing must also happen in order)."""
         ...
 
     def events(self) -> AsyncIterator[OutputEvent]:

@@ -16,7 +16,7 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, Final
 
 import structlog
@@ -76,6 +76,7 @@ class InProcessStream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished = False
         self._closed = False
+        self._send_lock = asyncio.Lock()
 
     # -- the BackendStream interface ------------------------------------------------------
 
@@ -121,6 +122,12 @@ class InProcessStream:
             await self._dispatch(event, content)
         except ValidationFailed as exc:
             await self.fail(exc)
+
+    async def send_all(self, events: Sequence[InputEvent]) -> None:
+        """Send events back to back (``send`` may await a brain's hook in between)."""
+        async with self._send_lock:
+            for event in events:
+                await self.send(event)
 
     async def events(self) -> AsyncIterator[OutputEvent]:
         while True:

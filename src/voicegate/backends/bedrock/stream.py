@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -104,33 +104,29 @@ class BedrockStream:
 
     async def send(self, event: sonic.InputEvent) -> None:
         """Encode and send one event, within ``send_timeout``; StreamLost once dead."""
+        await self.send_all((event,))
+
+    async def send_all(self, events: Sequence[sonic.InputEvent]) -> None:
+        """Encode and send events back to back, within ``send_timeout``; StreamLost once dead.
+
+        The stream's one send lock is held across them: each event's signature chains on the
+        previous one, so signing and writing must happen in the same order for every task, and
+        a block (a text content, a tool result) must not have another sender's audio inside.
+        """
         self._check_sendable()
-        t0 = time.thread_time()
-        if (
-            isinstance(event, sonic.SessionStart)
-            and event.endpointing_sensitivity is not None
-            and not self._settings.is_nova2
-        ):
-            # Nova Sonic v1 documents no turnDetectionConfiguration: Bedrock refuses the
-            # unknown field, so v1 sessions go without it.
-            log.info("bedrock_endpointing_dropped", model=self._settings.model_id)
-            event = dataclasses.replace(event, endpointing_sensitivity=None)
-        payload = sonic.dumps(sonic.encode_input(event))
-        chunk = _input_chunk(payload)
-        t1 = time.thread_time()
-        self.stats.encode_cpu_s += t1 - t0
+        encoded = [self._encode(event) for event in events]
         in_sdk = False
         try:
             async with asyncio.timeout(self._settings.send_timeout):
                 async with self._send_lock:
-                    # Sends are serialised: each event's signature chains on the previous one,
-                    # so signing and writing must happen in the same order for every task.
-                    self._check_sendable()
-                    in_sdk = True
-                    t2 = time.thread_time()
-                    await self._sdk.input_stream.send(chunk)
-                    self.stats.sdk_send_cpu_s += time.thread_time() - t2
-                    in_sdk = False
+                    for event, payload, chunk in encoded:
+                        self._check_sendable()
+                        in_sdk = True
+                        t2 = time.thread_time()
+                        await self._sdk.input_stream.send(chunk)
+                        self.stats.sdk_send_cpu_s += time.thread_time() - t2
+                        in_sdk = False
+                        self._sent(event, payload)
         except TimeoutError:
             why = (
                 "stream reset or network stuck"
@@ -158,15 +154,34 @@ class BedrockStream:
             )
             await self._die(lost)
             raise lost from exc
+        if self._session_end_sent:
+            # Nothing may follow sessionEnd: half-close now so Bedrock sees END_STREAM and
+            # can finish the response even if our caller waits for events() before close().
+            await self._close_input()
+
+    def _encode(self, event: sonic.InputEvent) -> tuple[sonic.InputEvent, bytes, Any]:
+        t0 = time.thread_time()
+        if (
+            isinstance(event, sonic.SessionStart)
+            and event.endpointing_sensitivity is not None
+            and not self._settings.is_nova2
+        ):
+            # Nova Sonic v1 documents no turnDetectionConfiguration: Bedrock refuses the
+            # unknown field, so v1 sessions go without it.
+            log.info("bedrock_endpointing_dropped", model=self._settings.model_id)
+            event = dataclasses.replace(event, endpointing_sensitivity=None)
+        payload = sonic.dumps(sonic.encode_input(event))
+        chunk = _input_chunk(payload)
+        self.stats.encode_cpu_s += time.thread_time() - t0
+        return event, payload, chunk
+
+    def _sent(self, event: sonic.InputEvent, payload: bytes) -> None:
         self.stats.events_sent += 1
         self.stats.payload_bytes_sent += len(payload)
         if isinstance(event, sonic.AudioInput):
             self.stats.audio_bytes_sent += len(event.content)
         elif isinstance(event, sonic.SessionEnd):
             self._session_end_sent = True
-            # Nothing may follow sessionEnd: half-close now so Bedrock sees END_STREAM and
-            # can finish the response even if our caller waits for events() before close().
-            await self._close_input()
 
     def _check_sendable(self) -> None:
         if self._dead is not None:
