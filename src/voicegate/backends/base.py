@@ -67,6 +67,14 @@ class AccessDenied(BackendError):
     kind = "access_denied"
 
 
+class CredentialsRejected(BackendError):
+    """Bedrock refused the keys a stream signs with: an event signature that does not match the
+    request's key, or a session token that expired. A new stream (current keys) may work."""
+
+    kind = "credentials"
+    retryable = True
+
+
 class StreamLost(BackendError):
     """The stream ended without an orderly close (reset, connection loss, send timeout)."""
 
@@ -93,6 +101,12 @@ class BackendStream(Protocol):
 
     async def close(self) -> None:
         """Release the stream. Never hangs, never raises."""
+        ...
+
+    def credentials_expiration(self) -> datetime | None:
+        """When the credentials this stream's events are signed with expire (None: they do
+        not, or the backend needs none). A stream keeps the identity it was opened with, so a
+        conversation renews onto a new stream before then."""
         ...
 
 

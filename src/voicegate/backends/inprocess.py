@@ -17,6 +17,7 @@ import json
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import structlog
@@ -122,6 +123,9 @@ class InProcessStream:
             await self._dispatch(event, content)
         except ValidationFailed as exc:
             await self.fail(exc)
+
+    def credentials_expiration(self) -> datetime | None:
+        return None  # nothing is signed in-process
 
     async def send_all(self, events: Sequence[InputEvent]) -> None:
         """Send events back to back (``send`` may await a brain's hook in between)."""

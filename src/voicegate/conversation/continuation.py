@@ -38,7 +38,10 @@ class ContinuationSettings:
     force_after_s: float = 60.0
     """After ``renew_after_s``, how long to wait for a natural point before handing over anyway."""
     credential_margin_s: float = 180.0
-    """Renew this long before temporary credentials expire."""
+    """Renew this long before the temporary credentials a stream signs with expire."""
+    renew_min_age_s: float = 60.0
+    """A renewal for credentials never comes sooner than this into a stream (keys that do not
+    get a later expiry on refresh must not turn into a renewal storm)."""
     prepared_max_idle_s: float = 30.0
     """A prepared stream unused this long is replaced (an idle stream may be timed out)."""
     natural_quiet_s: float = 0.5

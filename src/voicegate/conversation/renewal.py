@@ -76,14 +76,18 @@ class Renewal:
         c = self.settings
         base = leg.ready_at if leg.ready_at is not None else leg.opened_at
         due, reason = base + c.renew_after_s, "age"
-        expiration = self.legs.backend.credentials_expiration()
+        # The stream signs with the identity it was opened with until it ends: its expiry
+        # counts (the backend's is what a new stream would get).
+        expiration = leg.stream.credentials_expiration()
+        if expiration is None:
+            expiration = self.legs.backend.credentials_expiration()
         if expiration is not None:
             if expiration.tzinfo is None:
                 expiration = expiration.replace(tzinfo=dt.UTC)
             left = (expiration - dt.datetime.now(dt.UTC)).total_seconds() - c.credential_margin_s
-            # Never sooner than a minute into a leg: a refresh that does not extend the
-            # expiry must not turn into a renewal storm.
-            at = max(asyncio.get_running_loop().time() + left, base + 60.0)
+            # Never sooner than renew_min_age_s into a leg: a refresh that does not extend
+            # the expiry must not turn into a renewal storm.
+            at = max(asyncio.get_running_loop().time() + left, base + c.renew_min_age_s)
             if at < due:
                 due, reason = at, "credentials"
         return due, reason

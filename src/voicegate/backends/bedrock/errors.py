@@ -14,6 +14,7 @@ from typing import Final
 from voicegate.backends.base import (
     AccessDenied,
     BackendError,
+    CredentialsRejected,
     InternalServerError,
     ModelStreamError,
     ModelTimeout,
@@ -22,6 +23,15 @@ from voicegate.backends.base import (
     Throttled,
     ValidationFailed,
 )
+
+_CREDENTIAL_MARKERS: Final = (
+    "invalidsignatureexception",
+    "signature we calculated does not match",
+    "expiredtoken",
+    "security token included in the request is expired",
+)
+"""Messages of a stream's keys refused mid-stream: an event signed with another key than the
+request's (rotated credentials), or an expired session token."""
 
 _TRANSIENT_VALIDATION: Final = ("system instability", "internalerrorcode=531")
 """ValidationException messages that are Bedrock-side hiccups, not bad input (retry)."""
@@ -43,6 +53,10 @@ def map_error(exc: BaseException) -> BackendError:
     match name:
         case "AccessDeniedException":
             return AccessDenied(f"Bedrock denied access: {message}")
+        case "ValidationException" if any(m in message.lower() for m in _CREDENTIAL_MARKERS):
+            return CredentialsRejected(f"Bedrock refused the stream's credentials: {message}")
+        case "ExpiredTokenException":
+            return CredentialsRejected(f"the stream's AWS session token expired: {message}")
         case "ValidationException":
             err = ValidationFailed(f"Bedrock refused the request: {message}")
             if any(marker in message.lower() for marker in _TRANSIENT_VALIDATION):

@@ -17,14 +17,19 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from voicegate import sonic
 from voicegate.backends.base import BackendError, ModelStreamError, StreamLost
+from voicegate.backends.bedrock.credentials import signing_as
 from voicegate.backends.bedrock.errors import map_error
 from voicegate.backends.bedrock.settings import BedrockSettings
+
+if TYPE_CHECKING:
+    from smithy_aws_core.identity import AWSCredentialsIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +71,17 @@ class _Terminal:
 class BedrockStream:
     """One Nova Sonic session over one HTTP/2 stream. Implements ``BackendStream``."""
 
-    def __init__(self, sdk_stream: Any, settings: BedrockSettings, stream_id: str) -> None:
+    def __init__(
+        self,
+        sdk_stream: Any,
+        settings: BedrockSettings,
+        stream_id: str,
+        identity: AWSCredentialsIdentity | None = None,
+    ) -> None:
         self._sdk = sdk_stream
+        self.identity = identity
+        """The identity the request was signed with: every event of the stream is signed with
+        it too (``signing_as``), however often the process's credentials rotate meanwhile."""
         self._settings = settings
         self.stream_id = stream_id
         self.stats = StreamStats()
@@ -90,6 +104,10 @@ class BedrockStream:
             self._pump_task = asyncio.create_task(
                 self._pump(), name=f"bedrock-receive-{self.stream_id}"
             )
+
+    def credentials_expiration(self) -> datetime | None:
+        """When the keys this stream signs with expire (None: long-term keys)."""
+        return self.identity.expiration if self.identity is not None else None
 
     @property
     def alive(self) -> bool:
@@ -123,7 +141,8 @@ class BedrockStream:
                         self._check_sendable()
                         in_sdk = True
                         t2 = time.thread_time()
-                        await self._sdk.input_stream.send(chunk)
+                        with signing_as(self.identity):
+                            await self._sdk.input_stream.send(chunk)
                         self.stats.sdk_send_cpu_s += time.thread_time() - t2
                         in_sdk = False
                         self._sent(event, payload)
@@ -296,7 +315,8 @@ class BedrockStream:
         try:
             async with asyncio.timeout(self._settings.close_timeout):
                 async with self._send_lock:
-                    await self._sdk.input_stream.close()
+                    with signing_as(self.identity):
+                        await self._sdk.input_stream.close()
         except TimeoutError:
             await self._die(StreamLost("closing the Bedrock request stream timed out"))
         except asyncio.CancelledError:
