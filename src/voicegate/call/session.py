@@ -404,4 +404,14 @@ class PeerSession:
         seconds = time.monotonic() - self.created
         stats = self.conversation.stats
         self.observers.publish(CallEnded(reason, seconds, stats, handed_over=self._detaching))
-        self._log.info("call_closed", reason=reason, seconds=round(seconds, 1), turns=stats.turns)
+        tokens = stats.tokens
+        self._log.info(
+            "call_closed",
+            reason=reason,
+            seconds=round(seconds, 1),
+            turns=stats.turns,
+            tokens_in_speech=tokens.input_speech,
+            tokens_in_text=tokens.input_text,
+            tokens_out_speech=tokens.output_speech,
+            tokens_out_text=tokens.output_text,
+        )

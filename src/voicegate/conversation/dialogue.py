@@ -45,6 +45,7 @@ from voicegate.conversation.events import (
     ConversationListener,
     ConversationSettings,
     ConversationStats,
+    Tokens,
     ToolCallFinished,
     ToolCallStarted,
     Usage,
@@ -411,11 +412,32 @@ class Conversation:
                 self.stats.turns += 1
                 self.listener.on_event(BotTurnDone())
             case UsageEvent():
-                self.listener.on_event(
-                    Usage(event.input_tokens, event.output_tokens, event.total_tokens)
-                )
+                self._on_usage(leg, event)
             case _:
                 pass
+
+    def _on_usage(self, leg: Leg, event: UsageEvent) -> None:
+        """Nova Sonic's usageEvent carries a delta and the stream's running totals (which
+        restart on every stream); the call's counts are the deltas summed (as Pipecat's and
+        LiveKit's clients read them). Without a delta, the growth of the stream's totals."""
+        totals = _tokens(event.details.get("total")) or Tokens(
+            input_speech=event.input_tokens, output_speech=event.output_tokens
+        )
+        delta = _tokens(event.details.get("delta"))
+        if delta is None:
+            prev = leg.usage_totals
+            delta = Tokens(
+                *(
+                    max(0, now - before)
+                    for now, before in zip(_fields(totals), _fields(prev), strict=True)
+                )
+            )
+        leg.usage_totals = totals
+        self.stats.tokens = self.stats.tokens + delta
+        call = self.stats.tokens
+        self.listener.on_event(
+            Usage(call.input, call.output, call.input + call.output, call, delta)
+        )
 
     def _on_text(self, leg: Leg, event: TextOutput) -> None:
         if is_interruption_marker(event.content):
@@ -489,6 +511,28 @@ class Conversation:
             await self.legs.send(leg, *block)
         except BackendError as exc:
             self.recovery.leg_failed(leg, exc)
+
+
+def _tokens(part: object) -> Tokens | None:
+    """``{"input": {"speechTokens", "textTokens"}, "output": {...}}`` of usageEvent details."""
+    if not isinstance(part, dict):
+        return None
+
+    def count(direction: str, key: str) -> int:
+        side = part.get(direction)
+        value = side.get(key, 0) if isinstance(side, dict) else 0
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return Tokens(
+        count("input", "speechTokens"),
+        count("input", "textTokens"),
+        count("output", "speechTokens"),
+        count("output", "textTokens"),
+    )
+
+
+def _fields(tokens: Tokens) -> tuple[int, int, int, int]:
+    return tokens.input_speech, tokens.input_text, tokens.output_speech, tokens.output_text
 
 
 def _normalized(text: str) -> str:

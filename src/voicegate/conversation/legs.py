@@ -32,6 +32,7 @@ from voicegate.conversation.events import (
     ConversationListener,
     ConversationSettings,
     ConversationStats,
+    Tokens,
 )
 from voicegate.conversation.tools import ToolRegistry
 from voicegate.media.audio import MODEL_INPUT_RATE
@@ -122,6 +123,8 @@ class Leg:
         self.error: BackendError | None = None  # why it failed
         self.failed = asyncio.Event()
         self.retired = False  # no longer the live leg; its output is ignored
+        self.usage_totals = Tokens()
+        """The stream's running token totals as last reported (they restart on every stream)."""
         self.preload: asyncio.Task[None] | None = None
         self.preloaded: tuple[int, list[tuple[Role, str]]] | None = None
         """(history version, history) already sent to this prepared leg."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from voicegate.call.events import CallEnded, CallEvent, CallStarted, RtpStats, TurnLatency
-from voicegate.conversation import BotInterrupted, ConversationError
+from voicegate.conversation import BotInterrupted, ConversationError, Usage
 from voicegate.media.rtp_stats import RtpSample
 from voicegate.observability.exposition import CONTENT_TYPE, Counter, Gauge, Histogram, Metric
 from voicegate.observability.process import asyncio_tasks, cpu_seconds, open_fds, rss_bytes
@@ -105,6 +105,12 @@ class GatewayMetrics:
             PLAYOUT_BUCKETS,
         )
         self.barge_ins = Counter("voicegate_barge_ins_total", "user interruptions of the bot")
+        self.model_tokens = Counter(
+            "voicegate_model_tokens_total",
+            "speech model tokens (usageEvent deltas), by direction (input|output) and modality "
+            "(speech|text)",
+            ["direction", "modality"],
+        )
         self.backend_errors = Counter(
             "voicegate_backend_errors_total",
             "speech backend (Bedrock) errors, by kind, at call start and during calls",
@@ -202,6 +208,10 @@ class GatewayMetrics:
                 self.barge_ins.inc()
             case ConversationError():
                 self.backend_errors.inc(kind=event.kind)
+            case Usage():
+                for (direction, modality), n in event.delta.by_label().items():
+                    if n:
+                        self.model_tokens.inc(n, direction=direction, modality=modality)
             case _:
                 pass
 
@@ -321,6 +331,7 @@ class GatewayMetrics:
             self.turn_latency,
             self.playout_latency,
             self.barge_ins,
+            self.model_tokens,
             self.backend_errors,
             self.rtp_jitter,
             self.rtp_rtt,
