@@ -60,8 +60,12 @@ class ContinuationSettings:
     replay_preroll_s: float = 0.3
     """Audio kept before the first voiced chunk of a replay (word onsets are quiet)."""
     history_max_messages: int = 40
-    history_max_message_bytes: int = 1024
+    """voicegate's own bound on replayed messages (no AWS page states one; LiveKit keeps 40)."""
+    history_max_message_bytes: int = 16_000
+    """A single message longer than this is cut; shorter ones are sent whole, split over
+    textInputs of at most 1 KB (AWS's chat-history page)."""
     history_max_bytes: int = 16_000
+    """The replayed history's size; AWS's chat-history page allows at most 40 KB."""
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -79,7 +83,7 @@ def cap_bytes(text: str, limit: int) -> str:
 def shape_history(
     history: Iterable[tuple[Role, str]],
     max_messages: int = 40,
-    max_message_bytes: int = 1024,
+    max_message_bytes: int = 16_000,
     max_bytes: int = 16_000,
 ) -> list[tuple[Role, str]]:
     """The history a new stream can take: USER/ASSISTANT only, consecutive same-role messages

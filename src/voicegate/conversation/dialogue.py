@@ -347,6 +347,7 @@ class Conversation:
         try:
             async for event in leg.stream.events():
                 leg.last_output_at = loop.time()
+                leg.output_seen = True
                 if leg is self.legs.live and not leg.retired:
                     self._handle(leg, event)
                 else:
@@ -377,8 +378,12 @@ class Conversation:
                         self.turn.speculative_open += 1
                 if event.type == "AUDIO" and event.role == "ASSISTANT":
                     leg.turn_audio.add(event.content_id)
-                    self.turn.interrupted = False
-                    self.turn.audio_seen = False
+                    if not self.turn.speaking:
+                        # The first audio content of a turn; a turn may have several (OUT2:
+                        # an AUDIO contentEnd with PARTIAL_TURN is followed by more).
+                        self.turn.speaking = True
+                        self.turn.interrupted = False
+                        self.turn.audio_seen = False
             case TextOutput():
                 self._on_text(leg, event)
             case SonicAudioOutput():
@@ -398,23 +403,41 @@ class Conversation:
                 content = leg.contents.pop(event.content_id, None)
                 if event.stop_reason == "INTERRUPTED":
                     self._barge_in(leg, event.content_id if event.type == "AUDIO" else None)
-                elif event.type == "AUDIO" and content is not None and content.role == "ASSISTANT":
-                    self.listener.on_event(BotTurnDone())
+                elif (
+                    event.type == "AUDIO"
+                    and content is not None
+                    and content.role == "ASSISTANT"
+                    and event.stop_reason != "PARTIAL_TURN"
+                ):
+                    self._end_turn(leg)
                 if event.type == "TOOL":
                     use = leg.pending_tools.pop(event.content_id, None)
                     if use is not None:
                         leg.running_tools += 1
                         self.life.spawn(self._run_tool(leg, use))
             case CompletionEnd():
+                # AWS shows completionEnd after a turn but does not promise one per turn (it
+                # may come once, at the session's end): turns end on their audio's END_TURN;
+                # this only ends a turn whose end never came, or counts an audio-less one.
+                if self.turn.speaking or not self.turn.ended:
+                    self._end_turn(leg)
                 leg.interrupted_audio.clear()
                 leg.turn_audio.clear()
                 self.turn.speculative_open = 0
-                self.stats.turns += 1
-                self.listener.on_event(BotTurnDone())
+                self.turn.ended = False
             case UsageEvent():
                 self._on_usage(leg, event)
             case _:
                 pass
+
+    def _end_turn(self, leg: Leg) -> None:
+        """The assistant's turn is over (its audio ended with END_TURN, it was interrupted, or
+        a completionEnd came without either)."""
+        self.turn.speaking = False
+        self.turn.ended = True
+        self.turn.audio_seen = False
+        self.stats.turns += 1
+        self.listener.on_event(BotTurnDone())
 
     def _on_usage(self, leg: Leg, event: UsageEvent) -> None:
         """Nova Sonic's usageEvent carries a delta and the stream's running totals (which
@@ -487,6 +510,8 @@ class Conversation:
         dropped = self.listener.on_flush()
         self.stats.barge_ins += 1
         self.listener.on_event(BotInterrupted(dropped))
+        if self.turn.speaking:
+            self._end_turn(leg)
 
     async def _run_tool(self, leg: Leg, use: ToolUse) -> None:
         try:

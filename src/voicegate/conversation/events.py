@@ -226,6 +226,9 @@ class ConversationStats:
     """Typed user messages sent to the model (``Conversation.send_text``)."""
     turns_resent: int = 0
     """Unanswered user turns re-sent as interactive text after a recovery."""
+    history_refusals: int = 0
+    """Histories the model refused at renewal, recovery or adoption: the call carried on with a
+    shorter one (then none)."""
     tokens: Tokens = Tokens()
     """Model tokens of the call: usageEvent deltas summed over every stream, split by
     direction and modality (not an int: /metrics exports it as voicegate_model_tokens_total)."""

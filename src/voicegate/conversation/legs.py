@@ -64,10 +64,13 @@ USER_TEXT_MAX_BYTES: Final = 4000
 """Typed text and a re-sent turn are cut to this (with a mark)."""
 
 
-def split_text(text: str, limit: int = TEXT_PART_BYTES) -> list[str]:
-    """``text`` (cut to USER_TEXT_MAX_BYTES) in pieces of at most ``limit`` UTF-8 bytes, split
-    on character boundaries."""
-    raw = cap_bytes(text, USER_TEXT_MAX_BYTES).encode()
+def split_text(
+    text: str, limit: int = TEXT_PART_BYTES, cap: int | None = USER_TEXT_MAX_BYTES
+) -> list[str]:
+    """``text`` (cut to ``cap`` bytes unless None) in pieces of at most ``limit`` UTF-8 bytes,
+    split on character boundaries: AWS's chat-history page says one textInput may hold at most
+    1 KB and longer text goes in several textInputs of the same content."""
+    raw = (text if cap is None else cap_bytes(text, cap)).encode()
     parts: list[str] = []
     while raw:
         part = raw[:limit].decode(errors="ignore")  # a split character waits for the next
@@ -96,11 +99,18 @@ class TurnState:
     """Loop time of the last final user turn not answered yet (None: no answer expected)."""
     interrupted: bool = False
     audio_seen: bool = False
+    speaking: bool = False
+    """An assistant turn's audio has started and the turn has not ended (its audio contents
+    may be several, ended with PARTIAL_TURN but the last)."""
+    ended: bool = False
+    """A turn ended since the last completionEnd (which then counts no second one)."""
 
     def reset(self) -> None:
         self.speculative_open = 0
         self.interrupted = False
         self.audio_seen = False
+        self.speaking = False
+        self.ended = False
 
 
 class Leg:
@@ -123,6 +133,10 @@ class Leg:
         self.error: BackendError | None = None  # why it failed
         self.failed = asyncio.Event()
         self.retired = False  # no longer the live leg; its output is ignored
+        self.history_sent = 0
+        """History messages sent to this stream: if it is refused before any output, the call
+        carries on with a shorter history (``Recovery``)."""
+        self.output_seen = False
         self.usage_totals = Tokens()
         """The stream's running token totals as last reported (they restart on every stream)."""
         self.preload: asyncio.Task[None] | None = None
@@ -227,6 +241,7 @@ class Legs:
     async def send_history(self, leg: Leg, history: Sequence[tuple[Role, str]]) -> None:
         for role, text in history:
             await self.send(leg, *self.text_block(role, text))
+        leg.history_sent = max(leg.history_sent, len(history))
 
     async def go_live(
         self,
@@ -293,10 +308,12 @@ class Legs:
         return AudioInput(self.prompt_name, self.audio_content, pcm)
 
     def text_block(self, role: Role, text: str) -> list[InputEvent]:
+        """A non-interactive text content (system prompt, a history message), its text in
+        textInputs of at most ~1 KB each (never cut: the history's budget is shaped before)."""
         name = str(uuid.uuid4())
         return [
             TextContentStart(self.prompt_name, name, role, interactive=False),
-            TextInput(self.prompt_name, name, text),
+            *(TextInput(self.prompt_name, name, part) for part in split_text(text, cap=None)),
             ContentEnd(self.prompt_name, name),
         ]
 

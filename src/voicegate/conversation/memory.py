@@ -40,6 +40,8 @@ class CallMemory:
         it as interactive text."""
         self.on_history: Callable[[], None] | None = None
         """Told after every change of the history (the cluster keeps a copy elsewhere)."""
+        self.max_messages = continuation.history_max_messages
+        """Lowered when the service refuses a history (``refused``): shorter, then none."""
 
     @property
     def history(self) -> History:
@@ -68,10 +70,19 @@ class CallMemory:
         c = self.settings
         return shape_history(
             self.stats.history if history is None else history,
-            c.history_max_messages,
+            self.max_messages,
             c.history_max_message_bytes,
             c.history_max_bytes,
         )
+
+    def refused(self, sent: int) -> bool:
+        """The service refused a history of ``sent`` messages: the next streams get at most
+        half as many (then none). False when there is nothing left to take away."""
+        if sent <= 0 or self.max_messages <= 0:
+            return False
+        self.max_messages = min(self.max_messages, sent // 2)
+        self.version += 1  # a history preloaded at the old size is stale
+        return True
 
     def payload(self) -> tuple[History, list[bytes]]:
         """What a renewal gives the next stream: the shaped history and the replay."""

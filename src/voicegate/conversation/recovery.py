@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from voicegate.backends.base import BackendError, StreamLost
+from voicegate.backends.base import BackendError, StreamLost, ValidationFailed
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.conversation.events import ConversationStats, SessionContinued
 from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs, Lifecycle
@@ -57,6 +57,15 @@ class Recovery:
         legs = self.legs
         if leg.dead and leg is not legs.live:
             return
+        if self._history_refused(leg, exc):
+            log.warning(
+                "history_refused",
+                messages=leg.history_sent,
+                now_at_most=self.memory.max_messages,
+                error=exc.message,
+            )
+            self.stats.history_refusals += 1
+            exc = StreamLost(f"the model refused the call's history: {exc.message}")
         was_live = leg is legs.live and not leg.retired
         leg.dead = True
         if self.life.ended.is_set():
@@ -87,6 +96,18 @@ class Recovery:
             return
         self.recovering = True
         self.life.spawn(self._recover(leg, exc), name="recovery")
+
+    def _history_refused(self, leg: Leg, exc: BackendError) -> bool:
+        """A stream that got history and failed with a validation error before any output:
+        taken as a refused history (AWS documents its size limits, not the error they give),
+        so the call carries on with a shorter one, then none, instead of ending."""
+        return (
+            isinstance(exc, ValidationFailed)
+            and not exc.retryable
+            and leg.history_sent > 0
+            and not leg.output_seen
+            and self.memory.refused(leg.history_sent)
+        )
 
     async def _recover(self, failed: Leg, exc: BackendError) -> None:
         """Replace a failed live leg: bounded attempts with backoff; the prepared next leg, if

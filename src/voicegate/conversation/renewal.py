@@ -26,6 +26,10 @@ from voicegate.conversation.recovery import LostTools, Recovery
 
 log = structlog.get_logger(__name__)
 
+TURN_QUIET_S: Final = 2.0
+"""A turn under way whose stream has sent nothing for this long is taken as over: the model
+produces faster than real time, so a live turn is never that quiet (a tool call open is
+tracked on its own)."""
 REPLY_EXPECTED_S: Final = 10.0
 """After a final user transcript the model is expected to answer within this; a renewal waits
 for that answer (not to cut it off), but not forever."""
@@ -159,12 +163,19 @@ class Renewal:
 
     def natural_point(self, leg: Leg, quiet: bool = True) -> bool:
         """No assistant turn under way or expected, no tool call open, the user quiet."""
-        if leg.pending_tools or leg.running_tools or self.turn.speculative_open:
+        if leg.pending_tools or leg.running_tools:
+            return False
+        loop = asyncio.get_running_loop()
+        under_way = self.turn.speculative_open or self.turn.speaking
+        if under_way and loop.time() - leg.last_output_at < TURN_QUIET_S:
+            # An assistant turn is under way (its final text or its last audio content, after
+            # a PARTIAL_TURN end, has not come). Not forever: no completionEnd is promised per
+            # turn, so a turn whose end never came must not block every natural point.
             return False
         if any(c.role == "ASSISTANT" for c in leg.contents.values()):
             return False
         expected = self.turn.reply_expected_at
-        if expected is not None and asyncio.get_running_loop().time() - expected < REPLY_EXPECTED_S:
+        if expected is not None and loop.time() - expected < REPLY_EXPECTED_S:
             return False
         if not quiet:
             return True
