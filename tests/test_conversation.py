@@ -167,11 +167,18 @@ class FailingBrain(InProcessStream):
 
 
 async def test_backend_failure_is_reported_and_ends_the_conversation() -> None:
-    conv, listener = await _start(FailingBrain())
-    err = await listener.wait(ConversationError)
-    assert isinstance(err, ConversationError) and err.kind == "throttled" and err.fatal
+    from voicegate.conversation import ContinuationSettings
+
+    listener = Listener()
+    fast = ContinuationSettings(throttle_backoff_s=0.01, throttle_backoff_max_s=0.02)
+    settings = ConversationSettings(continuation=fast)
+    conv = Conversation(OneBackend(FailingBrain()), settings, default_tools(), listener)
+    await conv.start()
     ended = await listener.wait(ConversationEnded)
     assert isinstance(ended, ConversationEnded) and ended.reason == "error:throttled"
+    # Throttling is retried first (the caller hears it is busy), within a bound.
+    errors = [e for e in listener.events if isinstance(e, ConversationError)]
+    assert [(e.kind, e.fatal) for e in errors] == [("throttled", False), ("throttled", True)]
     await conv.close()
 
 

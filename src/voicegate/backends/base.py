@@ -25,9 +25,17 @@ class BackendError(Exception):
     kind = "backend_error"
     retryable = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, cause: BackendError | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.cause = cause
+        """What killed the stream, when this error only reports that it is gone (a send to a
+        stream that died of throttling raises StreamLost with the Throttled as cause)."""
+
+    @property
+    def reason(self) -> BackendError:
+        """The error a retry decision is made on: the cause when there is one."""
+        return self.cause.reason if self.cause is not None else self
 
 
 class ModelTimeout(BackendError):
@@ -38,8 +46,18 @@ class ModelTimeout(BackendError):
 
 
 class Throttled(BackendError):
+    """ThrottlingException: the account's rate is exceeded; retried after a longer, jittered
+    backoff (AWS: "retry the request" with exponential backoff)."""
+
     kind = "throttled"
     retryable = True
+
+
+class QuotaExceeded(BackendError):
+    """ServiceQuotaExceededException: a quota is used up (AWS: request an increase); retrying
+    at once cannot help, so a call is not retried on it."""
+
+    kind = "quota_exceeded"
 
 
 class ServiceUnavailable(BackendError):

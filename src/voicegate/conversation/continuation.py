@@ -50,6 +50,12 @@ class ContinuationSettings:
     """Reconnect attempts after an unexpected stream failure before the call is given up."""
     recovery_backoff_s: float = 0.25
     """First delay between reconnect attempts; doubled after each."""
+    throttle_attempts: int = 6
+    """Attempts when the model service throttles (the first stream of a call included)."""
+    throttle_backoff_s: float = 1.0
+    """First delay after throttling; doubled after each attempt, with jitter."""
+    throttle_backoff_max_s: float = 10.0
+    """Longest delay after throttling (per-minute quotas refill within a minute)."""
     recovery_confirm_s: float = 0.5
     """A reconnected stream counts as recovered once it survived this long (Bedrock reports
     throttling and refusals only after the stream was opened)."""

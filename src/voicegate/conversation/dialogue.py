@@ -194,6 +194,25 @@ class Conversation:
         history = self.shaped_history() if self._seeded else []
         # An adopted call has been greeted already; only a new one hears the greeting.
         greeting = None if history else (self.settings.greeting.strip() or None)
+        attempt = 0
+        while True:
+            try:
+                await self._first_leg(history, greeting)
+                break
+            except BackendError as exc:
+                # The first stream is retried like any other (AWS: retry throttling with
+                # backoff, transient failures at once), so a busy moment is not a failed call.
+                attempt += 1
+                policy = self.recovery.policy
+                if not policy.retryable(exc) or attempt >= policy.attempts(exc):
+                    raise
+                log.warning("first_stream_failed_retrying", kind=exc.reason.kind, attempt=attempt)
+                self.stats.failures[exc.reason.kind] += 1
+                await self.recovery.wait_before_retry(exc, attempt)
+        self.life.spawn(self._sender_loop(), name="sender")
+        self.life.spawn(self.renewal.run(), name="renewal")
+
+    async def _first_leg(self, history: History, greeting: str | None) -> None:
         async with asyncio.timeout(SETUP_TIMEOUT):
             leg = await self.legs.open()
             try:
@@ -203,8 +222,6 @@ class Conversation:
             except BaseException:
                 await self.legs.drop(leg)
                 raise
-        self.life.spawn(self._sender_loop(), name="sender")
-        self.life.spawn(self.renewal.run(), name="renewal")
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue one chunk of user audio (16 kHz mono s16). Never blocks the media path."""

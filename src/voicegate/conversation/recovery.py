@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 
 import structlog
 
-from voicegate.backends.base import BackendError, StreamLost, ValidationFailed
+from voicegate.backends.base import BackendError, StreamLost, Throttled, ValidationFailed
 from voicegate.conversation.continuation import ContinuationSettings
-from voicegate.conversation.events import ConversationStats, SessionContinued
+from voicegate.conversation.events import ConversationError, ConversationStats, SessionContinued
 from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs, Lifecycle
 from voicegate.conversation.memory import CallMemory
 
@@ -26,6 +27,41 @@ log = structlog.get_logger(__name__)
 
 LostTools = Callable[[Leg, str], None]
 """Tells the dialogue that the tool calls a leg asked for can no longer be answered on it."""
+
+
+BUSY_MESSAGE = "The assistant is busy right now; trying again."
+
+
+class RetryPolicy:
+    """When and how long to wait before opening another stream, per AWS's error guidance
+    (docs/bedrock.md, "Retry policy"): throttling is retried with exponential backoff and
+    jitter over seconds (bounded); other retryable failures (stream loss, internal and
+    transient errors) quickly; everything else (validation, access, quota) not at all."""
+
+    def __init__(self, settings: ContinuationSettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random()
+
+    def attempts(self, exc: BackendError) -> int:
+        """How many attempts a failure like ``exc`` gets in all."""
+        c = self.settings
+        if isinstance(exc.reason, Throttled):
+            return max(c.recovery_attempts, c.throttle_attempts)
+        return c.recovery_attempts
+
+    def retryable(self, exc: BackendError) -> bool:
+        return exc.retryable and exc.reason.retryable
+
+    def delay(self, exc: BackendError, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed so far)."""
+        c = self.settings
+        if isinstance(exc.reason, Throttled):
+            # "Equal jitter": at least half the exponential step, so calls throttled together
+            # spread out but none retries at once (AWS Architecture Blog, "Exponential Backoff
+            # And Jitter").
+            step = min(c.throttle_backoff_max_s, c.throttle_backoff_s * 2.0 ** (attempt - 1))
+            return step / 2 + self._rng.uniform(0, step / 2)
+        return c.recovery_backoff_s * 2.0 ** (attempt - 1)
 
 
 class Recovery:
@@ -46,10 +82,12 @@ class Recovery:
         self.stats = stats
         self.life = life
         self.lost_tools = lost_tools
+        self.policy = RetryPolicy(settings)
         self.recovering = False
         """A replacement is being set up: renewal waits, failures of the probation leg count as
         attempts."""
         self._attempts_used = 0
+        self._told_busy = False
 
     def leg_failed(self, leg: Leg, exc: BackendError) -> None:
         """``leg`` failed (a send or its output raised): drop it, and replace it if it was the
@@ -90,12 +128,20 @@ class Recovery:
         leg.failed.set()
         if self.recovering:
             return  # a leg still on probation: the recovery loop counts it as an attempt
-        self.stats.failures[exc.kind] += 1
-        if not exc.retryable or self.settings.recovery_attempts <= 0:
-            self.life.fatal(exc)
+        self.stats.failures[exc.reason.kind] += 1
+        if not self.policy.retryable(exc) or self.policy.attempts(exc) <= 0:
+            self.life.fatal(exc.reason, exc.message)
             return
         self.recovering = True
         self.life.spawn(self._recover(leg, exc), name="recovery")
+
+    async def wait_before_retry(self, exc: BackendError, attempt: int) -> None:
+        """Back off before another attempt; when the service throttles, the caller is told the
+        assistant is busy (once per episode) instead of hearing unexplained silence."""
+        if isinstance(exc.reason, Throttled) and not self._told_busy:
+            self._told_busy = True
+            self.life.listener.on_event(ConversationError("throttled", BUSY_MESSAGE, fatal=False))
+        await asyncio.sleep(self.policy.delay(exc, attempt))
 
     def _history_refused(self, leg: Leg, exc: BackendError) -> bool:
         """A stream that got history and failed with a validation error before any output:
@@ -116,7 +162,9 @@ class Recovery:
         c = self.settings
         legs = self.legs
         failed_at = loop.time()
-        log.warning("stream_failed_recovering", kind=exc.kind, error=exc.message, leg=failed.number)
+        log.warning(
+            "stream_failed_recovering", kind=exc.reason.kind, error=exc.message, leg=failed.number
+        )
         ready_at = failed.ready_at if failed.ready_at is not None else failed.opened_at
         if failed_at - ready_at >= c.healthy_after_s:
             self._attempts_used = 0
@@ -125,9 +173,11 @@ class Recovery:
         last: BackendError = exc
         attempt = 0
         try:
-            while self._attempts_used < c.recovery_attempts:
+            while self._attempts_used < self.policy.attempts(last):
                 if attempt:
-                    await asyncio.sleep(c.recovery_backoff_s * 2 ** (attempt - 1))
+                    await self.wait_before_retry(last, attempt)
+                elif isinstance(exc.reason, Throttled):
+                    await self.wait_before_retry(exc, 1)
                 attempt += 1
                 self._attempts_used += 1
                 self.stats.recovery_attempts += 1
@@ -166,7 +216,7 @@ class Recovery:
                         if legs.live is leg:
                             legs.live = None
                         await legs.drop(leg)
-                    if not last.retryable:
+                    if not self.policy.retryable(last):
                         break
                     continue
                 gap = (ready - failed_at) * 1000
@@ -185,7 +235,7 @@ class Recovery:
                 self.life.listener.on_event(
                     SessionContinued(
                         "recovery",
-                        exc.kind,
+                        exc.reason.kind,
                         leg.number,
                         round(gap, 1),
                         attempts=attempt,
@@ -197,6 +247,7 @@ class Recovery:
                 return
         finally:
             self.recovering = False
+            self._told_busy = False
             self.life.changed.set()
         self.stats.recovery_give_ups += 1
         log.error("recovery_failed", kind=exc.kind, last=last.message, attempts=attempt)

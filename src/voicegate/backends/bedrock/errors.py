@@ -18,6 +18,7 @@ from voicegate.backends.base import (
     InternalServerError,
     ModelStreamError,
     ModelTimeout,
+    QuotaExceeded,
     ServiceUnavailable,
     StreamLost,
     Throttled,
@@ -33,8 +34,16 @@ _CREDENTIAL_MARKERS: Final = (
 """Messages of a stream's keys refused mid-stream: an event signed with another key than the
 request's (rotated credentials), or an expired session token."""
 
-_TRANSIENT_VALIDATION: Final = ("system instability", "internalerrorcode=531")
-"""ValidationException messages that are Bedrock-side hiccups, not bad input (retry)."""
+_TRANSIENT_VALIDATION: Final = (
+    "system instability",
+    "internalerrorcode=531",
+    "invalid event bytes",
+    "tool response parsing error",
+)
+"""ValidationException messages that are Bedrock-side hiccups, not bad input: a new stream (with
+the history) carries on. "Tool Response parsing error" ends the stream after a tool result the
+model could not read; LiveKit's client restarts the session on it, and so does voicegate (the
+tool call is reported as cut off)."""
 
 
 def _message(exc: BaseException) -> str:
@@ -70,8 +79,10 @@ def map_error(exc: BaseException) -> BackendError:
             return ValidationFailed(f"Bedrock refused the request: {message}")
         case "ModelTimeoutException":
             return ModelTimeout(f"Bedrock session timed out: {message}")
-        case "ThrottlingException" | "ServiceQuotaExceededException":
+        case "ThrottlingException":
             return Throttled(f"Bedrock is throttling: {message}")
+        case "ServiceQuotaExceededException":
+            return QuotaExceeded(f"Bedrock quota exceeded: {message}")
         case "ServiceUnavailableException" | "ModelNotReadyException":
             return ServiceUnavailable(f"Bedrock is unavailable: {message}")
         case "InternalServerException":

@@ -204,7 +204,7 @@ class BedrockStream:
 
     def _check_sendable(self) -> None:
         if self._dead is not None:
-            raise StreamLost(f"Bedrock stream is gone: {self._dead.message}")
+            raise StreamLost(f"Bedrock stream is gone: {self._dead.message}", cause=self._dead)
         if self._closed or self._input_closed:
             raise StreamLost("Bedrock stream is closed for sending")
 
