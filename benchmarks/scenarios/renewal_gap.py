@@ -70,9 +70,16 @@ async def measure(renewals: int, history: int) -> dict[str, Any]:
         os.environ.update(env)
         backend = BedrockBackend(BedrockSettings(region=env.get("AWS_REGION", "us-east-1")))
         conv = Conversation(backend, ConversationSettings(), default_tools(), Sink())
-        for i in range(history):
-            conv._remember("USER", f"question number {i}, about something or other")
-            conv._remember("ASSISTANT", f"answer number {i}, which is a sentence long")
+        conv.seed(
+            [
+                turn
+                for i in range(history)
+                for turn in (
+                    ("USER", f"question number {i}, about something or other"),
+                    ("ASSISTANT", f"answer number {i}, which is a sentence long"),
+                )
+            ]
+        )
         stop, voiced = asyncio.Event(), asyncio.Event()
         try:
             await conv.start()
@@ -87,9 +94,9 @@ async def measure(renewals: int, history: int) -> dict[str, Any]:
                 else:
                     await conv.renew(force=False)
             # The live stream dies (as after a network loss): the next send notices it.
-            leg = conv._leg
-            if isinstance(leg.stream if leg else None, BedrockStream):
-                await leg.stream._die(StreamLost("benchmark: stream killed"))  # type: ignore[union-attr]
+            leg = conv.legs.live
+            if leg is not None and isinstance(leg.stream, BedrockStream):
+                await leg.stream._die(StreamLost("benchmark: stream killed"))
             await asyncio.sleep(2.0)
             stop.set()
             await feeder

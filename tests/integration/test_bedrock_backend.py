@@ -178,7 +178,7 @@ def test_transport_and_loop_choices(clean_aws_env: Path) -> None:
         ),
         (m.ModelTimeoutException(message="timed out"), base.ModelTimeout, True),
         (m.ThrottlingException(message="slow down"), base.Throttled, True),
-        (m.ServiceQuotaExceededException(message="quota"), base.Throttled, True),
+        (m.ServiceQuotaExceededException(message="quota"), base.QuotaExceeded, False),
         (m.ServiceUnavailableException(message="down"), base.ServiceUnavailable, True),
         (m.ModelNotReadyException(message="warming"), base.ServiceUnavailable, True),
         (m.InternalServerException(message="oops"), base.InternalServerError, True),

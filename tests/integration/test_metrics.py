@@ -248,7 +248,17 @@ class _ScriptedBackend:
         pass
 
 
-async def test_barge_ins_and_backend_errors_by_kind() -> None:
+async def test_barge_ins_and_backend_errors_by_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from voicegate.conversation import ContinuationSettings
+    from voicegate.signaling import app as signaling_app
+
+    # Throttled reconnects are backed off over seconds by default; milliseconds here.
+    fast = functools.partial(
+        ContinuationSettings, throttle_backoff_s=0.02, throttle_backoff_max_s=0.05
+    )
+    monkeypatch.setattr(signaling_app, "ContinuationSettings", fast)
     async with running_server(_ScriptedBackend()) as (url, app):
         client = CallClient(url)
         try:
@@ -265,7 +275,8 @@ async def test_barge_ins_and_backend_errors_by_kind() -> None:
         s = await scrape(url)
         assert value(s, "voicegate_barge_ins_total") == 1
         assert value(s, "voicegate_conversation_barge_ins_total") == 1
-        assert value(s, "voicegate_backend_errors_total", kind="throttled") == 1
+        # The caller was told the assistant is busy (non-fatal), then that the call failed.
+        assert value(s, "voicegate_backend_errors_total", kind="throttled") == 2
         assert value(s, "voicegate_calls_ended_total", reason="error") == 1
         # Only the bot's first audio was measured; an interrupted turn has no second sample.
         assert value(s, "voicegate_turn_latency_seconds_count", stage="total") <= 1

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.server import running_server
 from tests.support.standin import client_texts
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
@@ -116,11 +118,20 @@ async def test_stream_reset_mid_tool_call_answers_the_call_and_carries_on(
 
 
 async def test_when_every_reconnect_is_refused_the_call_ends_with_an_error(
-    standin: StandIn,
-    bedrock_transport: str,
+    standin: StandIn, bedrock_transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The stream fails after ~1.3 s of audio with a retryable error, and from then on the
     # service throttles every new stream (429 ThrottlingException before the stream opens).
+    # Throttling gets its own, longer budget (6 attempts), backed off over milliseconds here.
+    import functools
+
+    from voicegate.conversation import ContinuationSettings
+    from voicegate.signaling import app as signaling_app
+
+    fast = functools.partial(
+        ContinuationSettings, throttle_backoff_s=0.05, throttle_backoff_max_s=0.1
+    )
+    monkeypatch.setattr(signaling_app, "ContinuationSettings", fast)
     prompt = "scenario:exception:service_unavailable:40"
     async with running_server(_backend(bedrock_transport), system_prompt=prompt) as (url, app):
         client = CallClient(url)
@@ -132,18 +143,21 @@ async def test_when_every_reconnect_is_refused_the_call_ends_with_an_error(
                 standin.max_sessions = 0
                 session = app[SESSIONS][client.pc_id]
                 conv = session.conversation
-                error = await client.wait_for("error", 20)
+                await client.wait_for("error", 20)
                 await session.closed.wait()
+            busy, error = client.of_type("error")
+            # The page is told the assistant is busy while throttled, then that it gave up.
+            assert busy["data"]["kind"] == "throttled" and busy["data"]["fatal"] is False
             assert error["data"]["fatal"] is True
             assert error["data"]["kind"] == "service_unavailable"
             assert "reconnecting did not work" in error["data"]["message"]
             assert "throttling" in error["data"]["message"].lower()
             assert not _kinds(client, "recovery")
-            assert conv.stats.recovery_give_ups == 1 and conv.stats.recovery_attempts == 3
+            assert conv.stats.recovery_give_ups == 1 and conv.stats.recovery_attempts == 6
             assert conv.stats.failures == {"service_unavailable": 1}
             assert conv.end_reason == "error:service_unavailable"
-            assert not app[SESSIONS] and not conv._legs and not conv._tasks
-            assert [r.status for r in standin.rejections] == [429, 429, 429]
+            assert not app[SESSIONS] and not conv.legs.open_legs and not conv.life.tasks
+            assert [r.status for r in standin.rejections] == [429] * 6
         finally:
             await client.close()
 
@@ -215,7 +229,7 @@ async def test_after_the_grace_period_the_call_is_freed(
                 record = standin.sessions[-1]
                 await record.closed.wait()
             assert session.close_reason == "connection-stalled"
-            assert session.conversation.ended.is_set() and not session.conversation._legs
+            assert session.conversation.ended.is_set() and not session.conversation.legs.open_legs
             assert not app[SESSIONS]
             assert record.outcome == "completed"  # the model stream was closed in order
         finally:

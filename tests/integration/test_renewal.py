@@ -205,9 +205,9 @@ async def test_renewal_by_age_replays_history_and_closes_the_old_stream_in_order
     backend = Streams()
     listener = Listener()
     conv = Conversation(backend, _settings(renew_after_s=0.4), default_tools(), listener)
-    conv._remember("ASSISTANT", "greeting first")  # dropped: history must start with USER
-    conv._remember("USER", "what time is it")
-    conv._remember("ASSISTANT", "noon")
+    conv.memory.remember("ASSISTANT", "greeting first")  # dropped: history must start with USER
+    conv.memory.remember("USER", "what time is it")
+    conv.memory.remember("ASSISTANT", "noon")
     await conv.start()
     try:
         event = await listener.wait(SessionContinued)
@@ -279,15 +279,15 @@ async def test_renewal_never_cuts_into_a_tool_call() -> None:
     conv = Conversation(OneBackend(Recorder()), _settings(), default_tools(), Listener())
     await conv.start()
     try:
-        leg = conv._leg
+        leg = conv.legs.live
         assert leg is not None
-        conv._replay.quiet_samples = 16000
-        assert conv._natural_point(leg)
+        conv.memory.replay.quiet_samples = 16000
+        assert conv.renewal.natural_point(leg)
         leg.running_tools = 1
-        assert not conv._natural_point(leg)
+        assert not conv.renewal.natural_point(leg)
         leg.running_tools = 0
-        conv._speculative_open = 1  # the assistant is still speaking its turn
-        assert not conv._natural_point(leg)
+        conv.turn.speculative_open = 1  # the assistant is still speaking its turn
+        assert not conv.renewal.natural_point(leg)
     finally:
         await conv.close()
 
@@ -302,13 +302,13 @@ async def test_renewal_comes_before_temporary_credentials_expire() -> None:
     conv = Conversation(Expiring(), _settings(renew_after_s=360), default_tools(), Listener())
     await conv.start()
     try:
-        leg = conv._leg
+        leg = conv.legs.live
         assert leg is not None and leg.ready_at is not None
-        due, reason = conv._renew_due(leg)
+        due, reason = conv.renewal.due(leg)
         assert reason == "credentials"
         assert 300 - 180 - 5 <= due - leg.ready_at <= 300 - 180  # 3 minutes of margin
         Expiring.expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
-        due, reason = conv._renew_due(leg)
+        due, reason = conv.renewal.due(leg)
         assert due - leg.ready_at == pytest.approx(60.0)  # never a renewal storm
     finally:
         await conv.close()

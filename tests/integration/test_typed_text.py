@@ -111,7 +111,7 @@ async def test_typed_text_round_trip_with_the_echo_brain() -> None:
             ("USER", "hello there, how are you"),
             ("ASSISTANT", "You typed: hello there, how are you"),
         ]
-        assert conv.stats.user_texts_sent == 1 and not conv._unanswered
+        assert conv.stats.user_texts_sent == 1 and not conv.memory.unanswered
     finally:
         await conv.close()
 
@@ -353,7 +353,7 @@ async def test_text_typed_during_a_recovery_reaches_the_new_stream() -> None:
     try:
         async with asyncio.timeout(5):
             await backend.waiting.wait()  # the stream died; its replacement is being opened
-        assert conv._leg is None
+        assert conv.legs.live is None
         await conv.send_text("are you still there")
         backend.gate.set()
         await listener.wait(SessionContinued)
@@ -370,14 +370,14 @@ async def test_text_typed_during_a_renewal_switch_goes_to_the_new_stream() -> No
     conv = Conversation(backend, ConversationSettings(), default_tools(), listener)
     await conv.start()
     try:
-        old = conv._leg
+        old = conv.legs.live
         assert old is not None
         old.retired = True  # the moment a renewal switches streams (``_hand_over``)
         typed = asyncio.ensure_future(conv.send_text("one more thing"))
         await listener.wait(UserTranscript)  # taken: it now waits for the switch to end
         assert not typed.done()
-        new = await conv._open_leg()
-        await conv._go_live(new, [], [])
+        new = await conv.legs.open()
+        await conv.legs.go_live(new, [], [])
         async with asyncio.timeout(5):
             await typed
     finally:

@@ -109,11 +109,18 @@ class FailingBrain(InProcessStream):
 
 
 async def test_backend_failure_is_reported_and_ends_the_conversation() -> None:
-    conv, listener = await _start(FailingBrain())
-    err = await listener.wait(ConversationError)
-    assert isinstance(err, ConversationError) and err.kind == "throttled" and err.fatal
+    from voicegate.conversation import ContinuationSettings
+
+    listener = Listener()
+    fast = ContinuationSettings(throttle_backoff_s=0.01, throttle_backoff_max_s=0.02)
+    settings = ConversationSettings(continuation=fast)
+    conv = Conversation(OneBackend(FailingBrain()), settings, default_tools(), listener)
+    await conv.start()
     ended = await listener.wait(ConversationEnded)
     assert isinstance(ended, ConversationEnded) and ended.reason == "error:throttled"
+    # Throttling is retried first (the caller hears it is busy), within a bound.
+    errors = [e for e in listener.events if isinstance(e, ConversationError)]
+    assert [(e.kind, e.fatal) for e in errors] == [("throttled", False), ("throttled", True)]
     await conv.close()
 
 
@@ -123,7 +130,7 @@ async def test_grammar_violation_surfaces_as_validation_error() -> None:
     # Opening a second audio content is refused, like Bedrock does.
     from voicegate.sonic import AudioContentStart
 
-    await conv._send(AudioContentStart(conv.prompt_name, "second"))
+    await conv.legs.send_live(AudioContentStart(conv.prompt_name, "second"))
     err = await listener.wait(ConversationError)
     assert isinstance(err, ConversationError) and err.kind == "validation"
     await conv.close()
@@ -173,8 +180,8 @@ async def test_replay_buffer_holds_its_duration_at_the_chunk_length_fed() -> Non
                 sent = [len(e.content) for e in brain.inputs if isinstance(e, AudioInput)]
                 assert conv.stats.silence_chunks_sent > 0
                 assert set(sent) == {size}, (ms, set(sent))
-                assert conv._replay.seconds == 1.0
-                assert sum(map(len, conv._replay.replay())) == 16000 * 2
+                assert conv.memory.replay.seconds == 1.0
+                assert sum(map(len, conv.memory.replay.replay())) == 16000 * 2
             finally:
                 await conv.close()
     finally:

@@ -8,7 +8,7 @@ which one it talks to.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -40,9 +40,17 @@ class BackendError(Exception):
     kind = "backend_error"
     retryable = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, cause: BackendError | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.cause = cause
+        """What killed the stream, when this error only reports that it is gone (a send to a
+        stream that died of throttling raises StreamLost with the Throttled as cause)."""
+
+    @property
+    def reason(self) -> BackendError:
+        """The error a retry decision is made on: the cause when there is one."""
+        return self.cause.reason if self.cause is not None else self
 
 
 class ModelTimeout(BackendError):
@@ -53,8 +61,18 @@ class ModelTimeout(BackendError):
 
 
 class Throttled(BackendError):
+    """ThrottlingException: the account's rate is exceeded; retried after a longer, jittered
+    backoff (AWS: "retry the request" with exponential backoff)."""
+
     kind = "throttled"
     retryable = True
+
+
+class QuotaExceeded(BackendError):
+    """ServiceQuotaExceededException: a quota is used up (AWS: request an increase); retrying
+    at once cannot help, so a call is not retried on it."""
+
+    kind = "quota_exceeded"
 
 
 class ServiceUnavailable(BackendError):
@@ -82,6 +100,14 @@ class AccessDenied(BackendError):
     kind = "access_denied"
 
 
+class CredentialsRejected(BackendError):
+    """Bedrock refused the keys a stream signs with: an event signature that does not match the
+    request's key, or a session token that expired. A new stream (current keys) may work."""
+
+    kind = "credentials"
+    retryable = True
+
+
 class StreamLost(BackendError):
     """The stream ended without an orderly close (reset, connection loss, send timeout)."""
 
@@ -96,12 +122,24 @@ class BackendStream(Protocol):
         """Send one input event. Raises BackendError (StreamLost once the stream is dead)."""
         ...
 
+    async def send_all(self, events: Sequence[InputEvent]) -> None:
+        """Send events back to back: no event of a concurrent sender lands between them. The
+        stream owns the one lock its senders share (Bedrock's event signatures are chained, so
+        there signing and writing must also happen in order)."""
+        ...
+
     def events(self) -> AsyncIterator[OutputEvent]:
         """Output events in order. Ends on an orderly close; raises BackendError on failure."""
         ...
 
     async def close(self) -> None:
         """Release the stream. Never hangs, never raises."""
+        ...
+
+    def credentials_expiration(self) -> datetime | None:
+        """When the credentials this stream's events are signed with expire (None: they do
+        not, or the backend needs none). A stream keeps the identity it was opened with, so a
+        conversation renews onto a new stream before then."""
         ...
 
 

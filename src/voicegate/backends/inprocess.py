@@ -16,7 +16,8 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import structlog
@@ -78,6 +79,7 @@ class InProcessStream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished = False
         self._closed = False
+        self._send_lock = asyncio.Lock()
 
     # -- the BackendStream interface ------------------------------------------------------
 
@@ -123,6 +125,15 @@ class InProcessStream:
             await self._dispatch(event, content)
         except ValidationFailed as exc:
             await self.fail(exc)
+
+    def credentials_expiration(self) -> datetime | None:
+        return None  # nothing is signed in-process
+
+    async def send_all(self, events: Sequence[InputEvent]) -> None:
+        """Send events back to back (``send`` may await a brain's hook in between)."""
+        async with self._send_lock:
+            for event in events:
+                await self.send(event)
 
     async def events(self) -> AsyncIterator[OutputEvent]:
         while True:

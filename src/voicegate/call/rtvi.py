@@ -183,6 +183,11 @@ def conversation_message(event: ConversationEvent, user_id: str) -> str | None:
                         "input_tokens": event.input_tokens,
                         "output_tokens": event.output_tokens,
                         "total_tokens": event.total_tokens,
+                        # The call's totals by modality (summed deltas, across model streams).
+                        "input_speech_tokens": event.split.input_speech,
+                        "input_text_tokens": event.split.input_text,
+                        "output_speech_tokens": event.split.output_speech,
+                        "output_text_tokens": event.split.output_text,
                     }
                 },
             )

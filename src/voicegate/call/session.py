@@ -418,10 +418,15 @@ class PeerSession:
         self.observers.publish(CallEnded(reason, seconds, stats, handed_over=self._detaching))
         # Data-channel messages that gave way before the browser's channel opened: counted by
         # the outbox, reported once here so none is lost without a trace.
+        tokens = stats.tokens
         self._log.info(
             "call_closed",
             reason=reason,
             seconds=round(seconds, 1),
             turns=stats.turns,
             messages_dropped=self._outbox.dropped,
+            tokens_in_speech=tokens.input_speech,
+            tokens_in_text=tokens.input_text,
+            tokens_out_speech=tokens.output_speech,
+            tokens_out_text=tokens.output_text,
         )

@@ -53,7 +53,10 @@ class ContinuationSettings:
     force_after_s: float = 60.0
     """After ``renew_after_s``, how long to wait for a natural point before handing over anyway."""
     credential_margin_s: float = 180.0
-    """Renew this long before temporary credentials expire."""
+    """Renew this long before the temporary credentials a stream signs with expire."""
+    renew_min_age_s: float = 60.0
+    """A renewal for credentials never comes sooner than this into a stream (keys that do not
+    get a later expiry on refresh must not turn into a renewal storm)."""
     prepared_max_idle_s: float = 30.0
     """A prepared stream unused this long is replaced (an idle stream may be timed out)."""
     natural_quiet_s: float = 0.5
@@ -62,6 +65,12 @@ class ContinuationSettings:
     """Reconnect attempts after an unexpected stream failure before the call is given up."""
     recovery_backoff_s: float = 0.25
     """First delay between reconnect attempts; doubled after each."""
+    throttle_attempts: int = 6
+    """Attempts when the model service throttles (the first stream of a call included)."""
+    throttle_backoff_s: float = 1.0
+    """First delay after throttling; doubled after each attempt, with jitter."""
+    throttle_backoff_max_s: float = 10.0
+    """Longest delay after throttling (per-minute quotas refill within a minute)."""
     recovery_confirm_s: float = 0.5
     """A reconnected stream counts as recovered once it survived this long (Bedrock reports
     throttling and refusals only after the stream was opened)."""
@@ -72,8 +81,12 @@ class ContinuationSettings:
     replay_preroll_s: float = 0.3
     """Audio kept before the first voiced chunk of a replay (word onsets are quiet)."""
     history_max_messages: int = 40
-    history_max_message_bytes: int = 1024
+    """voicegate's own bound on replayed messages (no AWS page states one; LiveKit keeps 40)."""
+    history_max_message_bytes: int = 16_000
+    """A single message longer than this is cut; shorter ones are sent whole, split over
+    textInputs of at most 1 KB (AWS's chat-history page)."""
     history_max_bytes: int = 16_000
+    """The replayed history's size; AWS's chat-history page allows at most 40 KB."""
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -91,7 +104,7 @@ def cap_bytes(text: str, limit: int) -> str:
 def shape_history(
     history: Iterable[tuple[Role, str]],
     max_messages: int = 40,
-    max_message_bytes: int = 1024,
+    max_message_bytes: int = 16_000,
     max_bytes: int = 16_000,
 ) -> list[tuple[Role, str]]:
     """The history a new stream can take: USER/ASSISTANT only, consecutive same-role messages

@@ -30,21 +30,23 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import structlog
 
+from voicegate.audio.chunks import model_chunk_seconds
 from voicegate.backends.base import Backend, BackendError, StreamLost
 from voicegate.conversation.continuation import cap_bytes
 from voicegate.conversation.events import (
-    MAX_HISTORY,
     BotAudioStarted,
     BotInterrupted,
     BotText,
     BotTurnDone,
     ConversationListener,
     ConversationSettings,
+    ConversationStats,
+    Tokens,
     ToolCallFinished,
     ToolCallStarted,
     Usage,
@@ -56,11 +58,16 @@ from voicegate.conversation.legs import (
     USER_TEXT_MAX_BYTES,
     Content,
     Leg,
+    Legs,
+    Lifecycle,
+    TurnState,
 )
+from voicegate.conversation.memory import CallMemory, History
+from voicegate.conversation.recovery import Recovery
 from voicegate.conversation.renewal import Renewal
 from voicegate.conversation.tools import ToolRegistry
+from voicegate.sonic import AudioOutput as SonicAudioOutput
 from voicegate.sonic import (
-    AudioInput,
     CompletionEnd,
     ContentEnd,
     InputEvent,
@@ -77,17 +84,7 @@ from voicegate.sonic import (
     UsageEvent,
     is_interruption_marker,
 )
-from voicegate.sonic import AudioOutput as SonicAudioOutput
 from voicegate.sonic.events import INPUT_SAMPLE_RATE
-
-__all__ = [
-    "Conversation",
-    "HANDOVER_WAIT_S",
-    "MAX_TOOL_TASKS",
-    "MAX_TYPED_KEPT",
-    "SEND_QUEUE_S",
-    "SILENCE_AFTER",
-]
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +97,13 @@ MAX_TYPED_KEPT: Final = 4
 HANDOVER_WAIT_S: Final = 1.0
 
 
-class Conversation(Renewal):
-    """The conversation of one call; the call layer holds it and is its listener."""
+class Conversation:
+    """The conversation of one call; the call layer holds it and is its listener.
+
+    Built from parts with small interfaces: ``legs`` (the model streams), ``memory`` (history,
+    replay, the unanswered turn), ``recovery`` (replacing a failed stream), ``renewal`` (moving
+    to a fresh one) and ``turn`` (the assistant turn in progress); this class is the dialogue:
+    the sender, the receiver and the turn logic."""
 
     def __init__(
         self,
@@ -110,27 +112,81 @@ class Conversation(Renewal):
         tools: ToolRegistry,
         listener: ConversationListener,
     ) -> None:
-        super().__init__(backend, settings, tools, listener)
+        self.backend = backend
+        self.settings = settings
+        self.tools = tools
+        self.listener = listener
+        self.stats = ConversationStats()
+        c = settings.continuation
+        self.life = Lifecycle(listener)
+        self.memory = CallMemory(c, self.stats)
+        self.legs = Legs(backend, settings, tools, self.stats, self.life, self)
+        self.recovery = Recovery(
+            self.legs, self.memory, c, self.stats, self.life, self._answer_lost_tools
+        )
+        self.turn = TurnState()
+        self.renewal = Renewal(
+            self.legs,
+            self.memory,
+            c,
+            self.stats,
+            self.life,
+            self.recovery,
+            self.turn,
+            self._answer_lost_tools,
+        )
+        self._chunk_s = model_chunk_seconds()
+        """Length of the user audio chunks: the caller's (audio.configure_chunks, 20 ms by
+        default) and the silence filled in; one length, so the replay buffer's bound is a
+        duration whatever is fed."""
         self._audio_q: asyncio.Queue[bytes] = asyncio.Queue(
             max(1, round(SEND_QUEUE_S / self._chunk_s))
         )
         self._tool_sem = asyncio.Semaphore(MAX_TOOL_TASKS)
-        self._turn_interrupted = False
-        self._turn_audio_seen = False
-        self._reply_expected_at: float | None = None
-        self._speculative_open = 0
         self._seeded = False
         """``seed`` gave this conversation another node's history: the first stream replays it."""
         self._typed: deque[str] = deque(maxlen=MAX_TYPED_KEPT)
         """Typed texts recently sent, so a model's echo of one is not a second user turn."""
+
+    # -- what the owner of the call reads ----------------------------------------------------
+
+    @property
+    def prompt_name(self) -> str:
+        return self.legs.prompt_name
+
+    @property
+    def ended(self) -> asyncio.Event:
+        return self.life.ended
+
+    @property
+    def end_reason(self) -> str:
+        return self.life.end_reason
+
+    @property
+    def on_history(self) -> Callable[[], None] | None:
+        """Told after every change of ``stats.history`` (the cluster keeps a copy elsewhere)."""
+        return self.memory.on_history
+
+    @on_history.setter
+    def on_history(self, callback: Callable[[], None] | None) -> None:
+        self.memory.on_history = callback
+
+    def shaped_history(self) -> History:
+        """The history as the next model stream would get it (Nova Sonic's limits applied):
+        what renewal and recovery replay, and what a cluster keeps for adopting the call."""
+        return self.memory.shaped()
+
+    async def renew(self, force: bool = True) -> None:
+        """Move to a new stream now (at the next natural point unless ``force``) and return
+        once the new stream is live. For operators and tests; renewal by age is automatic."""
+        await self.renewal.renew(force)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def seed(self, history: Iterable[tuple[Role, str]]) -> None:
         """Before ``start``: the history of a call adopted from another node; the first stream
         gets it replayed like a renewal would (the bot knows what was said before)."""
-        self.stats.history = list(history)[-MAX_HISTORY:]
-        self._history_version += 1
+        self.memory.seed(history)
         self._seeded = True
 
     async def start(self) -> None:
@@ -138,21 +194,38 @@ class Conversation(Renewal):
         history = self.shaped_history() if self._seeded else []
         # An adopted call has been greeted already; only a new one hears the greeting.
         greeting = None if history else (self.settings.greeting.strip() or None)
-        async with asyncio.timeout(SETUP_TIMEOUT):
-            leg = await self._open_leg()
+        attempt = 0
+        while True:
             try:
-                await self._go_live(leg, history, [], greeting)
+                await self._first_leg(history, greeting)
+                break
+            except BackendError as exc:
+                # The first stream is retried like any other (AWS: retry throttling with
+                # backoff, transient failures at once), so a busy moment is not a failed call.
+                attempt += 1
+                policy = self.recovery.policy
+                if not policy.retryable(exc) or attempt >= policy.attempts(exc):
+                    raise
+                log.warning("first_stream_failed_retrying", kind=exc.reason.kind, attempt=attempt)
+                self.stats.failures[exc.reason.kind] += 1
+                await self.recovery.wait_before_retry(exc, attempt)
+        self.life.spawn(self._sender_loop(), name="sender")
+        self.life.spawn(self.renewal.run(), name="renewal")
+
+    async def _first_leg(self, history: History, greeting: str | None) -> None:
+        async with asyncio.timeout(SETUP_TIMEOUT):
+            leg = await self.legs.open()
+            try:
+                await self.legs.go_live(leg, history, [], greeting)
                 if history:
-                    self._account(history, [])
+                    self.memory.account(history, [])
             except BaseException:
-                await self._drop_leg(leg)
+                await self.legs.drop(leg)
                 raise
-        self._spawn(self._sender_loop(), name="sender")
-        self._spawn(self._renewal_loop(), name="renewal")
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue one chunk of user audio (16 kHz mono s16). Never blocks the media path."""
-        if self._closing:
+        if self.life.closing:
             return
         try:
             self._audio_q.put_nowait(pcm)
@@ -168,66 +241,72 @@ class Conversation(Renewal):
         and kept in the history; sent while the stream is being replaced, it reaches the
         replacement. Blank text is ignored; text beyond 4000 bytes is cut."""
         text = " ".join(text.split())
-        if not text or self._closing or self.ended.is_set():
+        if not text or self.life.closing or self.life.ended.is_set():
             return
         text = cap_bytes(text, USER_TEXT_MAX_BYTES)
         self.stats.user_texts_sent += 1
         self.listener.on_event(UserTranscript(text, True))
-        self._remember("USER", text)
-        self._unanswered = True
-        self._reply_expected_at = asyncio.get_running_loop().time()
+        self.memory.remember("USER", text)
+        self.memory.unanswered = True
+        self.turn.reply_expected_at = asyncio.get_running_loop().time()
         self._typed.append(_normalized(text))
-        leg = self._leg
+        leg = self.legs.live
         if leg is not None and leg.retired and not leg.dead:
             # A renewal is switching streams this moment: the new one is to answer it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HANDOVER_WAIT_S):
-                    while self._leg is leg and leg.retired:
-                        self._leg_changed.clear()
-                        await self._leg_changed.wait()
-            leg = self._leg
+                    while self.legs.live is leg and leg.retired:
+                        self.life.changed.clear()
+                        await self.life.changed.wait()
+            leg = self.legs.live
         if leg is None or leg.dead:
             return  # recovering: the new stream gets it re-sent as an unanswered turn
         try:
-            await self._send_block(leg, self._user_text_block(text))
+            await self.legs.send(leg, *self.legs.user_text_block(text))
         except BackendError as exc:
-            self._leg_failed(leg, exc)
+            self.recovery.leg_failed(leg, exc)
 
     async def close(self, reason: str = "hangup") -> None:
         """End the session in order (audio contentEnd, promptEnd, sessionEnd), then release
         every stream. Bounded in time whatever state the backend is in."""
-        if self._closing:
-            await self.ended.wait()
+        if self.life.closing:
+            await self.life.ended.wait()
             return
-        self._closing = True
-        leg = self._leg
-        for task in list(self._tasks):
+        self.life.closing = True
+        leg = self.legs.live
+        for task in list(self.life.tasks):
             if task.get_name() in ("sender", "renewal", "recovery"):
                 task.cancel()
-        if leg is not None and not leg.dead and not self.ended.is_set():
+        if leg is not None and not leg.dead and not self.life.ended.is_set():
             with contextlib.suppress(BackendError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._send_to(leg, ContentEnd(self.prompt_name, self.audio_content))
-                    await self._send_to(leg, PromptEnd(self.prompt_name))
-                    await self._send_to(leg, SessionEnd())
+                    await self.legs.send(
+                        leg,
+                        ContentEnd(self.prompt_name, self.legs.audio_content),
+                        PromptEnd(self.prompt_name),
+                        SessionEnd(),
+                    )
             # Give the model a moment to finish its output in order, then stop waiting.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.shield(self.ended.wait())
-        tasks = list(self._tasks)
+                    await asyncio.shield(self.life.ended.wait())
+        tasks = list(self.life.tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        legs = list(self._legs)
+        legs = list(self.legs.open_legs)
         if legs:
-            await asyncio.gather(*(self._drop_leg(x) for x in legs), return_exceptions=True)
-        self._finish(reason)
+            await asyncio.gather(*(self.legs.drop(x) for x in legs), return_exceptions=True)
+        self.life.finish(reason)
 
-    def _leg_went_live(self) -> None:
-        self._turn_interrupted = False
-        self._turn_audio_seen = False
-        self._speculative_open = 0
+    # -- LegHooks -----------------------------------------------------------------------------
+
+    def leg_opened(self, leg: Leg) -> None:
+        self.life.spawn(self._receive_loop(leg))
+
+    def leg_went_live(self, leg: Leg) -> None:
+        self.turn.reset()
 
     def _answer_lost_tools(self, leg: Leg, why: str) -> None:
         """Tool calls the old leg asked for and can no longer take a result for: the browser
@@ -235,7 +314,9 @@ class Conversation(Renewal):
         for use in leg.pending_tools.values():
             self.stats.tool_calls += 1
             self.listener.on_event(ToolCallFinished(use.tool_name, use.tool_use_id, False, why))
-            self._remember("ASSISTANT", f"(The {use.tool_name} tool call was cut off: {why}.)")
+            self.memory.remember(
+                "ASSISTANT", f"(The {use.tool_name} tool call was cut off: {why}.)"
+            )
         leg.pending_tools.clear()
 
     # -- sending ---------------------------------------------------------------------------
@@ -253,23 +334,23 @@ class Conversation(Renewal):
                 # About SILENCE_AFTER seconds passed with no audio: send that much silence.
                 chunks = [(silence, True)] * fill
             for pcm, filled in chunks:
-                self._replay.add(pcm)
-                leg = self._leg
+                self.memory.replay.add(pcm)
+                leg = self.legs.live
                 if leg is None or leg.dead:
                     continue  # recovering: the replay buffer keeps it for the next leg
-                new = self._next
+                new = self.legs.next
                 if (
-                    self._renew_wanted
+                    self.renewal.wanted
                     and new is not None
                     and not new.dead
-                    and self._renewal_step(leg, new)
+                    and self.renewal.step(leg, new)
                 ):
-                    await self._hand_over(leg, new)  # replays this chunk too
+                    await self.renewal.hand_over(leg, new)  # replays this chunk too
                     continue
                 try:
-                    await self._send_to(leg, AudioInput(self.prompt_name, self.audio_content, pcm))
+                    await self.legs.send(leg, self.legs.audio(pcm))
                 except BackendError as exc:
-                    self._leg_failed(leg, exc)
+                    self.recovery.leg_failed(leg, exc)
                     continue
                 if filled:
                     self.stats.silence_chunks_sent += 1
@@ -283,23 +364,24 @@ class Conversation(Renewal):
         try:
             async for event in leg.stream.events():
                 leg.last_output_at = loop.time()
-                if leg is self._leg and not leg.retired:
+                leg.output_seen = True
+                if leg is self.legs.live and not leg.retired:
                     self._handle(leg, event)
                 else:
                     self.stats.stale_events_dropped += 1
         except BackendError as exc:
-            self._leg_failed(leg, exc)
+            self.recovery.leg_failed(leg, exc)
             return
         except Exception as exc:  # a bug below us must not leave the call hanging silently
             log.exception("receive_loop_failed")
-            self._leg_failed(leg, StreamLost(f"unexpected error: {exc!r}"))
+            self.recovery.leg_failed(leg, StreamLost(f"unexpected error: {exc!r}"))
             return
         if leg.retired or leg.dead:
             return
-        if self._closing and leg is self._leg:
-            self._finish("closed")
+        if self.life.closing and leg is self.legs.live:
+            self.life.finish("closed")
             return
-        self._leg_failed(leg, StreamLost("the model ended the session unexpectedly"))
+        self.recovery.leg_failed(leg, StreamLost("the model ended the session unexpectedly"))
 
     def _handle(self, leg: Leg, event: OutputEvent) -> None:
         match event:
@@ -308,24 +390,28 @@ class Conversation(Renewal):
                     event.type, event.role, event.generation_stage
                 )
                 if event.role == "ASSISTANT":
-                    self._reply_expected_at = None
+                    self.turn.reply_expected_at = None
                     if event.type == "TEXT" and event.generation_stage == "SPECULATIVE":
-                        self._speculative_open += 1
+                        self.turn.speculative_open += 1
                 if event.type == "AUDIO" and event.role == "ASSISTANT":
                     leg.turn_audio.add(event.content_id)
-                    self._turn_interrupted = False
-                    self._turn_audio_seen = False
+                    if not self.turn.speaking:
+                        # The first audio content of a turn; a turn may have several (OUT2:
+                        # an AUDIO contentEnd with PARTIAL_TURN is followed by more).
+                        self.turn.speaking = True
+                        self.turn.interrupted = False
+                        self.turn.audio_seen = False
             case TextOutput():
                 self._on_text(leg, event)
             case SonicAudioOutput():
                 if event.content_id in leg.interrupted_audio:
                     return
-                if not self._turn_audio_seen:
-                    self._turn_audio_seen = True
+                if not self.turn.audio_seen:
+                    self.turn.audio_seen = True
                     self.listener.on_event(BotAudioStarted(asyncio.get_running_loop().time()))
                 self.listener.on_audio(event.content)
             case ToolUse():
-                self._reply_expected_at = None
+                self.turn.reply_expected_at = None
                 leg.pending_tools[event.content_id] = event
                 self.listener.on_event(
                     ToolCallStarted(event.tool_name, event.tool_use_id, event.content)
@@ -334,25 +420,64 @@ class Conversation(Renewal):
                 content = leg.contents.pop(event.content_id, None)
                 if event.stop_reason == "INTERRUPTED":
                     self._barge_in(leg, event.content_id if event.type == "AUDIO" else None)
-                elif event.type == "AUDIO" and content is not None and content.role == "ASSISTANT":
-                    self.listener.on_event(BotTurnDone())
+                elif (
+                    event.type == "AUDIO"
+                    and content is not None
+                    and content.role == "ASSISTANT"
+                    and event.stop_reason != "PARTIAL_TURN"
+                ):
+                    self._end_turn(leg)
                 if event.type == "TOOL":
                     use = leg.pending_tools.pop(event.content_id, None)
                     if use is not None:
                         leg.running_tools += 1
-                        self._spawn(self._run_tool(leg, use))
+                        self.life.spawn(self._run_tool(leg, use))
             case CompletionEnd():
+                # AWS shows completionEnd after a turn but does not promise one per turn (it
+                # may come once, at the session's end): turns end on their audio's END_TURN;
+                # this only ends a turn whose end never came, or counts an audio-less one.
+                if self.turn.speaking or not self.turn.ended:
+                    self._end_turn(leg)
                 leg.interrupted_audio.clear()
                 leg.turn_audio.clear()
-                self._speculative_open = 0
-                self.stats.turns += 1
-                self.listener.on_event(BotTurnDone())
+                self.turn.speculative_open = 0
+                self.turn.ended = False
             case UsageEvent():
-                self.listener.on_event(
-                    Usage(event.input_tokens, event.output_tokens, event.total_tokens)
-                )
+                self._on_usage(leg, event)
             case _:
                 pass
+
+    def _end_turn(self, leg: Leg) -> None:
+        """The assistant's turn is over (its audio ended with END_TURN, it was interrupted, or
+        a completionEnd came without either)."""
+        self.turn.speaking = False
+        self.turn.ended = True
+        self.turn.audio_seen = False
+        self.stats.turns += 1
+        self.listener.on_event(BotTurnDone())
+
+    def _on_usage(self, leg: Leg, event: UsageEvent) -> None:
+        """Nova Sonic's usageEvent carries a delta and the stream's running totals (which
+        restart on every stream); the call's counts are the deltas summed (as Pipecat's and
+        LiveKit's clients read them). Without a delta, the growth of the stream's totals."""
+        totals = _tokens(event.details.get("total")) or Tokens(
+            input_speech=event.input_tokens, output_speech=event.output_tokens
+        )
+        delta = _tokens(event.details.get("delta"))
+        if delta is None:
+            prev = leg.usage_totals
+            delta = Tokens(
+                *(
+                    max(0, now - before)
+                    for now, before in zip(_fields(totals), _fields(prev), strict=True)
+                )
+            )
+        leg.usage_totals = totals
+        self.stats.tokens = self.stats.tokens + delta
+        call = self.stats.tokens
+        self.listener.on_event(
+            Usage(call.input, call.output, call.input + call.output, call, delta)
+        )
 
     def _on_text(self, leg: Leg, event: TextOutput) -> None:
         if is_interruption_marker(event.content):
@@ -362,8 +487,8 @@ class Conversation(Renewal):
         role = content.role if content is not None else event.role
         stage = content.stage if content is not None else "FINAL"
         text = event.content.strip()
-        if role == "ASSISTANT" and stage != "SPECULATIVE" and self._speculative_open:
-            self._speculative_open -= 1  # the final text of a speculative one: turn complete
+        if role == "ASSISTANT" and stage != "SPECULATIVE" and self.turn.speculative_open:
+            self.turn.speculative_open -= 1  # the final text of a speculative one: turn complete
         if not text:
             return  # empty user transcripts caused spurious interruptions elsewhere
         if role == "USER":
@@ -375,29 +500,17 @@ class Conversation(Renewal):
                 return
             self.listener.on_event(UserTranscript(text, final))
             if final:
-                self._remember("USER", text)
-                self._unanswered = True
+                self.memory.remember("USER", text)
+                self.memory.unanswered = True
                 # What the live leg heard is in the history now; never replay it as audio.
-                self._replay.commit()
-                self._reply_expected_at = asyncio.get_running_loop().time()
+                self.memory.replay.commit()
+                self.turn.reply_expected_at = asyncio.get_running_loop().time()
         elif role == "ASSISTANT":
             final = stage != "SPECULATIVE"
             self.listener.on_event(BotText(text, final))
             if final:
-                self._remember("ASSISTANT", text)
-                self._unanswered = False
-
-    def _remember(self, role: Role, text: str) -> None:
-        self._history_version += 1
-        history = self.stats.history
-        if history and history[-1][0] == role:
-            history[-1] = (role, f"{history[-1][1]} {text}")
-        else:
-            history.append((role, text))
-        if len(history) > MAX_HISTORY:
-            del history[:-MAX_HISTORY]
-        if self.on_history is not None:
-            self.on_history()
+                self.memory.remember("ASSISTANT", text)
+                self.memory.unanswered = False
 
     def _barge_in(self, leg: Leg, audio_content_id: str | None) -> None:
         # Drop whatever audio of the current assistant turn is still open or still to come.
@@ -407,13 +520,15 @@ class Conversation(Renewal):
         leg.interrupted_audio |= leg.turn_audio
         if audio_content_id is not None:
             leg.interrupted_audio.add(audio_content_id)
-        self._speculative_open = 0
-        if self._turn_interrupted:
+        self.turn.speculative_open = 0
+        if self.turn.interrupted:
             return
-        self._turn_interrupted = True
+        self.turn.interrupted = True
         dropped = self.listener.on_flush()
         self.stats.barge_ins += 1
         self.listener.on_event(BotInterrupted(dropped))
+        if self.turn.speaking:
+            self._end_turn(leg)
 
     async def _run_tool(self, leg: Leg, use: ToolUse) -> None:
         try:
@@ -423,10 +538,10 @@ class Conversation(Renewal):
             leg.running_tools -= 1
         self.stats.tool_calls += 1
         self.listener.on_event(ToolCallFinished(use.tool_name, use.tool_use_id, ok, result))
-        if leg.dead or leg.retired or leg is not self._leg:
+        if leg.dead or leg.retired or leg is not self.legs.live:
             # The stream that asked is gone; its successor never saw the toolUse. Keep the
             # outcome in the history so the model knows it on the next stream.
-            self._remember("ASSISTANT", f"(The {use.tool_name} tool returned: {result})")
+            self.memory.remember("ASSISTANT", f"(The {use.tool_name} tool returned: {result})")
             return
         name = str(uuid.uuid4())
         block: list[InputEvent] = [
@@ -435,9 +550,31 @@ class Conversation(Renewal):
             ContentEnd(self.prompt_name, name),
         ]
         try:
-            await self._send_block(leg, block)
+            await self.legs.send(leg, *block)
         except BackendError as exc:
-            self._leg_failed(leg, exc)
+            self.recovery.leg_failed(leg, exc)
+
+
+def _tokens(part: object) -> Tokens | None:
+    """``{"input": {"speechTokens", "textTokens"}, "output": {...}}`` of usageEvent details."""
+    if not isinstance(part, dict):
+        return None
+
+    def count(direction: str, key: str) -> int:
+        side = part.get(direction)
+        value = side.get(key, 0) if isinstance(side, dict) else 0
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return Tokens(
+        count("input", "speechTokens"),
+        count("input", "textTokens"),
+        count("output", "speechTokens"),
+        count("output", "textTokens"),
+    )
+
+
+def _fields(tokens: Tokens) -> tuple[int, int, int, int]:
+    return tokens.input_speech, tokens.input_text, tokens.output_speech, tokens.output_text
 
 
 def _normalized(text: str) -> str:

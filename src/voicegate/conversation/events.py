@@ -89,10 +89,50 @@ class ToolCallFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class Tokens:
+    """Token counts split as Nova Sonic reports them (usageEvent ``details``)."""
+
+    input_speech: int = 0
+    input_text: int = 0
+    output_speech: int = 0
+    output_text: int = 0
+
+    @property
+    def input(self) -> int:
+        return self.input_speech + self.input_text
+
+    @property
+    def output(self) -> int:
+        return self.output_speech + self.output_text
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(
+            self.input_speech + other.input_speech,
+            self.input_text + other.input_text,
+            self.output_speech + other.output_speech,
+            self.output_text + other.output_text,
+        )
+
+    def by_label(self) -> dict[tuple[str, str], int]:
+        """{(direction, modality): count}, the labels of ``voicegate_model_tokens_total``."""
+        return {
+            ("input", "speech"): self.input_speech,
+            ("input", "text"): self.input_text,
+            ("output", "speech"): self.output_speech,
+            ("output", "text"): self.output_text,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens used by the call so far: the model's per-event deltas summed over every stream of
+    the call (each stream's own totals restart at zero), and ``delta``, what this event added."""
+
     input_tokens: int
     output_tokens: int
     total_tokens: int
+    split: Tokens = Tokens()
+    delta: Tokens = Tokens()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +229,9 @@ class ConversationStats:
     """Typed user messages sent to the model (``Conversation.send_text``)."""
     turns_resent: int = 0
     """Unanswered user turns re-sent as interactive text after a recovery."""
+    history_refusals: int = 0
+    """Histories the model refused at renewal, recovery or adoption: the call carried on with a
+    shorter one (then none)."""
+    tokens: Tokens = Tokens()
+    """Model tokens of the call: usageEvent deltas summed over every stream, split by
+    direction and modality (not an int: /metrics exports it as voicegate_model_tokens_total)."""

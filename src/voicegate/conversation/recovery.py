@@ -12,112 +12,194 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+from collections.abc import Callable
 
 import structlog
 
-from voicegate.backends.base import Backend, BackendError, StreamLost
-from voicegate.conversation.continuation import shape_history
-from voicegate.conversation.events import (
-    ConversationListener,
-    ConversationSettings,
-    SessionContinued,
-)
-from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs
-from voicegate.conversation.tools import ToolRegistry
-from voicegate.sonic import Role
+from voicegate.backends.base import BackendError, StreamLost, Throttled, ValidationFailed
+from voicegate.conversation.continuation import ContinuationSettings
+from voicegate.conversation.events import ConversationError, ConversationStats, SessionContinued
+from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs, Lifecycle
+from voicegate.conversation.memory import CallMemory
 
 log = structlog.get_logger(__name__)
 
+LostTools = Callable[[Leg, str], None]
+"""Tells the dialogue that the tool calls a leg asked for can no longer be answered on it."""
 
-class Recovery(Legs):
-    """Legs that are replaced when they fail; renewal and the dialogue are built on it."""
+
+BUSY_MESSAGE = "The assistant is busy right now; trying again."
+
+
+class RetryPolicy:
+    """When and how long to wait before opening another stream, per AWS's error guidance
+    (docs/bedrock.md, "Retry policy"): throttling is retried with exponential backoff and
+    jitter over seconds (bounded); other retryable failures (stream loss, internal and
+    transient errors) quickly; everything else (validation, access, quota) not at all."""
+
+    def __init__(self, settings: ContinuationSettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random()
+
+    def attempts(self, exc: BackendError) -> int:
+        """How many attempts a failure like ``exc`` gets in all."""
+        c = self.settings
+        if isinstance(exc.reason, Throttled):
+            return max(c.recovery_attempts, c.throttle_attempts)
+        return c.recovery_attempts
+
+    def retryable(self, exc: BackendError) -> bool:
+        return exc.retryable and exc.reason.retryable
+
+    def delay(self, exc: BackendError, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed so far)."""
+        c = self.settings
+        if isinstance(exc.reason, Throttled):
+            # "Equal jitter": at least half the exponential step, so calls throttled together
+            # spread out but none retries at once (AWS Architecture Blog, "Exponential Backoff
+            # And Jitter").
+            step = min(c.throttle_backoff_max_s, c.throttle_backoff_s * 2.0 ** (attempt - 1))
+            return step / 2 + self._rng.uniform(0, step / 2)
+        return c.recovery_backoff_s * 2.0 ** (attempt - 1)
+
+
+class Recovery:
+    """Replaces the live leg when it fails; ``leg_failed`` is where every failure is reported."""
 
     def __init__(
         self,
-        backend: Backend,
-        settings: ConversationSettings,
-        tools: ToolRegistry,
-        listener: ConversationListener,
+        legs: Legs,
+        memory: CallMemory,
+        settings: ContinuationSettings,
+        stats: ConversationStats,
+        life: Lifecycle,
+        lost_tools: LostTools,
     ) -> None:
-        super().__init__(backend, settings, tools, listener)
-        self._unanswered = False
-        """The newest user turn (spoken or typed) got no final answer yet: the dialogue keeps
-        this, a recovery re-sends that turn."""
+        self.legs = legs
+        self.memory = memory
+        self.settings = settings
+        self.stats = stats
+        self.life = life
+        self.lost_tools = lost_tools
+        self.policy = RetryPolicy(settings)
+        self.recovering = False
+        """A replacement is being set up: renewal waits, failures of the probation leg count as
+        attempts."""
+        self._attempts_used = 0
+        self._told_busy = False
 
-    def _leg_failed(self, leg: Leg, exc: BackendError) -> None:
-        if leg.dead and leg is not self._leg:
+    def leg_failed(self, leg: Leg, exc: BackendError) -> None:
+        """``leg`` failed (a send or its output raised): drop it, and replace it if it was the
+        live one and the failure can be retried."""
+        legs = self.legs
+        if leg.dead and leg is not legs.live:
             return
-        was_live = leg is self._leg and not leg.retired
+        if self._history_refused(leg, exc):
+            log.warning(
+                "history_refused",
+                messages=leg.history_sent,
+                now_at_most=self.memory.max_messages,
+                error=exc.message,
+            )
+            self.stats.history_refusals += 1
+            exc = StreamLost(f"the model refused the call's history: {exc.message}")
+        was_live = leg is legs.live and not leg.retired
         leg.dead = True
-        if self.ended.is_set():
+        if self.life.ended.is_set():
             return
-        if self._closing:
+        if self.life.closing:
             if was_live:
-                self._finish("closed")
+                self.life.finish("closed")
             return
-        if leg is self._next:
-            self._next = None
+        if leg is legs.next:
+            legs.next = None
             self.stats.prepare_failures += 1
             log.warning("prepared_stream_failed", kind=exc.kind, error=exc.message)
-            self._spawn(self._drop_leg(leg))
+            self.life.spawn(legs.drop(leg))
             return
         if not was_live:
-            self._spawn(self._drop_leg(leg))
+            self.life.spawn(legs.drop(leg))
             return
         # From here on user audio only goes into the replay buffer, for the next leg.
-        self._leg = None
+        legs.live = None
         leg.retired = True
         leg.error = exc
         leg.failed.set()
-        if self._recovering:
+        if self.recovering:
             return  # a leg still on probation: the recovery loop counts it as an attempt
-        self.stats.failures[exc.kind] += 1
-        if not exc.retryable or self._cont.recovery_attempts <= 0:
-            self._fatal(exc)
+        self.stats.failures[exc.reason.kind] += 1
+        if not self.policy.retryable(exc) or self.policy.attempts(exc) <= 0:
+            self.life.fatal(exc.reason, exc.message)
             return
-        self._recovering = True
-        self._spawn(self._recover(leg, exc), name="recovery")
+        self.recovering = True
+        self.life.spawn(self._recover(leg, exc), name="recovery")
+
+    async def wait_before_retry(self, exc: BackendError, attempt: int) -> None:
+        """Back off before another attempt; when the service throttles, the caller is told the
+        assistant is busy (once per episode) instead of hearing unexplained silence."""
+        if isinstance(exc.reason, Throttled) and not self._told_busy:
+            self._told_busy = True
+            self.life.listener.on_event(ConversationError("throttled", BUSY_MESSAGE, fatal=False))
+        await asyncio.sleep(self.policy.delay(exc, attempt))
+
+    def _history_refused(self, leg: Leg, exc: BackendError) -> bool:
+        """A stream that got history and failed with a validation error before any output:
+        taken as a refused history (AWS documents its size limits, not the error they give),
+        so the call carries on with a shorter one, then none, instead of ending."""
+        return (
+            isinstance(exc, ValidationFailed)
+            and not exc.retryable
+            and leg.history_sent > 0
+            and not leg.output_seen
+            and self.memory.refused(leg.history_sent)
+        )
 
     async def _recover(self, failed: Leg, exc: BackendError) -> None:
         """Replace a failed live leg: bounded attempts with backoff; the prepared next leg, if
         there is one, is tried first (it is already open)."""
         loop = asyncio.get_running_loop()
-        c = self._cont
+        c = self.settings
+        legs = self.legs
         failed_at = loop.time()
-        log.warning("stream_failed_recovering", kind=exc.kind, error=exc.message, leg=failed.number)
+        log.warning(
+            "stream_failed_recovering", kind=exc.reason.kind, error=exc.message, leg=failed.number
+        )
         ready_at = failed.ready_at if failed.ready_at is not None else failed.opened_at
         if failed_at - ready_at >= c.healthy_after_s:
             self._attempts_used = 0
-        self._answer_lost_tools(failed, f"the model stream failed ({exc.kind})")
-        await self._drop_leg(failed)
+        self.lost_tools(failed, f"the model stream failed ({exc.kind})")
+        await legs.drop(failed)
         last: BackendError = exc
         attempt = 0
         try:
-            while self._attempts_used < c.recovery_attempts:
+            while self._attempts_used < self.policy.attempts(last):
                 if attempt:
-                    await asyncio.sleep(c.recovery_backoff_s * 2 ** (attempt - 1))
+                    await self.wait_before_retry(last, attempt)
+                elif isinstance(exc.reason, Throttled):
+                    await self.wait_before_retry(exc, 1)
                 attempt += 1
                 self._attempts_used += 1
                 self.stats.recovery_attempts += 1
-                leg = self._next
-                self._next = None
+                leg = legs.next
+                legs.next = None
                 if leg is not None and (
                     leg.dead
-                    or not self._usable_preload(leg)
+                    or not legs.usable_preload(leg, self.memory.version)
                     # Its history holds the unanswered turn, which is to be re-sent instead.
-                    or (self._unanswered and leg.preload is not None)
+                    or (self.memory.unanswered and leg.preload is not None)
                 ):
-                    self._retire(leg)  # mid-preload or stale history: never send it twice
+                    legs.retire(leg)  # mid-preload or stale history: never send it twice
                     leg = None
                 try:
                     async with asyncio.timeout(SETUP_TIMEOUT):
                         if leg is None:
-                            leg = await self._open_leg()
-                        history, audio, resend = self._recovery_payload()
+                            leg = await legs.open()
+                        history, audio, resend = self.memory.recovery_payload()
                         to_send = history
                         if leg.preloaded is not None:
                             history, to_send = leg.preloaded[1], []
-                        await self._go_live(leg, to_send, audio, resend)
+                        await legs.go_live(leg, to_send, audio, resend)
                     ready = loop.time()
                     # Bedrock refuses a stream (throttling, quota, access) only after it was
                     # opened: the leg is live at once, but counts as recovered only if it
@@ -131,14 +213,14 @@ class Recovery(Legs):
                     last = err if isinstance(err, BackendError) else StreamLost("setup timed out")
                     log.warning("recovery_attempt_failed", attempt=attempt, error=str(last))
                     if leg is not None:
-                        if self._leg is leg:
-                            self._leg = None
-                        await self._drop_leg(leg)
-                    if not last.retryable:
+                        if legs.live is leg:
+                            legs.live = None
+                        await legs.drop(leg)
+                    if not self.policy.retryable(last):
                         break
                     continue
                 gap = (ready - failed_at) * 1000
-                size, replayed = self._account(history, audio)
+                size, replayed = self.memory.account(history, audio)
                 self.stats.recoveries += 1
                 self.stats.recovery_gaps_ms.append(gap)
                 self.stats.recovery_gap_ms_total += gap
@@ -150,10 +232,10 @@ class Recovery(Legs):
                     gap_ms=round(gap),
                     turn_resent=resend is not None,
                 )
-                self.listener.on_event(
+                self.life.listener.on_event(
                     SessionContinued(
                         "recovery",
-                        exc.kind,
+                        exc.reason.kind,
                         leg.number,
                         round(gap, 1),
                         attempts=attempt,
@@ -164,32 +246,13 @@ class Recovery(Legs):
                 )
                 return
         finally:
-            self._recovering = False
-            self._leg_changed.set()
+            self.recovering = False
+            self._told_busy = False
+            self.life.changed.set()
         self.stats.recovery_give_ups += 1
         log.error("recovery_failed", kind=exc.kind, last=last.message, attempts=attempt)
-        self._fatal(
+        self.life.fatal(
             exc,
             f"the speech service failed ({exc.message}) and reconnecting did not work "
             f"({last.message})",
         )
-
-    def _recovery_payload(self) -> tuple[list[tuple[Role, str]], list[bytes], str | None]:
-        """What a replacement leg is given: the shaped history and the replay, as for a
-        renewal, except for a user turn the failed leg never answered. That one is taken out of
-        the history and returned to be re-sent as interactive USER text once the audio content
-        is open (as Pipecat and LiveKit do): as non-interactive history the model would stay
-        silent until the user repeated it."""
-        past = self.stats.history
-        last = next((i for i in range(len(past) - 1, -1, -1) if past[i][0] == "USER"), None)
-        if not self._unanswered or last is None:
-            history, audio = self._continuation_payload()
-            return history, audio, None
-        c = self._cont
-        history = shape_history(
-            past[:last] + past[last + 1 :],
-            c.history_max_messages,
-            c.history_max_message_bytes,
-            c.history_max_bytes,
-        )
-        return history, self._replay.replay(), past[last][1]

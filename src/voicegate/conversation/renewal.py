@@ -17,102 +17,116 @@ from typing import Final
 
 import structlog
 
-from voicegate.backends.base import Backend, BackendError
-from voicegate.conversation.events import (
-    ConversationListener,
-    ConversationSettings,
-    SessionContinued,
-)
-from voicegate.conversation.legs import SETUP_TIMEOUT, Leg
-from voicegate.conversation.recovery import Recovery
-from voicegate.conversation.tools import ToolRegistry
+from voicegate.backends.base import BackendError
+from voicegate.conversation.continuation import ContinuationSettings
+from voicegate.conversation.events import ConversationStats, SessionContinued
+from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs, Lifecycle, TurnState
+from voicegate.conversation.memory import CallMemory
+from voicegate.conversation.recovery import LostTools, Recovery
 
 log = structlog.get_logger(__name__)
 
+TURN_QUIET_S: Final = 2.0
+"""A turn under way whose stream has sent nothing for this long is taken as over: the model
+produces faster than real time, so a live turn is never that quiet (a tool call open is
+tracked on its own)."""
 REPLY_EXPECTED_S: Final = 10.0
 """After a final user transcript the model is expected to answer within this; a renewal waits
 for that answer (not to cut it off), but not forever."""
 
 
-class Renewal(Recovery):
-    """Legs with recovery and planned renewal; ``Conversation`` is built on it."""
-
-    # Turn state owned by the dialogue, read here to find natural points.
-    _speculative_open: int
-    _reply_expected_at: float | None
+class Renewal:
+    """Prepares the next leg when the live one gets old (or its credentials near expiry) and
+    hands over to it at a natural point; the sender calls ``step`` and ``hand_over``."""
 
     def __init__(
         self,
-        backend: Backend,
-        settings: ConversationSettings,
-        tools: ToolRegistry,
-        listener: ConversationListener,
+        legs: Legs,
+        memory: CallMemory,
+        settings: ContinuationSettings,
+        stats: ConversationStats,
+        life: Lifecycle,
+        recovery: Recovery,
+        turn: TurnState,
+        lost_tools: LostTools,
     ) -> None:
-        super().__init__(backend, settings, tools, listener)
-        self._renew_wanted = False
-        self._renew_forced = False
-        self._renew_reason = "age"
-        self._renew_request = asyncio.Event()
+        self.legs = legs
+        self.memory = memory
+        self.settings = settings
+        self.stats = stats
+        self.life = life
+        self.recovery = recovery
+        self.turn = turn
+        self.lost_tools = lost_tools
+        self.wanted = False
+        """A prepared leg waits for the sender to hand over to it."""
+        self.forced = False
+        self.reason = "age"
+        self._request = asyncio.Event()
 
     async def renew(self, force: bool = True) -> None:
         """Move to a new stream now (at the next natural point unless ``force``) and return
         once the new stream is live. For operators and tests; renewal by age is automatic."""
-        leg = self._leg
-        self._renew_reason = "requested"
-        self._renew_forced = self._renew_forced or force
-        self._renew_request.set()
-        while not self.ended.is_set() and (self._leg is leg or self._leg is None):
-            self._leg_changed.clear()
-            await self._leg_changed.wait()
+        leg = self.legs.live
+        self.reason = "requested"
+        self.forced = self.forced or force
+        self._request.set()
+        while not self.life.ended.is_set() and (self.legs.live is leg or self.legs.live is None):
+            self.life.changed.clear()
+            await self.life.changed.wait()
 
-    def _renew_due(self, leg: Leg) -> tuple[float, str]:
+    def due(self, leg: Leg) -> tuple[float, str]:
         """Loop time at which ``leg`` should be renewed, and why."""
-        c = self._cont
+        c = self.settings
         base = leg.ready_at if leg.ready_at is not None else leg.opened_at
         due, reason = base + c.renew_after_s, "age"
-        expiration = self.backend.credentials_expiration()
+        # The stream signs with the identity it was opened with until it ends: its expiry
+        # counts (the backend's is what a new stream would get).
+        expiration = leg.stream.credentials_expiration()
+        if expiration is None:
+            expiration = self.legs.backend.credentials_expiration()
         if expiration is not None:
             if expiration.tzinfo is None:
                 expiration = expiration.replace(tzinfo=dt.UTC)
             left = (expiration - dt.datetime.now(dt.UTC)).total_seconds() - c.credential_margin_s
-            # Never sooner than a minute into a leg: a refresh that does not extend the
-            # expiry must not turn into a renewal storm.
-            at = max(asyncio.get_running_loop().time() + left, base + 60.0)
+            # Never sooner than renew_min_age_s into a leg: a refresh that does not extend
+            # the expiry must not turn into a renewal storm.
+            at = max(asyncio.get_running_loop().time() + left, base + c.renew_min_age_s)
             if at < due:
                 due, reason = at, "credentials"
         return due, reason
 
-    async def _renewal_loop(self) -> None:
+    async def run(self) -> None:
         """Prepare the next leg when the live one gets old (or on request), then let the
         sender hand over at a natural point, or force it when none comes in time."""
         loop = asyncio.get_running_loop()
-        c = self._cont
+        c = self.settings
         while True:
-            leg = self._leg
-            if leg is None or self._recovering:
-                self._leg_changed.clear()
-                await self._leg_changed.wait()
+            leg = self.legs.live
+            if leg is None or self.recovery.recovering:
+                self.life.changed.clear()
+                await self.life.changed.wait()
                 continue
-            due, reason = self._renew_due(leg)
-            if not self._renew_request.is_set():
+            due, reason = self.due(leg)
+            if not self._request.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, due - loop.time())):
-                        await self._renew_request.wait()
-            if self._leg is not leg:
+                        await self._request.wait()
+            if self.legs.live is not leg:
                 continue  # replaced meanwhile (recovery)
-            if self._renew_request.is_set():
-                self._renew_request.clear()
-                force_at = loop.time() + (0.0 if self._renew_forced else c.force_after_s)
+            if self._request.is_set():
+                self._request.clear()
+                force_at = loop.time() + (0.0 if self.forced else c.force_after_s)
             else:
-                self._renew_reason = reason
+                self.reason = reason
                 force_at = due + c.force_after_s
             backoff = c.recovery_backoff_s
-            while self._leg is leg and not self._closing:
-                if self._next is None or self._next.dead:
+            while self.legs.live is leg and not self.life.closing:
+                if self.legs.next is None or self.legs.next.dead:
                     started = loop.time()
                     try:
                         async with asyncio.timeout(SETUP_TIMEOUT):
-                            self._next = await self._open_leg()
+                            self.legs.next = await self.legs.open()
                     except (BackendError, TimeoutError) as exc:
                         self.stats.prepare_failures += 1
                         log.warning("renewal_prepare_failed", error=str(exc))
@@ -120,111 +134,116 @@ class Renewal(Recovery):
                         backoff = min(backoff * 2, 5.0)
                         continue
                     self.stats.prepare_ms.append((loop.time() - started) * 1000)
-                    self._renew_wanted = True
-                prepared = self._next
+                    self.wanted = True
+                prepared = self.legs.next
                 assert prepared is not None
                 wake = min(force_at, prepared.opened_at + c.prepared_max_idle_s)
-                if self._renew_forced:
+                if self.forced:
                     wake = loop.time() + 1.0  # the sender hands over at its next chunk
-                self._leg_changed.clear()
+                self.life.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, wake - loop.time())):
-                        await self._leg_changed.wait()
-                if self._leg is not leg:
+                        await self.life.changed.wait()
+                if self.legs.live is not leg:
                     break
                 if loop.time() >= force_at:
-                    self._renew_forced = True
-                elif self._next is prepared and loop.time() >= wake:
+                    self.forced = True
+                elif self.legs.next is prepared and loop.time() >= wake:
                     # Unused for too long: a fresh one, so the handover never meets a stream
                     # the service has given up on.
-                    self._next = None
-                    self._retire(prepared)
-            self._renew_wanted = False
-            self._renew_forced = False
-            orphan = self._next
-            if orphan is not None and orphan is not self._leg:
+                    self.legs.next = None
+                    self.legs.retire(prepared)
+            self.wanted = False
+            self.forced = False
+            orphan = self.legs.next
+            if orphan is not None and orphan is not self.legs.live:
                 # Prepared for a leg that a recovery replaced meanwhile: it would sit idle.
-                self._next = None
-                self._retire(orphan)
+                self.legs.next = None
+                self.legs.retire(orphan)
 
-    def _natural_point(self, leg: Leg, quiet: bool = True) -> bool:
+    def natural_point(self, leg: Leg, quiet: bool = True) -> bool:
         """No assistant turn under way or expected, no tool call open, the user quiet."""
-        if leg.pending_tools or leg.running_tools or self._speculative_open:
+        if leg.pending_tools or leg.running_tools:
+            return False
+        loop = asyncio.get_running_loop()
+        under_way = self.turn.speculative_open or self.turn.speaking
+        if under_way and loop.time() - leg.last_output_at < TURN_QUIET_S:
+            # An assistant turn is under way (its final text or its last audio content, after
+            # a PARTIAL_TURN end, has not come). Not forever: no completionEnd is promised per
+            # turn, so a turn whose end never came must not block every natural point.
             return False
         if any(c.role == "ASSISTANT" for c in leg.contents.values()):
             return False
-        expected = self._reply_expected_at
-        if expected is not None and asyncio.get_running_loop().time() - expected < REPLY_EXPECTED_S:
+        expected = self.turn.reply_expected_at
+        if expected is not None and loop.time() - expected < REPLY_EXPECTED_S:
             return False
         if not quiet:
             return True
         # The user stopped, but the model has not said what it heard yet (its transcript and
         # answer may be on the way): moving now would drop that answer and replay the turn to a
         # new stream. Such speech leaves the window after replay_max_s, so this waits no longer.
-        if self._replay.untranscribed:
+        if self.memory.replay.untranscribed:
             return False
-        return self._replay.quiet_s >= self._cont.natural_quiet_s
+        return self.memory.replay.quiet_s >= self.settings.natural_quiet_s
 
     async def _preload(self, leg: Leg) -> None:
         """Phase one of a planned handover, while the old leg is still live: send the next leg
         the history. Phase two (the switch) then only needs the audio content and the replay,
         so the gap stays a few events long however long the history is."""
-        version = self._history_version
-        history, _ = self._continuation_payload()
+        version = self.memory.version
+        history, _ = self.memory.payload()
         try:
-            for role, text in history:
-                for event in self._text_block(role, text):
-                    await self._send_to(leg, event)
+            await self.legs.send_history(leg, history)
         except BackendError as exc:
-            self._leg_failed(leg, exc)
+            self.recovery.leg_failed(leg, exc)
             return
         leg.preloaded = (version, history)
 
-    def _renewal_step(self, leg: Leg, new: Leg) -> bool:
+    def step(self, leg: Leg, new: Leg) -> bool:
         """Decide, between two chunks, whether the sender hands over now."""
         if new.preloaded is None:
-            if new.preload is None and (self._renew_forced or self._natural_point(leg)):
+            if new.preload is None and (self.forced or self.natural_point(leg)):
                 new.preload = asyncio.get_running_loop().create_task(self._preload(new))
-                self._tasks.add(new.preload)
-                new.preload.add_done_callback(self._tasks.discard)
+                self.life.tasks.add(new.preload)
+                new.preload.add_done_callback(self.life.tasks.discard)
             return False
-        if new.preloaded[0] != self._history_version:
+        if new.preloaded[0] != self.memory.version:
             # A turn completed meanwhile: the preloaded history is stale. A fresh leg is
             # prepared (the renewal loop wakes up) and preloaded at the next natural point.
-            self._next = None
-            self._retire(new)
-            self._leg_changed.set()
+            self.legs.next = None
+            self.legs.retire(new)
+            self.life.changed.set()
             return False
         # The user may have started talking meanwhile: the replay carries that.
-        return self._renew_forced or self._natural_point(leg, quiet=False)
+        return self.forced or self.natural_point(leg, quiet=False)
 
-    async def _hand_over(self, old: Leg, new: Leg) -> None:
+    async def hand_over(self, old: Leg, new: Leg) -> None:
         """Runs in the sender: the old leg gets no more audio from here on."""
         loop = asyncio.get_running_loop()
         if new.preload is not None and not new.preload.done():
             await new.preload  # a forced handover during phase one: never interleave blocks
         switched = loop.time()
-        forced = self._renew_forced and not self._natural_point(old)
-        self._next = None
-        self._renew_wanted = False
+        forced = self.forced and not self.natural_point(old)
+        self.legs.next = None
+        self.wanted = False
         old.retired = True
-        self._answer_lost_tools(old, "the model stream was renewed")
-        history, audio = self._continuation_payload()
+        self.lost_tools(old, "the model stream was renewed")
+        history, audio = self.memory.payload()
         to_send = history
-        if new.preloaded is not None and new.preloaded[0] == self._history_version:
+        if new.preloaded is not None and new.preloaded[0] == self.memory.version:
             history, to_send = new.preloaded[1], []
         try:
-            await self._go_live(new, to_send, audio)
+            await self.legs.go_live(new, to_send, audio)
         except BackendError as exc:
             # The prepared leg broke at the last moment: the old one is intact, keep it.
             old.retired = False
             self.stats.prepare_failures += 1
             log.warning("renewal_handover_failed", error=exc.message)
-            self._spawn(self._drop_leg(new))
+            self.life.spawn(self.legs.drop(new))
             return
-        self._retire(old)
+        self.legs.retire(old)
         gap = (loop.time() - switched) * 1000
-        size, replayed = self._account(history, audio)
+        size, replayed = self.memory.account(history, audio)
         self.stats.renewals += 1
         self.stats.renewals_forced += int(forced)
         self.stats.handover_gaps_ms.append(gap)
@@ -232,16 +251,16 @@ class Renewal(Recovery):
         log.info(
             "stream_renewed",
             leg=new.number,
-            reason=self._renew_reason,
+            reason=self.reason,
             forced=forced,
             gap_ms=round(gap, 1),
             history_bytes=size,
             replayed_ms=round(replayed),
         )
-        self.listener.on_event(
+        self.life.listener.on_event(
             SessionContinued(
                 "renewal",
-                self._renew_reason,
+                self.reason,
                 new.number,
                 round(gap, 1),
                 forced=forced,
@@ -250,4 +269,4 @@ class Renewal(Recovery):
                 replayed_ms=round(replayed, 1),
             )
         )
-        self._renew_reason = "age"
+        self.reason = "age"

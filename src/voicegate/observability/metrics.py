@@ -30,7 +30,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from voicegate.backends.base import BackendError
 from voicegate.call.events import CallEnded, CallEvent, CallStarted, RtpStats, TurnLatency
-from voicegate.conversation import BotInterrupted, ConversationError, ConversationStats
+from voicegate.conversation import (
+    BotInterrupted,
+    ConversationError,
+    ConversationStats,
+    Usage,
+)
 from voicegate.media.rtp_stats import RtpSample
 from voicegate.observability.exposition import (
     CONTENT_TYPE,
@@ -158,6 +163,14 @@ class GatewayMetrics:
             PLAYOUT_BUCKETS,
         )
         self.barge_ins = Counter(reg, "voicegate_barge_ins_total", "user interruptions of the bot")
+        self.model_tokens = Counter(
+            reg,
+            "voicegate_model_tokens_total",
+            "speech model tokens (usageEvent deltas), by direction (input|output) and modality "
+            "(speech|text)",
+            ["direction", "modality"],
+            [(d, m) for d in ("input", "output") for m in ("speech", "text")],
+        )
         self.backend_errors = Counter(
             reg,
             "voicegate_backend_errors_total",
@@ -271,6 +284,10 @@ class GatewayMetrics:
                 self.barge_ins.inc()
             case ConversationError():
                 self.backend_errors.inc(kind=event.kind)
+            case Usage():
+                for (direction, modality), n in event.delta.by_label().items():
+                    if n:
+                        self.model_tokens.inc(n, direction=direction, modality=modality)
             case _:
                 pass
 

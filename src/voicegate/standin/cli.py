@@ -100,6 +100,13 @@ def add_parser(subparsers: Any) -> None:
         default="us-east-1",
         help="the endpoint's region: signatures scoped to another region are refused",
     )
+    p.add_argument(
+        "--credentials-file",
+        metavar="FILE",
+        help="JSON list of {access_key_id, secret_access_key, session_token (optional)}: a "
+        "request signed with any of them is accepted (rotating credentials); a stream's events "
+        "must still be signed with its request's key",
+    )
     p.add_argument("--log-level", default="info", help="log level (stderr)")
     p.set_defaults(func=run)
 
@@ -108,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
     from voicegate import logs
 
     logs.configure("auto", args.log_level)
+    if args.credentials_file is not None:
+        from voicegate.standin.server import load_credentials_file
+
+        try:
+            args.accepted = load_credentials_file(args.credentials_file)
+        except ValueError as exc:
+            print(f"voicegate standin: --credentials-file: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(_main(args))
     except BrainUnavailable as exc:
@@ -150,6 +165,7 @@ async def _main(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         max_sessions=args.max_sessions,
         idle_timeout=args.idle_timeout,
+        accepted=getattr(args, "accepted", ()),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

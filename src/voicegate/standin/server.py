@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -46,6 +48,7 @@ from voicegate.standin.sigv4 import (
     Credentials,
     EventVerifier,
     SignatureError,
+    parse_authorization,
     verify_request,
 )
 
@@ -72,6 +75,33 @@ def credentials_from_env() -> Credentials:
     return Credentials(TEST_ACCESS_KEY, TEST_SECRET_KEY)
 
 
+def load_credentials_file(path: str | os.PathLike[str]) -> list[Credentials]:
+    """The key set of ``--credentials-file``: a JSON list of objects with ``access_key_id``,
+    ``secret_access_key`` and an optional ``session_token``. Raises ValueError naming what is
+    wrong (never a secret)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {type(exc).__name__}") from None
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of key objects")
+    keys: list[Credentials] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: entry {i} is not an object")
+        key, secret = item.get("access_key_id"), item.get("secret_access_key")
+        token = item.get("session_token")
+        if not isinstance(key, str) or not key or not isinstance(secret, str) or not secret:
+            raise ValueError(f"{path}: entry {i} needs access_key_id and secret_access_key")
+        if token is not None and not isinstance(token, str):
+            raise ValueError(f"{path}: entry {i}: session_token must be a string")
+        unknown = set(item) - {"access_key_id", "secret_access_key", "session_token"}
+        if unknown:
+            raise ValueError(f"{path}: entry {i}: unknown fields {sorted(unknown)}")
+        keys.append(Credentials(key, secret, token or None))
+    return keys
+
+
 class StandIn:
     """The stand-in as an async context manager (binds ``port`` 0 by default)::
 
@@ -93,14 +123,19 @@ class StandIn:
         max_sessions: int = 64,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         factory: BrainFactory | None = None,
+        accepted: Sequence[Credentials] = (),
     ) -> None:
+        """``accepted``: more key pairs a request may be signed with (rotating credentials);
+        a stream's events must still be signed with the key its request was."""
         self.brain = brain
         self.cert_dir = Path(cert_dir)
         self.host = host
         self.port = port
         self.region = region
         self.session_limit = session_limit
-        self.credentials = credentials or credentials_from_env()
+        self.credentials = credentials or (accepted[0] if accepted else credentials_from_env())
+        self.key_set: dict[str, Credentials] = {self.credentials.access_key: self.credentials}
+        self.key_set.update((c.access_key, c) for c in accepted)
         self.scenario = scenario
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
@@ -209,10 +244,9 @@ class StandIn:
         if pseudo.get(":method") != "POST" or match is None:
             cx.reject(stream_id, 404, "UnknownOperationException", "Unknown operation", path)
             return
+        credentials = self._credentials_for(headers)
         try:
-            seed = verify_request(
-                self.credentials, "POST", path, query, headers, region=self.region
-            )
+            seed = verify_request(credentials, "POST", path, query, headers, region=self.region)
         except SignatureError as exc:
             cx.reject(stream_id, 403, "AccessDeniedException", exc.message, path, code=exc.code)
             return
@@ -257,9 +291,18 @@ class StandIn:
         )
         self.sessions.append(record)
         self._accepted.set()
-        verifier = EventVerifier(self.credentials.secret_key, seed)
+        verifier = EventVerifier(credentials.secret_key, seed)
         cx.accept(Session(cx, stream_id, record, brain, verifier), request_id)
         log.info("standin_session", stream=stream_id, model=model_id, request_id=request_id)
+
+    def _credentials_for(self, headers: dict[str, str]) -> Credentials:
+        """The key pair of the access key the request names (unknown: the main pair, which
+        ``verify_request`` then refuses as AWS does)."""
+        try:
+            access_key = parse_authorization(headers.get("authorization", "")).access_key
+        except SignatureError:
+            return self.credentials
+        return self.key_set.get(access_key, self.credentials)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # The connection runs in its own task so stop() can cancel it: CPython 3.12.1 logs a
@@ -277,5 +320,6 @@ __all__ = [
     "TEST_SECRET_KEY",
     "StandIn",
     "credentials_from_env",
+    "load_credentials_file",
     "known_model",
 ]

@@ -30,6 +30,7 @@ from voicegate.backends.bedrock.credentials import (
     CredentialsUnavailable,
     credentials_status,
     load_botocore_credentials,
+    signing_as,
 )
 from voicegate.backends.bedrock.errors import map_error
 from voicegate.backends.bedrock.settings import (
@@ -79,11 +80,9 @@ class BedrockBackend:
         return self._resolver
 
     def credentials_expiration(self) -> datetime | None:
-        """When the signing keys expire (None: long-term keys or not resolved yet).
-
-        Session renewal can use it to start the next session before expiry: whether Bedrock
-        accepts event signatures made with rotated keys mid-stream is unverified.
-        """
+        """When the keys a new stream would be signed with expire (None: long-term keys or not
+        resolved yet). An open stream keeps the keys it was opened with: its own
+        ``credentials_expiration`` is what its renewal is timed by."""
         return self._resolver.expiration if self._resolver is not None else None
 
     async def _ensure_client(self) -> tuple[Any, BotocoreIdentityResolver]:
@@ -122,12 +121,15 @@ class BedrockBackend:
                 client, resolver = await self._ensure_client()
                 # Resolve the identity first: if the SDK's own resolution fails inside the
                 # request, duplex_stream() never returns (its request future is never set).
-                await resolver.get_identity(properties={})
-                sdk_stream = await client.invoke_model_with_bidirectional_stream(
-                    InvokeModelWithBidirectionalStreamOperationInput(
-                        model_id=self.settings.model_id
+                # The stream keeps this identity for its whole life: its request and every
+                # event are signed with it (the SDK's request task inherits the context).
+                identity = await resolver.for_new_stream()
+                with signing_as(identity):
+                    sdk_stream = await client.invoke_model_with_bidirectional_stream(
+                        InvokeModelWithBidirectionalStreamOperationInput(
+                            model_id=self.settings.model_id
+                        )
                     )
-                )
         except TimeoutError:
             raise StreamLost(
                 f"could not open a Bedrock stream within {timeout:g}s "
@@ -137,7 +139,7 @@ class BedrockBackend:
             raise
         except Exception as exc:
             raise map_error(exc) from exc
-        stream = BedrockStream(sdk_stream, self.settings, uuid.uuid4().hex[:12])
+        stream = BedrockStream(sdk_stream, self.settings, uuid.uuid4().hex[:12], identity)
         stream.start()
         self._streams.add(stream)
         return stream

@@ -7,10 +7,17 @@ every source for a decade (and handles refresh of temporary credentials), so voi
 credentials with boto3 and hands them to the SDK through its ``IdentityResolver`` interface.
 
 The SDK asks the resolver for an identity on *every* event it signs (about 31 times a second
-per call with 32 ms audio chunks), so the hot path here is a cached lookup. botocore's refresh
-is blocking (it may call STS, SSO or the instance metadata service) and therefore always runs in
-a worker thread: in the background while the current keys still have ``advisory_margin`` left,
-awaited only once they are inside ``mandatory_margin`` of expiry.
+per call with 32 ms audio chunks). A stream's events must be signed with the key its request was
+signed with (the chain is seeded by the request's signature, and Bedrock checks every event
+against it), so each stream is pinned to the identity it was opened with: ``signing_as`` makes
+the resolver return that identity for the sends of that stream, whatever has been refreshed
+since. New streams take the current identity, refreshed first when it is near expiry, and a
+conversation renews onto a fresh stream before its stream's identity expires.
+
+botocore's refresh is blocking (it may call STS, SSO or the instance metadata service) and
+therefore always runs in a worker thread: in the background while the current keys still have
+``advisory_margin`` left, awaited once they are inside ``mandatory_margin`` of expiry or when a
+new stream is opened inside ``advisory_margin``.
 
 Secrets never reach a log line or an exception message from this module.
 """
@@ -18,8 +25,10 @@ Secrets never reach a log line or an exception message from this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -53,6 +62,23 @@ DEFAULT_MANDATORY_MARGIN: Final = 60.0
 
 RETRY_BACKOFF: Final = 15.0
 """Seconds between background refresh attempts that did not extend the expiry."""
+
+
+_STREAM_IDENTITY: contextvars.ContextVar[AWSCredentialsIdentity | None] = contextvars.ContextVar(
+    "voicegate_stream_identity", default=None
+)
+"""The identity of the stream whose request or events are being signed in this context."""
+
+
+@contextlib.contextmanager
+def signing_as(identity: AWSCredentialsIdentity | None) -> Iterator[None]:
+    """Within this block (and tasks started in it) the resolver hands the SDK ``identity``:
+    the sends of one stream sign with the key that stream was opened with."""
+    token = _STREAM_IDENTITY.set(identity)
+    try:
+        yield
+    finally:
+        _STREAM_IDENTITY.reset(token)
 
 
 class CredentialsUnavailable(Exception):
@@ -149,6 +175,24 @@ class BotocoreIdentityResolver:
         return self._identity.expiration if self._identity is not None else None
 
     async def get_identity(self, *, properties: AWSIdentityProperties) -> AWSCredentialsIdentity:
+        """The identity of the stream being signed (``signing_as``), else the current one;
+        refreshes (off the event loop) when expiry approaches."""
+        pinned = _STREAM_IDENTITY.get()
+        if pinned is not None:
+            return pinned
+        return await self.current()
+
+    async def for_new_stream(self) -> AWSCredentialsIdentity:
+        """The identity a new stream is opened (and pinned) with: the current one, refreshed
+        first when it is inside ``advisory_margin`` of expiry, so a stream opened to replace an
+        expiring one does not get the same keys again."""
+        identity = self._identity
+        if identity is not None and self._remaining(identity) <= self._advisory:
+            with contextlib.suppress(SmithyIdentityError):
+                await self._refresh()
+        return await self.current()
+
+    async def current(self) -> AWSCredentialsIdentity:
         """The current identity; refreshes (off the event loop) when expiry approaches."""
         identity = self._identity
         if identity is not None:

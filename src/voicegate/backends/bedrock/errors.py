@@ -14,17 +14,36 @@ from typing import Final
 from voicegate.backends.base import (
     AccessDenied,
     BackendError,
+    CredentialsRejected,
     InternalServerError,
     ModelStreamError,
     ModelTimeout,
+    QuotaExceeded,
     ServiceUnavailable,
     StreamLost,
     Throttled,
     ValidationFailed,
 )
 
-_TRANSIENT_VALIDATION: Final = ("system instability", "internalerrorcode=531")
-"""ValidationException messages that are Bedrock-side hiccups, not bad input (retry)."""
+_CREDENTIAL_MARKERS: Final = (
+    "invalidsignatureexception",
+    "signature we calculated does not match",
+    "expiredtoken",
+    "security token included in the request is expired",
+)
+"""Messages of a stream's keys refused mid-stream: an event signed with another key than the
+request's (rotated credentials), or an expired session token."""
+
+_TRANSIENT_VALIDATION: Final = (
+    "system instability",
+    "internalerrorcode=531",
+    "invalid event bytes",
+    "tool response parsing error",
+)
+"""ValidationException messages that are Bedrock-side hiccups, not bad input: a new stream (with
+the history) carries on. "Tool Response parsing error" ends the stream after a tool result the
+model could not read; LiveKit's client restarts the session on it, and so does voicegate (the
+tool call is reported as cut off)."""
 
 
 def _message(exc: BaseException) -> str:
@@ -43,6 +62,10 @@ def map_error(exc: BaseException) -> BackendError:
     match name:
         case "AccessDeniedException":
             return AccessDenied(f"Bedrock denied access: {message}")
+        case "ValidationException" if any(m in message.lower() for m in _CREDENTIAL_MARKERS):
+            return CredentialsRejected(f"Bedrock refused the stream's credentials: {message}")
+        case "ExpiredTokenException":
+            return CredentialsRejected(f"the stream's AWS session token expired: {message}")
         case "ValidationException":
             err = ValidationFailed(f"Bedrock refused the request: {message}")
             if any(marker in message.lower() for marker in _TRANSIENT_VALIDATION):
@@ -56,8 +79,10 @@ def map_error(exc: BaseException) -> BackendError:
             return ValidationFailed(f"Bedrock refused the request: {message}")
         case "ModelTimeoutException":
             return ModelTimeout(f"Bedrock session timed out: {message}")
-        case "ThrottlingException" | "ServiceQuotaExceededException":
+        case "ThrottlingException":
             return Throttled(f"Bedrock is throttling: {message}")
+        case "ServiceQuotaExceededException":
+            return QuotaExceeded(f"Bedrock quota exceeded: {message}")
         case "ServiceUnavailableException" | "ModelNotReadyException":
             return ServiceUnavailable(f"Bedrock is unavailable: {message}")
         case "InternalServerException":

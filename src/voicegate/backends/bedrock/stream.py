@@ -15,16 +15,21 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from voicegate import sonic
 from voicegate.backends.base import BackendError, ModelStreamError, StreamLost
+from voicegate.backends.bedrock.credentials import signing_as
 from voicegate.backends.bedrock.errors import map_error
 from voicegate.backends.bedrock.settings import BedrockSettings
+
+if TYPE_CHECKING:
+    from smithy_aws_core.identity import AWSCredentialsIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +71,17 @@ class _Terminal:
 class BedrockStream:
     """One Nova Sonic session over one HTTP/2 stream. Implements ``BackendStream``."""
 
-    def __init__(self, sdk_stream: Any, settings: BedrockSettings, stream_id: str) -> None:
+    def __init__(
+        self,
+        sdk_stream: Any,
+        settings: BedrockSettings,
+        stream_id: str,
+        identity: AWSCredentialsIdentity | None = None,
+    ) -> None:
         self._sdk = sdk_stream
+        self.identity = identity
+        """The identity the request was signed with: every event of the stream is signed with
+        it too (``signing_as``), however often the process's credentials rotate meanwhile."""
         self._settings = settings
         self.stream_id = stream_id
         self.stats = StreamStats()
@@ -91,6 +105,10 @@ class BedrockStream:
                 self._pump(), name=f"bedrock-receive-{self.stream_id}"
             )
 
+    def credentials_expiration(self) -> datetime | None:
+        """When the keys this stream signs with expire (None: long-term keys)."""
+        return self.identity.expiration if self.identity is not None else None
+
     @property
     def alive(self) -> bool:
         return self._dead is None and not self._closed
@@ -104,33 +122,30 @@ class BedrockStream:
 
     async def send(self, event: sonic.InputEvent) -> None:
         """Encode and send one event, within ``send_timeout``; StreamLost once dead."""
+        await self.send_all((event,))
+
+    async def send_all(self, events: Sequence[sonic.InputEvent]) -> None:
+        """Encode and send events back to back, within ``send_timeout``; StreamLost once dead.
+
+        The stream's one send lock is held across them: each event's signature chains on the
+        previous one, so signing and writing must happen in the same order for every task, and
+        a block (a text content, a tool result) must not have another sender's audio inside.
+        """
         self._check_sendable()
-        t0 = time.thread_time()
-        if (
-            isinstance(event, sonic.SessionStart)
-            and event.endpointing_sensitivity is not None
-            and not self._settings.is_nova2
-        ):
-            # Nova Sonic v1 documents no turnDetectionConfiguration: Bedrock refuses the
-            # unknown field, so v1 sessions go without it.
-            log.info("bedrock_endpointing_dropped", model=self._settings.model_id)
-            event = dataclasses.replace(event, endpointing_sensitivity=None)
-        payload = sonic.dumps(sonic.encode_input(event))
-        chunk = _input_chunk(payload)
-        t1 = time.thread_time()
-        self.stats.encode_cpu_s += t1 - t0
+        encoded = [self._encode(event) for event in events]
         in_sdk = False
         try:
             async with asyncio.timeout(self._settings.send_timeout):
                 async with self._send_lock:
-                    # Sends are serialised: each event's signature chains on the previous one,
-                    # so signing and writing must happen in the same order for every task.
-                    self._check_sendable()
-                    in_sdk = True
-                    t2 = time.thread_time()
-                    await self._sdk.input_stream.send(chunk)
-                    self.stats.sdk_send_cpu_s += time.thread_time() - t2
-                    in_sdk = False
+                    for event, payload, chunk in encoded:
+                        self._check_sendable()
+                        in_sdk = True
+                        t2 = time.thread_time()
+                        with signing_as(self.identity):
+                            await self._sdk.input_stream.send(chunk)
+                        self.stats.sdk_send_cpu_s += time.thread_time() - t2
+                        in_sdk = False
+                        self._sent(event, payload)
         except TimeoutError:
             why = (
                 "stream reset or network stuck"
@@ -158,19 +173,38 @@ class BedrockStream:
             )
             await self._die(lost)
             raise lost from exc
+        if self._session_end_sent:
+            # Nothing may follow sessionEnd: half-close now so Bedrock sees END_STREAM and
+            # can finish the response even if our caller waits for events() before close().
+            await self._close_input()
+
+    def _encode(self, event: sonic.InputEvent) -> tuple[sonic.InputEvent, bytes, Any]:
+        t0 = time.thread_time()
+        if (
+            isinstance(event, sonic.SessionStart)
+            and event.endpointing_sensitivity is not None
+            and not self._settings.is_nova2
+        ):
+            # Nova Sonic v1 documents no turnDetectionConfiguration: Bedrock refuses the
+            # unknown field, so v1 sessions go without it.
+            log.info("bedrock_endpointing_dropped", model=self._settings.model_id)
+            event = dataclasses.replace(event, endpointing_sensitivity=None)
+        payload = sonic.dumps(sonic.encode_input(event))
+        chunk = _input_chunk(payload)
+        self.stats.encode_cpu_s += time.thread_time() - t0
+        return event, payload, chunk
+
+    def _sent(self, event: sonic.InputEvent, payload: bytes) -> None:
         self.stats.events_sent += 1
         self.stats.payload_bytes_sent += len(payload)
         if isinstance(event, sonic.AudioInput):
             self.stats.audio_bytes_sent += len(event.content)
         elif isinstance(event, sonic.SessionEnd):
             self._session_end_sent = True
-            # Nothing may follow sessionEnd: half-close now so Bedrock sees END_STREAM and
-            # can finish the response even if our caller waits for events() before close().
-            await self._close_input()
 
     def _check_sendable(self) -> None:
         if self._dead is not None:
-            raise StreamLost(f"Bedrock stream is gone: {self._dead.message}")
+            raise StreamLost(f"Bedrock stream is gone: {self._dead.message}", cause=self._dead)
         if self._closed or self._input_closed:
             raise StreamLost("Bedrock stream is closed for sending")
 
@@ -281,7 +315,8 @@ class BedrockStream:
         try:
             async with asyncio.timeout(self._settings.close_timeout):
                 async with self._send_lock:
-                    await self._sdk.input_stream.close()
+                    with signing_as(self.identity):
+                        await self._sdk.input_stream.close()
         except TimeoutError:
             await self._die(StreamLost("closing the Bedrock request stream timed out"))
         except asyncio.CancelledError:
