@@ -32,6 +32,7 @@ __all__ = [
     "CallConnected",
     "CallEnded",
     "CallEvent",
+    "CallInfo",
     "CallObserver",
     "CallStarted",
     "Observers",

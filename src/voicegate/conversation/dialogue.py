@@ -86,6 +86,15 @@ from voicegate.sonic import (
 )
 from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
+__all__ = [
+    "Conversation",
+    "HANDOVER_WAIT_S",
+    "MAX_TOOL_TASKS",
+    "MAX_TYPED_KEPT",
+    "SEND_QUEUE_S",
+    "SILENCE_AFTER",
+]
+
 log = structlog.get_logger(__name__)
 
 SILENCE_AFTER: Final = 0.1

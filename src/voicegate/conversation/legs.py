@@ -51,6 +51,21 @@ from voicegate.sonic import (
 )
 from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "Content",
+    "Leg",
+    "LegHooks",
+    "Legs",
+    "Lifecycle",
+    "REPLAY_EVENT_BYTES",
+    "SETUP_TIMEOUT",
+    "TEXT_PART_BYTES",
+    "TurnState",
+    "USER_TEXT_MAX_BYTES",
+    "split_text",
+]
+
 log = structlog.get_logger(__name__)
 
 SETUP_TIMEOUT: Final = 10.0

@@ -19,6 +19,11 @@ from voicegate.conversation.events import MAX_HISTORY, ConversationStats
 from voicegate.sonic import Role
 from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
+__all__ = [
+    "CallMemory",
+    "History",
+]
+
 History = list[tuple[Role, str]]
 
 

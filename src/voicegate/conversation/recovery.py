@@ -23,6 +23,13 @@ from voicegate.conversation.events import ConversationError, ConversationStats, 
 from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs, Lifecycle
 from voicegate.conversation.memory import CallMemory
 
+__all__ = [
+    "BUSY_MESSAGE",
+    "LostTools",
+    "Recovery",
+    "RetryPolicy",
+]
+
 log = structlog.get_logger(__name__)
 
 LostTools = Callable[[Leg, str], None]

@@ -24,6 +24,12 @@ from voicegate.conversation.legs import SETUP_TIMEOUT, Leg, Legs, Lifecycle, Tur
 from voicegate.conversation.memory import CallMemory
 from voicegate.conversation.recovery import LostTools, Recovery
 
+__all__ = [
+    "REPLY_EXPECTED_S",
+    "Renewal",
+    "TURN_QUIET_S",
+]
+
 log = structlog.get_logger(__name__)
 
 TURN_QUIET_S: Final = 2.0

@@ -18,6 +18,12 @@ from voicegate.config import ServeConfig
 from voicegate.netaddr import host_header_is_loopback, is_loopback_host
 from voicegate.signaling import auth
 
+__all__ = [
+    "authenticate",
+    "local_refusal",
+    "subject_key",
+]
+
 
 def local_refusal(request: web.Request, config: ServeConfig) -> str | None:
     """Why ``request`` is not a request made on this machine (None: it is)."""

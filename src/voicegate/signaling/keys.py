@@ -26,20 +26,26 @@ from voicegate.signaling.ratelimit import RateLimiter
 from voicegate.store import CallHistory, HistoryWriter
 
 __all__ = [
+    "ADMIN_TOKEN",
     "ADMISSION",
     "BACKEND",
+    "CALL_HISTORY",
+    "CALL_LOG",
     "CANDIDATES",
     "CLAIMS",
     "CONFIG",
     "COUNTERS",
     "GATE",
     "Gate",
+    "HISTORY_WRITER",
     "METRICS",
     "RECORDER",
     "SESSIONS",
     "SETTINGS",
     "STARTED",
     "TOOLS",
+    "TRACER",
+    "WEBHOOKS",
 ]
 
 

@@ -10,6 +10,11 @@ from aiohttp import web
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.keys import CONFIG
 
+__all__ = [
+    "index",
+    "static_file",
+]
+
 
 async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(Path(request.app[CONFIG].web_dir) / "index.html")

@@ -45,6 +45,7 @@ __all__ = [
     "RETRY_BACKOFF",
     "credentials_status",
     "load_botocore_credentials",
+    "signing_as",
 ]
 
 log = structlog.get_logger(__name__)
