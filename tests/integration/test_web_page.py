@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
@@ -44,14 +45,19 @@ class _Tags(HTMLParser):
             self.inline.append(f"<{self._open}>{data.strip()[:80]}")
 
 
-def _index() -> _Tags:
+PAGES = {"index.html": "/static/app.js", "calls.html": "/static/calls.js"}
+"""Each page and its one entry module."""
+
+
+def _parse(name: str) -> _Tags:
     parser = _Tags()
-    parser.feed((WEB / "index.html").read_text())
+    parser.feed((WEB / name).read_text())
     return parser
 
 
-def test_index_has_no_inline_script_style_or_handler() -> None:
-    page = _index()
+@pytest.mark.parametrize("page_name", sorted(PAGES))
+def test_pages_have_no_inline_script_style_or_handler(page_name: str) -> None:
+    page = _parse(page_name)
     assert page.inline == [], page.inline
     assert not [t for t, _ in page.tags if t == "style"]
     for tag, attrs in page.tags:
@@ -64,14 +70,14 @@ def test_index_has_no_inline_script_style_or_handler() -> None:
             value = attrs.get(name) or ""
             assert not value.lower().startswith(("javascript:", "data:")), (tag, attrs)
     scripts = [a["src"] for t, a in page.tags if t == "script"]
-    assert scripts == ["/static/app.js"], scripts
+    assert scripts == [PAGES[page_name]], scripts
 
 
 def test_modules_import_only_files_of_the_page() -> None:
     """Every import is a relative path to a module that exists (no CDN, no build step)."""
     modules = sorted(WEB.glob("*.js"))
     assert len(modules) >= 7, modules
-    reached = {"app.js"}
+    reached = {entry.rsplit("/", 1)[1] for entry in PAGES.values()}
     for module in modules:
         text = module.read_text()
         for target in IMPORT.findall(text) + MODULE_URL.findall(text):
