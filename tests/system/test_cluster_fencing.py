@@ -192,7 +192,7 @@ async def test_records_lost_with_redis_are_rebuilt_and_the_call_still_moves(
 
 def page_request_timeout_s() -> float:
     """The page's own limit on one HTTP request (web/http.js): a caller waits no longer."""
-    text = (Path(__file__).parents[1] / "web" / "http.js").read_text()
+    text = (Path(__file__).parents[2] / "web" / "http.js").read_text()
     match = re.search(r"HTTP_TIMEOUT_MS = (\d+)", text)
     assert match is not None
     return int(match.group(1)) / 1000

@@ -102,7 +102,7 @@ async def test_no_forwarding_without_a_token_and_hops_are_signed(
     async with redis_server(tmp_path) as redis_url:
         directory = Directory(redis_url, "elsewhere")
         try:
-            await directory.claim("victim-call", 600)
+            await directory.claim("victim-call", 0, "", 600)
             port = free_port()
             async with serve_node(tmp_path, *node_args(redis_url, port, workers)) as node:
                 # Written now: a heartbeat expires within seconds.
