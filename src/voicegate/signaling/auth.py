@@ -77,6 +77,7 @@ class Claims:
     mcs: float | None = None
     pc: str | None = None
     aud: str | None = None
+    agent: str | None = None
 
 
 def _b64encode(data: bytes) -> str:
