@@ -33,6 +33,7 @@ from smithy_core.aio.interfaces import ProtocolSettings
 from smithy_core.aio.types import AsyncBytesReader
 
 from voicegate import sonic
+from voicegate.backends.bedrock.event_signer import ChainedEventSigner
 
 CHUNK_SAMPLES = 512  # 32 ms at 16 kHz
 PROMPT = "p"
@@ -88,6 +89,10 @@ async def micro(n: int = 5000) -> dict[str, float]:
         lambda: sonic.dumps(sonic.encode_input(audio_in)), n
     )
 
+    results["voicegate encode, templated (what BedrockStream sends)"] = _per_call_us(
+        lambda: sonic.audio_input_payload(audio_in), n
+    )
+
     unsigned = AWSEventPublisher[Any](payload_codec=codec, async_writer=_Sink())
     results["SDK publish, unsigned (JSON wrap + base64 + framing)"] = await _per_call_us_async(
         lambda: unsigned.send(chunk), n
@@ -110,6 +115,23 @@ async def micro(n: int = 5000) -> dict[str, float]:
     )
     results["  of which SigV4 event signing"] = (
         results["SDK publish, signed (+ SigV4 event signature)"]
+        - results["SDK publish, unsigned (JSON wrap + base64 + framing)"]
+    )
+    chained = AWSEventPublisher[Any](
+        payload_codec=codec,
+        async_writer=_Sink(),
+        signing_config=SigningConfig(
+            signer=ChainedEventSigner(initial_signature=b"0" * 64),
+            signing_properties={"region": "us-east-1", "service": "bedrock"},
+            identity_resolver=StaticCredentialsResolver(identity),
+            identity_properties={},
+        ),
+    )
+    results["SDK publish, signed by voicegate's ChainedEventSigner"] = await _per_call_us_async(
+        lambda: chained.send(chunk), n
+    )
+    results["  of which SigV4 event signing (ChainedEventSigner)"] = (
+        results["SDK publish, signed by voicegate's ChainedEventSigner"]
         - results["SDK publish, unsigned (JSON wrap + base64 + framing)"]
     )
 

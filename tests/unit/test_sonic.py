@@ -284,3 +284,28 @@ def test_the_package_face_exports_every_public_name() -> None:
     assert public <= set(sonic.__all__)
     assert {"decode_input", "encode_output"} <= set(sonic.__all__)
     assert sonic.decode_input is model_codec.decode_input
+
+
+@pytest.mark.parametrize(
+    ("prompt", "content", "pcm"),
+    [
+        ("p", "audio", b"\x01\x02" * 512),
+        ('quote"d\\name', "ünïcode ☃", b""),
+        ("p", "c", bytes(range(256)) * 3 + b"\x00"),
+    ],
+)
+def test_the_audio_input_template_is_the_json_encoding_byte_for_byte(
+    prompt: str, content: str, pcm: bytes
+) -> None:
+    event = sonic.AudioInput(prompt, content, pcm)
+    assert sonic.audio_input_payload(event) == sonic.dumps(sonic.encode_input(event))
+    # The cached halves are those of this (prompt, content), not of the one before.
+    other = sonic.AudioInput(prompt + "x", content, pcm)
+    assert sonic.audio_input_payload(other) == sonic.dumps(sonic.encode_input(other))
+
+
+@pytest.mark.parametrize("bad", ["AAA", "AA=A", "A@AA", "A===", "AA\nAA"])
+def test_output_audio_that_is_not_strict_base64_is_refused(bad: str) -> None:
+    event = {"event": {"audioOutput": {"contentId": "c", "content": bad}}}
+    with pytest.raises(sonic.SonicProtocolError):
+        sonic.decode_output(event)

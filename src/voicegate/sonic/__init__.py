@@ -8,6 +8,7 @@ voicegate: every layer above may depend on it.
 
 from voicegate.sonic.codec import (
     SonicProtocolError,
+    audio_input_payload,
     decode_output,
     dumps,
     encode_input,
@@ -85,6 +86,7 @@ __all__ = [
     "ToolSpec",
     "ToolUse",
     "UsageEvent",
+    "audio_input_payload",
     "decode_input",
     "decode_output",
     "dumps",

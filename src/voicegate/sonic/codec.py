@@ -60,6 +60,7 @@ __all__ = [
     "MAX_REPORTED",
     "OUTPUT_FIELDS",
     "SonicProtocolError",
+    "audio_input_payload",
     "b64",
     "decode_output",
     "dumps",
@@ -126,9 +127,38 @@ def unb64(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
         raise SonicProtocolError(f"{what}.content must be a base64 string")
     try:
-        return base64.b64decode(text, validate=True)
+        # strict_mode refuses what b64decode(validate=True) refuses (characters outside the
+        # alphabet, bad padding) without its extra regex pass over the whole string: a third
+        # of the cost of every output audio event.
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise SonicProtocolError(f"{what}.content is not valid base64") from exc
+
+
+_AUDIO_PREFIXES: dict[tuple[str, str], bytes] = {}
+_MAX_AUDIO_PREFIXES: Final = 256
+_AUDIO_SUFFIX: Final = b'"}}}'
+
+
+def audio_input_payload(event: AudioInput) -> bytes:
+    """``dumps(encode_input(event))`` for an audio chunk, byte for byte, without building the
+    dict or running json.dumps over the base64 text: the JSON around the audio is the same for
+    every chunk of a content, so it is encoded once per (prompt, content) and the base64 goes
+    straight between its two halves (base64 needs no JSON escaping)."""
+    key = (event.prompt_name, event.content_name)
+    prefix = _AUDIO_PREFIXES.get(key)
+    if prefix is None:
+        prefix = (
+            b'{"event":{"audioInput":{"promptName":'
+            + json.dumps(event.prompt_name).encode()
+            + b',"contentName":'
+            + json.dumps(event.content_name).encode()
+            + b',"content":"'
+        )
+        if len(_AUDIO_PREFIXES) >= _MAX_AUDIO_PREFIXES:
+            _AUDIO_PREFIXES.clear()  # one entry per live audio content; a cheap bound
+        _AUDIO_PREFIXES[key] = prefix
+    return prefix + base64.b64encode(event.content) + _AUDIO_SUFFIX
 
 
 def encode_input(event: InputEvent) -> dict[str, Any]:

@@ -189,7 +189,10 @@ class BedrockStream:
             # unknown field, so v1 sessions go without it.
             log.info("bedrock_endpointing_dropped", model=self._settings.model_id)
             event = dataclasses.replace(event, endpointing_sensitivity=None)
-        payload = sonic.dumps(sonic.encode_input(event))
+        if isinstance(event, sonic.AudioInput):
+            payload = sonic.audio_input_payload(event)  # 30 a second: the templated fast path
+        else:
+            payload = sonic.dumps(sonic.encode_input(event))
         chunk = _input_chunk(payload)
         self.stats.encode_cpu_s += time.thread_time() - t0
         return event, payload, chunk
