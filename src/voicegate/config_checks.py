@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from voicegate.audio.chunks import MODEL_CHUNK_MS_CHOICES
 from voicegate.config_options import parse_port_range
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
@@ -141,8 +142,9 @@ def _validate_media(c: ServeConfig) -> list[str]:
             problems.append(f"announced_address {c.announced_address!r} is not an IP address")
     if not 0 <= c.max_loop_lag_ms <= 10000:
         problems.append(f"max_loop_lag_ms {c.max_loop_lag_ms} must be between 0 and 10000")
-    if c.model_chunk_ms not in (20, 40, 60, 80, 100):
-        problems.append(f"model_chunk_ms {c.model_chunk_ms} must be 20, 40, 60, 80 or 100")
+    if c.model_chunk_ms not in MODEL_CHUNK_MS_CHOICES:
+        choices = ", ".join(str(ms) for ms in MODEL_CHUNK_MS_CHOICES)
+        problems.append(f"model_chunk_ms {c.model_chunk_ms} must be one of {choices}")
     return problems
 
 

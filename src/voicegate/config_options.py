@@ -322,8 +322,8 @@ OPTIONS: Final = (
     ),
     Option(
         "model_chunk_ms",
-        "caller audio per model event in ms, a multiple of 20 (default 20: lowest latency; "
-        "40 halves the Bedrock events per call)",
+        "caller audio per model event in ms: 20, 32 (AWS's samples), 40, 60, 80 or 100 "
+        "(default 20: lowest latency; 40 halves the Bedrock events per call)",
         int,
     ),
     # many cores, many machines (docs/cluster.md)

@@ -8,7 +8,12 @@ import av
 import numpy as np
 import pytest
 
-from voicegate.audio.chunks import Chunker
+from voicegate.audio.chunks import (
+    DEFAULT_CHUNK_MS,
+    Chunker,
+    configure_chunks,
+    model_chunk_seconds,
+)
 from voicegate.audio.levels import dbfs, rms
 from voicegate.audio.pcm import pcm_frame
 from voicegate.audio.resample import InboundResampler
@@ -63,6 +68,31 @@ def test_chunker_reframes_exactly() -> None:
     assert ch.pending_samples == total % 512
     joined = np.frombuffer(b"".join(got), dtype=np.int16)
     assert np.array_equal(joined, np.arange(len(got) * 512, dtype=np.int16))
+
+
+@pytest.mark.parametrize("ms", [20, 32, 40])
+def test_every_chunk_length_is_cut_from_20_ms_frames_with_nothing_held_back(ms: int) -> None:
+    configure_chunks(ms)
+    try:
+        ch = Chunker()
+        frame = 320  # 20 ms at 16 kHz
+        sent = 0
+        for i in range(50):
+            out = ch.push(np.full(frame, i, dtype=np.int16))
+            sent += len(out)
+            # A chunk leaves the moment its last sample has arrived: never more than one
+            # chunk's worth is pending.
+            assert ch.pending_samples < ms * 16
+        assert sent == 50 * frame // (ms * 16)
+        assert abs(model_chunk_seconds() - ms / 1000) < 1e-9
+    finally:
+        configure_chunks(DEFAULT_CHUNK_MS)
+
+
+@pytest.mark.parametrize("ms", [0, 10, 30, 33, 120])
+def test_unsupported_chunk_lengths_are_refused(ms: int) -> None:
+    with pytest.raises(ValueError, match="must be one of"):
+        configure_chunks(ms)
 
 
 def test_levels() -> None:

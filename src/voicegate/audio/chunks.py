@@ -17,12 +17,15 @@ from voicegate.sonic.events import INPUT_SAMPLE_RATE
 __all__ = [
     "CHUNK_SAMPLES",
     "DEFAULT_CHUNK_MS",
+    "MODEL_CHUNK_MS_CHOICES",
     "Chunker",
     "configure_chunks",
     "model_chunk_seconds",
 ]
 
 DEFAULT_CHUNK_MS: Final = 20
+MODEL_CHUNK_MS_CHOICES: Final = (20, 32, 40, 60, 80, 100)
+"""The chunk lengths ``--model-chunk-ms`` accepts (benchmarks/README.md measures them)."""
 CHUNK_SAMPLES: Final = INPUT_SAMPLE_RATE * DEFAULT_CHUNK_MS // 1000
 """Default samples per chunk sent to the model: 20 ms at 16 kHz, i.e. every received frame goes
 to the model the moment it is decoded. Larger chunks cost fewer model events per second (each
@@ -37,10 +40,13 @@ def model_chunk_seconds() -> float:
 
 
 def configure_chunks(ms: int) -> None:
-    """Model input chunk length for every call from now on (a multiple of 20 ms)."""
+    """Model input chunk length for every call from now on (one of ``MODEL_CHUNK_MS_CHOICES``).
+
+    A length that is not a multiple of the 20 ms frame (32 ms, AWS's samples' 512 samples) is
+    cut from the running sample stream: a frame completes at most one chunk, the rest waits."""
     global _chunk_samples
-    if ms <= 0 or ms % 20:
-        raise ValueError(f"chunk length {ms} ms must be a positive multiple of 20 ms")
+    if ms not in MODEL_CHUNK_MS_CHOICES:
+        raise ValueError(f"chunk length {ms} ms must be one of {MODEL_CHUNK_MS_CHOICES}")
     _chunk_samples = INPUT_SAMPLE_RATE * ms // 1000
 
 
