@@ -146,6 +146,8 @@ async def measure(transport: str, calls: int, seconds: float, chunk_s: float) ->
         "thread_cpu_ms_per_call_s": {k: 1000 * v / call_s for k, v in sorted(threads.items())},
         "events_sent_per_call_s": sum(s.stats.events_sent for s in streams) / call_s,
         "events_received_per_call_s": sum(s.stats.events_received for s in streams) / call_s,
+        # The stream's own per-step thread-CPU clocks (StreamStats), per event of that step.
+        "step_us_per_event": _steps(streams),
         "rss_before_mb": rss_before / 1024,
         "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -163,6 +165,18 @@ def _worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _steps(streams: list[Any]) -> dict[str, float]:
+    sent = sum(s.stats.events_sent for s in streams) or 1
+    received = sum(s.stats.events_received for s in streams) or 1
+    return {
+        "voicegate encode": 1e6 * sum(s.stats.encode_cpu_s for s in streams) / sent,
+        "SDK send (serialize, sign, frame, write)": 1e6
+        * sum(s.stats.sdk_send_cpu_s for s in streams)
+        / sent,
+        "voicegate decode": 1e6 * sum(s.stats.decode_cpu_s for s in streams) / received,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # orchestration
 # --------------------------------------------------------------------------------------------
@@ -173,7 +187,8 @@ def _run_worker(standin: dict[str, str], transport: str, loop: str, calls: int, 
     cmd += ["--loop", loop, "--calls", str(calls), "--seconds", str(args.seconds)]
     cmd += ["--chunk-ms", str(args.chunk_ms)]
     env = {k: v for k, v in os.environ.items() if k != "AWS_SESSION_TOKEN"} | standin
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    src = str(args.src) if getattr(args, "src", None) else str(ROOT / "src")
+    env["PYTHONPATH"] = os.pathsep.join([src, str(ROOT), env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -246,6 +261,9 @@ def main() -> None:
     parser.add_argument(
         "--render", action="store_true", help="rewrite README.md from the saved results only"
     )  # the saved file is only read
+    parser.add_argument(
+        "--src", type=Path, help="the voicegate tree measured (default this checkout's src)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
@@ -286,7 +304,8 @@ def main() -> None:
                     print(
                         f"run {run} {transport:7s} {loop:7s} N={calls:2d}: "
                         f"{r['cpu_ms_per_call_s']:6.1f} CPU ms/call-s, "
-                        f"peak RSS {r['rss_peak_mb']:.0f} MB",
+                        f"peak RSS {r['rss_peak_mb']:.0f} MB; us/event "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in r["step_us_per_event"].items()),
                         flush=True,
                     )
     result = {

@@ -33,7 +33,6 @@ from smithy_core.aio.interfaces import ProtocolSettings
 from smithy_core.aio.types import AsyncBytesReader
 
 from voicegate import sonic
-from voicegate.backends.bedrock.event_signer import ChainedEventSigner
 
 CHUNK_SAMPLES = 512  # 32 ms at 16 kHz
 PROMPT = "p"
@@ -117,6 +116,10 @@ async def micro(n: int = 5000) -> dict[str, float]:
         results["SDK publish, signed (+ SigV4 event signature)"]
         - results["SDK publish, unsigned (JSON wrap + base64 + framing)"]
     )
+    # Imported here: bedrock_cpu's workers import this module, and ``--src`` may point them
+    # at a voicegate tree from before the chained signer existed.
+    from voicegate.backends.bedrock.event_signer import ChainedEventSigner
+
     chained = AWSEventPublisher[Any](
         payload_codec=codec,
         async_writer=_Sink(),
