@@ -38,6 +38,10 @@ MAX_QUEUED_OUTPUT: Final = 1024
 back-pressures Bedrock through HTTP/2 flow control rather than dropping anything."""
 
 
+TIMED_EVERY: Final = 16
+"""One event in this many has its steps timed (``StreamStats``); the first always is."""
+
+
 @dataclass(slots=True)
 class StreamStats:
     """Per-stream counters; CPU fields are thread CPU seconds spent on this stream's events.
@@ -47,6 +51,10 @@ class StreamStats:
     framing, SHA-256 of the payload and the chained SigV4 event signature (approximate: it is
     measured across an await that normally does not yield). ``decode_cpu_s`` covers JSON and
     base64 decoding of output events; the SDK's own receive-side framing is not included.
+
+    Each is an estimate from one event in ``TIMED_EVERY`` (scaled up): reading a thread's CPU
+    clock is a system call, and timing every step of every event cost four of them per event,
+    more than the templated encode it measures.
     """
 
     events_sent: int = 0
@@ -85,6 +93,7 @@ class BedrockStream:
         self._settings = settings
         self.stream_id = stream_id
         self.stats = StreamStats()
+        self._encodes = self._sends = self._decodes = 0  # for TIMED_EVERY
         self._queue: asyncio.Queue[sonic.OutputEvent | _Terminal] = asyncio.Queue(MAX_QUEUED_OUTPUT)
         self._final: _Terminal | None = None
         self._send_lock = asyncio.Lock()
@@ -140,10 +149,13 @@ class BedrockStream:
                     for event, payload, chunk in encoded:
                         self._check_sendable()
                         in_sdk = True
-                        t2 = time.thread_time()
+                        timed = self._sends % TIMED_EVERY == 0
+                        self._sends += 1
+                        t2 = time.thread_time() if timed else 0.0
                         with signing_as(self.identity):
                             await self._sdk.input_stream.send(chunk)
-                        self.stats.sdk_send_cpu_s += time.thread_time() - t2
+                        if timed:
+                            self.stats.sdk_send_cpu_s += (time.thread_time() - t2) * TIMED_EVERY
                         in_sdk = False
                         self._sent(event, payload)
         except TimeoutError:
@@ -179,7 +191,9 @@ class BedrockStream:
             await self._close_input()
 
     def _encode(self, event: sonic.InputEvent) -> tuple[sonic.InputEvent, bytes, Any]:
-        t0 = time.thread_time()
+        timed = self._encodes % TIMED_EVERY == 0
+        self._encodes += 1
+        t0 = time.thread_time() if timed else 0.0
         if (
             isinstance(event, sonic.SessionStart)
             and event.endpointing_sensitivity is not None
@@ -194,7 +208,8 @@ class BedrockStream:
         else:
             payload = sonic.dumps(sonic.encode_input(event))
         chunk = _input_chunk(payload)
-        self.stats.encode_cpu_s += time.thread_time() - t0
+        if timed:
+            self.stats.encode_cpu_s += (time.thread_time() - t0) * TIMED_EVERY
         return event, payload, chunk
 
     def _sent(self, event: sonic.InputEvent, payload: bytes) -> None:
@@ -264,13 +279,16 @@ class BedrockStream:
         await self._queue.put(_Terminal(terminal))
 
     def _decode(self, data: bytes) -> sonic.OutputEvent | None:
-        t0 = time.thread_time()
+        timed = self._decodes % TIMED_EVERY == 0
+        self._decodes += 1
+        t0 = time.thread_time() if timed else 0.0
         try:
             event = sonic.decode_output(json.loads(data))
         except (ValueError, sonic.SonicProtocolError) as exc:
             raise ModelStreamError(f"Bedrock sent an unreadable event: {exc}") from exc
         finally:
-            self.stats.decode_cpu_s += time.thread_time() - t0
+            if timed:
+                self.stats.decode_cpu_s += (time.thread_time() - t0) * TIMED_EVERY
         if event is not None:
             self.stats.events_received += 1
             if isinstance(event, sonic.AudioOutput):
@@ -395,4 +413,4 @@ def _input_chunk(payload: bytes) -> Any:
     )
 
 
-__all__ = ["MAX_QUEUED_OUTPUT", "BedrockStream", "StreamStats"]
+__all__ = ["MAX_QUEUED_OUTPUT", "TIMED_EVERY", "BedrockStream", "StreamStats"]
