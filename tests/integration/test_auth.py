@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -141,8 +142,12 @@ def test_mint_checks_its_inputs() -> None:
 def test_token_command_prints_one_token_alone() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "voicegate", "token", "--ttl", "120", "--subject", "bob"]
-        + ["--max-call-seconds", "45"],
-        env={"VOICEGATE_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        + ["--max-call-seconds", "45", "--format", "vg1"],
+        env={
+            "VOICEGATE_AUTH_SECRET": SECRET,
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -163,7 +168,7 @@ def test_token_command_needs_a_secret(
     assert main(["token", "--secret", "short"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and "secret" in out.err
-    assert main(["token", "--secret", SECRET]) == 0
+    assert main(["token", "--secret", SECRET, "--format", "vg1"]) == 0
     auth.verify(SECRET, capsys.readouterr().out.strip())
 
 
