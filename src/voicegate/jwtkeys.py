@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, JWKRegistry, RSAKey
 
 __all__ = [
@@ -44,6 +45,14 @@ class PublicKey:
     algorithm: str
     kid: str
     """The JWKS's ``kid``; for a PEM key its RFC 7638 thumbprint (a token may name either)."""
+
+
+def _import(data: str | dict[str, Any], kind: str | None) -> object:
+    # A weak key is refused below with a reason the operator sees; the library's own warning
+    # would only repeat it in the log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        return JWKRegistry.import_key(data, kind)
 
 
 def _checked(key: object, kid: str | None) -> PublicKey:
@@ -80,7 +89,7 @@ def _from_pem_block(block: str, number: int) -> PublicKey:
         raise ValueError(f"key {number}: a private key was given where only public keys belong")
     for kind in ("RSA", "EC"):
         try:
-            key = JWKRegistry.import_key(block, kind)
+            key = _import(block, kind)
         except (JoseError, ValueError, TypeError):
             continue
         try:
@@ -115,7 +124,7 @@ def keys_from_jwks(body: bytes) -> tuple[list[PublicKey], list[str]]:
             skipped.append(f"{kid[:64]}: algorithm {str(declared)[:16]} is not accepted")
             continue
         try:
-            keys.append(_checked(JWKRegistry.import_key(entry), kid))
+            keys.append(_checked(_import(entry, None), kid))
         except (JoseError, ValueError, TypeError, KeyError) as exc:
             skipped.append(f"{kid[:64]}: {exc}")
     if len(entries) > MAX_JWKS_KEYS:
