@@ -329,6 +329,8 @@ def mint(
         math.isfinite(max_call_seconds) and max_call_seconds > 0
     ):
         raise ValueError("max_call_seconds must be a positive number")
+    if audience is not None and not 0 < len(audience) <= MAX_AUDIENCE_CHARS:
+        raise ValueError(f"audience must have 1-{MAX_AUDIENCE_CHARS} characters")
     if agent is not None and not AGENT_NAME.fullmatch(agent):
         raise ValueError("agent must match [a-z0-9_-]{1,32}")
     issued = int(time.time() if now is None else now)
