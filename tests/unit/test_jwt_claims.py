@@ -18,6 +18,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voicegate import jwtkeys
 from voicegate.config import resolve
@@ -214,3 +216,31 @@ def test_env_vars_reach_the_config(tmp_path: Path) -> None:
     )
     assert config.jwt_public_key_file.endswith("keys.pem")
     assert config.jwks_url == "https://idp.example/jwks"
+
+
+_SEGMENT = st.one_of(
+    st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=60
+    ),
+    st.dictionaries(
+        st.sampled_from(["alg", "kid", "typ", "exp", "sub", "aud", "crit", "jku"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=8),
+            st.lists(st.integers()),
+            st.sampled_from(["RS256", "HS256", "ES256", "none"]),
+        ),
+        max_size=4,
+    ).map(lambda d: _b64(json.dumps(d).encode())),
+)
+
+
+@given(st.tuples(_SEGMENT, _SEGMENT, _SEGMENT))
+@settings(max_examples=300, deadline=None)
+def test_any_three_segments_are_refused_with_a_reason(parts: tuple[str, str, str]) -> None:
+    """Made-up headers and payloads (kid lists, alg numbers, ...) end in AuthError, never in
+    another exception a request would turn into a 500."""
+    ring = jwt_access.Keyring(SECRET, jwtkeys.keys_from_pem(_pem(RSA_KEY)), "https://i.example/j")
+    with pytest.raises(auth.AuthError):
+        ring.verify(".".join(parts))
