@@ -309,3 +309,35 @@ def test_workers_get_the_key_configuration(tmp_path: Path) -> None:
     assert env["VOICEGATE_JWKS_URL"] == "https://idp.example/jwks"
     # Public keys are no secret; the auth secret still travels only by stdin.
     assert SECRET not in json.dumps(env)
+
+
+async def test_the_minting_examples_make_tokens_the_server_takes() -> None:
+    """examples/mint_token.py (PyJWT) and examples/mint_token.mjs (Node.js, jose) as a team's
+    backend would run them: their tokens start nothing but pass the server's gate."""
+    import shutil
+
+    from tests.support.components import require
+
+    examples = Path(__file__).parents[2] / "examples"
+    node = shutil.which("node")
+    require(node is not None, "node is not installed (apt-get install nodejs)")
+    require((examples / "node_modules" / "jose").is_dir(), "examples/node_modules/jose missing")
+    env = {**os.environ, "VOICEGATE_AUTH_SECRET": SECRET}
+    tokens = {}
+    for name, command in (
+        ("python", [sys.executable, str(examples / "mint_token.py"), "user-7", "support"]),
+        ("node", [str(node), str(examples / "mint_token.mjs"), "user-7", "support"]),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        tokens[name] = out.decode().strip()
+        claims = jwt.decode(tokens[name], SECRET, algorithms=["HS256"])
+        assert (claims["sub"], claims["agent"]) == ("user-7", "support"), name
+    async with running_server(EchoBackend(), auth_secret=SECRET) as (url, _):
+        async with aiohttp.ClientSession() as http:
+            for name, token in tokens.items():
+                assert await _status(http, url, token) == (200, None), name
