@@ -154,6 +154,12 @@ def test_a_token_naming_its_own_key_is_refused() -> None:
         assert err.value.reason in ("wrong_key", "malformed")
 
 
+def test_harmless_header_fields_of_identity_providers_are_ignored() -> None:
+    headers = {"kid": "a", "x5t": "thumb", "x5t#S256": "thumb2", "typ": "at+jwt"}
+    token = jwt.encode(_claims(), RSA_KEY, "RS256", headers=headers)
+    assert _ring().verify(token).sub == "alice"
+
+
 def test_garbage_is_malformed_never_an_exception() -> None:
     for token in ("a.b", "a.b.c", "e30.e30.", "W10.e30.x", "é.x.y", "x" * 5000, "..", "eyJ.eyJ.x"):
         with pytest.raises(auth.AuthError):

@@ -72,7 +72,8 @@ JWKS_MIN_REFRESH_S: Final = 30.0
 JWKS_FETCH_TIMEOUT_S: Final = 5.0
 MAX_JWKS_BYTES: Final = 256 * 1024
 AGENT_NAME: Final = re.compile(r"[a-z0-9_-]{1,32}")
-_HEADER_KEYS: Final = frozenset({"alg", "typ", "kid", "cty"})
+_SELF_KEYED: Final = ("jku", "x5u", "jwk", "x5c")
+"""Header fields by which a token brings or points at its own key: never trusted."""
 
 
 def is_jwt(token: str) -> bool:
@@ -96,9 +97,11 @@ def _header(token: str) -> dict[str, Any]:
     header = _segment(parts[0])
     if not isinstance(header, dict):
         raise AuthError("malformed", "the access token's JWT header is malformed")
-    if "crit" in header or not set(header) <= _HEADER_KEYS | {"jku", "x5u", "jwk", "x5c"}:
-        raise AuthError("malformed", "the access token's JWT header has unsupported fields")
-    if any(name in header for name in ("jku", "x5u", "jwk", "x5c")):
+    # Other header fields (an identity provider's x5t, say) are ignored, as RFC 7515 asks,
+    # unless the token declares them critical: voicegate understands no extension.
+    if "crit" in header:
+        raise AuthError("malformed", "the access token's JWT header has critical extensions")
+    if any(name in header for name in _SELF_KEYED):
         # A key carried or pointed at by the token itself proves nothing.
         raise AuthError("wrong_key", "the access token names its own key; it is not trusted")
     return header
