@@ -260,6 +260,11 @@ async def test_a_bad_jwks_never_hangs_or_breaks_a_request(monkeypatch: pytest.Mo
                 assert await _status(http, url, token) == (200, None)
                 async with http.get(f"{url}/healthz") as r:
                     assert r.status == 200
+                # Keys that could not be refreshed for too long are no longer honoured.
+                idp.body = b"not json"
+                monkeypatch.setattr(jwt_access, "JWKS_MAX_AGE_S", 0.0)
+                monkeypatch.setattr(jwt_access, "JWKS_TTL_S", 0.0)
+                assert await _status(http, url, token) == (401, "unknown_key")
 
 
 def test_token_command_mints_a_jwt_pyjwt_verifies() -> None:

@@ -53,6 +53,7 @@ from voicegate.signaling.auth import (
 __all__ = [
     "AGENT_NAME",
     "JWKS_FETCH_TIMEOUT_S",
+    "JWKS_MAX_AGE_S",
     "JWKS_MIN_REFRESH_S",
     "JWKS_TTL_S",
     "LEEWAY_S",
@@ -69,6 +70,9 @@ LEEWAY_S: Final = 30
 """Clock skew forgiven on ``nbf`` and ``iat`` (an identity provider's clock is not ours)."""
 JWKS_TTL_S: Final = 300.0
 JWKS_MIN_REFRESH_S: Final = 30.0
+JWKS_MAX_AGE_S: Final = 3600.0
+"""Keys of a JWKS that could not be fetched again for this long are dropped: a provider that
+withdrew a key must not see it honoured forever because its endpoint is unreachable."""
 JWKS_FETCH_TIMEOUT_S: Final = 5.0
 MAX_JWKS_BYTES: Final = 256 * 1024
 AGENT_NAME: Final = re.compile(r"[a-z0-9_-]{1,32}")
@@ -200,6 +204,9 @@ class Keyring:
             )
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed", "the access token's kid is malformed")
+        if self._jwks and time.monotonic() - self._fetched_at > JWKS_MAX_AGE_S:
+            log.warning("jwks_expired", url=self.jwks_url, max_age_s=JWKS_MAX_AGE_S)
+            self._jwks = {}
         if kid is not None and kid in self._jwks:
             found = self._jwks[kid]
             return [found] if found.algorithm == alg else []
