@@ -184,8 +184,11 @@ def _token_secret(args: argparse.Namespace) -> str:
 
 def _token(args: argparse.Namespace) -> int:
     """Print one access token, alone on stdout, so scripts can capture it with $(...)."""
-    from voicegate.signaling import auth
+    from voicegate.signaling import auth, jwt_access
 
+    if args.agent is not None and args.format == "vg1":
+        print("voicegate: --agent needs --format jwt (vg1 tokens name no agent)", file=sys.stderr)
+        return 2
     try:
         secret = _token_secret(args)
     except (OSError, UnicodeDecodeError) as exc:
@@ -199,13 +202,23 @@ def _token(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        token = auth.mint(
-            secret,
-            args.ttl,
-            subject=args.subject,
-            max_call_seconds=args.max_call_seconds,
-            audience=args.audience,
-        )
+        if args.format == "jwt":
+            token = jwt_access.mint(
+                secret,
+                args.ttl,
+                subject=args.subject,
+                agent=args.agent,
+                max_call_seconds=args.max_call_seconds,
+                audience=args.audience,
+            )
+        else:
+            token = auth.mint(
+                secret,
+                args.ttl,
+                subject=args.subject,
+                max_call_seconds=args.max_call_seconds,
+                audience=args.audience,
+            )
     except ValueError as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
         return 2
@@ -242,6 +255,15 @@ def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--audience",
         default=None,
         help="audience claim (aud), for a server started with --token-audience",
+    )
+    token.add_argument(
+        "--agent", default=None, help="the one agent this token may call (claim agent)"
+    )
+    token.add_argument(
+        "--format",
+        choices=("jwt", "vg1"),
+        default="jwt",
+        help="jwt (default: an HS256 JWT, RFC 7519) or vg1 (voicegate's own format)",
     )
     token.set_defaults(func=_token)
 

@@ -95,6 +95,8 @@ class ServeConfig:
     turn_secret_file: str = ""
     max_token_ttl: float = 7 * 86400.0
     token_audience: str = ""
+    jwt_public_key_file: str = ""
+    jwks_url: str = ""
     max_calls_per_subject: int = 3
     request_timeout: float = 10.0
     max_connections_per_ip: int = 32

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from voicegate.audio.chunks import MODEL_CHUNK_MS_CHOICES
 from voicegate.config_options import parse_port_range
+from voicegate.jwtkeys import keys_from_pem
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
 from voicegate.sonic.models import DEFAULT_MODEL_ID, STREAM_LIMIT_S, voice_problem
@@ -196,7 +197,36 @@ def _validate_access(c: ServeConfig) -> list[str]:
         problems.append(f"drain_timeout {c.drain_timeout} must be between 0 and 3600 seconds")
     if not 0.5 <= c.connect_timeout <= 300:
         problems.append(f"connect_timeout {c.connect_timeout} must be between 0.5 and 300 seconds")
-    return problems + _validate_exposure(c)
+    return problems + _validate_exposure(c) + _validate_jwt_keys(c)
+
+
+def _validate_jwt_keys(c: ServeConfig) -> list[str]:
+    """Keys for identity-provider JWTs: readable and usable now, not at the first call."""
+    problems: list[str] = []
+    if (c.jwt_public_key_file or c.jwks_url) and not c.auth_secret:
+        problems.append(
+            "--jwt-public-key-file and --jwks-url need --auth-secret too: voicegate signs each "
+            "call's own session token with it"
+        )
+    if c.jwt_public_key_file:
+        text = _read_text(c.jwt_public_key_file, "jwt_public_key_file", problems)
+        if text is not None:
+            try:
+                keys_from_pem(text)
+            except ValueError as exc:
+                problems.append(f"jwt_public_key_file {c.jwt_public_key_file!r}: {exc}")
+    if c.jwks_url:
+        try:
+            parts = urlsplit(c.jwks_url)
+            host = parts.hostname or ""
+        except ValueError:
+            parts, host = urlsplit(""), ""
+        plain_ok = parts.scheme == "http" and is_loopback_host(host)
+        if len(c.jwks_url) > 2048 or not host or not (parts.scheme == "https" or plain_ok):
+            problems.append(
+                f"jwks_url {c.jwks_url[:100]!r} must be an https:// URL (http only on loopback)"
+            )
+    return problems
 
 
 def _validate_exposure(c: ServeConfig) -> list[str]:

@@ -195,6 +195,16 @@ OPTIONS: Final = (
     ),
     Option("token_audience", "require this audience (claim aud) in access tokens (default: none)"),
     Option(
+        "jwt_public_key_file",
+        "PEM file of the public keys (RSA for RS256, EC P-256 for ES256; several blocks allowed) "
+        "that verify JWT access tokens an identity provider signs",
+    ),
+    Option(
+        "jwks_url",
+        "JWKS URL of an identity provider whose RS256/ES256 JWTs are accepted (https, or http "
+        "on loopback); fetched, cached and refreshed when a new kid appears",
+    ),
+    Option(
         "max_calls_per_subject",
         "live calls one token subject may hold at once (default 3; 0: no limit)",
         int,

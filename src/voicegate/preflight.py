@@ -107,7 +107,9 @@ def problems_and_summary(
         ),
         f"workers: {conf.workers} ({cfg.worker_count(conf)} here)",
         f"max_sessions: {conf.max_sessions} per node",
-        f"auth: {'token required' if conf.auth_secret else 'off (loopback only)'}",
+        f"auth: {'token required' if conf.auth_secret else 'off (loopback only)'}"
+        + (" (JWT public keys from a file)" if conf.jwt_public_key_file else "")
+        + (f" (JWKS {conf.jwks_url})" if conf.jwks_url else ""),
         f"turn: {', '.join(conf.turn_urls) or 'none'}",
         f"rtc_ports: {conf.rtc_ports or 'any'}",
         "cluster: "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.cli import main
 from voicegate.config import ConfigError, resolve
-from voicegate.signaling import auth
+from voicegate.signaling import auth, jwt_access
 from voicegate.signaling.app import SESSIONS
 from voicegate.testing.client import CallClient
 
@@ -141,8 +142,12 @@ def test_mint_checks_its_inputs() -> None:
 def test_token_command_prints_one_token_alone() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "voicegate", "token", "--ttl", "120", "--subject", "bob"]
-        + ["--max-call-seconds", "45"],
-        env={"VOICEGATE_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        + ["--max-call-seconds", "45", "--format", "vg1"],
+        env={
+            "VOICEGATE_AUTH_SECRET": SECRET,
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -163,7 +168,7 @@ def test_token_command_needs_a_secret(
     assert main(["token", "--secret", "short"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and "secret" in out.err
-    assert main(["token", "--secret", SECRET]) == 0
+    assert main(["token", "--secret", SECRET, "--format", "vg1"]) == 0
     auth.verify(SECRET, capsys.readouterr().out.strip())
 
 
@@ -386,13 +391,17 @@ def test_the_documented_python_minting_snippet_works() -> None:
     import re
 
     doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
-    match = re.search(r"```python\n(.*?)```", doc, re.S)
-    assert match is not None
-    namespace: dict[str, Any] = {}
-    exec(match.group(1), namespace)
-    token = namespace["voicegate_token"](SECRET, "user-42", 300, 60)
-    claims = auth.verify(SECRET, token)
-    assert claims.sub == "user-42" and claims.mcs == 60.0
+    snippets = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(snippets) == 2  # a JWT with PyJWT, then the vg1 format by hand
+    minted = []
+    for snippet in snippets:
+        namespace: dict[str, Any] = {}
+        exec(snippet, namespace)
+        minted.append(namespace["voicegate_token"](SECRET, "user-42", ttl=300))
+    jwt_token, vg1_token = minted
+    claims = jwt_access.Keyring(SECRET, []).verify(jwt_token)
+    assert claims.sub == "user-42" and claims.exp - int(time.time()) in range(295, 301)
+    assert auth.verify(SECRET, vg1_token).sub == "user-42"
 
 
 @pytest.mark.browser

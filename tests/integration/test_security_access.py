@@ -293,7 +293,7 @@ async def test_long_lived_and_wrong_audience_tokens_are_refused() -> None:
 
 
 def test_token_command_mints_an_audience(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["token", "--secret", SECRET, "--audience", "vg-prod"]) == 0
+    assert main(["token", "--secret", SECRET, "--audience", "vg-prod", "--format", "vg1"]) == 0
     assert auth.verify(SECRET, capsys.readouterr().out.strip(), audience="vg-prod").aud == "vg-prod"
     for bad in (["--ttl", "inf"], ["--ttl", "nan"], ["--max-call-seconds", "inf"]):
         assert main(["token", "--secret", SECRET, *bad]) == 2

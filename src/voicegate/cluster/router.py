@@ -33,6 +33,7 @@ from voicegate.cluster.directory import HEARTBEAT_S, Directory, NodeInfo
 from voicegate.cluster.hop import HopGuard
 from voicegate.cluster.proxy import FORWARDED_BY, ForwardError, forward
 from voicegate.config import ServeConfig
+from voicegate.signaling.access import prepare
 
 __all__ = ["NodeRouter", "Placement", "late_forward", "peek_call"]
 
@@ -184,6 +185,7 @@ class NodeRouter:
         assert self._client is not None
         placed = request.get(_PLACED)
         answered = False
+        await prepare(request, self.config)  # the hop checks the token: JWKS keys first
         try:
             response = await forward(
                 self._client,

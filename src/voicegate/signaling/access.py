@@ -6,8 +6,9 @@ this machine: the server listens on loopback, the Host header names loopback (a 
 ``evil.example`` that rebinds its DNS name to 127.0.0.1 still sends ``Host: evil.example``),
 and no proxy forwarded the request (``Forwarded``/``X-Forwarded-*``: a proxy on this machine
 would otherwise make every visitor local). Anything else is refused with a 401 that says why.
-With a secret every API request needs a token, and the token's lifetime and audience are
-checked against the server's limits, not only its signature and expiry.
+With a secret every API request needs a token (voicegate's own ``vg1.`` or a JWT:
+signaling.jwt_access), and the token's lifetime and audience are checked against the server's
+limits, not only its signature and expiry.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from aiohttp import web
 
 from voicegate.config import ServeConfig
 from voicegate.netaddr import host_header_is_loopback, is_loopback_host
-from voicegate.signaling import auth
+from voicegate.signaling import auth, jwt_access
 
 __all__ = [
     "authenticate",
     "local_refusal",
+    "prepare",
     "subject_key",
 ]
 
@@ -57,7 +59,10 @@ def authenticate(request: web.Request, config: ServeConfig) -> auth.Claims | Non
             "and send Authorization: Bearer <token>",
         )
     token = auth.bearer(request.headers.get("Authorization"))
-    claims = auth.verify(config.auth_secret, token, audience=config.token_audience or None)
+    if jwt_access.is_jwt(token):
+        claims = jwt_access.keyring_for(config).verify(token)
+    else:
+        claims = auth.verify(config.auth_secret, token, audience=config.token_audience or None)
     # A call's own session token is minted by the server for that call's length; access
     # tokens are minted by the app, and live no longer than the operator allows.
     limit = (
@@ -67,6 +72,19 @@ def authenticate(request: web.Request, config: ServeConfig) -> auth.Claims | Non
     )
     auth.check_lifetime(claims, limit)
     return claims
+
+
+async def prepare(request: web.Request, config: ServeConfig) -> None:
+    """Before ``authenticate``: a JWT signed with a key the JWKS cache lacks gets one bounded
+    fetch of the identity provider's JWKS (so key rotation needs no restart)."""
+    if not config.jwks_url:
+        return
+    header = request.headers.get("Authorization")
+    try:
+        token = auth.bearer(header)
+    except auth.AuthError:
+        return
+    await jwt_access.keyring_for(config).prepare(token)
 
 
 def subject_key(claims: auth.Claims, token: str) -> str:

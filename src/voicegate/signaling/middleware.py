@@ -18,7 +18,7 @@ from aiohttp import web
 
 from voicegate.config import ServeConfig
 from voicegate.signaling import auth
-from voicegate.signaling.access import authenticate
+from voicegate.signaling.access import authenticate, prepare
 from voicegate.signaling.errors import ApiError, Handler, json_error
 from voicegate.signaling.history import admin_refusal, is_admin_path
 from voicegate.signaling.keys import CLAIMS, CONFIG, COUNTERS, GATE, METRICS, Gate
@@ -211,6 +211,7 @@ async def _admit(
         # The operator's API: its own token, never a caller's (signaling.history).
         refused = admin_refusal(request)
         return refused if refused is not None else await handler(request)
+    await prepare(request, config)
     try:
         claims = authenticate(request, config)
     except auth.AuthError as exc:
