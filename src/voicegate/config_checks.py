@@ -254,7 +254,7 @@ def _validate_call_records(c: ServeConfig) -> list[str]:
     the start, not the first call)."""
     from urllib.parse import urlsplit
 
-    from voicegate.observability.webhooks import parse_secrets
+    from voicegate.signing import parse_secrets
 
     problems: list[str] = []
     for url in c.webhook_url:

@@ -17,10 +17,7 @@ signs, so a receiver can move to a new secret without missing a message.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import random
 import time
@@ -32,50 +29,19 @@ from typing import Final
 import aiohttp
 import structlog
 
+from voicegate.signing import SECRET_PREFIX, parse_secrets, sign
 from voicegate.store.record import CallRecord, RecordKind, iso
 
 __all__ = ["SECRET_PREFIX", "WebhookMessage", "WebhookSender", "parse_secrets", "sign"]
 
 log = structlog.get_logger(__name__)
 
-SECRET_PREFIX: Final = "whsec_"
 MAX_QUEUED: Final = 2000
 SENDERS: Final = 4
 FIRST_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 60.0
 MAX_ANSWER_BYTES: Final = 64 * 1024
 RETRY_STATUSES: Final = frozenset({408, 429})
-
-
-def parse_secrets(text: str) -> list[bytes]:
-    """The signing keys in a secret file's text (``whsec_<base64>`` per line); raises
-    ValueError naming what is wrong."""
-    keys = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if not line.startswith(SECRET_PREFIX):
-            raise ValueError(f"line {number}: a secret starts with {SECRET_PREFIX}")
-        try:
-            key = base64.b64decode(line[len(SECRET_PREFIX) :], validate=True)
-        except ValueError:
-            raise ValueError(f"line {number}: not base64 after {SECRET_PREFIX}") from None
-        if len(key) < 24:
-            raise ValueError(f"line {number}: the key is {len(key)} bytes; use at least 24")
-        keys.append(key)
-    if not keys:
-        raise ValueError("no secret in the file")
-    return keys
-
-
-def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header: one ``v1,<signature>`` per key, space-separated."""
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-        for key in keys
-    )
 
 
 @dataclass(slots=True)

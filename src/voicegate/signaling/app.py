@@ -29,7 +29,7 @@ from voicegate.observability.calllog import CallLog, CallSink
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder, RecordingOptions
 from voicegate.observability.tracing import CallTracer, tracing_enabled
-from voicegate.observability.webhooks import WebhookSender, parse_secrets
+from voicegate.observability.webhooks import WebhookSender
 from voicegate.privacy import Redaction
 from voicegate.signaling import health, history, offers, pages
 from voicegate.signaling.admission import Admission, LagMonitor
@@ -62,6 +62,7 @@ from voicegate.signaling.middleware import (
     security_headers,
 )
 from voicegate.signaling.paths import one_path
+from voicegate.signing import parse_secrets
 from voicegate.store import HistoryWriter, open_history
 
 __all__ = [
