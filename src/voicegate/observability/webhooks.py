@@ -22,7 +22,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -55,7 +55,8 @@ class WebhookMessage:
 
 
 class WebhookSender:
-    """A ``CallSink``: every record becomes one message per configured URL."""
+    """A ``CallSink``: every record becomes one message per configured URL, plus one per URL
+    of the call's agent (``agent_urls``: an agent's own ``webhook_url`` in the agents file)."""
 
     def __init__(
         self,
@@ -64,8 +65,10 @@ class WebhookSender:
         timeout_s: float = 10.0,
         retry_seconds: float = 300.0,
         on_result: Callable[[str, str], None] = lambda _event, _result: None,
+        agent_urls: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.urls = tuple(urls)
+        self.agent_urls = {name: tuple(u) for name, u in (agent_urls or {}).items()}
         self.keys = tuple(keys)
         self.timeout_s = timeout_s
         self.retry_seconds = retry_seconds
@@ -89,7 +92,7 @@ class WebhookSender:
         ).encode()
         msg_id = f"msg_{uuid.uuid4().hex}"
         now = time.monotonic()
-        for url in self.urls:
+        for url in dict.fromkeys(self.urls + self.agent_urls.get(record.agent, ())):
             self._enqueue(WebhookMessage(url, kind, msg_id, body, now))
 
     # -- sending --------------------------------------------------------------------------------
