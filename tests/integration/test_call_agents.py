@@ -114,6 +114,14 @@ async def test_an_agent_calls_its_http_tool_and_speaks_the_result(
             await receiver.wait(lambda events: any(e["type"] == "call.ended" for e in events))
             ended = next(e for e in receiver.events() if e["type"] == "call.ended")
             assert ended["data"]["agent"] == "support"
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
+                metrics = await resp.text()
+            assert 'voicegate_agent_calls_total{agent="support"} 1.0' in metrics
+            assert 'voicegate_agent_calls_total{agent="sales"} 0.0' in metrics
+            assert 'voicegate_agent_tool_calls_total{agent="support",result="ok"} 1.0' in metrics
+            assert (
+                'voicegate_agent_calls_ended_total{agent="support",reason="hangup"} 1.0' in metrics
+            )
         finally:
             await client.close()
         # The model stream was set up with the agent's prompt, voice and tool.

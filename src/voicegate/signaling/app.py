@@ -115,6 +115,7 @@ def create_app(
     calls = CallRegistry()
     metrics = GatewayMetrics(lambda: len(calls), lambda: counters)
     metrics.live_stats(lambda: [s.conversation.stats for s in calls.values()])
+    metrics.agents(app[AGENTS].agents)
     app[SESSIONS] = calls
     app[METRICS] = metrics
     recording = RecordingOptions(
