@@ -11,6 +11,7 @@ import os
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.tool_server import ToolServer, tool_server
@@ -18,6 +19,7 @@ from voicegate.agents.catalog import AgentCatalog
 from voicegate.agents.file import load_agents
 from voicegate.conversation.events import ConversationSettings
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
@@ -133,3 +135,46 @@ def test_the_listing_never_shows_prompts_or_urls(tmp_path: Path) -> None:
         ],
     }
     assert "secret-host" not in json.dumps(listing)
+
+
+async def test_the_example_agents_file_and_order_tool_work_together(tmp_path: Path) -> None:
+    """examples/agents.toml is a valid file, and examples/order_tool.py verifies voicegate's
+    signature and answers its order_status tool."""
+    import importlib.util
+    import shutil
+
+    from aiohttp import web
+
+    root = EXAMPLES
+    shutil.copy(root / "agents.toml", tmp_path / "agents.toml")
+    (tmp_path / "tool.secret").write_text(SECRET + "\n")
+    loaded = importlib.util.spec_from_file_location("order_tool", root / "order_tool.py")
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    runner = web.AppRunner(module.make_app(SECRET))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    text = (tmp_path / "agents.toml").read_text().replace("127.0.0.1:9100", f"127.0.0.1:{port}")
+    (tmp_path / "agents.toml").write_text(text)
+    spec = load_agents(str(tmp_path / "agents.toml"))
+    catalog = AgentCatalog(spec, ConversationSettings(), 3600, base=tmp_path)
+    agent = catalog.get(spec.default_agent)
+    assert agent is not None
+    try:
+        registry = catalog.registry(agent, "pc-example")
+        result, ok = await registry.run("order_status", '{"order_id": "A 17"}')
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{port}/order", json={"tool": "order_status"}) as resp,
+        ):
+            unsigned = resp.status
+    finally:
+        await catalog.close()
+        await runner.cleanup()
+    assert ok, result
+    assert json.loads(result)["status"] == "shipped"
+    assert unsigned == 401  # the example refuses what voicegate did not sign
+    assert set(spec.agents) == {"support", "concierge"}
