@@ -17,7 +17,7 @@ import pytest
 from tests.support.tool_server import ToolServer, tool_server
 from voicegate.agents.catalog import AgentCatalog
 from voicegate.agents.file import load_agents
-from voicegate.conversation.events import ConversationSettings
+from voicegate.conversation import ConversationSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()

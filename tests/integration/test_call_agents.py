@@ -24,7 +24,7 @@ from voicegate.agents.catalog import AgentCatalog
 from voicegate.agents.file import load_agents
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.backends.echo import EchoBackend
-from voicegate.conversation.events import ConversationSettings
+from voicegate.conversation import ConversationSettings
 from voicegate.signaling import auth
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.keys import SESSIONS

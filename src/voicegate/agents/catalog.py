@@ -27,7 +27,7 @@ import structlog
 from voicegate.agents.http_tool import SessionSource, http_tool
 from voicegate.agents.python_tool import load_function
 from voicegate.agents.spec import AgentDef, AgentsSpec, ToolDef
-from voicegate.conversation.events import ConversationSettings
+from voicegate.conversation import ConversationSettings
 from voicegate.conversation.tools import Tool, ToolContext, ToolRegistry
 
 __all__ = ["IMPLICIT_AGENT", "Agent", "AgentCatalog", "KnowledgeTools", "McpTools"]

@@ -31,7 +31,7 @@ from voicegate.agents.spec import (
 from voicegate.signing import parse_secrets
 from voicegate.sonic import ENDPOINTING
 
-__all__ = ["AgentsFileError", "NAME_PATTERN", "load_agents", "parse_agents"]
+__all__ = ["NAME_PATTERN", "AgentsFileError", "load_agents", "parse_agents", "parse_file"]
 
 NAME_PATTERN: Final = re.compile(r"^[a-z0-9_-]{1,32}$")
 """Names of agents, MCP servers and knowledge sources (bounded: they become metric labels)."""

@@ -45,6 +45,18 @@ from voicegate.signaling.keys import (
 from voicegate.signaling.requests import CandidatesRequest, OfferRequest, json_object
 from voicegate.signaling.turn import TurnConfig
 
+__all__ = [
+    "bound_claims",
+    "choose_agent",
+    "delete_session",
+    "ice_servers",
+    "list_agents",
+    "patch_offer",
+    "post_offer",
+    "subject_of",
+    "turn_config",
+]
+
 log = structlog.get_logger(__name__)
 
 OFFER_TIMEOUT: Final = 20.0
