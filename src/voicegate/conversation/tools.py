@@ -20,7 +20,7 @@ Adding a tool::
 
 A tool that needs to know which call asks (an HTTP tool tells the team's service the call id and
 the agent) is a ``Tool`` with ``wants_context=True``: it is called as ``func(context, **args)``
-with the ``ToolContext`` its registry was bound to (``ToolRegistry.bound``); other tools are
+with the ``ToolContext`` its registry was made with (one registry per call); other tools are
 called exactly as before. A tool raising ``ToolFailed`` has its message reported to the model as
 it is (``{"error": message}``), for failures worth saying in the caller's words.
 """
@@ -92,12 +92,6 @@ class ToolRegistry:
     def __init__(self, context: ToolContext | None = None) -> None:
         self._tools: dict[str, Tool] = {}
         self.context = context or ToolContext()
-
-    def bound(self, context: ToolContext) -> ToolRegistry:
-        """A copy of this registry whose tools run for the call ``context`` names."""
-        copy = ToolRegistry(context)
-        copy._tools = dict(self._tools)
-        return copy
 
     def tools(self) -> list[Tool]:
         return list(self._tools.values())

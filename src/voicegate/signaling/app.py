@@ -154,7 +154,11 @@ def _agents(
         return AgentCatalog.implicit(settings, config.max_call_seconds, tools)
     spec = load_agents(config.agents)
     base = Path(config.agents).resolve().parent
-    return AgentCatalog(spec, settings, config.max_call_seconds, base=base)
+    catalog = AgentCatalog(spec, settings, config.max_call_seconds, base=base)
+    log.info(
+        "agents_loaded", file=config.agents, agents=list(spec.agents), default=spec.default_agent
+    )
+    return catalog
 
 
 def _routes(router: web.UrlDispatcher, separate_metrics: bool) -> None:
