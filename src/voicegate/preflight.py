@@ -116,6 +116,7 @@ def problems_and_summary(
         + (f"redis directory, node {conf.node_id}" if conf.cluster_redis else "single node")
         + (f" at {conf.node_url}" if conf.node_url else ""),
         f"drain_timeout: {conf.drain_timeout:g} s",
+        f"agents: {_agents_summary(conf)}",
     ]
     return [], summary
 
@@ -142,3 +143,12 @@ def check_config(
     for line in summary:
         print(f"  {line}", file=out)
     return 0
+
+
+def _agents_summary(conf: cfg.ServeConfig) -> str:
+    if not conf.agents:
+        return "one, default (from the flags)"
+    from voicegate.agents.file import load_agents
+
+    spec = load_agents(conf.agents)  # resolve() checked it: no problems left
+    return f"{', '.join(spec.agents)} from {conf.agents} (default {spec.default_agent})"

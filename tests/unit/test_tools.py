@@ -102,3 +102,29 @@ async def test_results_are_always_json_objects() -> None:
     ]
     text, ok = await reg.run("odd", "{}")
     assert ok and isinstance(json.loads(text), dict)
+
+
+async def test_a_tool_may_receive_its_call_context() -> None:
+    from voicegate.conversation.tools import ToolContext, ToolFailed
+
+    seen: list[tuple[ToolContext, dict[str, object]]] = []
+
+    def lookup(context: ToolContext, **arguments: object) -> dict[str, str]:
+        seen.append((context, arguments))
+        return {"ok": "yes"}
+
+    def refuses() -> None:
+        raise ToolFailed("the order service is closed today")
+
+    reg = ToolRegistry(ToolContext("pc-7", "support"))
+    reg.add(Tool("lookup", "", {"type": "object"}, lookup, wants_context=True))
+    reg.add(Tool("refuses", "", {"type": "object"}, refuses))
+    text, ok = await reg.run("lookup", '{"order_id": "A1"}')
+    assert ok and json.loads(text) == {"ok": "yes"}
+    assert seen == [(ToolContext("pc-7", "support"), {"order_id": "A1"})]
+    # ToolFailed's message is what the model hears, as it is.
+    text, ok = await reg.run("refuses", "{}")
+    assert not ok and json.loads(text) == {"error": "the order service is closed today"}
+    # Tools that do not ask for the context are called as before.
+    text, ok = await default_tools().run("calculate", '{"expression": "1 + 1"}')
+    assert ok and json.loads(text)["result"] == 2

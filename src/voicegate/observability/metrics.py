@@ -34,6 +34,7 @@ from voicegate.conversation import (
     BotInterrupted,
     ConversationError,
     ConversationStats,
+    ToolCallFinished,
     Usage,
 )
 from voicegate.media.rtp_stats import RtpSample
@@ -163,6 +164,24 @@ class GatewayMetrics:
             PLAYOUT_BUCKETS,
         )
         self.barge_ins = Counter(reg, "voicegate_barge_ins_total", "user interruptions of the bot")
+        # By agent: the names come from the agents file, so the label set stays bounded.
+        self.agent_calls = Counter(
+            reg, "voicegate_agent_calls_total", "calls started, by agent", ["agent"]
+        )
+        self.agent_calls_ended = Counter(
+            reg,
+            "voicegate_agent_calls_ended_total",
+            "calls ended, by agent and reason",
+            ["agent", "reason"],
+        )
+        self.agent_tool_calls = Counter(
+            reg,
+            "voicegate_agent_tool_calls_total",
+            "tool calls, by agent and result (ok, error)",
+            ["agent", "result"],
+        )
+        self._agents: dict[str, str] = {}
+        """The agent of each accepted call, for the by-agent counters."""
         self.model_tokens = Counter(
             reg,
             "voicegate_model_tokens_total",
@@ -271,6 +290,10 @@ class GatewayMetrics:
         match event:
             case CallStarted():
                 self.call_started(call_id)
+                agent = event.info.agent or "default"
+                self._agents[call_id] = agent
+                if not event.restart:
+                    self.agent_calls.inc(agent=agent)
             case CallEnded():
                 # A replaced connection (restart_pc) hands its conversation and cumulative
                 # stats to the call's next connection; that one's end counts the call, once.
@@ -282,6 +305,11 @@ class GatewayMetrics:
                 self.observe_rtp(call_id, event.sample)
             case BotInterrupted():
                 self.barge_ins.inc()
+            case ToolCallFinished():
+                self.agent_tool_calls.inc(
+                    agent=self._agents.get(call_id, "default"),
+                    result="ok" if event.ok else "error",
+                )
             case ConversationError():
                 self.backend_errors.inc(kind=event.kind)
             case Usage():
@@ -292,6 +320,16 @@ class GatewayMetrics:
                 pass
 
     # -- hooks ---------------------------------------------------------------------------------
+
+    def agents(self, names: Iterable[str]) -> None:
+        """The server's agents: their by-agent series are present at zero from the start, so
+        a rate over them is defined before an agent's first call."""
+        for name in names:
+            self.agent_calls.inc(0, agent=name)
+            for result in ("ok", "error"):
+                self.agent_tool_calls.inc(0, agent=name, result=result)
+            for reason in REASONS:
+                self.agent_calls_ended.inc(0, agent=name, reason=reason)
 
     def live_stats(self, read: Callable[[], Iterable[object]]) -> None:
         """Where to find the ``ConversationStats`` of the calls in progress."""
@@ -351,6 +389,9 @@ class GatewayMetrics:
             return  # a refused offer's teardown, not a call
         self._accepted.discard(call_id)
         self.calls_ended.inc(reason=reason.split(":", 1)[0] or "unknown")
+        self.agent_calls_ended.inc(
+            agent=self._agents.pop(call_id, "default"), reason=reason.split(":", 1)[0] or "unknown"
+        )
         self.call_duration.observe(seconds)
         for name, value in numeric_fields(stats).items():
             self._closed_stats[name] = self._closed_stats.get(name, 0.0) + value
