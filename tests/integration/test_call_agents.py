@@ -11,10 +11,12 @@ import asyncio
 import base64
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 
 from tests.support.receivers import Receiver, receiving
@@ -238,3 +240,38 @@ def test_a_token_naming_an_agent_allows_only_that_one(tmp_path: Path) -> None:
     with pytest.raises(ApiError) as refused:
         choose_agent(catalog, "sales", None, "support")
     assert refused.value.status == 409
+
+
+async def test_a_jwt_naming_an_agent_sees_and_calls_only_that_agent(tmp_path: Path) -> None:
+    secret = "agents-jwt-secret-0123456789abcdef"
+    now = int(time.time())
+    token = jwt.encode(  # minted by PyJWT, as a team's backend would
+        {"sub": "carol", "iat": now, "exp": now + 300, "agent": "support"},
+        secret,
+        algorithm="HS256",
+    )
+    async with running_server(
+        EchoBackend(), agents=agents_file(tmp_path, "http://h.internal/t"), auth_secret=secret
+    ) as (url, app):
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.get(f"{url}/api/agents", headers=headers) as resp:
+                assert resp.status == 200
+                names = [a["name"] for a in (await resp.json())["agents"]]
+        assert names == ["support"]
+        refused_client = CallClient(url, token=token)
+        refused_client.offer_fields = {"agent": "sales"}
+        try:
+            with pytest.raises(OfferRefused) as refused:
+                await refused_client.connect()
+            assert refused.value.status == 403
+        finally:
+            await refused_client.close()
+        assert not app[SESSIONS]
+        client = CallClient(url, token=token)  # no agent named: the token's
+        try:
+            await client.connect()
+            assert app[SESSIONS][client.pc_id].options.info.agent == "support"
+            assert await client.hangup() == 204
+        finally:
+            await client.close()
