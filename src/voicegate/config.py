@@ -66,6 +66,7 @@ class ServeConfig:
     max_sessions: int = 20
     max_body_bytes: int = 64 * 1024
     max_call_seconds: float = 3600.0
+    agents: str = ""
     system_prompt: str = ""
     voice: str = DEFAULT_VOICE
     endpointing: str = ""

@@ -82,6 +82,30 @@ def validate(c: ServeConfig) -> list[str]:
     problems += _validate_continuation(c)
     problems += _validate_media(c)
     problems += _validate_cluster(c)
+    problems += _validate_agents(c)
+    return problems
+
+
+def _validate_agents(c: ServeConfig) -> list[str]:
+    """The agents file, read whole (its Python tools imported) so a mistake stops the start;
+    each agent's voice is judged against the configured model like ``--voice``."""
+    if not c.agents:
+        return []
+    from voicegate.agents.file import parse_file
+
+    spec, problems = parse_file(c.agents)
+    if spec is not None:
+        for agent in spec.agents.values():
+            if agent.voice and agent.voice.isidentifier():
+                problem = voice_problem(c.model_id or DEFAULT_MODEL_ID, agent.voice)
+                if problem:
+                    problems.append(f"agents file: [agents.{agent.name}]: {problem}")
+        hooked = [a.name for a in spec.agents.values() if a.webhook_url]
+        if hooked and not c.webhook_secret_file:
+            problems.append(
+                f"agents file: webhook_url of {', '.join(hooked)} needs --webhook-secret-file "
+                "(receivers verify every event's signature)"
+            )
     return problems
 
 
@@ -254,7 +278,7 @@ def _validate_call_records(c: ServeConfig) -> list[str]:
     the start, not the first call)."""
     from urllib.parse import urlsplit
 
-    from voicegate.observability.webhooks import parse_secrets
+    from voicegate.signing import parse_secrets
 
     problems: list[str] = []
     for url in c.webhook_url:

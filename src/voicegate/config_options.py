@@ -106,6 +106,12 @@ OPTIONS: Final = (
     Option("max_sessions", "maximum concurrent calls (default 20)", int),
     Option("max_body_bytes", "maximum HTTP request body in bytes (default 65536)", int),
     Option("max_call_seconds", "maximum call duration in seconds (default 3600)", _number),
+    Option(
+        "agents",
+        "TOML file of agents (prompt, voice, tools, MCP servers, knowledge; see docs/agents.md); "
+        "without it the flags below make one agent named default",
+        metavar="FILE",
+    ),
     Option("system_prompt", "system prompt for the model"),
     Option("voice", f"Nova Sonic voice id (default {DEFAULT_VOICE})"),
     Option("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),

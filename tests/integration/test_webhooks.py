@@ -19,8 +19,8 @@ from tests.support.receivers import Receiver, receiving
 from tests.support.server import running_server
 from tests.support.spoken_call import spoken_call
 from voicegate.backends.echo import EchoBackend
-from voicegate.observability.webhooks import parse_secrets, sign
 from voicegate.signaling.keys import CALL_LOG, WEBHOOKS
+from voicegate.signing import parse_secrets, sign
 from voicegate.testing.client import load_wav
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()

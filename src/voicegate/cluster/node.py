@@ -155,7 +155,9 @@ class ClusterNode:
         epoch = self._epochs.get(pc_id)
         if session is None or epoch is None:
             return
-        text = state.encode(session.conversation, self._subjects.get(pc_id))
+        text = state.encode(
+            session.conversation, self._subjects.get(pc_id), session.options.info.agent
+        )
         if await self.directory.claim(pc_id, epoch, text, self._ttl()) is False:
             self._superseded(pc_id, epoch)
 

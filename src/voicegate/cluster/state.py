@@ -21,7 +21,7 @@ VERSION: Final = 1
 MAX_PROMPT_BYTES: Final = 40_000
 
 
-def encode(conversation: Conversation, subject: str | None) -> str:
+def encode(conversation: Conversation, subject: str | None, agent: str = "") -> str:
     """The stored form of ``conversation``: never more than ``MAX_STATE_BYTES``."""
     settings = conversation.settings
     history = conversation.shaped_history()
@@ -32,6 +32,7 @@ def encode(conversation: Conversation, subject: str | None) -> str:
         "voice_id": settings.voice_id,
         "system_prompt": prompt if len(prompt.encode()) <= MAX_PROMPT_BYTES else None,
         "subject": subject,
+        "agent": agent,
     }
     text = json.dumps(data, separators=(",", ":"))
     while len(text.encode()) > MAX_STATE_BYTES and data["history"]:
@@ -60,9 +61,11 @@ def decode(text: str) -> StoredCall | None:
         ):
             history.append((item[0], item[1]))
     prompt, voice, subject = data.get("system_prompt"), data.get("voice_id"), data.get("subject")
+    agent = data.get("agent")
     return StoredCall(
         history=history,
         system_prompt=prompt if isinstance(prompt, str) else None,
         voice_id=voice if isinstance(voice, str) and voice.isidentifier() else None,
         subject=subject if isinstance(subject, str) else None,
+        agent=agent if isinstance(agent, str) and agent else None,
     )

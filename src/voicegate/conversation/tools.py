@@ -17,6 +17,12 @@ Adding a tool::
     )
     async def order_status(order_id: str) -> dict[str, str]:
         return {"order_id": order_id, "status": "shipped"}
+
+A tool that needs to know which call asks (an HTTP tool tells the team's service the call id and
+the agent) is a ``Tool`` with ``wants_context=True``: it is called as ``func(context, **args)``
+with the ``ToolContext`` its registry was bound to (``ToolRegistry.bound``); other tools are
+called exactly as before. A tool raising ``ToolFailed`` has its message reported to the model as
+it is (``{"error": message}``), for failures worth saying in the caller's words.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_RESULT_BYTES",
     "Tool",
+    "ToolContext",
+    "ToolFailed",
     "ToolFunc",
     "ToolRegistry",
     "calculate",
@@ -54,12 +62,26 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
+class ToolContext:
+    """Which call runs a tool: its ``pc_id`` and the agent it talks to ("" when unknown)."""
+
+    pc_id: str = ""
+    agent: str = ""
+
+
+class ToolFailed(Exception):
+    """A tool's own failure, said to the model as it is (no "the tool failed:" prefix)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
     func: ToolFunc
     timeout: float = DEFAULT_TIMEOUT
+    wants_context: bool = False
+    """Call ``func(context, **arguments)`` with the registry's ``ToolContext``."""
 
     @property
     def spec(self) -> ToolSpec:
@@ -67,8 +89,18 @@ class Tool:
 
 
 class ToolRegistry:
-    def __init__(self) -> None:
+    def __init__(self, context: ToolContext | None = None) -> None:
         self._tools: dict[str, Tool] = {}
+        self.context = context or ToolContext()
+
+    def bound(self, context: ToolContext) -> ToolRegistry:
+        """A copy of this registry whose tools run for the call ``context`` names."""
+        copy = ToolRegistry(context)
+        copy._tools = dict(self._tools)
+        return copy
+
+    def tools(self) -> list[Tool]:
+        return list(self._tools.values())
 
     def add(self, tool: Tool) -> None:
         if not _NAME.match(tool.name):
@@ -121,14 +153,17 @@ class ToolRegistry:
             return _error("the tool arguments were not valid JSON"), False
         if not isinstance(args, dict):
             return _error("the tool arguments must be a JSON object"), False
+        lead = (self.context,) if tool.wants_context else ()
         try:
             if inspect.iscoroutinefunction(tool.func):
-                pending: Awaitable[Any] = tool.func(**args)
+                pending: Awaitable[Any] = tool.func(*lead, **args)
             else:
-                pending = asyncio.to_thread(tool.func, **args)
+                pending = asyncio.to_thread(tool.func, *lead, **args)
             result = await asyncio.wait_for(pending, tool.timeout)
         except TimeoutError:
             return _error(f"the tool {name!r} did not finish within {tool.timeout:g} s"), False
+        except ToolFailed as exc:
+            return _error(str(exc)), False
         except TypeError as exc:
             return _error(f"bad arguments for {name!r}: {exc}"), False
         except Exception as exc:

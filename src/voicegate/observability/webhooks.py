@@ -17,65 +17,31 @@ signs, so a receiver can move to a new secret without missing a message.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 import structlog
 
+from voicegate.signing import SECRET_PREFIX, parse_secrets, sign
 from voicegate.store.record import CallRecord, RecordKind, iso
 
 __all__ = ["SECRET_PREFIX", "WebhookMessage", "WebhookSender", "parse_secrets", "sign"]
 
 log = structlog.get_logger(__name__)
 
-SECRET_PREFIX: Final = "whsec_"
 MAX_QUEUED: Final = 2000
 SENDERS: Final = 4
 FIRST_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 60.0
 MAX_ANSWER_BYTES: Final = 64 * 1024
 RETRY_STATUSES: Final = frozenset({408, 429})
-
-
-def parse_secrets(text: str) -> list[bytes]:
-    """The signing keys in a secret file's text (``whsec_<base64>`` per line); raises
-    ValueError naming what is wrong."""
-    keys = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if not line.startswith(SECRET_PREFIX):
-            raise ValueError(f"line {number}: a secret starts with {SECRET_PREFIX}")
-        try:
-            key = base64.b64decode(line[len(SECRET_PREFIX) :], validate=True)
-        except ValueError:
-            raise ValueError(f"line {number}: not base64 after {SECRET_PREFIX}") from None
-        if len(key) < 24:
-            raise ValueError(f"line {number}: the key is {len(key)} bytes; use at least 24")
-        keys.append(key)
-    if not keys:
-        raise ValueError("no secret in the file")
-    return keys
-
-
-def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header: one ``v1,<signature>`` per key, space-separated."""
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-        for key in keys
-    )
 
 
 @dataclass(slots=True)
@@ -89,7 +55,8 @@ class WebhookMessage:
 
 
 class WebhookSender:
-    """A ``CallSink``: every record becomes one message per configured URL."""
+    """A ``CallSink``: every record becomes one message per configured URL, plus one per URL
+    of the call's agent (``agent_urls``: an agent's own ``webhook_url`` in the agents file)."""
 
     def __init__(
         self,
@@ -98,8 +65,10 @@ class WebhookSender:
         timeout_s: float = 10.0,
         retry_seconds: float = 300.0,
         on_result: Callable[[str, str], None] = lambda _event, _result: None,
+        agent_urls: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.urls = tuple(urls)
+        self.agent_urls = {name: tuple(u) for name, u in (agent_urls or {}).items()}
         self.keys = tuple(keys)
         self.timeout_s = timeout_s
         self.retry_seconds = retry_seconds
@@ -123,7 +92,7 @@ class WebhookSender:
         ).encode()
         msg_id = f"msg_{uuid.uuid4().hex}"
         now = time.monotonic()
-        for url in self.urls:
+        for url in dict.fromkeys(self.urls + self.agent_urls.get(record.agent, ())):
             self._enqueue(WebhookMessage(url, kind, msg_id, body, now))
 
     # -- sending --------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import structlog
 from aiohttp import web
 
 from voicegate import __version__
+from voicegate.agents.catalog import AgentCatalog
+from voicegate.agents.file import load_agents
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
@@ -29,7 +31,7 @@ from voicegate.observability.calllog import CallLog, CallSink
 from voicegate.observability.metrics import GatewayMetrics
 from voicegate.observability.recording import Recorder, RecordingOptions
 from voicegate.observability.tracing import CallTracer, tracing_enabled
-from voicegate.observability.webhooks import WebhookSender, parse_secrets
+from voicegate.observability.webhooks import WebhookSender
 from voicegate.privacy import Redaction
 from voicegate.signaling import health, history, offers, pages
 from voicegate.signaling.admission import Admission, LagMonitor
@@ -37,6 +39,7 @@ from voicegate.signaling.calls import CallRegistry
 from voicegate.signaling.keys import (
     ADMIN_TOKEN,
     ADMISSION,
+    AGENTS,
     BACKEND,
     CALL_HISTORY,
     CALL_LOG,
@@ -62,6 +65,7 @@ from voicegate.signaling.middleware import (
     security_headers,
 )
 from voicegate.signaling.paths import one_path
+from voicegate.signing import parse_secrets
 from voicegate.store import HistoryWriter, open_history
 
 __all__ = [
@@ -104,6 +108,7 @@ def create_app(
     app[BACKEND] = backend
     app[TOOLS] = tools if tools is not None else default_tools()
     app[SETTINGS] = settings if settings is not None else conversation_settings(config)
+    app[AGENTS] = _agents(config, app[SETTINGS], app[TOOLS])
     app[STARTED] = time.monotonic()
     app[COUNTERS] = {"calls_total": 0, "calls_refused": 0}
     counters = app[COUNTERS]
@@ -139,6 +144,18 @@ def create_app(
     return app
 
 
+def _agents(
+    config: ServeConfig, settings: ConversationSettings, tools: ToolRegistry
+) -> AgentCatalog:
+    """The agents of the file (checked whole at start, so this cannot fail on a config that
+    passed ``resolve``), or the one agent the flags make."""
+    if not config.agents:
+        return AgentCatalog.implicit(settings, config.max_call_seconds, tools)
+    spec = load_agents(config.agents)
+    base = Path(config.agents).resolve().parent
+    return AgentCatalog(spec, settings, config.max_call_seconds, base=base)
+
+
 def _routes(router: web.UrlDispatcher, separate_metrics: bool) -> None:
     router.add_get("/", pages.index)
     router.add_get("/static/{path:.+}", pages.static_file)
@@ -146,6 +163,7 @@ def _routes(router: web.UrlDispatcher, separate_metrics: bool) -> None:
     router.add_get("/readyz", health.readyz)
     router.add_get("/metrics", health.metrics_elsewhere if separate_metrics else health.metrics)
     router.add_get("/api/ice-servers", offers.ice_servers)
+    router.add_get("/api/agents", offers.list_agents)
     router.add_post("/api/offer", offers.post_offer)
     router.add_patch("/api/offer", offers.patch_offer)
     router.add_delete("/api/sessions/{pc_id}", offers.delete_session)
@@ -168,11 +186,13 @@ def _call_records(app: web.Application, config: ServeConfig, recording: Recordin
             retention_days=config.call_retention_days,
         )
         sinks.append(app[HISTORY_WRITER])
-    if config.webhook_url:
+    agent_hooks = {a.name: a.webhook_url for a in app[AGENTS].agents.values() if a.webhook_url}
+    if config.webhook_url or agent_hooks:
         keys = parse_secrets(Path(config.webhook_secret_file).read_text(encoding="utf-8"))
         app[WEBHOOKS] = WebhookSender(
             config.webhook_url,
             keys,
+            agent_urls=agent_hooks,
             timeout_s=config.webhook_timeout,
             retry_seconds=config.webhook_retry_seconds,
             on_result=lambda event, result: app[METRICS].webhooks.inc(event=event, result=result),
@@ -220,6 +240,7 @@ async def _cleanup(app: web.Application) -> None:
     tracer = app.get(TRACER)
     if tracer is not None:
         await tracer.aclose()
+    await app[AGENTS].close()
 
 
 async def drain(app: web.Application, timeout: float, cut: asyncio.Event | None = None) -> int:

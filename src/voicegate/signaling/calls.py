@@ -37,6 +37,8 @@ class StoredCall:
     system_prompt: str | None = None
     voice_id: str | None = None
     subject: str | None = None
+    agent: str | None = None
+    """The agent the call talked to (an adopting node gives it the same agent's tools)."""
 
 
 class CallStore(Protocol):

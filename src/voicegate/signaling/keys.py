@@ -9,6 +9,7 @@ from typing import Final
 
 from aiohttp import web
 
+from voicegate.agents.catalog import AgentCatalog
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import ConversationSettings
@@ -73,6 +74,8 @@ SESSIONS: Final = web.AppKey("sessions", CallRegistry)
 """The live calls by pc_id (a read-only mapping; the registry alone changes it)."""
 BACKEND: Final = web.AppKey("backend", Backend)
 TOOLS: Final = web.AppKey("tools", ToolRegistry)
+AGENTS: Final = web.AppKey("agents", AgentCatalog)
+"""The server's agents (from --agents, or the one the flags make); per call: settings, tools."""
 SETTINGS: Final = web.AppKey("settings", ConversationSettings)
 STARTED: Final = web.AppKey("started", float)
 COUNTERS: Final = web.AppKey("counters", dict[str, int])

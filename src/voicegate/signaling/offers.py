@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
+from voicegate.agents.catalog import Agent, AgentCatalog
 from voicegate.backends.base import BackendError
 from voicegate.call import CallInfo, CallObserver, OfferError, PeerOptions, PeerSession
 from voicegate.config import ServeConfig
@@ -29,6 +30,7 @@ from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.keys import (
     ADMISSION,
+    AGENTS,
     BACKEND,
     CALL_LOG,
     CANDIDATES,
@@ -39,8 +41,6 @@ from voicegate.signaling.keys import (
     METRICS,
     RECORDER,
     SESSIONS,
-    SETTINGS,
-    TOOLS,
 )
 from voicegate.signaling.requests import CandidatesRequest, OfferRequest, json_object
 from voicegate.signaling.turn import TurnConfig
@@ -86,6 +86,49 @@ async def ice_servers(request: web.Request) -> web.Response:
         not_after=claims.exp if claims is not None else None,
     )
     return web.json_response({"iceServers": servers})
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    """``GET /api/agents``: the agents a caller may choose (a token naming an agent sees only
+    that one). Names, descriptions, voices and tool names only: never prompts or URLs."""
+    app = request.app
+    listing = app[AGENTS].listing(app[BACKEND].name)
+    claims = request.get(CLAIMS)
+    if claims is not None and claims.agent is not None:
+        listing["agents"] = [a for a in listing["agents"] if a["name"] == claims.agent]
+        listing["default_agent"] = claims.agent
+    return web.json_response(listing)
+
+
+def choose_agent(
+    catalog: AgentCatalog, asked: str | None, claims: auth.Claims | None, current: str | None
+) -> Agent:
+    """The agent of this offer. A restart or adoption keeps its call's agent (``current``);
+    a new call gets the one it names, else its token's, else the server's default. A token
+    naming an agent allows only that one (403 for another); an unknown name is a 404."""
+    bound = claims.agent if claims is not None else None
+    if current is not None and catalog.get(current) is not None:
+        if asked is not None and asked != current:
+            raise ApiError(
+                409, f"this call talks to agent {current!r}; a restart keeps it", reason="agent"
+            )
+        name = current
+    else:
+        name = asked or bound or catalog.default
+    if bound is not None and name != bound:
+        raise ApiError(
+            403,
+            f"this token may call only agent {bound!r}",
+            reason="agent_not_allowed",
+        )
+    agent = catalog.get(name)
+    if agent is None:
+        raise ApiError(
+            404,
+            f"no agent named {name!r} on this server (see GET /api/agents)",
+            reason="unknown_agent",
+        )
+    return agent
 
 
 def _check_caller(request: web.Request, offer: OfferRequest) -> None:
@@ -205,6 +248,12 @@ async def post_offer(request: web.Request) -> web.Response:
             "this pc_id has a live call; renegotiation is not supported, "
             "send restart_pc: true to replace the connection",
         )
+    current = (
+        calls[pc_id].options.info.agent
+        if live_restart and pc_id is not None
+        else (stored.agent if stored is not None else None)
+    )
+    agent = choose_agent(app[AGENTS], offer.agent, request.get(CLAIMS), current or None)
     subject = _check_capacity(request, live_restart)
     new_id = pc_id if pc_id is not None and offer.restart else f"pc-{uuid.uuid4().hex}"
     if live_restart:
@@ -214,7 +263,7 @@ async def post_offer(request: web.Request) -> web.Response:
         app[RECORDER].start_call(new_id, asyncio.get_running_loop().time) if offer.record else None
     )
     claims = request.get(CLAIMS)
-    call_limit = config.max_call_seconds
+    call_limit = agent.max_call_seconds
     if claims is not None:
         if claims.mcs is not None:
             call_limit = min(call_limit, claims.mcs)
@@ -222,7 +271,7 @@ async def post_offer(request: web.Request) -> web.Response:
             call_limit = min(call_limit, max(1.0, claims.exp - auth.SESSION_GRACE_S - time.time()))
     # The conversation (model stream, history) survives the reconnect.
     kept = await calls.detach(new_id) if live_restart else None
-    settings = app[SETTINGS]
+    settings = agent.settings
     if stored is not None:
         settings = dataclasses.replace(
             settings,
@@ -233,7 +282,7 @@ async def post_offer(request: web.Request) -> web.Response:
         new_id,
         app[BACKEND],
         settings,
-        app[TOOLS],
+        app[AGENTS].registry(agent, new_id),
         PeerOptions(
             ice_servers=tuple(turn.server_servers(new_id)),
             relay_only=config.relay_only,
@@ -244,6 +293,7 @@ async def post_offer(request: web.Request) -> web.Response:
             observers=_observers(app, recording),
             info=CallInfo(
                 subject=subject_of(claims, stored),
+                agent=agent.name,
                 backend=app[BACKEND].name,
                 adopted=stored is not None,
                 recorded=recording is not None,
@@ -257,7 +307,7 @@ async def post_offer(request: web.Request) -> web.Response:
     if stored is not None:
         session.conversation.seed(stored.history)
     calls.add(session, subject, filtered.keys)  # counted against the limits from now on
-    answer = await _accept(app, session, filtered.sdp)
+    answer = await _accept(app, session, filtered.sdp, agent.name)
     if calls.store is not None:
         calls.store.call_started(session, claims.sub if claims is not None else None)
     app[COUNTERS]["calls_total"] += 1
@@ -289,7 +339,7 @@ async def post_offer(request: web.Request) -> web.Response:
                 audience=config.token_audience or None,
             )
             session_exp = time.time() + lifetime
-        log.info("call_admitted", pc_id=new_id, subject=claims.sub)
+        log.info("call_admitted", pc_id=new_id, subject=claims.sub, agent=agent.name)
     result["iceServers"] = turn.browser_servers(
         new_id, subject=claims.sub if claims is not None else None, not_after=session_exp
     )
@@ -312,12 +362,14 @@ def subject_of(claims: auth.Claims | None, stored: StoredCall | None) -> str | N
     return stored.subject if stored is not None else None
 
 
-async def _accept(app: web.Application, session: PeerSession, sdp: str) -> RTCSessionDescription:
+async def _accept(
+    app: web.Application, session: PeerSession, sdp: str, agent: str
+) -> RTCSessionDescription:
     """Negotiate ``session``; on any failure close it and refuse with what went wrong."""
     try:
         # Every task the call starts (conversation, backend, media) inherits this context, so
-        # each of their log lines carries the call id.
-        with structlog.contextvars.bound_contextvars(pc_id=session.pc_id):
+        # each of their log lines carries the call id and its agent.
+        with structlog.contextvars.bound_contextvars(pc_id=session.pc_id, agent=agent):
             async with asyncio.timeout(OFFER_TIMEOUT):
                 return await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
     except OfferError as exc:

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
+from voicegate.agents.file import NAME_PATTERN
 from voicegate.signaling.errors import ApiError
 
 MAX_CANDIDATES: Final = 64
@@ -60,6 +61,8 @@ class OfferRequest:
     pc_id: str | None = None
     restart: bool = False
     record: bool = False
+    agent: str | None = None
+    """The agent the caller asks for (None: the token's, else the server's default)."""
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> OfferRequest:
@@ -79,9 +82,14 @@ class OfferRequest:
         record = body.get("record", False)  # per-call recording consent
         if not isinstance(record, bool):
             raise ApiError(400, "field 'record' must be a boolean")
+        agent = body.get("agent")
+        if agent is not None and (not isinstance(agent, str) or not NAME_PATTERN.match(agent)):
+            raise ApiError(
+                400, "field 'agent' must be an agent name ([a-z0-9_-]{1,32})", reason="bad_agent"
+            )
         if not sdp.startswith("v=0"):
             raise ApiError(400, "field 'sdp' is not an SDP offer (it must start with v=0)")
-        return cls(sdp=sdp, pc_id=pc_id, restart=bool(restart), record=record)
+        return cls(sdp=sdp, pc_id=pc_id, restart=bool(restart), record=record, agent=agent)
 
 
 @dataclass(frozen=True, slots=True)
