@@ -295,3 +295,74 @@ async def test_a_page_on_another_origin_reads_the_refusal(tmp_path: Path) -> Non
             assert "--allowed-origin" in log
     finally:
         await runner.cleanup()
+
+
+AGENTS = """
+default_agent = "sales"
+
+[agents.sales]
+description = "Plans and prices"
+
+[agents.support]
+description = "Order help"
+voice = "tiffany"
+tools = ["clock"]
+knowledge = ["handbook"]
+
+[tools.clock]
+description = "Tell the time anywhere."
+python = "voicegate.conversation.tools:get_current_time"
+
+[knowledge.handbook]
+path = "kb/"
+"""
+
+
+async def test_the_agent_chooser_sends_the_agent(tmp_path: Path, hello_wav: Path) -> None:
+    """``#agent=support`` preselects that agent, its abilities are listed, and its offer names
+    it; choosing another agent rewrites the fragment and the next offer names that one."""
+    require_browser()
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "refunds.md").write_text("Refunds take five days.\n")
+    (tmp_path / "agents.toml").write_text(AGENTS)
+    args = ["--agents", str(tmp_path / "agents.toml")]
+    async with (
+        running_server("echo", tmp_path, args) as server,
+        chromium(hello_wav, bypass_csp=False) as ctx,
+    ):
+        offers: list[Any] = []
+        ctx.on(
+            "request",
+            lambda r: (
+                offers.append(r.post_data_json)
+                if r.method == "POST" and r.url.endswith("/api/offer")
+                else None
+            ),
+        )
+        page, console = await strict_page(ctx, f"{server.base}/?raw=1#agent=support")
+        async with asyncio.timeout(10):
+            await page.set_viewport_size({"width": 390, "height": 844})
+        await wait_js(page, "vg.agents !== null", 10_000, "the agents list", server)
+        async with asyncio.timeout(10):
+            chosen = await page.input_value("#agent")
+            summary = await page.text_content("#agent-summary")
+            abilities = await page.locator("#agent-abilities li").all_text_contents()
+            options = await page.locator("#agent option").count()
+        assert chosen == "support" and options == 2, (chosen, options)
+        assert summary is not None and "Order help" in summary and "echo" in summary, summary
+        assert any("Tell the time" in a for a in abilities), abilities
+        assert any("handbook" in a for a in abilities), abilities
+        await _no_overflow(page, 390)
+        await _shot(page, tmp_path / "page-agents-390.png")
+        await connected(page, server)
+        async with asyncio.timeout(10):
+            assert await page.is_disabled("#agent")  # fixed for the call
+        await hang_up(page, server)
+        async with asyncio.timeout(10):
+            await page.select_option("#agent", "sales")
+            address = await page.evaluate("location.hash")
+        assert address == "#agent=sales", address
+        await connected(page, server)
+        await hang_up(page, server)
+        assert [o.get("agent") for o in offers] == ["support", "sales"], offers
+        assert not [c for c in console if c.startswith("error")], console
