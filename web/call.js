@@ -3,7 +3,7 @@
 // conversation when the connection drops or the server asks the page to move.
 
 import { agentField, lockAgent } from "./agents.js";
-import { deleteSession, describeError, requestJson } from "./http.js";
+import { HttpError, deleteSession, describeError, requestJson } from "./http.js";
 import { measureStream, newMeasurement } from "./measure.js";
 import { makeAnalyser, resetMeters, rmsOf, updateMeters } from "./meters.js";
 import {
@@ -249,6 +249,13 @@ async function reconnect(c, asked = false) {
       pc.close();
       if (err instanceof Cancelled || c.closed) return;
       logEvent({ type: "reconnect-failed", data: { attempt, error: String(err) } });
+      if (err instanceof HttpError && err.status === 410) {
+        // The server ended this call meanwhile (e.g. its grace ran out): no retry can revive it.
+        c.reconnecting = false;
+        showError("The call has ended on the server. Press Connect to start a new one.");
+        hangup();
+        return;
+      }
       const wait = RECONNECT_BACKOFF_MS[Math.min(attempt, RECONNECT_BACKOFF_MS.length - 1)];
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
