@@ -357,7 +357,9 @@ function wireDataChannel(c) {
   dc.onmessage = (ev) => receive(ev.data);
   dc.onclose = () => {
     if (c.closed || c.reconnecting || c.dc !== dc) return;
-    serverGone("The server ended the call.");
+    // The server is up (it closed the channel itself): this error stays until the next call.
+    showError("The server ended the call.");
+    hangup();
   };
 }
 
