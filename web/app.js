@@ -3,10 +3,20 @@
 // Plain ES modules, no build step, no inline script or style (the page runs under a strict
 // Content-Security-Policy). This entry module wires the buttons and publishes window.vg; the
 // server contract is docs/protocol.md, the page's own notes (URL parameters, test hooks)
-// docs/web.md. Modules: params (URL), page (DOM, vg), http, call, rtvi (data channel),
-// transcript, meters, stats.
+// docs/web.md. Modules: params (URL), page (DOM, vg), http, agents (who answers), call, mute,
+// watch (the server coming back), rtvi (data channel), transcript, meters, stats.
 
-import { botRms, connect, hangup, leave, micRms, receive, sendText } from "./call.js";
+import { loadAgents } from "./agents.js";
+import {
+  botRms,
+  connect,
+  hangup,
+  leave,
+  micRms,
+  receive,
+  sendText,
+  toggleMute,
+} from "./call.js";
 import { ui, vg } from "./page.js";
 import { RELAY } from "./params.js";
 
@@ -14,6 +24,7 @@ vg.micRms = micRms;
 vg.botRms = botRms;
 vg.connect = () => connect();
 vg.hangup = () => hangup();
+vg.toggleMute = () => toggleMute();
 // Feeds one data-channel message (JSON text) through the page as if the server had sent it.
 vg.receive = (raw) => receive(raw);
 vg.sendText = (text) => sendText(text);
@@ -21,6 +32,7 @@ window.vg = vg;
 
 ui.connect.addEventListener("click", () => connect());
 ui.hangup.addEventListener("click", () => hangup());
+ui.mute.addEventListener("click", () => toggleMute());
 // Enter in the text box submits the form.
 ui.say.addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -28,3 +40,4 @@ ui.say.addEventListener("submit", (ev) => {
 });
 window.addEventListener("pagehide", leave);
 if (RELAY) ui.stat.connection.textContent = "relay only (?relay=1)";
+loadAgents();

@@ -2,14 +2,31 @@
 // up, typed text, and the automatic re-offer (restart_pc, same pc_id) that keeps the
 // conversation when the connection drops or the server asks the page to move.
 
-import { deleteSession, describeError, requestJson } from "./http.js";
+import { agentField, lockAgent } from "./agents.js";
+import { HttpError, deleteSession, describeError, requestJson } from "./http.js";
 import { measureStream, newMeasurement } from "./measure.js";
 import { makeAnalyser, resetMeters, rmsOf, updateMeters } from "./meters.js";
-import { clearError, enableTyping, logEvent, setState, showError, ui, vg } from "./page.js";
-import { MEASURE, RAW, RELAY, TOKEN } from "./params.js";
+import {
+  clearError,
+  clearNotice,
+  enableTyping,
+  logEvent,
+  logMark,
+  resetDebug,
+  setState,
+  showError,
+  showHint,
+  showNotice,
+  ui,
+  vg,
+} from "./page.js";
+import { MEASURE, RELAY, TOKEN } from "./params.js";
+import { iceGatheringDone, openMicrophone } from "./rtc.js";
 import { clientReady, handleServerMessage, sendTextMessage } from "./rtvi.js";
 import { updateStats } from "./stats.js";
-import { transcriptTyped } from "./transcript.js";
+import { resetMute, setMuted } from "./mute.js";
+import { BACKOFF_MS, serverAway, stopWatching, watchServer } from "./watch.js";
+import { transcriptSeparator, transcriptTyped } from "./transcript.js";
 
 // Waiting for the full candidate list lets the offer go in one POST (no trickle PATCH needed);
 // the cap keeps a slow or unreachable STUN/TURN server from stalling the call forever.
@@ -20,7 +37,7 @@ const MEDIA_CONNECT_TIMEOUT_MS = 20000;
 // (--reconnect-grace, default 30 s); the conversation carries on.
 const RECONNECT_AFTER_MS = 2000; // "disconnected" often heals by itself; wait that long first
 const RECONNECT_WINDOW_MS = 25000;
-const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 4000, 4000, 4000];
+const RECONNECT_BACKOFF_MS = BACKOFF_MS;
 // Hang-up closes the peer connection once the server answered the DELETE (or after this long):
 // a connection closed first ends the call by itself and the DELETE then finds nothing (404).
 const HANGUP_CLOSE_WAIT_MS = 1500;
@@ -39,6 +56,15 @@ export const botRms = () => rmsOf(call && call.botAnalyser);
 export async function connect() {
   if (call) return;
   clearError();
+  clearNotice();
+  stopWatching(); // a new call: no more waiting for the server to come back
+  showHint(false);
+  resetDebug();
+  vg.calls += 1;
+  vg.resumed = null;
+  transcriptSeparator(`Call ${vg.calls}`);
+  logMark(`call ${vg.calls} starts`);
+  lockAgent(true);
   vg.timing = { click: performance.now() };
   setState("connecting");
   ui.connect.disabled = true;
@@ -73,6 +99,7 @@ export async function connect() {
       throw new Cancelled();
     }
     c.micAnalyser = makeAnalyser(c.audioCtx, c.stream);
+    resetMute(false);
     if (MEASURE) measureStream(c.audioCtx, c.stream, "mic");
 
     const pc = new RTCPeerConnection({
@@ -103,7 +130,7 @@ export async function connect() {
     const answer = await requestJson(
       "POST",
       "/api/offer",
-      { sdp: pc.localDescription.sdp, type: pc.localDescription.type },
+      { sdp: pc.localDescription.sdp, type: pc.localDescription.type, ...agentField() },
       c.abort.signal,
     );
     check();
@@ -130,42 +157,9 @@ export async function connect() {
   } catch (err) {
     if (err instanceof Cancelled || c.closed) return;
     showError(describeError(err));
+    if (serverAway(err)) watchServer();
     await hangup();
   }
-}
-
-async function openMicrophone() {
-  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    throw new Error(
-      "this browser gives no microphone access here; open the page over https or on localhost.",
-    );
-  }
-  const processing = !RAW;
-  return navigator.mediaDevices.getUserMedia({
-    audio: {
-      echoCancellation: processing,
-      noiseSuppression: processing,
-      autoGainControl: processing,
-      channelCount: 1,
-    },
-    video: false,
-  });
-}
-
-function iceGatheringDone(pc, ms) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const finish = () => {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", onChange);
-      resolve();
-    };
-    const onChange = () => {
-      if (pc.iceGatheringState === "complete") finish();
-    };
-    const timer = setTimeout(finish, ms);
-    pc.addEventListener("icegatheringstatechange", onChange);
-  });
 }
 
 function onRemoteTrack(c, ev) {
@@ -246,6 +240,8 @@ async function reconnect(c, asked = false) {
       pc.onconnectionstatechange = () => onConnectionState(c);
       await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
       vg.reconnects += 1;
+      clearError(); // the server is back
+      landed(answer);
       c.reconnecting = false;
       setState("listening");
       return;
@@ -253,6 +249,13 @@ async function reconnect(c, asked = false) {
       pc.close();
       if (err instanceof Cancelled || c.closed) return;
       logEvent({ type: "reconnect-failed", data: { attempt, error: String(err) } });
+      if (err instanceof HttpError && err.status === 410) {
+        // The server ended this call meanwhile (e.g. its grace ran out): no retry can revive it.
+        c.reconnecting = false;
+        showError("The call has ended on the server. Press Connect to start a new one.");
+        hangup();
+        return;
+      }
       const wait = RECONNECT_BACKOFF_MS[Math.min(attempt, RECONNECT_BACKOFF_MS.length - 1)];
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
@@ -264,8 +267,34 @@ async function reconnect(c, asked = false) {
     setState("listening");
     return;
   }
-  showError("The connection to the server was lost and could not be restored.");
+  serverGone("The connection to the server was lost and could not be restored.");
+}
+
+// What a reconnect's answer says of the conversation: carried on, or started afresh because
+// the server no longer had it (a restarted server); the user must know the history is gone.
+function landed(answer) {
+  if (answer.resumed === false) {
+    vg.resumed = false;
+    transcriptSeparator("New conversation");
+    showNotice(
+      "The server lost the earlier conversation (it restarted): this is a new conversation, " +
+        "and the assistant does not remember what was said before.",
+    );
+  } else if (answer.resumed === true) {
+    vg.resumed = true;
+  }
+}
+
+// Ends the call with an error that lasts only while the server is away.
+export function serverGone(message) {
+  showError(message);
+  watchServer();
   hangup();
+}
+
+export function toggleMute() {
+  const track = call && call.stream && call.stream.getAudioTracks()[0];
+  if (track) setMuted(track, track.enabled);
 }
 
 // TURN credentials from the latest answer, for the next reconnect: the relay accepts an
@@ -302,6 +331,9 @@ export async function hangup() {
   resetMeters();
   ui.stat.connection.textContent = "closed";
   setState("idle");
+  resetMute();
+  showHint(true);
+  lockAgent(false);
   ui.connect.disabled = false;
   ui.hangup.disabled = true;
   vg.lastHangupStatus = await deleted;
@@ -325,6 +357,7 @@ function wireDataChannel(c) {
   dc.onmessage = (ev) => receive(ev.data);
   dc.onclose = () => {
     if (c.closed || c.reconnecting || c.dc !== dc) return;
+    // The server is up (it closed the channel itself): this error stays until the next call.
     showError("The server ended the call.");
     hangup();
   };
@@ -334,6 +367,9 @@ function wireDataChannel(c) {
 export function receive(raw) {
   const action = handleServerMessage(raw);
   if (action === "hangup") {
+    hangup();
+  } else if (action === "server-gone") {
+    watchServer();
     hangup();
   } else if (action === "reconnect" && call) {
     vg.moveRequests += 1;

@@ -14,6 +14,10 @@ export const MEASURE = query.get("measure") === "1";
 // ?relay=1 forces ICE through TURN, to check that the relay works for users behind strict NATs.
 export const RELAY = query.get("relay") === "1";
 
+// #agent=NAME: the agent the page's calls ask for (GET /api/agents lists them); the chooser
+// writes it back so a reload or a shared link keeps the choice.
+export const AGENT = fragment.get("agent");
+
 // #token=<access token>: an exposed server needs one; the app that links here mints it. The
 // fragment never leaves the browser: it is not sent with the page request, not in any Referer,
 // not in the server's or a proxy's access log. ?token= is still read (older links use it) but

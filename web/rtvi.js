@@ -1,7 +1,7 @@
 // The data channel's messages (Pipecat RTVI shape, docs/protocol.md): what the page sends, and
 // what each server message does to the page. Knows nothing of the peer connection: a message
 // that needs the call itself (a fatal error, a request to move) is returned to call.js as an
-// action.
+// action ("hangup", "server-gone", "reconnect").
 
 import { logEvent, setState, showError, vg } from "./page.js";
 import { showServerRtp, showTurnLatency } from "./stats.js";
@@ -81,10 +81,13 @@ export function handleServerMessage(raw) {
       else if (data.kind === "rtp-stats") showServerRtp(data);
       else if (data.kind === "renewal" || data.kind === "recovery") vg.continuations.push(data);
       break;
-    case "error":
-      showError(`Server error: ${data.message || "unknown"}`);
-      if (data.fatal) return "hangup";
+    case "error": {
+      // voicegate's own `message` (with `kind`), or Pipecat's `error`.
+      showError(`Server error: ${data.message || data.error || "unknown"}`);
+      // A server shutting down comes back: its error lasts until it does.
+      if (data.fatal) return data.kind === "shutdown" ? "server-gone" : "hangup";
       break;
+    }
     default:
       break; // metrics, llm-function-call and anything newer: the debug log shows them
   }

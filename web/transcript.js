@@ -6,10 +6,27 @@ import { ui, vg } from "./page.js";
 const MAX_TRANSCRIPT = 200;
 
 const rows = new Map(); // transcript entry -> <li>
+const MAX_SEPARATORS = 50;
+let separated = false; // a separator came after the last entry: the next line starts afresh
+
+// A line between calls (or between a lost conversation and a fresh one), with the time, so
+// turns of different conversations never run together.
+export function transcriptSeparator(text) {
+  const li = document.createElement("li");
+  li.className = "separator";
+  li.setAttribute("role", "separator");
+  li.textContent = `${text} · ${new Date().toLocaleTimeString()}`;
+  ui.transcript.append(li);
+  separated = true;
+  const all = ui.transcript.querySelectorAll(".separator");
+  if (all.length > MAX_SEPARATORS) all[0].remove();
+  li.scrollIntoView({ block: "nearest" });
+}
 
 function currentEntry(role) {
   const last = vg.transcript[vg.transcript.length - 1];
-  if (last && last.role === role) return last;
+  if (last && last.role === role && !separated) return last;
+  separated = false;
   const entry = { role, text: "", final: true, interrupted: false, parts: [], pending: [] };
   vg.transcript.push(entry);
   const li = document.createElement("li");

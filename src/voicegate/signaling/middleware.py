@@ -137,10 +137,21 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
     if origin is not None and not _same_origin(request, origin):
         allowed = _cors_headers(config, origin)
         if allowed is None:
+            # The browser hides this refusal's body from the page (no CORS headers: the origin
+            # is not trusted with any answer), so the log is where its developer can see why.
+            log.warning(
+                "cross_origin_refused",
+                origin=origin[:200],
+                path=request.path,
+                method=request.method,
+                fix="add the origin with --allowed-origin (VOICEGATE_ALLOWED_ORIGINS)",
+            )
             return json_error(
                 403,
-                "cross-origin requests from this origin are not allowed "
-                "(the server's --allowed-origin list)",
+                f"cross-origin requests from {origin[:200]!r} are not allowed; the server must "
+                "list that origin with --allowed-origin",
+                reason="origin_not_allowed",
+                origin=origin[:200],
             )
         cors = allowed
         if request.method == "OPTIONS":

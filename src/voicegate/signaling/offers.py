@@ -328,6 +328,10 @@ async def post_offer(request: web.Request) -> web.Response:
         "type": answer.type,
         "pc_id": new_id,
         "recording": offer.record,
+        # A restart that carried the conversation on (this process's live call, or one adopted
+        # from the cluster's store); False when the pc_id started afresh (e.g. a restarted
+        # server no longer had it), so the page can tell the user the history is gone.
+        "resumed": kept is not None or stored is not None,
         "ignored_candidates": [{"address": a, "reason": r} for a, r in filtered.ignored],
     }
     session_exp: float | None = None

@@ -83,6 +83,11 @@ class OfferRequest:
         if not isinstance(record, bool):
             raise ApiError(400, "field 'record' must be a boolean")
         agent = body.get("agent")
+        nested = body.get("requestData")
+        if agent is None and isinstance(nested, dict):
+            # Pipecat's SmallWebRTCTransport sends the app's own fields (its webrtcRequestParams
+            # requestData) nested under "requestData" of the offer body.
+            agent = nested.get("agent")
         if agent is not None and (not isinstance(agent, str) or not NAME_PATTERN.match(agent)):
             raise ApiError(
                 400, "field 'agent' must be an agent name ([a-z0-9_-]{1,32})", reason="bad_agent"
