@@ -88,6 +88,7 @@ class ServeConfig:
     offer_rate: float = 60.0
     offer_burst: int = 20
     trust_forwarded_for: bool = False
+    trusted_proxies: tuple[str, ...] = ()
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
     connect_timeout: float = 15.0

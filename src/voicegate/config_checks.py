@@ -203,6 +203,7 @@ def _validate_exposure(c: ServeConfig) -> list[str]:
     for wide, name in (
         ("*" in c.allowed_origins, "--allowed-origin '*' (any web page may call the API)"),
         (c.trust_forwarded_for, "--trust-forwarded-for (requests come through a proxy)"),
+        (bool(c.trusted_proxies), "--trusted-proxies (requests come through a proxy)"),
     ):
         if wide and not c.auth_secret:
             problems.append(

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from voicegate.backends.bedrock.transport import TRANSPORTS
 from voicegate.conversation.continuation import RENEW_AFTER_S
+from voicegate.netaddr import network
 from voicegate.privacy import parse_rule
 from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE, STREAM_LIMIT_S
 from voicegate.store import check_store_url
@@ -174,6 +175,14 @@ OPTIONS: Final = (
         "trust_forwarded_for",
         "take the client address from X-Forwarded-For (only behind a reverse proxy that sets it)",
         parse_bool,
+    ),
+    Option(
+        "trusted_proxies",
+        "reverse proxy network (CIDR, repeatable): X-Forwarded-For is honoured only from these "
+        "peers, the client being its rightmost address outside them",
+        network,
+        repeat=True,
+        metavar="CIDR",
     ),
     Option(
         "idle_timeout",
