@@ -131,6 +131,7 @@ class ServeConfig:
     # many cores, many machines (docs/cluster.md)
     workers: str = "auto"
     cluster_redis: str = field(default="", repr=False)
+    cluster_redis_password_file: str = ""
     node_id: str = ""
     node_url: str = ""
 

@@ -350,6 +350,10 @@ OPTIONS: Final = (
         "draining nodes (default: none, a single node)",
         metavar="URL",
     ),
+    Option(
+        "cluster_redis_password_file",
+        "file holding the cluster Redis password (AUTH; instead of a password in the URL)",
+    ),
     Option("node_id", "this node's name in the cluster (default: the host name)"),
     Option(
         "node_url",

@@ -20,6 +20,7 @@ from aiohttp import web
 from voicegate.call.session import PeerSession
 from voicegate.cluster import state
 from voicegate.cluster.directory import HEARTBEAT_S, Directory
+from voicegate.cluster.redis_conn import RedisOptions
 from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.config import ServeConfig
 from voicegate.signaling.calls import StoredCall
@@ -45,7 +46,9 @@ class ClusterNode:
         self.app = app
         self.config = config
         self.worker = worker
-        self.directory = Directory(config.cluster_redis, config.node_id, worker or 0)
+        self.directory = Directory(
+            config.cluster_redis, config.node_id, worker or 0, RedisOptions.for_node(config)
+        )
         self.router: NodeRouter | None = None
         self._subjects: dict[str, str | None] = {}
         self._saving: dict[str, asyncio.Task[None]] = {}
