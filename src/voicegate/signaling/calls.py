@@ -89,6 +89,10 @@ class CallRegistry(Mapping[str, PeerSession]):
     def subject(self, pc_id: str) -> str | None:
         return self._subjects.get(pc_id)
 
+    def subjects(self) -> list[str]:
+        """The subject of each live call that has one."""
+        return list(self._subjects.values())
+
     def held_by(self, subject: str) -> int:
         """Live calls held by ``subject``."""
         return sum(1 for s in self._subjects.values() if s == subject)
