@@ -94,6 +94,7 @@ class ServeConfig:
     connect_timeout: float = 15.0
     auth_secret_file: str = ""
     turn_secret_file: str = ""
+    metrics_token_file: str = ""
     max_token_ttl: float = 7 * 86400.0
     token_audience: str = ""
     max_calls_per_subject: int = 3
@@ -221,7 +222,7 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
 def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
     """Secrets from files (a mounted secret), so they need not sit in flags or the env."""
     changes: dict[str, Any] = {}
-    for name in ("auth_secret", "turn_secret"):
+    for name in ("auth_secret", "turn_secret", "metrics_token"):
         path = getattr(config, f"{name}_file")
         if not path:
             continue

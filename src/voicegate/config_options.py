@@ -226,6 +226,7 @@ OPTIONS: Final = (
     ),
     Option("allow_mdns_candidates", "resolve callers' mDNS (.local) ICE candidates", parse_bool),
     Option("metrics_token", "require Authorization: Bearer <this> on /metrics (default: open)"),
+    Option("metrics_token_file", "file holding the metrics token (instead of --metrics-token)"),
     Option("metrics_host", "address of the separate metrics listener (default 127.0.0.1)"),
     Option(
         "metrics_port",

@@ -75,6 +75,7 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
     # The secrets are already read: the files would make a worker see both and refuse to start.
     values["auth_secret_file"] = ""
     values["turn_secret_file"] = ""
+    values["metrics_token_file"] = ""
     ports = parse_port_range(config.rtc_ports)
     if ports is not None:
         size = (ports[1] - ports[0] + 1) // count
