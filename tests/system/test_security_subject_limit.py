@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import SECRET, free_port, serve_node
+from tests.support.cluster import SECRET, free_port, serve_node, two_nodes
 from voicegate.signaling import auth
 from voicegate.testing.client import CallClient, OfferRefused
 
@@ -58,5 +58,32 @@ async def test_one_subject_cannot_hold_a_call_per_worker(tmp_path: Path) -> None
             while (await node.json("/healthz"))["sessions"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)  # the workers' next reports: nothing has an event
         again = await _call(node.url, "alice")
+        await again.hangup()
+        await again.close()
+
+
+async def test_one_subject_cannot_hold_a_call_per_node(tmp_path: Path) -> None:
+    """With Redis, the limit is the cluster's: a subject at its limit on node A is refused on
+    node B (and on B's other worker); after the hang-up it may call on B."""
+    limit = ("--max-calls-per-subject", "1")
+    async with two_nodes(tmp_path, limit, (*limit, "--workers", "2")) as (_, a, b):
+        first = await _call(a.url, "alice")
+        try:
+            with pytest.raises(OfferRefused) as refused:
+                await (await _call(b.url, "alice")).close()
+            assert refused.value.status == 429 and "cluster" in str(refused.value)
+            other = await _call(b.url, "bob")
+            await other.hangup()
+            await other.close()
+        finally:
+            await first.hangup()
+            await first.close()
+        async with asyncio.timeout(20):
+            while True:  # the end reaches Redis soon after the hang-up: nothing to wait on
+                try:
+                    again = await _call(b.url, "alice")
+                    break
+                except OfferRefused:
+                    await asyncio.sleep(0.1)
         await again.hangup()
         await again.close()

@@ -262,6 +262,29 @@ class Directory:
         )
         return None if result is None else bool(result)
 
+    # -- calls per token subject, cluster-wide (--max-calls-per-subject) ---------------------
+
+    async def subject_add(self, subject: str, pc_id: str, ttl_s: float) -> None:
+        """``vg:subject:<digest>``: a sorted set of the subject's live calls, each scored by
+        when it can be over at the latest, so a call whose node died drops out by itself."""
+        key = f"vg:subject:{subject}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {pc_id: time.time() + ttl_s})
+        pipe.expire(key, int(ttl_s) + CALL_TTL_SLACK_S)
+        await self._do("subject_add", pipe.execute())
+
+    async def subject_remove(self, subject: str, pc_id: str) -> None:
+        await self._do("subject_remove", self._redis.zrem(f"vg:subject:{subject}", pc_id))
+
+    async def subject_calls(self, subject: str) -> int | None:
+        """The subject's live calls in the cluster; None when Redis is down."""
+        key = f"vg:subject:{subject}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", time.time())
+        pipe.zcard(key)
+        result = await self._do("subject_calls", pipe.execute())
+        return None if result is None else int(result[1])
+
     # -- authenticated records (cluster.record_mac) ------------------------------------------
 
     @property

@@ -49,6 +49,10 @@ class CallStore(Protocol):
 
     async def adopt(self, pc_id: str) -> StoredCall | None: ...
 
+    async def subject_calls(self, subject: str) -> int | None:
+        """Live calls ``subject`` holds in the whole cluster (None: not known now)."""
+        ...
+
 
 CandidateKey = tuple[str, int, str]
 
