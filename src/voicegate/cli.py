@@ -124,8 +124,10 @@ async def _run_server(
     app = create_app(conf, backend)
     if worker is not None:
         from voicegate.cluster.handoff import supervisor_only
+        from voicegate.signaling.subjects import SUBJECTS_IN_HEALTH
 
         app.middlewares.insert(0, supervisor_only(worker_key))
+        app[SUBJECTS_IN_HEALTH] = True  # the supervisor keeps the per-subject limit
     if conf.cluster_redis:
         from voicegate.cluster.node import join_cluster
 

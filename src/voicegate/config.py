@@ -89,11 +89,13 @@ class ServeConfig:
     offer_rate: float = 60.0
     offer_burst: int = 20
     trust_forwarded_for: bool = False
+    trusted_proxies: tuple[str, ...] = ()
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
     connect_timeout: float = 15.0
     auth_secret_file: str = ""
     turn_secret_file: str = ""
+    metrics_token_file: str = ""
     max_token_ttl: float = 7 * 86400.0
     token_audience: str = ""
     jwt_public_key_file: str = ""
@@ -133,6 +135,7 @@ class ServeConfig:
     # many cores, many machines (docs/cluster.md)
     workers: str = "auto"
     cluster_redis: str = field(default="", repr=False)
+    cluster_redis_password_file: str = ""
     node_id: str = ""
     node_url: str = ""
 
@@ -222,7 +225,7 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
 def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
     """Secrets from files (a mounted secret), so they need not sit in flags or the env."""
     changes: dict[str, Any] = {}
-    for name in ("auth_secret", "turn_secret"):
+    for name in ("auth_secret", "turn_secret", "metrics_token"):
         path = getattr(config, f"{name}_file")
         if not path:
             continue

@@ -139,6 +139,8 @@ def _validate_cluster(c: ServeConfig) -> list[str]:
             problems.append(
                 f"cluster_redis {c.cluster_redis!r} must be a redis://, rediss:// or unix:// URL"
             )
+    if c.cluster_redis_password_file:
+        problems += _password_file_problems(c.cluster_redis_password_file)
     if len(c.node_id) > 128 or not all(ch.isalnum() or ch in "-_." for ch in c.node_id):
         problems.append(f"node_id {c.node_id!r} must be 1-128 letters, digits, '-', '_' or '.'")
     if c.node_url:
@@ -259,6 +261,7 @@ def _validate_exposure(c: ServeConfig) -> list[str]:
     for wide, name in (
         ("*" in c.allowed_origins, "--allowed-origin '*' (any web page may call the API)"),
         (c.trust_forwarded_for, "--trust-forwarded-for (requests come through a proxy)"),
+        (bool(c.trusted_proxies), "--trusted-proxies (requests come through a proxy)"),
     ):
         if wide and not c.auth_secret:
             problems.append(
@@ -356,3 +359,13 @@ def _read_text(path: str, name: str, problems: list[str]) -> str | None:
         problems.append(f"{name} {path!r} is empty")
         return None
     return text
+
+
+def _password_file_problems(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"cluster_redis_password_file {path!r} cannot be read: {exc.strerror or exc}"]
+    except UnicodeDecodeError:
+        return [f"cluster_redis_password_file {path!r} is not UTF-8 text"]
+    return [] if text.strip() else [f"cluster_redis_password_file {path!r} is empty"]

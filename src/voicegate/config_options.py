@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from voicegate.backends.bedrock.transport import TRANSPORTS
 from voicegate.conversation.continuation import RENEW_AFTER_S
+from voicegate.netaddr import network
 from voicegate.privacy import parse_rule
 from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE, STREAM_LIMIT_S
 from voicegate.store import check_store_url
@@ -182,6 +183,14 @@ OPTIONS: Final = (
         parse_bool,
     ),
     Option(
+        "trusted_proxies",
+        "reverse proxy network (CIDR, repeatable): X-Forwarded-For is honoured only from these "
+        "peers, the client being its rightmost address outside them",
+        network,
+        repeat=True,
+        metavar="CIDR",
+    ),
+    Option(
         "idle_timeout",
         "end a call after this many seconds without speech from the browser or the bot "
         "(default 300; 0: never)",
@@ -233,6 +242,7 @@ OPTIONS: Final = (
     ),
     Option("allow_mdns_candidates", "resolve callers' mDNS (.local) ICE candidates", parse_bool),
     Option("metrics_token", "require Authorization: Bearer <this> on /metrics (default: open)"),
+    Option("metrics_token_file", "file holding the metrics token (instead of --metrics-token)"),
     Option("metrics_host", "address of the separate metrics listener (default 127.0.0.1)"),
     Option(
         "metrics_port",
@@ -356,6 +366,10 @@ OPTIONS: Final = (
         "forward each request to the node that owns its call, and adopt calls of dead or "
         "draining nodes (default: none, a single node)",
         metavar="URL",
+    ),
+    Option(
+        "cluster_redis_password_file",
+        "file holding the cluster Redis password (AUTH; instead of a password in the URL)",
     ),
     Option("node_id", "this node's name in the cluster (default: the host name)"),
     Option(

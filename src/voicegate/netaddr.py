@@ -10,9 +10,18 @@ import ipaddress
 import re
 from typing import Final
 
-__all__ = ["PRIVATE_NETWORKS", "IPAddress", "host_header_is_loopback", "ip", "is_loopback_host"]
+__all__ = [
+    "PRIVATE_NETWORKS",
+    "IPAddress",
+    "IPNetwork",
+    "host_header_is_loopback",
+    "ip",
+    "is_loopback_host",
+    "network",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PRIVATE_NETWORKS: Final = tuple(
     ipaddress.ip_network(n)
@@ -35,6 +44,15 @@ def ip(host: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def network(text: str) -> str:
+    """A CIDR (or a bare address, a /32 or /128) in its canonical spelling; ValueError for
+    anything else. Host bits are dropped (``10.1.2.3/8`` is ``10.0.0.0/8``)."""
+    return str(ipaddress.ip_network(text.strip(), strict=False))
+
+
+network.__name__ = "CIDR network (e.g. 10.0.0.0/8 or 192.0.2.7)"
 
 
 def is_loopback_host(host: str) -> bool:

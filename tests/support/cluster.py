@@ -21,6 +21,8 @@ import numpy as np
 import redis.asyncio as aredis
 
 from tests.support.components import require
+from voicegate.cluster.record_mac import RecordSeal
+from voicegate.cluster.redis_conn import RedisOptions
 from voicegate.signaling import auth
 from voicegate.testing.client import CallClient
 
@@ -31,6 +33,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def open_state(pc_id: str, sealed: str | None) -> str | None:
+    """A call's stored state as the nodes read it (sealed with ``SECRET``: cluster.record_mac)."""
+    return RecordSeal(SECRET).open(pc_id, sealed) if sealed else None
+
+
+def node_seal() -> RedisOptions:
+    """What a node of these tests writes Redis with: records sealed with its auth secret."""
+    return RedisOptions(seal=RecordSeal(SECRET))
 
 
 def token(ttl: float = 600) -> str:
@@ -118,17 +130,24 @@ async def _drain(proc: asyncio.subprocess.Process) -> None:
 
 @contextlib.asynccontextmanager
 async def redis_server(
-    tmp_path: Path, host: str = "127.0.0.1", port: int | None = None
+    tmp_path: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra: Sequence[str] = (),
+    tls: bool = False,
 ) -> AsyncIterator[str]:
-    """A fresh, empty ``redis-server`` (``port``: the one a previous one had, to restart it)."""
+    """A fresh, empty ``redis-server`` (``port``: the one a previous one had, to restart it;
+    ``extra``: more arguments, e.g. ``--requirepass``; ``tls``: the port speaks TLS only, the
+    certificate arguments being in ``extra``)."""
     exe = shutil.which("redis-server")
     require(exe is not None, "redis-server is not installed (apt-get install redis-server)")
     assert exe is not None
     port = port or free_port(host)
+    ports = ("--port", "0", "--tls-port", str(port)) if tls else ("--port", str(port))
     proc = await asyncio.create_subprocess_exec(
         exe,
-        "--port",
-        str(port),
+        *ports,
+        *extra,
         "--bind",
         host,
         "--save",
@@ -149,7 +168,7 @@ async def redis_server(
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-        yield f"redis://{host}:{port}/0"
+        yield f"{'rediss' if tls else 'redis'}://{host}:{port}/0"
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -219,7 +238,8 @@ async def history_saved(redis_url: str, pc_id: str, messages: int) -> dict[str, 
     try:
         async with asyncio.timeout(10):
             while True:
-                text = await r.hget(f"vg:call:{pc_id}", "state")
+                sealed = await r.hget(f"vg:call:{pc_id}", "state")
+                text = open_state(pc_id, str(sealed) if sealed else None)
                 if text and len(json.loads(text)["history"]) >= messages:
                     return dict(json.loads(text))
                 await asyncio.sleep(0.05)

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 
-from tests.support.cluster import Node, serve_node
+from tests.support.cluster import Node, open_state, serve_node
 from tests.support.components import missing
 from tests.support.netns import exec_in, ip, socket_in
 from voicegate.audio.levels import rms
@@ -348,7 +348,7 @@ async def cluster(
 async def history_saved(topo: Topology, pc_id: str, messages: int) -> list[Any]:
     async with asyncio.timeout(10):
         while True:
-            text = await redis_cli(topo, "HGET", f"vg:call:{pc_id}", "state")
+            text = open_state(pc_id, await redis_cli(topo, "HGET", f"vg:call:{pc_id}", "state"))
             if text and len(history := json.loads(text)["history"]) >= messages:
                 return list(history)
             await asyncio.sleep(0.1)  # Redis has no event to wait on

@@ -30,7 +30,8 @@ async def settled(node: Node, sessions: int) -> Any:
 
 
 async def test_two_workers_spread_calls_and_survive_one_worker_death(tmp_path: Path) -> None:
-    args = ("--workers", "2", "--backend", "echo", "--port", "0")
+    # One token for all four calls: the per-subject limit (3 a node) is not what is tested.
+    args = ("--workers", "2", "--backend", "echo", "--port", "0", "--max-calls-per-subject", "0")
     async with serve_node(tmp_path, *args) as node:
         clients = []
         try:

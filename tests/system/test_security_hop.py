@@ -21,7 +21,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support.cluster import SECRET, free_port, redis_server, serve_node, token
+from tests.support.cluster import (
+    SECRET,
+    free_port,
+    node_seal,
+    redis_server,
+    serve_node,
+    token,
+)
 from voicegate.cluster.directory import Directory, NodeInfo
 from voicegate.cluster.hop import HopGuard
 from voicegate.config import ServeConfig
@@ -100,7 +107,7 @@ async def test_no_forwarding_without_a_token_and_hops_are_signed(
 ) -> None:
     target, seen = listener
     async with redis_server(tmp_path) as redis_url:
-        directory = Directory(redis_url, "elsewhere")
+        directory = Directory(redis_url, "elsewhere", options=node_seal())  # a node's key
         try:
             await directory.claim("victim-call", 0, "", 600)
             port = free_port()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -29,6 +30,8 @@ __all__ = [
     "InboundListener",
     "InboundPump",
     "MAX_TYPED_TEXTS",
+    "TYPED_TEXT_BURST",
+    "TYPED_TEXT_PER_MINUTE",
     "TextTarget",
     "TurnClock",
     "TurnTiming",
@@ -46,6 +49,11 @@ VAD_START_FRAMES: Final = 3
 VAD_STOP_FRAMES: Final = 25  # 500 ms of non-speech
 MAX_TYPED_TEXTS: Final = 8
 """Typed texts waiting for the conversation; a client flooding the channel gets errors."""
+TYPED_TEXT_BURST: Final = 20
+"""Typed texts a call may send at once. Every text the model takes is paid for, and the wait
+queue alone does not bound the rate (a fast model drains it), so each call has a token bucket."""
+TYPED_TEXT_PER_MINUTE: Final = 20
+"""The sustained typed-text rate per call: a person typing, not a script."""
 
 
 @dataclass(slots=True)
@@ -180,6 +188,11 @@ async def drain(track: MediaStreamTrack) -> None:
             await track.recv()
 
 
+def _now() -> float:
+    """The typed-text bucket's clock, looked up per call so a test can hold it still."""
+    return time.monotonic()
+
+
 class TextTarget(Protocol):
     """Where typed text goes: the conversation (``Conversation.send_text``)."""
 
@@ -191,12 +204,49 @@ class TypedText:
     at a time, at most ``MAX_TYPED_TEXTS`` waiting. Every failure is told to the page through
     ``on_error(message, request_id)``; none of them ends the call."""
 
-    def __init__(self, target: TextTarget, on_error: Callable[[str, str | None], None]) -> None:
+    def __init__(
+        self,
+        target: TextTarget,
+        on_error: Callable[[str, str | None], None],
+        on_limited: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        clock = clock or _now
         self._target = target
         self._on_error = on_error
+        self._on_limited = on_limited
         self._queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(MAX_TYPED_TEXTS)
+        self._clock = clock
+        self._tokens = float(TYPED_TEXT_BURST)
+        self._refilled = clock()
+        self.limited = 0
+        """Texts refused for the rate (each also counted by ``on_limited`` and told the page)."""
+
+    def _spend(self) -> float:
+        """0.0 and one text spent, or the seconds until the bucket has one again."""
+        now = self._clock()
+        rate = TYPED_TEXT_PER_MINUTE / 60.0
+        self._tokens = min(float(TYPED_TEXT_BURST), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
 
     def put(self, text: str, request_id: str | None) -> None:
+        wait = self._spend()
+        if wait > 0.0:
+            self.limited += 1
+            self._on_limited()
+            if self.limited == 1 or self.limited % 100 == 0:  # a flood logs a line per 100
+                log.warning("typed_text_rate_limited", refused=self.limited)
+            self._on_error(
+                f"too many typed messages (at most {TYPED_TEXT_BURST} at once, "
+                f"{TYPED_TEXT_PER_MINUTE} a minute); this one was dropped, "
+                f"try again in {max(1, round(wait))} s",
+                request_id,
+            )
+            return
         try:
             self._queue.put_nowait((text, request_id))
         except asyncio.QueueFull:

@@ -133,7 +133,7 @@ class PeerSession:
             self.observers.add(observer)
         self.rtp: RtpSample | None = None  # the latest getStats() sample
         self._outbox = rtvi.Outbox(self._message_dropped, self._channel_overflow)
-        self._typed = TypedText(self.conversation, self._text_refused)
+        self._typed = TypedText(self.conversation, self._text_refused, self._text_limited)
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = TurnClock()
         self.turn_latencies_ms: list[float] = []
@@ -261,6 +261,9 @@ class PeerSession:
                 self._typed.put(rtvi.send_text_content(msg), rtvi.request_id(msg))
             except ValueError as exc:
                 self._text_refused(str(exc), rtvi.request_id(msg))
+
+    def _text_limited(self) -> None:
+        self.conversation.stats.user_texts_rate_limited += 1
 
     def _text_refused(self, why: str, request_id: str | None) -> None:
         self.send_message(rtvi.error(why, False, "send_text", request_id))

@@ -35,6 +35,8 @@ from typing import Any, Final
 
 import structlog
 
+from voicegate.cluster.redis_conn import RedisOptions
+
 __all__ = ["Directory", "NodeInfo"]
 
 log = structlog.get_logger(__name__)
@@ -97,17 +99,22 @@ class NodeInfo:
 class Directory:
     """One process's connection to the cluster directory (redis-py's asyncio client)."""
 
-    def __init__(self, url: str, node_id: str, worker: int = 0) -> None:
+    def __init__(
+        self, url: str, node_id: str, worker: int = 0, options: RedisOptions | None = None
+    ) -> None:
         import redis.asyncio as aredis
 
         self.node_id = node_id
         self.worker = worker
+        options = options or RedisOptions()
+        self._seal = options.seal
         self._redis = aredis.Redis.from_url(
             url,
             socket_timeout=OP_TIMEOUT_S,
             socket_connect_timeout=OP_TIMEOUT_S,
             health_check_interval=0,
             decode_responses=True,
+            **options.client_kwargs(),
         )
         self.up = True
 
@@ -135,7 +142,8 @@ class Directory:
     # -- nodes -------------------------------------------------------------------------------
 
     async def heartbeat(self, info: NodeInfo) -> None:
-        data = json.dumps(asdict(info) | {"at": time.time()})
+        record = asdict(info) | {"at": time.time()}
+        data = self._tag("node", info.id, record)
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(f"vg:node:{info.id}", data, ex=NODE_TTL_S)
         pipe.sadd("vg:nodes", info.id)
@@ -159,10 +167,9 @@ class Directory:
             if text is None:
                 gone.append(node_id)
                 continue
-            try:
-                out.append(NodeInfo(**json.loads(text)))
-            except (ValueError, TypeError):
-                continue
+            info = self._node_info(node_id, text)
+            if info is not None:
+                out.append(info)
         if len(gone) > 16:  # long-dead members; a node that comes back re-adds itself
             await self._do("prune", self._redis.srem("vg:nodes", *gone))
         return out
@@ -171,15 +178,12 @@ class Directory:
         text = await self._do("node", self._redis.get(f"vg:node:{node_id}"))
         if not text:
             return None
-        try:
-            return NodeInfo(**json.loads(text))
-        except (ValueError, TypeError):
-            return None
+        return self._node_info(node_id, text)
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _owner_json(self) -> str:
-        return json.dumps({"node": self.node_id, "worker": self.worker})
+    def _owner_json(self, pc_id: str) -> str:
+        return self._tag("owner", pc_id, {"node": self.node_id, "worker": self.worker})
 
     async def claim(self, pc_id: str, epoch: int, state: str, ttl_s: float) -> bool | None:
         """This process owns ``pc_id`` at ``epoch``, with conversation ``state`` ("" keeps the
@@ -192,8 +196,8 @@ class Directory:
                 1,
                 f"vg:call:{pc_id}",
                 str(epoch),
-                self._owner_json(),
-                state,
+                self._owner_json(pc_id),
+                self._seal.seal(pc_id, state) if self._seal is not None and state else state,
                 str(int(ttl_s) + CALL_TTL_SLACK_S),
             ),
         )
@@ -204,11 +208,18 @@ class Directory:
         when it is not a live call (ended, unknown, or Redis down)."""
         ttl = str(int(ttl_s) + CALL_TTL_SLACK_S)
         result = await self._do(
-            "adopt", self._redis.eval(_ADOPT, 1, f"vg:call:{pc_id}", self._owner_json(), ttl)
+            "adopt",
+            self._redis.eval(_ADOPT, 1, f"vg:call:{pc_id}", self._owner_json(pc_id), ttl),
         )
         if not isinstance(result, list) or len(result) != 2:
             return None
-        return int(result[0]), str(result[1])
+        state = str(result[1])
+        if self._seal is not None:
+            opened = self._seal.open(pc_id, state)
+            if opened is None:
+                return None  # planted state: adopted by nobody
+            state = opened
+        return int(result[0]), state
 
     async def epochs(self, pc_ids: list[str]) -> list[int | None] | None:
         """The stored epoch of each call (None: no record, or an ended one); None when Redis is
@@ -235,7 +246,9 @@ class Directory:
         if not row or not row[0] or row[1]:
             return None
         try:
-            data = json.loads(row[0])
+            data = self._check("owner", pc_id, row[0])
+            if data is None:
+                return None
             return str(data["node"]), int(data["worker"])
         except (ValueError, KeyError, TypeError):
             return None
@@ -248,6 +261,54 @@ class Directory:
             self._redis.eval(_RELEASE, 1, f"vg:call:{pc_id}", str(epoch), str(TOMBSTONE_TTL_S)),
         )
         return None if result is None else bool(result)
+
+    # -- calls per token subject, cluster-wide (--max-calls-per-subject) ---------------------
+
+    async def subject_add(self, subject: str, pc_id: str, ttl_s: float) -> None:
+        """``vg:subject:<digest>``: a sorted set of the subject's live calls, each scored by
+        when it can be over at the latest, so a call whose node died drops out by itself."""
+        key = f"vg:subject:{subject}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {pc_id: time.time() + ttl_s})
+        pipe.expire(key, int(ttl_s) + CALL_TTL_SLACK_S)
+        await self._do("subject_add", pipe.execute())
+
+    async def subject_remove(self, subject: str, pc_id: str) -> None:
+        await self._do("subject_remove", self._redis.zrem(f"vg:subject:{subject}", pc_id))
+
+    async def subject_calls(self, subject: str) -> int | None:
+        """The subject's live calls in the cluster; None when Redis is down."""
+        key = f"vg:subject:{subject}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", time.time())
+        pipe.zcard(key)
+        result = await self._do("subject_calls", pipe.execute())
+        return None if result is None else int(result[1])
+
+    # -- authenticated records (cluster.record_mac) ------------------------------------------
+
+    @property
+    def refused(self) -> int:
+        """Records read here that did not verify."""
+        return 0 if self._seal is None else self._seal.refused
+
+    def _tag(self, kind: str, name: str, data: dict[str, Any]) -> str:
+        return json.dumps(data) if self._seal is None else self._seal.tag(kind, name, data)
+
+    def _check(self, kind: str, name: str, text: str) -> dict[str, Any] | None:
+        if self._seal is not None:
+            return self._seal.check(kind, name, text)
+        data = json.loads(text)
+        return data if isinstance(data, dict) else None
+
+    def _node_info(self, node_id: str, text: str) -> NodeInfo | None:
+        try:
+            data = self._check("node", node_id, text)
+            if data is None or data.get("id") != node_id:
+                return None
+            return NodeInfo(**data)
+        except (ValueError, TypeError):
+            return None
 
     async def aclose(self) -> None:
         from redis.exceptions import RedisError

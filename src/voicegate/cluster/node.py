@@ -20,11 +20,13 @@ from aiohttp import web
 from voicegate.call.session import PeerSession
 from voicegate.cluster import state
 from voicegate.cluster.directory import HEARTBEAT_S, Directory
+from voicegate.cluster.redis_conn import RedisOptions
 from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.config import ServeConfig
 from voicegate.signaling.calls import StoredCall
 from voicegate.signaling.errors import Handler
 from voicegate.signaling.keys import ADMISSION, CALL_LOG, CONFIG, GATE, SESSIONS
+from voicegate.signaling.subjects import digest
 
 __all__ = ["CLUSTER", "ClusterNode", "join_cluster", "move_calls", "start_cluster"]
 
@@ -45,7 +47,9 @@ class ClusterNode:
         self.app = app
         self.config = config
         self.worker = worker
-        self.directory = Directory(config.cluster_redis, config.node_id, worker or 0)
+        self.directory = Directory(
+            config.cluster_redis, config.node_id, worker or 0, RedisOptions.for_node(config)
+        )
         self.router: NodeRouter | None = None
         self._subjects: dict[str, str | None] = {}
         self._saving: dict[str, asyncio.Task[None]] = {}
@@ -60,13 +64,17 @@ class ClusterNode:
     def call_started(self, session: PeerSession, subject: str | None) -> None:
         pc_id = session.pc_id
         self._subjects[pc_id] = subject
+        if subject is not None:
+            self._spawn(self.directory.subject_add(self._digest(subject), pc_id, self._ttl()))
         self._epochs.setdefault(pc_id, 1)  # an adopted call has its epoch from ``adopt``
         session.conversation.on_history = lambda: self._save_soon(pc_id)
         self._save_soon(pc_id)
 
     def call_ended(self, session: PeerSession) -> None:
         pc_id = session.pc_id
-        self._subjects.pop(pc_id, None)
+        subject = self._subjects.pop(pc_id, None)
+        if subject is not None and session.close_reason != SUPERSEDED:  # moved: still live
+            self._spawn(self.directory.subject_remove(self._digest(subject), pc_id))
         self._dirty.discard(pc_id)
         epoch = self._epochs.pop(pc_id, None)
         task = self._saving.pop(pc_id, None)
@@ -74,6 +82,12 @@ class ClusterNode:
             task.cancel()
         if epoch is not None and session.close_reason != SUPERSEDED:
             self._spawn(self.directory.release(pc_id, epoch))
+
+    def _digest(self, subject: str) -> str:
+        return digest(self.config.auth_secret, subject)
+
+    async def subject_calls(self, subject: str) -> int | None:
+        return await self.directory.subject_calls(self._digest(subject))
 
     async def adopt(self, pc_id: str) -> StoredCall | None:
         taken = await self.directory.adopt(pc_id, self._ttl())

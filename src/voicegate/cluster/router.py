@@ -32,6 +32,7 @@ from aiohttp import web
 from voicegate.cluster.directory import HEARTBEAT_S, Directory, NodeInfo
 from voicegate.cluster.hop import HopGuard
 from voicegate.cluster.proxy import FORWARDED_BY, ForwardError, forward
+from voicegate.cluster.redis_conn import RedisOptions
 from voicegate.config import ServeConfig
 from voicegate.signaling.access import prepare
 
@@ -93,7 +94,9 @@ class NodeRouter:
         self.node_id = config.node_id
         self.url = url
         self.placement = placement
-        self.directory = Directory(config.cluster_redis, config.node_id, worker)
+        self.directory = Directory(
+            config.cluster_redis, config.node_id, worker, RedisOptions.for_node(config)
+        )
         self._client: aiohttp.ClientSession | None = None
         self._beat: asyncio.Task[None] | None = None
         self.hop = HopGuard(config)

@@ -29,6 +29,7 @@ from voicegate import __version__
 from voicegate.cluster.node_metrics import NodeMetrics
 from voicegate.cluster.proxy import ForwardError, forward
 from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
+from voicegate.cluster.subject_limit import NodeSubjects
 from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
 from voicegate.observability.exposition import CONTENT_TYPE
@@ -64,6 +65,8 @@ class Supervisor:
         self.started = time.monotonic()
         self.router: NodeRouter | None = None
         self.node_metrics = NodeMetrics(self.pool.workers)
+        self.subjects = NodeSubjects(config)
+        """--max-calls-per-subject over all the workers (``cluster.subject_limit``)."""
 
     # -- which worker ------------------------------------------------------------------------
 
@@ -157,7 +160,13 @@ class Supervisor:
             if target is not None:
                 return await self._to_worker(request, body, target, learn=True)
             picked = self.pool.pick(exclude=owner.index if owner is not None else None)
-            return await self._place(request, body, picked or self.pool.any_alive())
+            if restart:  # an adoption: the worker decides, as for a live restart
+                return await self._place(request, body, picked or self.pool.any_alive())
+            with self.subjects.new_call(request, self.pool.workers) as placed:
+                chosen = picked or self.pool.any_alive()
+                response = await self._place(request, body, chosen)
+                placed.answered(chosen, response)
+                return response
         # PATCH: trickled candidates for a call
         if owner is None and self.router is not None and pc_id:
             remote = await self.router.route(request, pc_id, False, owned=False, can_take=False)

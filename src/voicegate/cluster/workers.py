@@ -75,6 +75,7 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
     # The secrets are already read: the files would make a worker see both and refuse to start.
     values["auth_secret_file"] = ""
     values["turn_secret_file"] = ""
+    values["metrics_token_file"] = ""
     ports = parse_port_range(config.rtc_ports)
     if ports is not None:
         size = (ports[1] - ports[0] + 1) // count
@@ -105,6 +106,10 @@ class Worker:
     ready: bool = False
     draining: bool = False
     sessions: int = 0
+    subjects: dict[str, int] = field(default_factory=dict)
+    """Live calls per subject digest (``signaling.subjects``), as of ``polled_at``."""
+    polled_at: float = 0.0
+    """When the poll that brought ``subjects`` started (monotonic)."""
     pending: int = 0
     """Offers sent to this worker and not answered yet: counted at the moment it is picked,
     so a burst of offers arriving while others negotiate spreads over the workers."""
@@ -261,6 +266,7 @@ class WorkerPool:
                 w.exited.set()
 
     async def _poll(self, w: Worker) -> None:
+        started = time.monotonic()
         try:
             async with self.client.get(
                 w.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2.0)
@@ -277,6 +283,10 @@ class WorkerPool:
         w.backend = str(data.get("backend", w.backend))
         w.draining = bool(data.get("draining", False))
         w.ready = bool(data.get("ready", True)) and not w.draining
+        subjects = data.get("subjects")
+        if isinstance(subjects, dict):
+            w.subjects = {str(k): int(v) for k, v in subjects.items() if isinstance(v, int)}
+            w.polled_at = started
 
     def _stopped(self) -> bool:
         return self.stopping

@@ -227,6 +227,8 @@ class ConversationStats:
     """Output of retired streams after a handover, ignored."""
     user_texts_sent: int = 0
     """Typed user messages sent to the model (``Conversation.send_text``)."""
+    user_texts_rate_limited: int = 0
+    """Typed user messages refused for the per-call rate (call.inbound.TypedText)."""
     turns_resent: int = 0
     """Unanswered user turns re-sent as interactive text after a recovery."""
     history_refusals: int = 0

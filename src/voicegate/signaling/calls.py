@@ -51,6 +51,10 @@ class CallStore(Protocol):
 
     async def adopt(self, pc_id: str) -> StoredCall | None: ...
 
+    async def subject_calls(self, subject: str) -> int | None:
+        """Live calls ``subject`` holds in the whole cluster (None: not known now)."""
+        ...
+
 
 CandidateKey = tuple[str, int, str]
 
@@ -90,6 +94,10 @@ class CallRegistry(Mapping[str, PeerSession]):
 
     def subject(self, pc_id: str) -> str | None:
         return self._subjects.get(pc_id)
+
+    def subjects(self) -> list[str]:
+        """The subject of each live call that has one."""
+        return list(self._subjects.values())
 
     def held_by(self, subject: str) -> int:
         """Live calls held by ``subject``."""

@@ -27,6 +27,7 @@ from voicegate.signaling.keys import (
     STARTED,
 )
 from voicegate.signaling.middleware import errors_as_json
+from voicegate.signaling.subjects import SUBJECTS_IN_HEALTH, counts
 
 __all__ = [
     "METRICS_HANDLER",
@@ -42,8 +43,12 @@ __all__ = [
 
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
+    extra = {}
+    if app.get(SUBJECTS_IN_HEALTH):
+        extra["subjects"] = counts(app[CONFIG].auth_secret, app[SESSIONS].subjects())
     return web.json_response(
-        {
+        extra
+        | {
             "status": "ok",
             "version": __version__,
             "backend": app[BACKEND].name,

@@ -22,6 +22,7 @@ from voicegate.signaling.access import authenticate, prepare
 from voicegate.signaling.errors import ApiError, Handler, json_error
 from voicegate.signaling.history import admin_refusal, is_admin_path
 from voicegate.signaling.keys import CLAIMS, CONFIG, COUNTERS, GATE, METRICS, Gate
+from voicegate.signaling.proxies import proxy_trust
 from voicegate.signaling.ratelimit import RateLimiter
 
 __all__ = [
@@ -114,12 +115,10 @@ def _cors_headers(config: ServeConfig, origin: str) -> dict[str, str] | None:
 
 
 def client_address(request: web.Request) -> str:
-    if request.app[CONFIG].trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        last = forwarded.rsplit(",", 1)[-1].strip()
-        if last:
-            return last  # the address our own proxy saw; earlier entries are the client's word
-    return request.remote or "unknown"
+    """The address a request counts against (``signaling.proxies`` says whose word counts)."""
+    config = request.app[CONFIG]
+    trust = proxy_trust(config.trust_forwarded_for, config.trusted_proxies)
+    return trust.client(request.remote, request.headers.get("X-Forwarded-For", ""))
 
 
 @web.middleware

@@ -236,6 +236,30 @@ def _check_capacity(request: web.Request, live_restart: bool) -> str | None:
     return subject
 
 
+async def _check_subject_in_cluster(request: web.Request, subject: str | None) -> None:
+    """``--max-calls-per-subject`` over the whole cluster, not just this process: the calls the
+    subject holds on every node (the directory's count; unknown while Redis is down, when the
+    local count above is all there is)."""
+    app = request.app
+    limit = app[CONFIG].max_calls_per_subject
+    store = app[SESSIONS].store
+    claims = request.get(CLAIMS)
+    # The store knows calls by the token's ``sub`` (a token without one is its own subject,
+    # and such a token's calls are few: the local count holds them).
+    if subject is None or not limit or store is None or claims is None or claims.sub is None:
+        return
+    held = await store.subject_calls(claims.sub)
+    if held is not None and held >= limit:
+        raise _refuse_new_call(
+            app,
+            429,
+            f"this token's subject already holds {limit} live calls in the cluster (the "
+            "server's limit per subject); hang one up first",
+            reason="subject_limit",
+            retry_after=RETRY_AFTER_S,
+        )
+
+
 async def post_offer(request: web.Request) -> web.Response:
     app = request.app
     config = app[CONFIG]
@@ -267,6 +291,8 @@ async def post_offer(request: web.Request) -> web.Response:
     )
     agent = choose_agent(app[AGENTS], offer.agent, request.get(CLAIMS), current or None)
     subject = _check_capacity(request, live_restart)
+    # An adoption is a call the subject already holds (the directory counts it still).
+    await _check_subject_in_cluster(request, None if offer.restart else subject)
     new_id = pc_id if pc_id is not None and offer.restart else f"pc-{uuid.uuid4().hex}"
     if live_restart:
         subject = calls.subject(new_id)
