@@ -5,8 +5,10 @@ is loaded through a load balancer of the test's own (a TCP forwarder that sends 
 connection to the first node that accepts it, as a balancer with health checks does). Chromium
 with a looping fake microphone talks to the echo brain, so the bot answers every turn.
 
-1. ``kill -9`` of the node holding the call: the page notices the dead connection by itself,
-   re-offers (``restart_pc``, same pc_id) through the balancer, the other node adopts the call.
+1. ``kill -9`` of the node holding the call: the page notices the dead connection by itself
+   from the server's audio stopping (web/liveness.js, a ``server-silent`` event, before ICE
+   calls the connection disconnected), re-offers (``restart_pc``, same pc_id) through the
+   balancer, the other node adopts the call.
 2. That node is then drained (SIGTERM) with the first node back: the page gets the drain
    ``server-message`` and moves again; the draining node exits 0.
 
@@ -32,7 +34,7 @@ from tests.support.cluster import Node, free_port, redis_server, serve_node, tok
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 
 BOT_RMS_FLOOR = 0.02
-MOVE_TIMEOUT_MS = 45_000  # ICE needs some seconds to call a silent peer disconnected
+MOVE_TIMEOUT_MS = 45_000
 
 
 @contextlib.asynccontextmanager
@@ -138,6 +140,9 @@ async def test_page_keeps_its_call_through_node_death_and_drain(tmp_path: Path) 
                 )
                 async with asyncio.timeout(10):
                     assert await page.evaluate("vg.pcId") == pc_id
+                    events = await page.evaluate("vg.events.map(e => e.type)")
+                # The move began with the server's audio stopping, not with ICE giving up.
+                assert "server-silent" in events, events
                 await hears_bot(page, logs())
                 assert (await nodes["b"].json("/healthz"))["sessions"] == 1
 
