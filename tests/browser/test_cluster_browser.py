@@ -22,51 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.browser import chromium, make_speech_wav, require_browser
-from tests.support.cluster import Node, free_port, redis_server, serve_node, token
+from tests.support.cluster import Node, balancer, free_port, redis_server, serve_node, token
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 
 BOT_RMS_FLOOR = 0.02
 MOVE_TIMEOUT_MS = 45_000
-
-
-@contextlib.asynccontextmanager
-async def balancer(backends: Callable[[], list[int]]) -> AsyncIterator[str]:
-    """127.0.0.1:<port> forwarding each connection to the first backend port that accepts."""
-
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except OSError:
-            pass
-        finally:
-            w.close()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        for port in backends():
-            try:
-                async with asyncio.timeout(5):
-                    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
-            except (OSError, TimeoutError):
-                continue
-            await asyncio.gather(pipe(r, w2), pipe(r2, w))
-            return
-        w.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
 
 
 async def wait_js(page: Any, expression: str, timeout_ms: int, what: str, nodes: Any) -> None:
