@@ -281,7 +281,8 @@ def table(doc: dict[str, Any]) -> str:
         "re-offer the moment the fault happens: the page first notices a dead server "
         "(about 0.7 s, benchmarks/scenarios/page_failover.py).",
         "",
-        "| fault | calls kept | recovery at the caller, median (min-max) | records right | other |",
+        "| fault | calls kept | gap at the caller (audio lost), median (min-max) "
+        "| records right | other |",
         "|---|---|---|---|---|",
     ]
     for s in doc["faults"].values():
