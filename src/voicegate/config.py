@@ -96,10 +96,10 @@ class ServeConfig:
     max_token_ttl: float = 7 * 86400.0
     token_audience: str = ""
     max_calls_per_subject: int = 3
-    max_pending_offers: int = 16
+    max_pending_offers: int = 32
     """Calls answered but not connected yet (ICE + DTLS under way) this process holds at once:
     a flood of offers that never connect holds at most this many slots, not every one."""
-    max_pending_per_subject: int = 4
+    max_pending_per_subject: int = 8
     """Of those, per token subject (per client address when the call has no token)."""
     request_timeout: float = 10.0
     max_connections_per_ip: int = 32

@@ -202,13 +202,13 @@ OPTIONS: Final = (
     Option(
         "max_pending_offers",
         "calls answered but not connected yet this node holds at once; more offers get 503 "
-        "(default 16; 0: no limit)",
+        "(default 32; 0: no limit)",
         int,
     ),
     Option(
         "max_pending_per_subject",
         "of those, per token subject (per client address without a token); more get 429 "
-        "(default 4; 0: no limit)",
+        "(default 8; 0: no limit)",
         int,
     ),
     Option(
