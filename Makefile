@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEBS := espeak-ng sox chromium coturn iproute2 redis-server nghttp2-server postgresql
 STAMP = $(VENV)/.installed-$(1)-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full standin clean \
+.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full chaos standin clean \
 	image image-local image-test image-debs test-unit test-integration test-browser test-system
 
 run: setup
@@ -72,6 +72,13 @@ $(addprefix test-,$(TEST_GROUPS)): test-%: setup-test
 bench: setup-test debs
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[default,dev,bench]'
 	$(PY) -m benchmarks.run --short
+	PYTHONPATH=src $(PY) -m benchmarks.chaos
+	PYTHONPATH=src $(PY) -m benchmarks.page_failover
+
+# Faults against live calls (kill -9, SIGSTOP, Redis restart and freeze, drain), 3 runs each;
+# writes benchmarks/results/chaos.json and the table in docs/cluster.md (about 4 minutes).
+chaos: setup-test debs
+	PYTHONPATH=src $(PY) -m benchmarks.chaos
 
 bench-full: setup-test debs
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[default,dev,bench]'

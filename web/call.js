@@ -4,6 +4,7 @@
 
 import { agentField, lockAgent } from "./agents.js";
 import { HttpError, deleteSession, describeError, requestJson } from "./http.js";
+import { watchServerAudio } from "./liveness.js";
 import { measureStream, newMeasurement } from "./measure.js";
 import { makeAnalyser, resetMeters, rmsOf, updateMeters } from "./meters.js";
 import {
@@ -144,6 +145,8 @@ export async function connect() {
     check();
     c.timers.push(setInterval(() => updateMeters(c), METER_INTERVAL_MS));
     c.timers.push(setInterval(() => updateStats(c), STATS_INTERVAL_MS));
+    // A dead server is noticed by its audio stopping, long before ICE says so (liveness.js).
+    c.timers.push(watchServerAudio(() => c.pc, (silentMs) => serverSilent(c, silentMs)));
     c.timers.push(
       setTimeout(() => {
         if (c.closed || c.everConnected) return;
@@ -198,6 +201,13 @@ function onConnectionState(c) {
   } else if (state === "disconnected") {
     vg.connected = false;
   }
+}
+
+function serverSilent(c, silentMs) {
+  if (c.closed || c.reconnecting || !c.everConnected) return;
+  vg.connected = false;
+  logEvent({ type: "server-silent", data: { silent_ms: silentMs } });
+  reconnect(c, true);
 }
 
 // A new peer connection for the same call (same microphone track, new data channel); the

@@ -101,6 +101,11 @@ class ServeConfig:
     jwt_public_key_file: str = ""
     jwks_url: str = ""
     max_calls_per_subject: int = 3
+    max_pending_offers: int = 32
+    """Calls answered but not connected yet (ICE + DTLS under way) this process holds at once:
+    a flood of offers that never connect holds at most this many slots, not every one."""
+    max_pending_per_subject: int = 8
+    """Of those, per token subject (per client address when the call has no token)."""
     request_timeout: float = 10.0
     max_connections_per_ip: int = 32
     allow_private_candidates: bool = False

@@ -276,6 +276,9 @@ def _validate_exposure(c: ServeConfig) -> list[str]:
         problems.append(
             f"max_calls_per_subject {c.max_calls_per_subject} must be between 0 and 10000"
         )
+    for name in ("max_pending_offers", "max_pending_per_subject"):
+        if not 0 <= getattr(c, name) <= 10000:
+            problems.append(f"{name} {getattr(c, name)} must be between 0 and 10000")
     if not 1 <= c.request_timeout <= 300:
         problems.append(f"request_timeout {c.request_timeout} must be between 1 and 300 seconds")
     if not 0 <= c.max_connections_per_ip <= 100000:

@@ -225,6 +225,18 @@ OPTIONS: Final = (
         int,
     ),
     Option(
+        "max_pending_offers",
+        "calls answered but not connected yet this node holds at once; more offers get 503 "
+        "(default 32; 0: no limit)",
+        int,
+    ),
+    Option(
+        "max_pending_per_subject",
+        "of those, per token subject (per client address without a token); more get 429 "
+        "(default 8; 0: no limit)",
+        int,
+    ),
+    Option(
         "request_timeout",
         "seconds a client has to send a whole request (headers, and an API body); also how "
         "long an idle connection stays open (default 10)",

@@ -5,8 +5,10 @@ is loaded through a load balancer of the test's own (a TCP forwarder that sends 
 connection to the first node that accepts it, as a balancer with health checks does). Chromium
 with a looping fake microphone talks to the echo brain, so the bot answers every turn.
 
-1. ``kill -9`` of the node holding the call: the page notices the dead connection by itself,
-   re-offers (``restart_pc``, same pc_id) through the balancer, the other node adopts the call.
+1. ``kill -9`` of the node holding the call: the page notices the dead connection by itself
+   from the server's audio stopping (web/liveness.js, a ``server-silent`` event, before ICE
+   calls the connection disconnected), re-offers (``restart_pc``, same pc_id) through the
+   balancer, the other node adopts the call.
 2. That node is then drained (SIGTERM) with the first node back: the page gets the drain
    ``server-message`` and moves again; the draining node exits 0.
 
@@ -20,51 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.browser import chromium, make_speech_wav, require_browser
-from tests.support.cluster import Node, free_port, redis_server, serve_node, token
+from tests.support.cluster import Node, balancer, free_port, redis_server, serve_node, token
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 
 BOT_RMS_FLOOR = 0.02
-MOVE_TIMEOUT_MS = 45_000  # ICE needs some seconds to call a silent peer disconnected
-
-
-@contextlib.asynccontextmanager
-async def balancer(backends: Callable[[], list[int]]) -> AsyncIterator[str]:
-    """127.0.0.1:<port> forwarding each connection to the first backend port that accepts."""
-
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except OSError:
-            pass
-        finally:
-            w.close()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        for port in backends():
-            try:
-                async with asyncio.timeout(5):
-                    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
-            except (OSError, TimeoutError):
-                continue
-            await asyncio.gather(pipe(r, w2), pipe(r2, w))
-            return
-        w.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+MOVE_TIMEOUT_MS = 45_000
 
 
 async def wait_js(page: Any, expression: str, timeout_ms: int, what: str, nodes: Any) -> None:
@@ -138,6 +107,9 @@ async def test_page_keeps_its_call_through_node_death_and_drain(tmp_path: Path) 
                 )
                 async with asyncio.timeout(10):
                     assert await page.evaluate("vg.pcId") == pc_id
+                    events = await page.evaluate("vg.events.map(e => e.type)")
+                # The move began with the server's audio stopping, not with ICE giving up.
+                assert "server-silent" in events, events
                 await hears_bot(page, logs())
                 assert (await nodes["b"].json("/healthz"))["sessions"] == 1
 

@@ -173,9 +173,15 @@ def http_request(
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
     # Random offers may be valid SDP; they must not fill the call limit (a fair 503) nor trip
-    # the rate limit (a fair 429), so both are out of the way. The idle timeout is off: the
-    # live call is silent on purpose.
-    with ServerThread(max_sessions=10000, offer_rate=0, idle_timeout=0) as srv:
+    # the rate limit or the bound on calls still connecting (fair 429/503), so those are out
+    # of the way. The idle timeout is off: the live call is silent on purpose.
+    with ServerThread(
+        max_sessions=10000,
+        offer_rate=0,
+        idle_timeout=0,
+        max_pending_offers=0,
+        max_pending_per_subject=0,
+    ) as srv:
         srv.start_call()
         yield srv
         srv.assert_call_alive()

@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,3 +245,35 @@ async def history_saved(redis_url: str, pc_id: str, messages: int) -> dict[str, 
                 await asyncio.sleep(0.05)
     finally:
         await r.aclose()
+
+
+@contextlib.asynccontextmanager
+async def balancer(backends: Callable[[], list[int]]) -> AsyncIterator[str]:
+    """127.0.0.1:<port> forwarding each connection to the first backend port that accepts."""
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        for port in backends():
+            try:
+                async with asyncio.timeout(5):
+                    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            except (OSError, TimeoutError):
+                continue
+            await asyncio.gather(pipe(r, w2), pipe(r2, w))
+            return
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()

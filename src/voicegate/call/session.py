@@ -280,6 +280,11 @@ class PeerSession:
         self._spawn(self.close("data-channel-overflow"))
 
     @property
+    def ever_connected(self) -> bool:
+        """Whether this connection's media (ICE + DTLS) has connected at least once."""
+        return self._connected.is_set()
+
+    @property
     def messages_dropped(self) -> int:
         return self._outbox.dropped
 

@@ -36,6 +36,9 @@ RECONNECT: Final = json.dumps(
     {"label": "rtvi-ai", "type": "server-message", "data": {"type": "reconnect", "reason": "drain"}}
 )
 """Asks the page to move its call (it reconnects with ``restart_pc``, same pc_id)."""
+MAX_UNRELEASED: Final = 10000
+"""Ended calls whose release waits for Redis to answer; a release beyond it is dropped (logged)
+and its record expires on its own TTL."""
 SUPERSEDED: Final = "superseded"
 """Close reason of a copy of a call that another process adopted meanwhile."""
 
@@ -58,6 +61,9 @@ class ClusterNode:
         self._epochs: dict[str, int] = {}
         """pc_id -> the epoch this process holds the call at (1 for a call started here)."""
         self._fence: asyncio.Task[None] | None = None
+        self._unreleased: dict[str, int] = {}
+        """pc_id -> epoch of a call that ended here while Redis was out of reach: its record is
+        marked ended once Redis answers again, so no node adopts a call that was hung up."""
 
     # -- CallStore ---------------------------------------------------------------------------
 
@@ -81,7 +87,19 @@ class ClusterNode:
         if task is not None:
             task.cancel()
         if epoch is not None and session.close_reason != SUPERSEDED:
-            self._spawn(self.directory.release(pc_id, epoch))
+            self._spawn(self._release(pc_id, epoch))
+
+    async def _release(self, pc_id: str, epoch: int) -> bool:
+        """Mark the call's record ended; False (kept for ``check_calls``) while Redis is out
+        of reach."""
+        if await self.directory.release(pc_id, epoch) is None:
+            if pc_id in self._unreleased or len(self._unreleased) < MAX_UNRELEASED:
+                self._unreleased[pc_id] = epoch
+            else:
+                log.warning("call_release_dropped", pc_id=pc_id, epoch=epoch)
+            return False
+        self._unreleased.pop(pc_id, None)
+        return True
 
     def _digest(self, subject: str) -> str:
         return digest(self.config.auth_secret, subject)
@@ -126,6 +144,13 @@ class ClusterNode:
         stored = await self.directory.epochs([p for p, _ in held])
         if stored is None:
             return  # Redis down: keep every call, check again on the next beat
+        for pc_id, epoch in list(self._unreleased.items()):
+            if pc_id in self.app[SESSIONS]:  # restarted here meanwhile: live again
+                self._unreleased.pop(pc_id, None)
+                continue
+            log.info("call_release_retried", pc_id=pc_id, epoch=epoch)
+            if not await self._release(pc_id, epoch):
+                break  # still out of reach: the next beat tries again
         for (pc_id, epoch), current in zip(held, stored, strict=True):
             if current is None:
                 log.info("call_record_rebuilt", pc_id=pc_id, epoch=epoch)

@@ -11,7 +11,11 @@ Rules, in order:
 - a ``restart_pc`` for a call whose node is dead or draining is adopted here when this node can
   take calls, else by the least-loaded ready node;
 - a new offer stays here while this node can take calls, else goes to the least-loaded ready
-  node; with no such node (or no Redis) it stays and is refused here like today.
+  node; with no such node (or no Redis) it stays and is refused here like today;
+- a trickle (PATCH) or hang-up (DELETE) of a call this node does not hold, while Redis is out
+  of reach, goes to the node this node last saw owning it; with none known it is refused 503
+  with Retry-After (the page retries), never a 404 that would drop the candidates or the
+  hang-up silently.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -48,6 +53,9 @@ FORWARD_DEADLINE: Final = "X-Voicegate-Forward-Deadline"
 """Wall-clock time (Unix seconds) after which nobody waits for a forwarded request's answer: a
 request delivered later (it sat in a partitioned link's buffers) is dropped, never acted on."""
 CLOCK_SKEW_S: Final = 1.0
+KNOWN_OWNERS: Final = 4096
+"""Calls whose owner's URL a node remembers from its last directory look-ups (oldest dropped):
+what it routes a call's requests by while Redis is out of reach."""
 _PLACED: Final = "voicegate.cluster.placed"
 """Request key: the node this request's offer was counted against when it was picked."""
 
@@ -103,6 +111,10 @@ class NodeRouter:
         self._placed: dict[str, list[float]] = {}
         """node id -> until when each offer this node sent there counts against it: forever
         while it is in flight, then until that node's own heartbeat has surely counted it."""
+        self._known: OrderedDict[str, str] = OrderedDict()
+        """pc_id -> URL of the node last seen owning it (``KNOWN_OWNERS`` at most)."""
+        self.unroutable = 0
+        """Requests refused 503 because Redis was out of reach and no owner was known."""
 
     async def start(self) -> None:
         self._client = aiohttp.ClientSession(auto_decompress=False)
@@ -162,7 +174,8 @@ class NodeRouter:
     async def route(
         self, request: web.Request, pc_id: str | None, restart: bool, *, owned: bool, can_take: bool
     ) -> str | None:
-        """The URL of the node to forward to, or None to handle the request here."""
+        """The URL of the node to forward to, or None to handle the request here; raises a
+        503 ``ApiError`` for a call request it cannot route (``_last_known``)."""
         if await self.hop.arrived(request):  # another node routed it (signed, checked)
             return None
         draining = self.placement().draining
@@ -175,14 +188,42 @@ class NodeRouter:
             owner = await self.directory.owner(pc_id)
             if owner is not None and owner[0] != self.node_id:
                 node = await self.directory.node(owner[0])
+                if node is not None:
+                    self._remember(pc_id, node.url)
                 if node is not None and not (restart and node.draining):
                     return node.url
             if not restart and request.method != "POST":
+                if owner is None and not self.directory.up:
+                    return self._last_known(pc_id)
                 return None  # PATCH/DELETE of a call nobody has: answered 404 here
         if can_take:
             return None
         other = await self._least_loaded_other(request)
         return other.url if other is not None else None
+
+    def _remember(self, pc_id: str, url: str) -> None:
+        self._known[pc_id] = url
+        self._known.move_to_end(pc_id)
+        while len(self._known) > KNOWN_OWNERS:
+            self._known.popitem(last=False)
+
+    def _last_known(self, pc_id: str) -> str:
+        """Where a call's request goes while Redis is out of reach: the node last seen owning
+        it, else a retryable refusal (the call may be anywhere; guessing would lose it)."""
+        url = self._known.get(pc_id)
+        if url is not None:
+            log.info("routed_by_last_known_owner", pc_id=pc_id, url=url)
+            return url
+        from voicegate.signaling.errors import ApiError
+
+        self.unroutable += 1
+        log.warning("call_request_unroutable", pc_id=pc_id)
+        raise ApiError(
+            503,
+            "the cluster directory is out of reach and this node does not hold the call; retry",
+            reason="directory_unreachable",
+            retry_after=1,
+        )
 
     async def forward(self, request: web.Request, body: bytes, url: str) -> web.StreamResponse:
         assert self._client is not None

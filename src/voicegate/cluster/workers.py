@@ -68,6 +68,8 @@ def worker_env(config: ServeConfig, index: int, count: int) -> dict[str, str]:
     values = {f.name: getattr(config, f.name) for f in fields(config)}
     values["workers"] = "1"
     values["max_sessions"] = max(1, math.ceil(config.max_sessions / count))
+    if config.max_pending_offers:
+        values["max_pending_offers"] = max(1, math.ceil(config.max_pending_offers / count))
     # The supervisor applies the per-address limits: a worker sees every request from loopback.
     values["offer_rate"] = 0.0
     values["max_connections_per_ip"] = 0

@@ -7,8 +7,10 @@ count that admission, readiness, metrics and drain read is always the same count
 else the registry is a read-only ``Mapping[str, PeerSession]``.
 
 Beside each call it keeps what limits that call's caller: the token subject that started it
-(one subject holds only so many live calls) and the distinct remote ICE candidates its current
-connection was given (offer and trickle together are bounded).
+(one subject holds only so many live calls), the key its offer counts against while its media
+has not connected yet (pending offers are bounded per subject or address), and the distinct
+remote ICE candidates its current connection was given (offer and trickle together are
+bounded).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class CallRegistry(Mapping[str, PeerSession]):
         self.store: CallStore | None = None
         self._subjects: dict[str, str] = {}
         self._candidates: dict[str, set[CandidateKey]] = {}
+        self._pending_keys: dict[str, str] = {}
 
     # -- the read-only mapping ----------------------------------------------------------------
 
@@ -84,12 +87,18 @@ class CallRegistry(Mapping[str, PeerSession]):
         session: PeerSession,
         subject: str | None = None,
         candidates: frozenset[CandidateKey] = frozenset(),
+        pending_key: str | None = None,
     ) -> None:
         """Count ``session`` as a live call from now on (it replaces a restarted connection),
-        held by token ``subject`` (None: open dev mode), its offer naming ``candidates``."""
+        held by token ``subject`` (None: open dev mode), its offer naming ``candidates``, and
+        counted as a pending offer of ``pending_key`` until its media connects."""
         self._calls[session.pc_id] = session
         if subject is not None:
             self._subjects[session.pc_id] = subject
+        if pending_key is not None:
+            self._pending_keys[session.pc_id] = pending_key
+        else:
+            self._pending_keys.pop(session.pc_id, None)
         self._candidates[session.pc_id] = set(candidates)
 
     def subject(self, pc_id: str) -> str | None:
@@ -102,6 +111,19 @@ class CallRegistry(Mapping[str, PeerSession]):
     def held_by(self, subject: str) -> int:
         """Live calls held by ``subject``."""
         return sum(1 for s in self._subjects.values() if s == subject)
+
+    def pending(self, key: str | None = None) -> tuple[int, int]:
+        """(offers not connected yet, of them counted against ``key``). A connected call stops
+        counting for good, so the map shrinks as calls connect."""
+        total = mine = 0
+        for pc_id, k in list(self._pending_keys.items()):
+            session = self._calls.get(pc_id)
+            if session is None or session.ever_connected:
+                del self._pending_keys[pc_id]
+                continue
+            total += 1
+            mine += k == key
+        return total, mine
 
     def add_candidates(self, pc_id: str, keys: set[CandidateKey], limit: int) -> int:
         """Count trickled candidates against the call's connection; returns the new total, or
@@ -127,6 +149,7 @@ class CallRegistry(Mapping[str, PeerSession]):
                 self.store.call_ended(session)
             self._subjects.pop(session.pc_id, None)
             self._candidates.pop(session.pc_id, None)
+            self._pending_keys.pop(session.pc_id, None)
 
     # -- ending many ----------------------------------------------------------------------------
 

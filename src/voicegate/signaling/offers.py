@@ -42,6 +42,7 @@ from voicegate.signaling.keys import (
     RECORDER,
     SESSIONS,
 )
+from voicegate.signaling.middleware import client_address
 from voicegate.signaling.requests import CandidatesRequest, OfferRequest, json_object
 from voicegate.signaling.turn import TurnConfig
 
@@ -260,6 +261,41 @@ async def _check_subject_in_cluster(request: web.Request, subject: str | None) -
         )
 
 
+PENDING_RETRY_AFTER_S: Final = 2
+"""Seconds a caller refused for pending offers waits: honest calls connect within about one."""
+
+
+def _check_pending(request: web.Request, subject: str | None) -> str:
+    """Refuse a new call while too many answered calls have not connected (a flood of offers
+    that never complete ICE would otherwise hold every slot until ``--connect-timeout``);
+    returns the key the call's offer counts against until it connects."""
+    app = request.app
+    config = app[CONFIG]
+    key = subject if subject is not None else f"address:{client_address(request)}"
+    total, mine = app[SESSIONS].pending(key)
+    if config.max_pending_offers and total >= config.max_pending_offers:
+        log.warning("offer_refused_pending", pending=total, limit=config.max_pending_offers)
+        raise _refuse_new_call(
+            app,
+            503,
+            f"{total} calls on this server are still connecting (its limit of "
+            f"{config.max_pending_offers}); retry shortly",
+            reason="pending_offers",
+            retry_after=PENDING_RETRY_AFTER_S,
+        )
+    if config.max_pending_per_subject and mine >= config.max_pending_per_subject:
+        log.warning("offer_refused_pending_subject", pending=mine)
+        raise _refuse_new_call(
+            app,
+            429,
+            f"this caller already has {mine} calls still connecting (the server's limit per "
+            "caller); let them connect or hang them up first",
+            reason="pending_per_subject",
+            retry_after=PENDING_RETRY_AFTER_S,
+        )
+    return key
+
+
 async def post_offer(request: web.Request) -> web.Response:
     app = request.app
     config = app[CONFIG]
@@ -293,6 +329,7 @@ async def post_offer(request: web.Request) -> web.Response:
     subject = _check_capacity(request, live_restart)
     # An adoption is a call the subject already holds (the directory counts it still).
     await _check_subject_in_cluster(request, None if offer.restart else subject)
+    pending_key = _check_pending(request, subject) if not offer.restart else None
     new_id = pc_id if pc_id is not None and offer.restart else f"pc-{uuid.uuid4().hex}"
     if live_restart:
         subject = calls.subject(new_id)
@@ -344,7 +381,7 @@ async def post_offer(request: web.Request) -> web.Response:
     )
     if stored is not None:
         session.conversation.seed(stored.history)
-    calls.add(session, subject, filtered.keys)  # counted against the limits from now on
+    calls.add(session, subject, filtered.keys, pending_key)  # counted against the limits now
     answer = await _accept(app, session, filtered.sdp, agent.name)
     if calls.store is not None:
         calls.store.call_started(session, claims.sub if claims is not None else None)
