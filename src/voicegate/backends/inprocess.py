@@ -80,6 +80,8 @@ class InProcessStream:
         self._finished = False
         self._closed = False
         self._send_lock = asyncio.Lock()
+        self.quirks: frozenset[str] = frozenset()
+        """The stand-in's ``--quirks`` (names in ``voicegate.standin.quirks``)."""
 
     # -- the BackendStream interface ------------------------------------------------------
 
@@ -218,6 +220,8 @@ class InProcessStream:
             await self.emit(CompletionStart(self.ids))
 
     async def end_completion(self, stop_reason: str = "END_TURN") -> None:
+        if "one-completion" in self.quirks:
+            return  # one completion for the whole session: ended at the session's end
         if self.completion_id:
             await self.emit(CompletionEnd(stop_reason, self.ids))
             self.completion_id = ""
@@ -282,6 +286,9 @@ class InProcessStream:
 
     async def finish(self) -> None:
         """End the output stream in order (what Bedrock does after sessionEnd)."""
+        if self.completion_id and "one-completion" in self.quirks and not self._finished:
+            await self.emit(CompletionEnd("END_TURN", self.ids))
+            self.completion_id = ""
         self._finish_nowait()
 
     def _finish_nowait(self) -> None:

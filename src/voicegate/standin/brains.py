@@ -75,6 +75,7 @@ class ScriptedBrain(InProcessStream):
         self._tool_results: dict[str, asyncio.Future[str]] = {}
         self._usage_in = 0
         self._usage_out = 0
+        self._usage_text_out = 0
 
     async def send(self, event: InputEvent) -> None:
         if isinstance(event, AudioContentStart):
@@ -192,6 +193,12 @@ class ScriptedBrain(InProcessStream):
         paced = self.scenario.name == "barge_in"
         seconds = LONG_REPLY_SECONDS if paced else REPLY_SECONDS
         chunks = split_chunks(speech_like(self.output_rate, seconds), self.output_rate)
+        splits: set[int] = set()
+        if "audio-contents" in self.quirks:
+            splits = {len(chunks) // 3, 2 * len(chunks) // 3}
+        elif "partial-turn" in self.quirks or "usage-mid-turn" in self.quirks:
+            splits = {len(chunks) // 2}
+        speech_in = 25
         cid = await self.begin_audio()
         self._interrupt.clear()
         self._speaking = True
@@ -212,16 +219,33 @@ class ScriptedBrain(InProcessStream):
                     await self.emit_interrupted(cid)
                     await self.end_completion("INTERRUPTED")
                     return
+                if i and i in splits:
+                    # --quirks: the turn goes on in another audio content (OUT2 allows an
+                    # AUDIO contentEnd with PARTIAL_TURN), a usageEvent in between.
+                    await self.end_audio(cid, "PARTIAL_TURN")
+                    if "usage-mid-turn" in self.quirks:
+                        await self._usage(speech_in, 0, 0)
+                        speech_in = 0
+                    if "audio-contents" in self.quirks:
+                        await self.emit_text("ASSISTANT", text, stage="FINAL")
+                        await self.emit_text(
+                            "ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN"
+                        )
+                    cid = await self.begin_audio()
                 await self.emit_audio(cid, chunk)
                 emitted_s += len(chunk) / 2 / self.output_rate
         finally:
             self._speaking = False
         await self.end_audio(cid)
         await self.emit_text("ASSISTANT", text, stage="FINAL")
-        speech_in = 25
-        text_out = len(text.split())
+        await self._usage(speech_in, int(seconds * 25), len(text.split()))
+        await self.end_completion()
+
+    async def _usage(self, speech_in: int, speech_out: int, text_out: int) -> None:
+        """A usageEvent: this event's delta and the session's running totals."""
         self._usage_in += speech_in
-        self._usage_out += text_out + int(seconds * 25)
+        self._usage_out += speech_out + text_out
+        self._usage_text_out += text_out
         await self.emit(
             UsageEvent(
                 self._usage_in,
@@ -230,17 +254,19 @@ class ScriptedBrain(InProcessStream):
                 {
                     "delta": {
                         "input": {"speechTokens": speech_in, "textTokens": 0},
-                        "output": {"speechTokens": int(seconds * 25), "textTokens": text_out},
+                        "output": {"speechTokens": speech_out, "textTokens": text_out},
                     },
                     "total": {
                         "input": {"speechTokens": self._usage_in, "textTokens": 0},
-                        "output": {"speechTokens": self._usage_out, "textTokens": 0},
+                        "output": {
+                            "speechTokens": self._usage_out - self._usage_text_out,
+                            "textTokens": self._usage_text_out,
+                        },
                     },
                 },
                 self.ids,
             )
         )
-        await self.end_completion()
 
 
 class EchoBrain(InProcessStream):
