@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from voicegate.backends.bedrock.settings import MAX_CALLS_PER_CONNECTION
 from voicegate.config_options import parse_port_range
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
@@ -213,6 +214,11 @@ def _validate_exposure(c: ServeConfig) -> list[str]:
         problems.append(f"max_token_ttl {c.max_token_ttl} must be between 60 and {MAX_TTL_S} s")
     if len(c.token_audience) > 256 or not c.token_audience.isprintable():
         problems.append("token_audience must be at most 256 printable characters")
+    if not 1 <= c.bedrock_calls_per_connection <= MAX_CALLS_PER_CONNECTION:
+        problems.append(
+            f"bedrock_calls_per_connection {c.bedrock_calls_per_connection} must be between 1 "
+            f"and {MAX_CALLS_PER_CONNECTION}"
+        )
     if not 0 <= c.max_calls_per_subject <= 10000:
         problems.append(
             f"max_calls_per_subject {c.max_calls_per_subject} must be between 0 and 10000"

@@ -483,7 +483,10 @@ class Call:
 async def standin(
     cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
 ) -> AsyncIterator[Any]:
-    async with StandIn(brain="scripted", cert_dir=cert_dir) as s:
+    # These tests check the exact shape of regular output on the wire (one audio content, one
+    # completion per turn), so they keep the stand-in regular under --standin-quirks; how the
+    # call path copes with irregular output is test_standin_quirks.py's.
+    async with StandIn(brain="scripted", cert_dir=cert_dir, quirks=()) as s:
         _point_at(s, monkeypatch)
         yield s
 

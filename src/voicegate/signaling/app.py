@@ -79,6 +79,7 @@ log = structlog.get_logger(__name__)
 def conversation_settings(config: ServeConfig) -> ConversationSettings:
     return ConversationSettings(
         system_prompt=config.system_prompt or DEFAULT_SYSTEM_PROMPT,
+        speech_prompt=config.system_speech,
         voice_id=config.voice,
         endpointing_sensitivity=config.endpointing or None,
         greeting=config.greeting,
