@@ -188,8 +188,23 @@ class ScriptedBrain(InProcessStream):
         await self._speak(f"The {name} tool returned {result}")
 
     async def _speak(self, text: str) -> None:
-        """Speculative text, audio, final text, usage, completionEnd (or a barge-in)."""
-        await self.emit_text("ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
+        """Speculative text, audio, final text, usage, completionEnd (or a barge-in). With
+        ``--quirks audio-contents`` the reply is said in three audio contents, each with its
+        own part of the text (speculative before, final after), as Bedrock does sentence by
+        sentence."""
+        parts = [text]
+        if "audio-contents" in self.quirks:
+            words = text.split()
+            third = max(1, len(words) // 3)
+            parts = [
+                " ".join(words[:third]),
+                " ".join(words[third : 2 * third]),
+                " ".join(words[2 * third :]),
+            ]
+            parts = [p for p in parts if p] or [text]
+        part = iter(parts)
+        said = next(part)
+        await self.emit_text("ASSISTANT", said, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
         paced = self.scenario.name == "barge_in"
         seconds = LONG_REPLY_SECONDS if paced else REPLY_SECONDS
         chunks = split_chunks(speech_like(self.output_rate, seconds), self.output_rate)
@@ -227,9 +242,10 @@ class ScriptedBrain(InProcessStream):
                         await self._usage(speech_in, 0, 0)
                         speech_in = 0
                     if "audio-contents" in self.quirks:
-                        await self.emit_text("ASSISTANT", text, stage="FINAL")
+                        await self.emit_text("ASSISTANT", said, stage="FINAL")
+                        said = next(part, said)
                         await self.emit_text(
-                            "ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN"
+                            "ASSISTANT", said, stage="SPECULATIVE", stop_reason="PARTIAL_TURN"
                         )
                     cid = await self.begin_audio()
                 await self.emit_audio(cid, chunk)
@@ -237,7 +253,7 @@ class ScriptedBrain(InProcessStream):
         finally:
             self._speaking = False
         await self.end_audio(cid)
-        await self.emit_text("ASSISTANT", text, stage="FINAL")
+        await self.emit_text("ASSISTANT", said, stage="FINAL")
         await self._usage(speech_in, int(seconds * 25), len(text.split()))
         await self.end_completion()
 
