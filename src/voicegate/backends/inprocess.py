@@ -82,6 +82,10 @@ class InProcessStream:
         self._send_lock = asyncio.Lock()
         self.quirks: frozenset[str] = frozenset()
         """The stand-in's ``--quirks`` (names in ``voicegate.standin.quirks``)."""
+        self.async_tools = False
+        """Nova 2's asynchronous tool calling: the model goes on listening and answering while
+        a tool result is pending, and speaks the result when it arrives (set by the stand-in
+        for Nova 2 model ids; Nova 1 waits for the result)."""
 
     # -- the BackendStream interface ------------------------------------------------------
 

@@ -76,6 +76,8 @@ class ScriptedBrain(InProcessStream):
         self._usage_in = 0
         self._usage_out = 0
         self._usage_text_out = 0
+        self._voice = asyncio.Lock()
+        """One reply spoken at a time (a tool result arriving asynchronously waits its turn)."""
 
     async def send(self, event: InputEvent) -> None:
         if isinstance(event, AudioContentStart):
@@ -178,6 +180,15 @@ class ScriptedBrain(InProcessStream):
         self._tool_results[tool_use_id] = future
         if self.scenario.reset and self._may_fail():
             raise ResetStream("scripted reset while a tool call is open")
+        if self.async_tools:
+            # Nova 2 (asynchronous tool calling): this completion ends with the toolUse; the
+            # next user turns are answered meanwhile and the result is spoken when it comes.
+            await self.end_completion("TOOL_USE")
+            self.spawn(self._tool_answer(name, tool_use_id, future))
+            return
+        await self._tool_answer(name, tool_use_id, future)
+
+    async def _tool_answer(self, name: str, tool_use_id: str, future: asyncio.Future[str]) -> None:
         try:
             async with asyncio.timeout(TOOL_RESULT_TIMEOUT_S):
                 result = await future
@@ -188,6 +199,10 @@ class ScriptedBrain(InProcessStream):
         await self._speak(f"The {name} tool returned {result}")
 
     async def _speak(self, text: str) -> None:
+        async with self._voice:
+            await self._speak_now(text)
+
+    async def _speak_now(self, text: str) -> None:
         """Speculative text, audio, final text, usage, completionEnd (or a barge-in). With
         ``--quirks audio-contents`` the reply is said in three audio contents, each with its
         own part of the text (speculative before, final after), as Bedrock does sentence by

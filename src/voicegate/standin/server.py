@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model
+from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model, model_of
 from voicegate.standin.certs import ensure_certs, server_context
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
@@ -302,6 +302,7 @@ class StandIn:
             cx.reject(stream_id, 500, "InternalServerException", f"brain: {exc}", path)
             return
         brain.quirks = self.quirks
+        brain.async_tools = model_of(model_id).nova2
         self.sessions_started += 1
         request_id = str(uuid.uuid4())
         record = SessionRecord(
