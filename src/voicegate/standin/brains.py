@@ -181,9 +181,8 @@ class ScriptedBrain(InProcessStream):
         if self.scenario.reset and self._may_fail():
             raise ResetStream("scripted reset while a tool call is open")
         if self.async_tools:
-            # Nova 2 (asynchronous tool calling): this completion ends with the toolUse; the
-            # next user turns are answered meanwhile and the result is spoken when it comes.
-            await self.end_completion("TOOL_USE")
+            # Nova 2 (asynchronous tool calling): the next user turns are answered meanwhile
+            # and the result is spoken when it comes.
             self.spawn(self._tool_answer(name, tool_use_id, future))
             return
         await self._tool_answer(name, tool_use_id, future)
