@@ -69,6 +69,7 @@ class ServeConfig:
     max_call_seconds: float = 3600.0
     system_prompt: str = ""
     system_speech: str = ""
+    tool_choice: str = ""
     voice: str = DEFAULT_VOICE
     endpointing: str = ""
     greeting: str = ""

@@ -116,6 +116,11 @@ OPTIONS: Final = (
         "Nova 2 speech prompt (SYSTEM_SPEECH role): how the assistant speaks and transcribes, "
         "e.g. the script of Hindi transcripts; ignored for Nova Sonic v1",
     ),
+    Option(
+        "tool_choice",
+        "how the model picks tools: auto (its default), any (at least one tool first) or "
+        "tool:NAME (that tool first); checked against the configured tools",
+    ),
     Option("voice", f"Nova Sonic voice id (default {DEFAULT_VOICE})"),
     Option("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
     Option(

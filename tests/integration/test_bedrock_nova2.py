@@ -48,6 +48,23 @@ class Listener:
                 await self.changed.wait()
 
 
+# First in the module: it also imports boto3 (BedrockSettings' region), off the event loop.
+def test_capabilities_by_documented_id() -> None:
+    for prefix in ("", "us.", "global."):
+        assert model_of(prefix + "amazon.nova-2-sonic-v1:0") is NOVA2
+        assert model_of(prefix + "amazon.nova-sonic-v1:0") is NOVA1
+    arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.amazon.nova-2-sonic-v1:0"
+    assert model_of(arn) is NOVA2
+    # An id the table does not name: not Nova 2 by a substring, only when the operator says so.
+    later = "amazon.nova-2-sonic-v2:0"
+    assert model_of(later) is NOVA1 and model_of(later, "nova2") is NOVA2
+    assert not BedrockSettings(model_id=later).is_nova2
+    assert BedrockSettings(model_id=later, model_family="nova2").is_nova2
+    assert any("capability table" in w for w in BedrockSettings(model_id=later).warnings())
+    assert BedrockSettings(model_family="nova3").validate()
+    assert 24000 in NOVA2.input_rates
+
+
 @pytest.mark.parametrize(
     ("model_id", "sent"),
     [("global.amazon.nova-2-sonic-v1:0", True), ("us.amazon.nova-sonic-v1:0", False)],
@@ -82,17 +99,40 @@ async def test_speech_prompt_by_model(
         assert roles[0] == "SYSTEM"
 
 
-def test_capabilities_by_documented_id() -> None:
-    for prefix in ("", "us.", "global."):
-        assert model_of(prefix + "amazon.nova-2-sonic-v1:0") is NOVA2
-        assert model_of(prefix + "amazon.nova-sonic-v1:0") is NOVA1
-    arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.amazon.nova-2-sonic-v1:0"
-    assert model_of(arn) is NOVA2
-    # An id the table does not name: not Nova 2 by a substring, only when the operator says so.
-    later = "amazon.nova-2-sonic-v2:0"
-    assert model_of(later) is NOVA1 and model_of(later, "nova2") is NOVA2
-    assert not BedrockSettings(model_id=later).is_nova2
-    assert BedrockSettings(model_id=later, model_family="nova2").is_nova2
-    assert any("capability table" in w for w in BedrockSettings(model_id=later).warnings())
-    assert BedrockSettings(model_family="nova3").validate()
-    assert 24000 in NOVA2.input_rates
+@pytest.mark.parametrize(
+    ("choice", "sent"),
+    [("tool:calculate", {"tool": {"name": "calculate"}}), ("any", {"any": {}}), ("", None)],
+)
+async def test_tool_choice_reaches_the_model(
+    clean_aws_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    choice: str,
+    sent: dict[str, Any] | None,
+) -> None:
+    async with StandIn("scripted", cert_dir=tmp_path / "certs") as s:
+        for name, value in s.client_env().items():
+            monkeypatch.setenv(name, value)
+        backend = BedrockBackend(BedrockSettings(transport="asyncio"))
+        listener = Listener()
+        settings = ConversationSettings(system_prompt="scenario:reply:greet", tool_choice=choice)
+        conv = Conversation(backend, settings, default_tools(), listener)
+        try:
+            await conv.start()
+            await listener.until(lambda: listener.of(BotTurnDone) or listener.of(ConversationError))
+            assert not listener.of(ConversationError)
+        finally:
+            await conv.close()
+            await backend.aclose()
+        (record,) = s.sessions
+        (prompt,) = [e["promptStart"] for e in record.events if "promptStart" in e]
+        assert prompt["toolConfiguration"].get("toolChoice") == sent
+
+
+def test_tool_choice_checked() -> None:
+    from voicegate.sonic.events import tool_choice_problem
+
+    assert tool_choice_problem("auto") is None and tool_choice_problem("tool:x") is None
+    assert tool_choice_problem("sometimes")
+    assert tool_choice_problem("tool:nope", ["calculate"])
+    assert tool_choice_problem("tool:calculate", ["calculate"]) is None

@@ -62,6 +62,7 @@ from voicegate.signaling.middleware import (
     security_headers,
 )
 from voicegate.signaling.paths import one_path
+from voicegate.sonic.events import tool_choice_problem
 from voicegate.store import HistoryWriter, open_history
 
 __all__ = [
@@ -80,6 +81,7 @@ def conversation_settings(config: ServeConfig) -> ConversationSettings:
     return ConversationSettings(
         system_prompt=config.system_prompt or DEFAULT_SYSTEM_PROMPT,
         speech_prompt=config.system_speech,
+        tool_choice=config.tool_choice,
         voice_id=config.voice,
         endpointing_sensitivity=config.endpointing or None,
         greeting=config.greeting,
@@ -105,6 +107,9 @@ def create_app(
     app[BACKEND] = backend
     app[TOOLS] = tools if tools is not None else default_tools()
     app[SETTINGS] = settings if settings is not None else conversation_settings(config)
+    # The tools are known only here (the configuration check saw the form of the choice).
+    if problem := tool_choice_problem(app[SETTINGS].tool_choice, app[TOOLS].names()):
+        raise ValueError(problem)
     app[STARTED] = time.monotonic()
     app[COUNTERS] = {"calls_total": 0, "calls_refused": 0}
     counters = app[COUNTERS]
