@@ -23,6 +23,10 @@ long session now and then ends with a Bedrock-side ValidationException (531, "In
 bytes", "System instability"); goaway: a long-lived connection is sent GOAWAY; throttle-opens:
 more than ``OPENS_PER_MINUTE`` stream opens in a minute get ThrottlingException."""
 
+FAILURE_QUIRKS: Final = frozenset({"transient-errors", "goaway", "throttle-opens"})
+"""The quirks that fail streams (the others only change the shape of the output): a test that
+measures something other than recovery (a renewal's seamlessness) leaves these out."""
+
 OPENS_PER_MINUTE: Final = 40
 TRANSIENT_AFTER_S: Final = 20.0
 """A session this old may fail with a transient error (every ``TRANSIENT_EVERY``-th session)."""
@@ -48,4 +52,4 @@ def parse_quirks(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
-__all__ = ["QUIRKS", "parse_quirks"]
+__all__ = ["FAILURE_QUIRKS", "QUIRKS", "parse_quirks"]
