@@ -785,6 +785,6 @@ async def test_no_audio_once_audio_streams_times_out(
                     await asyncio.wait({asyncio.ensure_future(call.ended.wait())}, timeout=0.2)
             finally:
                 await call.abort()
-    assert isinstance(call.error, m.ValidationException)
+    assert isinstance(call.error, m.ModelTimeoutException)
     assert "Timed out waiting for input events" in str(call.error)
     assert i >= 2

@@ -164,7 +164,9 @@ class Session:
                     # The client never closed its side after we finished: release the stream.
                     self.cx.reset(self.stream_id, ErrorCodes.NO_ERROR)
                     return
-                await self._refuse(ValidationFailed(IDLE_MESSAGE))
+                # The API reference's ModelTimeoutException ("processing time exceeded the
+                # model timeout length") is what a stream without input gets.
+                await self._refuse(ModelTimeout(IDLE_MESSAGE))
                 self.last_audio = asyncio.get_running_loop().time()  # wait a full idle again
                 continue
             if item is None:
