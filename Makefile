@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEBS := espeak-ng sox chromium coturn iproute2 redis-server nghttp2-server postgresql
 STAMP = $(VENV)/.installed-$(1)-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test setup setup-test debs lint typecheck pytest bench bench-full chaos standin clean \
+.PHONY: run test setup setup-test debs lint typecheck pytest pytest-quirks bench bench-full chaos standin clean \
 	image image-local image-test image-debs test-unit test-integration test-browser test-system
 
 run: setup
@@ -62,6 +62,16 @@ typecheck: setup-test
 # Tests talk to loopback only: never let boto3's credential chain probe instance metadata.
 pytest: setup-test
 	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(MAKE) pytest-quirks
+
+# The Bedrock suite once more against a stand-in with every quirk of real Bedrock on.
+BEDROCK_SUITE = $(addprefix tests/integration/,test_bedrock_backend.py test_call_bedrock.py \
+	test_reconnect.py test_renewal.py test_typed_text.py test_credential_rotation.py \
+	test_retry_policy.py test_standin_quirks.py test_bedrock_async_tools.py test_bedrock_nova2.py \
+	test_bedrock_fanout.py)
+pytest-quirks: setup-test
+	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest $(BEDROCK_SUITE) --standin-quirks all \
+		$(PYTEST_ARGS)
 
 # One group of tests/ each (tests/README.md says what each needs); `make test` runs them all.
 TEST_GROUPS := unit integration browser system

@@ -125,3 +125,20 @@ if os.environ.get("VOICEGATE_TEST_LOOP") == "uvloop":
         import uvloop
 
         return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--standin-quirks",
+        default="",
+        help="run every Bedrock stand-in with these --quirks (comma-separated, or 'all')",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    quirks = config.getoption("--standin-quirks", default="")
+    if quirks:
+        from voicegate.standin import server
+        from voicegate.standin.quirks import parse_quirks
+
+        server.DEFAULT_QUIRKS = parse_quirks(quirks)

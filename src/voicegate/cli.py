@@ -60,6 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
             conf.region,
             conf.bedrock_endpoint,
             conf.bedrock_transport,
+            conf.bedrock_calls_per_connection,
+            conf.model_family,
         )
     except BackendUnavailable as exc:
         print(f"voicegate: {exc}", file=sys.stderr)

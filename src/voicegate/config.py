@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from voicegate.audio.chunks import DEFAULT_CHUNK_MS
+from voicegate.backends.bedrock.settings import DEFAULT_CALLS_PER_CONNECTION
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT
 from voicegate.config_checks import validate
 from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool, parse_port_range
@@ -68,6 +69,8 @@ class ServeConfig:
     max_call_seconds: float = 3600.0
     agents: str = ""
     system_prompt: str = ""
+    system_speech: str = ""
+    tool_choice: str = ""
     voice: str = DEFAULT_VOICE
     endpointing: str = ""
     greeting: str = ""
@@ -75,6 +78,8 @@ class ServeConfig:
     region: str = ""
     bedrock_endpoint: str = ""
     bedrock_transport: str = DEFAULT_TRANSPORT
+    bedrock_calls_per_connection: int = DEFAULT_CALLS_PER_CONNECTION
+    model_family: str = ""
     loop: str = "asyncio"
     ice_addresses: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()

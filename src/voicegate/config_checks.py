@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from voicegate.audio.chunks import MODEL_CHUNK_MS_CHOICES
+from voicegate.backends.bedrock.settings import MAX_CALLS_PER_CONNECTION
 from voicegate.config_options import parse_port_range
 from voicegate.jwtkeys import keys_from_pem
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
+from voicegate.sonic.events import tool_choice_problem
 from voicegate.sonic.models import DEFAULT_MODEL_ID, STREAM_LIMIT_S, voice_problem
 
 if TYPE_CHECKING:
@@ -272,6 +274,13 @@ def _validate_exposure(c: ServeConfig) -> list[str]:
         problems.append(f"max_token_ttl {c.max_token_ttl} must be between 60 and {MAX_TTL_S} s")
     if len(c.token_audience) > 256 or not c.token_audience.isprintable():
         problems.append("token_audience must be at most 256 printable characters")
+    if problem := tool_choice_problem(c.tool_choice):
+        problems.append(problem)
+    if not 1 <= c.bedrock_calls_per_connection <= MAX_CALLS_PER_CONNECTION:
+        problems.append(
+            f"bedrock_calls_per_connection {c.bedrock_calls_per_connection} must be between 1 "
+            f"and {MAX_CALLS_PER_CONNECTION}"
+        )
     if not 0 <= c.max_calls_per_subject <= 10000:
         problems.append(
             f"max_calls_per_subject {c.max_calls_per_subject} must be between 0 and 10000"

@@ -11,6 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from voicegate.backends.bedrock.settings import (
+    DEFAULT_CALLS_PER_CONNECTION,
+    MAX_CALLS_PER_CONNECTION,
+)
 from voicegate.backends.bedrock.transport import TRANSPORTS
 from voicegate.conversation.continuation import RENEW_AFTER_S
 from voicegate.netaddr import network
@@ -114,6 +118,16 @@ OPTIONS: Final = (
         metavar="FILE",
     ),
     Option("system_prompt", "system prompt for the model"),
+    Option(
+        "system_speech",
+        "Nova 2 speech prompt (SYSTEM_SPEECH role): how the assistant speaks and transcribes, "
+        "e.g. the script of Hindi transcripts; ignored for Nova Sonic v1",
+    ),
+    Option(
+        "tool_choice",
+        "how the model picks tools: auto (its default), any (at least one tool first) or "
+        "tool:NAME (that tool first); checked against the configured tools",
+    ),
     Option("voice", f"Nova Sonic voice id (default {DEFAULT_VOICE})"),
     Option("endpointing", "Nova 2 endpointing sensitivity: HIGH, MEDIUM or LOW"),
     Option(
@@ -122,6 +136,12 @@ OPTIONS: Final = (
         metavar="TEXT",
     ),
     Option("model_id", f"Bedrock model id (default {DEFAULT_MODEL_ID}; v1 supported)"),
+    Option(
+        "model_family",
+        "for a model id voicegate's capability table does not name: nova2 gives it Nova 2's "
+        "features (endpointing, SYSTEM_SPEECH, toolChoice); default: Nova 1's, with a warning",
+        choices=("nova1", "nova2"),
+    ),
     Option("region", "AWS region for Bedrock (default: AWS_REGION, the profile's, else us-east-1)"),
     Option(
         "bedrock_endpoint",
@@ -131,6 +151,13 @@ OPTIONS: Final = (
         "bedrock_transport",
         "HTTP/2 transport of the Bedrock SDK: asyncio (default, on the event loop) or crt (awscrt)",
         choices=TRANSPORTS,
+    ),
+    Option(
+        "bedrock_calls_per_connection",
+        f"most calls on one HTTP/2 connection to Bedrock (asyncio transport; default "
+        f"{DEFAULT_CALLS_PER_CONNECTION}, 1 to {MAX_CALLS_PER_CONNECTION}): a GOAWAY or a lost "
+        "connection ends at most this many calls' streams at once",
+        int,
     ),
     Option(
         "loop",

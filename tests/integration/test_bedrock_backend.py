@@ -483,7 +483,10 @@ class Call:
 async def standin(
     cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
 ) -> AsyncIterator[Any]:
-    async with StandIn(brain="scripted", cert_dir=cert_dir) as s:
+    # These tests check the exact shape of regular output on the wire (one audio content, one
+    # completion per turn), so they keep the stand-in regular under --standin-quirks; how the
+    # call path copes with irregular output is test_standin_quirks.py's.
+    async with StandIn(brain="scripted", cert_dir=cert_dir, quirks=()) as s:
         _point_at(s, monkeypatch)
         yield s
 
@@ -771,7 +774,10 @@ async def test_temporary_credentials_from_botocore_sign_the_stream(
     from voicegate.standin.sigv4 import Credentials as ServerCredentials
 
     server_creds = ServerCredentials("ASIATEMPORARY", SECRET, "session-token-123")
-    async with StandIn(brain="scripted", cert_dir=cert_dir, credentials=server_creds) as s:
+    # Regular output (see the standin fixture): the turn is waited for by its completionEnd.
+    async with StandIn(
+        brain="scripted", cert_dir=cert_dir, credentials=server_creds, quirks=()
+    ) as s:
         _point_at(s, monkeypatch)
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             monkeypatch.delenv(name, raising=False)  # only the explicit credentials may work

@@ -478,7 +478,7 @@ async def test_idle_stream_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 await call.ended.wait()
             finally:
                 await call.abort()
-    assert isinstance(call.error, m.ValidationException)
+    assert isinstance(call.error, m.ModelTimeoutException)
     assert "Timed out waiting for input" in str(call.error)
 
 

@@ -276,3 +276,19 @@ async def test_renewal_is_due_by_age_or_before_the_credentials_expire() -> None:
     backend.expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=300)
     due, reason = renewal.due(leg)
     assert reason == "credentials" and due - leg.ready_at == pytest.approx(120, abs=5)
+
+
+def test_recovery_after_a_lost_connection_is_spread() -> None:
+    """Calls that lost a shared connection wait a random delay up to recovery_spread_s before
+    their first reconnect (not all in the same instant); other failures do not wait."""
+    import random
+
+    from voicegate.backends.base import StreamLost, ValidationFailed
+    from voicegate.conversation import ContinuationSettings
+    from voicegate.conversation.recovery import RetryPolicy
+
+    policy = RetryPolicy(ContinuationSettings(recovery_spread_s=0.5), random.Random(7))
+    delays = [policy.spread(StreamLost("GOAWAY")) for _ in range(50)]
+    assert all(0 <= d <= 0.5 for d in delays) and len(set(delays)) == 50
+    assert max(delays) - min(delays) > 0.25
+    assert policy.spread(ValidationFailed("bad")) == 0.0

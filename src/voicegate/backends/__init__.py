@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from voicegate.backends.base import Backend, BackendUnavailable
 
 __all__ = ["Backend", "BackendUnavailable", "make_backend"]
 
 
 def make_backend(
-    name: str, model_id: str = "", region: str = "", endpoint: str = "", transport: str = ""
+    name: str,
+    model_id: str = "",
+    region: str = "",
+    endpoint: str = "",
+    transport: str = "",
+    calls_per_connection: int = 0,
+    model_family: str = "",
 ) -> tuple[Backend, str]:
     """The backend for ``--backend NAME`` and a sentence saying why it was chosen."""
-    bedrock = {"model_id": model_id, "region": region, "endpoint": endpoint, "transport": transport}
+    bedrock: dict[str, Any] = {
+        "model_id": model_id,
+        "region": region,
+        "endpoint": endpoint,
+        "transport": transport,
+        "calls_per_connection": calls_per_connection,
+        "model_family": model_family,
+    }
     if name == "echo":
         from voicegate.backends.echo import EchoBackend
 
@@ -48,7 +63,14 @@ def _local() -> Backend:
     return LocalBackend()
 
 
-def _bedrock(model_id: str, region: str, endpoint: str, transport: str) -> Backend:
+def _bedrock(
+    model_id: str,
+    region: str,
+    endpoint: str,
+    transport: str,
+    calls_per_connection: int,
+    model_family: str,
+) -> Backend:
     try:
         from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
     except ImportError as exc:
@@ -56,7 +78,11 @@ def _bedrock(model_id: str, region: str, endpoint: str, transport: str) -> Backe
             f"the bedrock backend needs the 'bedrock' extra (pip install 'voicegate[bedrock]'): "
             f"{exc}"
         ) from exc
-    overrides: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
+    if model_family:
+        overrides["model_family"] = model_family
+    if calls_per_connection:
+        overrides["calls_per_connection"] = calls_per_connection
     if model_id:
         overrides["model_id"] = model_id
     if region:
@@ -65,7 +91,7 @@ def _bedrock(model_id: str, region: str, endpoint: str, transport: str) -> Backe
         overrides["endpoint"] = endpoint
     if transport:
         overrides["transport"] = transport
-    settings = BedrockSettings(**overrides)  # type: ignore[arg-type]
+    settings = BedrockSettings(**overrides)
     problems = settings.validate()
     if problems:
         raise BackendUnavailable("invalid bedrock settings: " + "; ".join(problems))

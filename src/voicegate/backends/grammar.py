@@ -9,7 +9,7 @@ The rules are the documented ones (docs/standin.md lists each with its source):
   AUDIO content, then tool results and interactive USER text, then the orderly close: audio
   contentEnd, promptEnd, sessionEnd; nothing after promptEnd but sessionEnd, nothing at all
   after sessionEnd;
-* history: USER first, USER/ASSISTANT alternating, at most 40 messages, 1 KB per textInput and
+* history: USER first, USER/ASSISTANT alternating, 1 KB per textInput and
   40 KB in all;
 * roles: the AUDIO content is USER; tool results answer a toolUse the model issued, once, with a
   JSON object.
@@ -41,7 +41,6 @@ from voicegate.sonic import (
     ToolResultContentStart,
 )
 
-MAX_HISTORY_MESSAGES: Final = 40
 MAX_HISTORY_TEXT_BYTES: Final = 1024
 """One history textInput: about 1 KB (split longer messages over several textInputs)."""
 MAX_HISTORY_BYTES: Final = 40 * 1024
@@ -220,8 +219,6 @@ class SessionGrammar:
             raise invalid("the chat history must start with a USER message")
         if self.history and self.history[-1][0] == role:
             raise invalid("chat history roles must alternate between USER and ASSISTANT")
-        if len(self.history) >= MAX_HISTORY_MESSAGES:
-            raise invalid(f"chat history may hold at most {MAX_HISTORY_MESSAGES} messages")
         self.history.append((role, ""))
         return OpenContent(name, "TEXT", role, interactive=event.interactive, history=True)
 
@@ -319,7 +316,6 @@ def _name(event: InputEvent) -> str:
 __all__ = [
     "HISTORY_BEFORE_AUDIO",
     "MAX_HISTORY_BYTES",
-    "MAX_HISTORY_MESSAGES",
     "MAX_HISTORY_TEXT_BYTES",
     "OpenContent",
     "SessionGrammar",

@@ -80,6 +80,12 @@ class InProcessStream:
         self._finished = False
         self._closed = False
         self._send_lock = asyncio.Lock()
+        self.quirks: frozenset[str] = frozenset()
+        """The stand-in's ``--quirks`` (names in ``voicegate.standin.quirks``)."""
+        self.async_tools = False
+        """Nova 2's asynchronous tool calling: the model goes on listening and answering while
+        a tool result is pending, and speaks the result when it arrives (set by the stand-in
+        for Nova 2 model ids; Nova 1 waits for the result)."""
 
     # -- the BackendStream interface ------------------------------------------------------
 
@@ -218,6 +224,8 @@ class InProcessStream:
             await self.emit(CompletionStart(self.ids))
 
     async def end_completion(self, stop_reason: str = "END_TURN") -> None:
+        if "one-completion" in self.quirks:
+            return  # one completion for the whole session: ended at the session's end
         if self.completion_id:
             await self.emit(CompletionEnd(stop_reason, self.ids))
             self.completion_id = ""
@@ -282,6 +290,9 @@ class InProcessStream:
 
     async def finish(self) -> None:
         """End the output stream in order (what Bedrock does after sessionEnd)."""
+        if self.completion_id and "one-completion" in self.quirks and not self._finished:
+            await self.emit(CompletionEnd("END_TURN", self.ids))
+            self.completion_id = ""
         self._finish_nowait()
 
     def _finish_nowait(self) -> None:

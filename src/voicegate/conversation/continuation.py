@@ -65,6 +65,10 @@ class ContinuationSettings:
     """Reconnect attempts after an unexpected stream failure before the call is given up."""
     recovery_backoff_s: float = 0.25
     """First delay between reconnect attempts; doubled after each."""
+    recovery_spread_s: float = 0.5
+    """A stream lost with its connection (GOAWAY, reset, dropped) waits a random delay up to
+    this before its first reconnect, so the calls that shared the connection do not all open
+    their streams (and meet throttling) in the same instant."""
     throttle_attempts: int = 6
     """Attempts when the model service throttles (the first stream of a call included)."""
     throttle_backoff_s: float = 1.0

@@ -34,6 +34,12 @@ class ConversationSettings:
     top_p: float = 0.9
     temperature: float = 0.7
     endpointing_sensitivity: str | None = None
+    tool_choice: str = ""
+    """How the model picks tools (``auto``, ``any``, ``tool:NAME``; "" sends none, the
+    model's default auto); checked against the tools at start (``tool_choice_problem``)."""
+    speech_prompt: str = ""
+    """Nova 2's SYSTEM_SPEECH prompt: how the assistant speaks and transcribes (e.g. the script
+    Hindi is transcribed in), sent right after the system prompt; left out for Nova 1."""
     output_rate: int = 24000
     greeting: str = ""
     """When set, sent as an interactive USER text as soon as a call starts, so the assistant

@@ -243,8 +243,11 @@ class Legs:
             await self.send(
                 leg,
                 SessionStart(s.max_tokens, s.top_p, s.temperature, s.endpointing_sensitivity),
-                PromptStart(self.prompt_name, s.voice_id, s.output_rate, self.tools.specs()),
+                PromptStart(
+                    self.prompt_name, s.voice_id, s.output_rate, self.tools.specs(), s.tool_choice
+                ),
                 *self.text_block("SYSTEM", s.system_prompt),
+                *(self.text_block("SYSTEM_SPEECH", s.speech_prompt) if s.speech_prompt else ()),
             )
         except BaseException:
             await self.drop(leg)

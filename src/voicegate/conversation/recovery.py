@@ -70,6 +70,14 @@ class RetryPolicy:
             return step / 2 + self._rng.uniform(0, step / 2)
         return c.recovery_backoff_s * 2.0 ** (attempt - 1)
 
+    def spread(self, exc: BackendError) -> float:
+        """Seconds to wait before the first reconnect: a stream lost (with its connection,
+        which other calls shared) waits "full jitter" up to ``recovery_spread_s``; anything
+        else not at all."""
+        if isinstance(exc.reason, StreamLost):
+            return self._rng.uniform(0, self.settings.recovery_spread_s)
+        return 0.0
+
 
 class Recovery:
     """Replaces the live leg when it fails; ``leg_failed`` is where every failure is reported."""
@@ -185,6 +193,8 @@ class Recovery:
                     await self.wait_before_retry(last, attempt)
                 elif isinstance(exc.reason, Throttled):
                     await self.wait_before_retry(exc, 1)
+                elif spread := self.policy.spread(exc):
+                    await asyncio.sleep(spread)
                 attempt += 1
                 self._attempts_used += 1
                 self.stats.recovery_attempts += 1

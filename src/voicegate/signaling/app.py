@@ -66,6 +66,7 @@ from voicegate.signaling.middleware import (
 )
 from voicegate.signaling.paths import one_path
 from voicegate.signing import parse_secrets
+from voicegate.sonic.events import tool_choice_problem
 from voicegate.store import HistoryWriter, open_history
 
 __all__ = [
@@ -83,6 +84,8 @@ log = structlog.get_logger(__name__)
 def conversation_settings(config: ServeConfig) -> ConversationSettings:
     return ConversationSettings(
         system_prompt=config.system_prompt or DEFAULT_SYSTEM_PROMPT,
+        speech_prompt=config.system_speech,
+        tool_choice=config.tool_choice,
         voice_id=config.voice,
         endpointing_sensitivity=config.endpointing or None,
         greeting=config.greeting,
@@ -108,6 +111,9 @@ def create_app(
     app[BACKEND] = backend
     app[TOOLS] = tools if tools is not None else default_tools()
     app[SETTINGS] = settings if settings is not None else conversation_settings(config)
+    # The tools are known only here (the configuration check saw the form of the choice).
+    if problem := tool_choice_problem(app[SETTINGS].tool_choice, app[TOOLS].names()):
+        raise ValueError(problem)
     app[AGENTS] = _agents(config, app[SETTINGS], app[TOOLS])
     app[STARTED] = time.monotonic()
     app[COUNTERS] = {"calls_total": 0, "calls_refused": 0}

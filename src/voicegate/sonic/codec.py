@@ -52,6 +52,7 @@ from voicegate.sonic.events import (
     ToolResultContentStart,
     ToolUse,
     UsageEvent,
+    tool_choice_json,
 )
 
 __all__ = [
@@ -208,6 +209,9 @@ def encode_input(event: InputEvent) -> dict[str, Any]:
                         for t in event.tools
                     ]
                 }
+                choice = tool_choice_json(event.tool_choice)
+                if choice is not None:
+                    prompt["toolConfiguration"]["toolChoice"] = choice
             body = {"promptStart": prompt}
         case TextContentStart():
             body = {

@@ -14,12 +14,15 @@ and the stand-in, docs/standin.md, describe what voicegate sends and accepts).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from voicegate.sonic.models import DEFAULT_VOICE
 
 __all__ = [
+    "tool_choice_json",
+    "tool_choice_problem",
     "AudioContentStart",
     "AudioInput",
     "AudioOutput",
@@ -101,6 +104,33 @@ class PromptStart:
     voice_id: str = DEFAULT_VOICE
     output_sample_rate: int = OUTPUT_SAMPLE_RATE
     tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = ""
+    """``toolConfiguration.toolChoice``: "" (not sent: the model's default, auto), ``auto``,
+    ``any`` (at least one tool first) or ``tool:NAME`` (that tool first); see
+    ``tool_choice_problem``."""
+
+
+def tool_choice_problem(choice: str, tool_names: Sequence[str] | None = None) -> str | None:
+    """Why ``choice`` is not a usable ``PromptStart.tool_choice`` for these tools (None: the
+    form only), or None."""
+    if choice in ("", "auto", "any"):
+        return None
+    kind, _, name = choice.partition(":")
+    if kind != "tool" or not name:
+        return f"tool choice {choice!r} must be auto, any or tool:NAME"
+    if tool_names is not None and name not in tool_names:
+        return f"tool choice {choice!r} names no configured tool ({', '.join(tool_names)})"
+    return None
+
+
+def tool_choice_json(choice: str) -> dict[str, Any] | None:
+    """The toolChoice object Nova Sonic documents ({"auto": {}}, {"any": {}},
+    {"tool": {"name": ...}}), or None when nothing is to be sent."""
+    if not choice:
+        return None
+    if choice in ("auto", "any"):
+        return {choice: {}}
+    return {"tool": {"name": choice.partition(":")[2]}}
 
 
 @dataclass(frozen=True, slots=True)

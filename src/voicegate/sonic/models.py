@@ -65,7 +65,8 @@ NOVA1_VOICES: Final = frozenset(
 )
 """Nova Sonic v1's 11 documented voices (v1 user guide, available voices)."""
 OUTPUT_RATES: Final = (8000, 16000, 24000)
-NOVA2_INPUT_RATES: Final = (8000, 16000)
+NOVA2_INPUT_RATES: Final = (8000, 16000, 24000)
+"""Nova 2 Sonic's input-events page documents 8, 16 and 24 kHz audio input."""
 NOVA1_INPUT_RATES: Final = (16000,)
 NOVA2_REGIONS: Final = frozenset({"us-east-1", "us-west-2", "ap-northeast-1"})
 """Where Nova 2 Sonic is offered (AWS's model availability table; a newer region warns only)."""
@@ -76,7 +77,9 @@ NOVA1_ROLES: Final = ("SYSTEM", "USER", "ASSISTANT", "TOOL")
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    """What differs between the two Nova Sonic generations."""
+    """What differs between the two Nova Sonic generations. ``nova2`` stands for the Nova 2-only
+    features its user guide documents: endpointing sensitivity (turnDetectionConfiguration),
+    the SYSTEM_SPEECH role, toolChoice, 8/16/24 kHz input and asynchronous tool calling."""
 
     nova2: bool
     voices: frozenset[str]
@@ -89,10 +92,38 @@ class Model:
         return "Nova 2 Sonic" if self.nova2 else "Nova Sonic v1"
 
 
-def model_of(model_id: str) -> Model:
-    if "nova-2-sonic" in model_id:
-        return Model(True, NOVA2_VOICES, NOVA2_INPUT_RATES, ROLES, NOVA2_REGIONS)
-    return Model(False, NOVA1_VOICES, NOVA1_INPUT_RATES, NOVA1_ROLES, NOVA1_REGIONS)
+NOVA2: Final = Model(True, NOVA2_VOICES, NOVA2_INPUT_RATES, ROLES, NOVA2_REGIONS)
+NOVA1: Final = Model(False, NOVA1_VOICES, NOVA1_INPUT_RATES, NOVA1_ROLES, NOVA1_REGIONS)
+CAPABILITIES: Final = {
+    prefix + base: model
+    for base, model in ((DEFAULT_MODEL_ID, NOVA2), (NOVA_SONIC_V1_MODEL_ID, NOVA1))
+    for prefix in PROFILE_PREFIXES
+}
+"""Every documented model id (with its ``us.`` and ``global.`` cross-region inference profiles)
+and what it supports: the one place a model id is told apart (never by a substring)."""
+FAMILIES: Final = ("", "nova1", "nova2")
+"""``model_family``: how an id the table does not name is treated ("" and nova1: Nova 1's
+features only; nova2: the operator says it is a Nova 2 model)."""
+
+
+def documented_model(model_id: str) -> Model | None:
+    """The table's entry for ``model_id``, also when it is an inference-profile or foundation
+    model ARN ending in a documented id; None for an id the table does not name."""
+    if model_id in CAPABILITIES:
+        return CAPABILITIES[model_id]
+    if model_id.startswith("arn:"):
+        return CAPABILITIES.get(model_id.rpartition("/")[2])
+    return None
+
+
+def model_of(model_id: str, family: str = "") -> Model:
+    """What ``model_id`` supports: the table's entry, else what ``family`` says (Nova 1's
+    features unless the operator said nova2, so an unknown id never gets Nova 2-only fields
+    Bedrock might refuse)."""
+    model = documented_model(model_id)
+    if model is not None:
+        return model
+    return NOVA2 if family == "nova2" else NOVA1
 
 
 def voice_problem(model_id: str, voice: str) -> str | None:
@@ -110,7 +141,11 @@ def voice_problem(model_id: str, voice: str) -> str | None:
 
 
 __all__ = [
+    "CAPABILITIES",
     "DEFAULT_MODEL_ID",
+    "FAMILIES",
+    "NOVA1",
+    "NOVA2",
     "DEFAULT_VOICE",
     "MODELS",
     "NOVA1_REGIONS",
@@ -121,6 +156,7 @@ __all__ = [
     "NOVA_SONIC_V1_MODEL_ID",
     "STREAM_LIMIT_S",
     "Model",
+    "documented_model",
     "known_model",
     "model_of",
     "voice_problem",

@@ -75,6 +75,9 @@ class ScriptedBrain(InProcessStream):
         self._tool_results: dict[str, asyncio.Future[str]] = {}
         self._usage_in = 0
         self._usage_out = 0
+        self._usage_text_out = 0
+        self._voice = asyncio.Lock()
+        """One reply spoken at a time (a tool result arriving asynchronously waits its turn)."""
 
     async def send(self, event: InputEvent) -> None:
         if isinstance(event, AudioContentStart):
@@ -177,6 +180,14 @@ class ScriptedBrain(InProcessStream):
         self._tool_results[tool_use_id] = future
         if self.scenario.reset and self._may_fail():
             raise ResetStream("scripted reset while a tool call is open")
+        if self.async_tools:
+            # Nova 2 (asynchronous tool calling): the next user turns are answered meanwhile
+            # and the result is spoken when it comes.
+            self.spawn(self._tool_answer(name, tool_use_id, future))
+            return
+        await self._tool_answer(name, tool_use_id, future)
+
+    async def _tool_answer(self, name: str, tool_use_id: str, future: asyncio.Future[str]) -> None:
         try:
             async with asyncio.timeout(TOOL_RESULT_TIMEOUT_S):
                 result = await future
@@ -187,11 +198,36 @@ class ScriptedBrain(InProcessStream):
         await self._speak(f"The {name} tool returned {result}")
 
     async def _speak(self, text: str) -> None:
-        """Speculative text, audio, final text, usage, completionEnd (or a barge-in)."""
-        await self.emit_text("ASSISTANT", text, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
+        async with self._voice:
+            await self._speak_now(text)
+
+    async def _speak_now(self, text: str) -> None:
+        """Speculative text, audio, final text, usage, completionEnd (or a barge-in). With
+        ``--quirks audio-contents`` the reply is said in three audio contents, each with its
+        own part of the text (speculative before, final after), as Bedrock does sentence by
+        sentence."""
+        parts = [text]
+        if "audio-contents" in self.quirks:
+            words = text.split()
+            third = max(1, len(words) // 3)
+            parts = [
+                " ".join(words[:third]),
+                " ".join(words[third : 2 * third]),
+                " ".join(words[2 * third :]),
+            ]
+            parts = [p for p in parts if p] or [text]
+        part = iter(parts)
+        said = next(part)
+        await self.emit_text("ASSISTANT", said, stage="SPECULATIVE", stop_reason="PARTIAL_TURN")
         paced = self.scenario.name == "barge_in"
         seconds = LONG_REPLY_SECONDS if paced else REPLY_SECONDS
         chunks = split_chunks(speech_like(self.output_rate, seconds), self.output_rate)
+        splits: set[int] = set()
+        if "audio-contents" in self.quirks:
+            splits = {len(chunks) // 3, 2 * len(chunks) // 3}
+        elif "partial-turn" in self.quirks or "usage-mid-turn" in self.quirks:
+            splits = {len(chunks) // 2}
+        speech_in = 25
         cid = await self.begin_audio()
         self._interrupt.clear()
         self._speaking = True
@@ -212,16 +248,34 @@ class ScriptedBrain(InProcessStream):
                     await self.emit_interrupted(cid)
                     await self.end_completion("INTERRUPTED")
                     return
+                if i and i in splits:
+                    # --quirks: the turn goes on in another audio content (OUT2 allows an
+                    # AUDIO contentEnd with PARTIAL_TURN), a usageEvent in between.
+                    await self.end_audio(cid, "PARTIAL_TURN")
+                    if "usage-mid-turn" in self.quirks:
+                        await self._usage(speech_in, 0, 0)
+                        speech_in = 0
+                    if "audio-contents" in self.quirks:
+                        await self.emit_text("ASSISTANT", said, stage="FINAL")
+                        said = next(part, said)
+                        await self.emit_text(
+                            "ASSISTANT", said, stage="SPECULATIVE", stop_reason="PARTIAL_TURN"
+                        )
+                    cid = await self.begin_audio()
                 await self.emit_audio(cid, chunk)
                 emitted_s += len(chunk) / 2 / self.output_rate
         finally:
             self._speaking = False
         await self.end_audio(cid)
-        await self.emit_text("ASSISTANT", text, stage="FINAL")
-        speech_in = 25
-        text_out = len(text.split())
+        await self.emit_text("ASSISTANT", said, stage="FINAL")
+        await self._usage(speech_in, int(seconds * 25), len(text.split()))
+        await self.end_completion()
+
+    async def _usage(self, speech_in: int, speech_out: int, text_out: int) -> None:
+        """A usageEvent: this event's delta and the session's running totals."""
         self._usage_in += speech_in
-        self._usage_out += text_out + int(seconds * 25)
+        self._usage_out += speech_out + text_out
+        self._usage_text_out += text_out
         await self.emit(
             UsageEvent(
                 self._usage_in,
@@ -230,17 +284,19 @@ class ScriptedBrain(InProcessStream):
                 {
                     "delta": {
                         "input": {"speechTokens": speech_in, "textTokens": 0},
-                        "output": {"speechTokens": int(seconds * 25), "textTokens": text_out},
+                        "output": {"speechTokens": speech_out, "textTokens": text_out},
                     },
                     "total": {
                         "input": {"speechTokens": self._usage_in, "textTokens": 0},
-                        "output": {"speechTokens": self._usage_out, "textTokens": 0},
+                        "output": {
+                            "speechTokens": self._usage_out - self._usage_text_out,
+                            "textTokens": self._usage_text_out,
+                        },
                     },
                 },
                 self.ids,
             )
         )
-        await self.end_completion()
 
 
 class EchoBrain(InProcessStream):

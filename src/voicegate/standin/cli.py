@@ -52,6 +52,15 @@ def _scenario(text: str) -> str:
     return text
 
 
+def _quirks(text: str) -> frozenset[str]:
+    from voicegate.standin.quirks import parse_quirks
+
+    try:
+        return parse_quirks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``standin`` subcommand to an argparse subparsers object."""
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -106,6 +115,14 @@ def add_parser(subparsers: Any) -> None:
         help="JSON list of {access_key_id, secret_access_key, session_token (optional)}: a "
         "request signed with any of them is accepted (rotating credentials); a stream's events "
         "must still be signed with its request's key",
+    )
+    p.add_argument(
+        "--quirks",
+        type=_quirks,
+        default=frozenset(),
+        metavar="LIST",
+        help="comma-separated irregular behaviours Bedrock shows (audio-contents, partial-turn, "
+        "usage-mid-turn, one-completion, transient-errors, goaway, throttle-opens) or 'all'",
     )
     p.add_argument("--log-level", default="info", help="log level (stderr)")
     p.set_defaults(func=run)
@@ -166,6 +183,7 @@ async def _main(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         idle_timeout=args.idle_timeout,
         accepted=getattr(args, "accepted", ()),
+        quirks=args.quirks,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

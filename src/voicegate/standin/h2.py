@@ -30,6 +30,7 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
+from voicegate.standin.quirks import GOAWAY_AFTER_S
 from voicegate.standin.records import Rejection
 from voicegate.standin.session import Session, StreamGone
 
@@ -73,12 +74,22 @@ class Connection:
         self.h2.increment_flow_control_window(CONNECTION_WINDOW)
         try:
             await self.flush()
+            opened = asyncio.get_running_loop().time()
             while not self.closed:
                 timeout = None if self.sessions else self.server.idle_timeout
+                goaway_at = None
+                if "goaway" in self.server.quirks and self.sessions:
+                    # --quirks goaway: a long-lived connection is sent GOAWAY (as load
+                    # balancers and deployments do); every stream on it is gone.
+                    goaway_at = opened + GOAWAY_AFTER_S
+                    left = max(0.0, goaway_at - asyncio.get_running_loop().time())
+                    timeout = left if timeout is None else min(timeout, left)
                 try:
                     async with asyncio.timeout(timeout):
                         data = await self.reader.read(65536)
                 except TimeoutError:
+                    if goaway_at is not None and asyncio.get_running_loop().time() >= goaway_at:
+                        log.info("standin_goaway", streams=len(self.sessions))
                     self.h2.close_connection()
                     await self.flush()
                     break

@@ -340,7 +340,13 @@ def _prompt(body: dict[str, Any], path: str) -> PromptStart:
         chosen = choice.get("tool")
         if chosen is not None and all(t.name != chosen["name"] for t in tools):
             raise SchemaError(f"{where}/tool/name", f"[{chosen['name']}] is not a configured tool")
-    return PromptStart(body["promptName"], audio["voiceId"], audio["sampleRateHertz"], tuple(tools))
+    choice = ""
+    if config:
+        picked = config.get("toolChoice", {})
+        choice = "tool:" + picked["tool"]["name"] if "tool" in picked else next(iter(picked), "")
+    return PromptStart(
+        body["promptName"], audio["voiceId"], audio["sampleRateHertz"], tuple(tools), choice
+    )
 
 
 def _content_start(body: dict[str, Any], path: str) -> InputEvent:

@@ -30,7 +30,7 @@ import os
 import re
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -38,10 +38,11 @@ from urllib.parse import unquote
 
 import structlog
 
-from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model
+from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model, model_of
 from voicegate.standin.certs import ensure_certs, server_context
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
+from voicegate.standin.quirks import OPENS_PER_MINUTE
 from voicegate.standin.records import MAX_SESSION_RECORDS, Rejection, SessionRecord
 from voicegate.standin.session import Session
 from voicegate.standin.sigv4 import (
@@ -102,6 +103,10 @@ def load_credentials_file(path: str | os.PathLike[str]) -> list[Credentials]:
     return keys
 
 
+DEFAULT_QUIRKS: frozenset[str] = frozenset()
+"""Quirks of a StandIn built without ``quirks`` (the test suite's ``--standin-quirks``)."""
+
+
 class StandIn:
     """The stand-in as an async context manager (binds ``port`` 0 by default)::
 
@@ -124,9 +129,12 @@ class StandIn:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         factory: BrainFactory | None = None,
         accepted: Sequence[Credentials] = (),
+        quirks: Iterable[str] | None = None,
     ) -> None:
         """``accepted``: more key pairs a request may be signed with (rotating credentials);
-        a stream's events must still be signed with the key its request was."""
+        a stream's events must still be signed with the key its request was. ``quirks``: the
+        irregular behaviours of ``--quirks`` (None: ``DEFAULT_QUIRKS``, which the test suite's
+        ``--standin-quirks`` sets)."""
         self.brain = brain
         self.cert_dir = Path(cert_dir)
         self.host = host
@@ -136,6 +144,10 @@ class StandIn:
         self.credentials = credentials or (accepted[0] if accepted else credentials_from_env())
         self.key_set: dict[str, Credentials] = {self.credentials.access_key: self.credentials}
         self.key_set.update((c.access_key, c) for c in accepted)
+        self.quirks = frozenset(DEFAULT_QUIRKS if quirks is None else quirks)
+        self.opens: deque[float] = deque()
+        """Loop times of the stream opens of the last minute (``throttle-opens``)."""
+        self.sessions_started = 0
         self.scenario = scenario
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
@@ -265,6 +277,15 @@ class StandIn:
                 stream_id, 400, "ValidationException", f"Content-Type must be {EVENTSTREAM}", path
             )
             return
+        if "throttle-opens" in self.quirks and self._opens_exceeded():
+            cx.reject(
+                stream_id,
+                429,
+                "ThrottlingException",
+                "Too many requests, please wait before trying again.",
+                path,
+            )
+            return
         if self.active_sessions >= self.max_sessions:
             cx.reject(
                 stream_id,
@@ -280,6 +301,9 @@ class StandIn:
             log.exception("standin_brain_open_failed")
             cx.reject(stream_id, 500, "InternalServerException", f"brain: {exc}", path)
             return
+        brain.quirks = self.quirks
+        brain.async_tools = model_of(model_id).nova2
+        self.sessions_started += 1
         request_id = str(uuid.uuid4())
         record = SessionRecord(
             request_id=request_id,
@@ -294,6 +318,17 @@ class StandIn:
         verifier = EventVerifier(credentials.secret_key, seed)
         cx.accept(Session(cx, stream_id, record, brain, verifier), request_id)
         log.info("standin_session", stream=stream_id, model=model_id, request_id=request_id)
+
+    def _opens_exceeded(self) -> bool:
+        """``throttle-opens``: Bedrock's quotas are per minute; more opens than
+        OPENS_PER_MINUTE within one are throttled."""
+        now = asyncio.get_running_loop().time()
+        while self.opens and now - self.opens[0] > 60.0:
+            self.opens.popleft()
+        if len(self.opens) >= OPENS_PER_MINUTE:
+            return True
+        self.opens.append(now)
+        return False
 
     def _credentials_for(self, headers: dict[str, str]) -> Credentials:
         """The key pair of the access key the request names (unknown: the main pair, which

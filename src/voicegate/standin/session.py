@@ -54,6 +54,7 @@ from voicegate.standin.eventstream import (
     decode_message,
     encode_message,
 )
+from voicegate.standin.quirks import TRANSIENT_AFTER_S, TRANSIENT_EVERY, TRANSIENT_MESSAGES
 from voicegate.standin.records import SessionRecord
 from voicegate.standin.schema import SchemaError, decode
 from voicegate.standin.sigv4 import EventVerifier, SignatureError
@@ -126,6 +127,10 @@ class Session:
         self.tasks.append(loop.create_task(self._output()))
         if session_limit is not None:
             self.tasks.append(loop.create_task(self._limit(session_limit)))
+        server = self.cx.server
+        if "transient-errors" in server.quirks and server.sessions_started % TRANSIENT_EVERY == 0:
+            message = TRANSIENT_MESSAGES[server.sessions_started // TRANSIENT_EVERY % 3]
+            self.tasks.append(loop.create_task(self._transient(message)))
         for task in self.tasks[:2]:
             task.add_done_callback(self._side_done)
 
@@ -159,7 +164,9 @@ class Session:
                     # The client never closed its side after we finished: release the stream.
                     self.cx.reset(self.stream_id, ErrorCodes.NO_ERROR)
                     return
-                await self._refuse(ValidationFailed(IDLE_MESSAGE))
+                # The API reference's ModelTimeoutException ("processing time exceeded the
+                # model timeout length") is what a stream without input gets.
+                await self._refuse(ModelTimeout(IDLE_MESSAGE))
                 self.last_audio = asyncio.get_running_loop().time()  # wait a full idle again
                 continue
             if item is None:
@@ -260,6 +267,13 @@ class Session:
             self.input_over.set()
         else:
             await self.brain.fail(error)
+
+    async def _transient(self, message: str) -> None:
+        """``--quirks transient-errors``: a Bedrock-side failure of a long session, reported
+        as a ValidationException (as pipecat#3387 and LiveKit's client saw)."""
+        await asyncio.sleep(TRANSIENT_AFTER_S)
+        if not self.output_done:
+            await self._refuse(ValidationFailed(message))
 
     async def _limit(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

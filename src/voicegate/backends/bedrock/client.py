@@ -166,7 +166,7 @@ def _retrieve_writer_result(task: asyncio.Task[Any]) -> None:
         log.debug("bedrock_request_body_writer_ended", error=repr(task.exception()))
 
 
-def _transport(kind: str = "crt") -> Any:
+def _transport(kind: str = "crt", calls_per_connection: int | None = None) -> Any:
     """The SDK's transport: ``asyncio`` (see transport.py), else the CRT HTTP client.
 
     The CRT one is forced to HTTP/2 and also reaps CRT's request-body writer task.
@@ -179,9 +179,14 @@ def _transport(kind: str = "crt") -> Any:
     smithy-http 0.6; the SDK deep-copies its config (and so the transport) once per client.
     """
     if kind == "asyncio":
+        from voicegate.backends.bedrock.http2 import H2Settings
         from voicegate.backends.bedrock.transport import AsyncioHTTP2Client
 
-        return AsyncioHTTP2Client()
+        if calls_per_connection is None:
+            return AsyncioHTTP2Client()
+        return AsyncioHTTP2Client(
+            settings=H2Settings(max_streams_per_connection=calls_per_connection)
+        )
     from copy import deepcopy
 
     from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig, AWSCRTHTTPResponse
@@ -206,7 +211,7 @@ async def _make_client(settings: BedrockSettings, resolver: BotocoreIdentityReso
     from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient
     from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig
 
-    transport = _transport(settings.transport)
+    transport = _transport(settings.transport, settings.calls_per_connection)
     overrides: dict[str, Any] = {
         "region": settings.region,
         "transport": transport,

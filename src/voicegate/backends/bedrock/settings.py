@@ -17,7 +17,14 @@ from typing import Final
 import structlog
 
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT, transport_problem
-from voicegate.sonic.models import DEFAULT_MODEL_ID, NOVA_SONIC_V1_MODEL_ID, known_model, model_of
+from voicegate.sonic.models import (
+    DEFAULT_MODEL_ID,
+    FAMILIES,
+    NOVA_SONIC_V1_MODEL_ID,
+    documented_model,
+    known_model,
+    model_of,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +39,10 @@ _MODEL_ARN: Final = re.compile(
 )
 _REGION: Final = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
 _MAX_TIMEOUT: Final = 120.0
+DEFAULT_CALLS_PER_CONNECTION: Final = 20
+"""Model streams one HTTP/2 connection carries at most: a GOAWAY or a dropped connection ends
+this many calls' streams at once, not the hundred a server's SETTINGS would allow."""
+MAX_CALLS_PER_CONNECTION: Final = 100
 
 
 def default_region() -> str:
@@ -69,6 +80,13 @@ class BedrockSettings:
     """Seconds an orderly close may take before the stream is abandoned."""
     transport: str = DEFAULT_TRANSPORT
     """The SDK's HTTP/2 transport: ``asyncio`` (voicegate's, on the event loop) or ``crt``."""
+    model_family: str = ""
+    """For a model id the capability table does not name: ``nova2`` gives it Nova 2's features
+    (endpointing, SYSTEM_SPEECH, toolChoice); otherwise it gets Nova 1's, with a warning."""
+    calls_per_connection: int = DEFAULT_CALLS_PER_CONNECTION
+    """Most model streams (calls) on one HTTP/2 connection of the ``asyncio`` transport; more
+    calls open more connections. CRT pools on its own terms (one connection per concurrent
+    first request), so it needs no bound here."""
 
     def validate(self) -> list[str]:
         """Human-readable problems with these settings; empty when they are usable."""
@@ -91,6 +109,18 @@ class BedrockSettings:
         transport = transport_problem(self.transport)
         if transport:
             errors.append(transport)
+        if self.model_family not in FAMILIES:
+            errors.append(f"model_family {self.model_family!r} must be nova1 or nova2")
+        per = self.calls_per_connection
+        if (
+            isinstance(per, bool)
+            or not isinstance(per, int)
+            or not 1 <= per <= MAX_CALLS_PER_CONNECTION
+        ):
+            errors.append(
+                f"calls_per_connection {per!r} must be a whole number from 1 to "
+                f"{MAX_CALLS_PER_CONNECTION}"
+            )
         for name in ("send_timeout", "open_timeout", "close_timeout"):
             value = getattr(self, name)
             if (
@@ -104,8 +134,9 @@ class BedrockSettings:
 
     @property
     def is_nova2(self) -> bool:
-        """True for Nova 2 Sonic (endpointing sensitivity, SYSTEM_SPEECH, async tools)."""
-        return "nova-2-sonic" in self.model_id
+        """True for Nova 2 Sonic (endpointing sensitivity, SYSTEM_SPEECH, toolChoice, async
+        tools): by the capability table, or ``model_family`` for an id it does not name."""
+        return model_of(self.model_id, self.model_family).nova2
 
     def describe(self) -> str:
         """One line for logs and the CLI: where calls go (never credentials)."""
@@ -163,6 +194,12 @@ class BedrockSettings:
                 f"({DEFAULT_MODEL_ID}, {NOVA_SONIC_V1_MODEL_ID}, with 'us.' or 'global.', or an "
                 "inference-profile ARN); using it as given"
             )
+        if documented_model(self.model_id) is None:
+            family = "Nova 2" if self.model_family == "nova2" else "Nova 1"
+            found.append(
+                f"model id {self.model_id!r} is not in the capability table: it gets {family} "
+                "behaviour" + ("" if self.model_family else " (model_family nova2 to change)")
+            )
         elif known_model(self.model_id):
             model = model_of(self.model_id)
             if self.region not in model.regions:
@@ -204,8 +241,10 @@ def _endpoint_problem(endpoint: str) -> str | None:
 
 __all__ = [
     "AWS_HOST_SUFFIXES",
+    "DEFAULT_CALLS_PER_CONNECTION",
     "DEFAULT_MODEL_ID",
     "DEFAULT_REGION",
+    "MAX_CALLS_PER_CONNECTION",
     "NOVA_SONIC_V1_MODEL_ID",
     "BedrockSettings",
     "default_region",

@@ -99,6 +99,8 @@ class BedrockStream:
         self._send_lock = asyncio.Lock()
         self._dead: BackendError | None = None
         self._session_end_sent = False
+        self._dropped_contents: set[str] = set()
+        """SYSTEM_SPEECH contents left out for a model without the role (their names)."""
         self._input_closed = False
         self._closed = False
         self._pump_task: asyncio.Task[None] | None = None
@@ -141,6 +143,9 @@ class BedrockStream:
         a block (a text content, a tool result) must not have another sender's audio inside.
         """
         self._check_sendable()
+        events = self._supported(events)
+        if not events:
+            return
         encoded = [self._encode(event) for event in events]
         in_sdk = False
         try:
@@ -189,6 +194,24 @@ class BedrockStream:
             # Nothing may follow sessionEnd: half-close now so Bedrock sees END_STREAM and
             # can finish the response even if our caller waits for events() before close().
             await self._close_input()
+
+    def _supported(self, events: Sequence[sonic.InputEvent]) -> Sequence[sonic.InputEvent]:
+        """Without the events of a SYSTEM_SPEECH content when the model is not Nova 2: Nova
+        Sonic v1 documents no such role and would refuse the session for it."""
+        if self._settings.is_nova2:
+            return events
+        kept: list[sonic.InputEvent] = []
+        for event in events:
+            if isinstance(event, sonic.TextContentStart) and event.role == "SYSTEM_SPEECH":
+                self._dropped_contents.add(event.content_name)
+                log.info("bedrock_system_speech_dropped", model=self._settings.model_id)
+            elif isinstance(event, (sonic.TextInput, sonic.ContentEnd)) and (
+                event.content_name in self._dropped_contents
+            ):
+                continue
+            else:
+                kept.append(event)
+        return kept
 
     def _encode(self, event: sonic.InputEvent) -> tuple[sonic.InputEvent, bytes, Any]:
         timed = self._encodes % TIMED_EVERY == 0

@@ -1,0 +1,116 @@
+"""Nova 2's asynchronous tool calling, emulated by the stand-in on the wire: while a slow tool
+runs, the conversation goes on (a later question is answered first) and the slow result is
+spoken when it arrives; Nova Sonic v1 waits for the result, as before. voicegate's call path
+runs tools in the background on both, through the real SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
+from voicegate.conversation import (
+    BotText,
+    Conversation,
+    ConversationError,
+    ConversationEvent,
+    ConversationSettings,
+    ToolCallStarted,
+    ToolRegistry,
+)
+from voicegate.standin import StandIn
+from voicegate.standin.reply_audio import speech_like, split_chunks
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list[ConversationEvent] = []
+        self.changed = asyncio.Event()
+
+    def on_audio(self, pcm: bytes) -> None:
+        pass
+
+    def on_flush(self) -> int:
+        return 0
+
+    def on_event(self, event: ConversationEvent) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    def finals(self) -> list[str]:
+        return [e.text for e in self.events if isinstance(e, BotText) and e.final]
+
+    async def until(self, done: Any, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def _slow_tools(release: asyncio.Event) -> ToolRegistry:
+    tools = ToolRegistry()
+    calls = 0
+
+    @tools.tool(description="Looks something up; the first lookup is slow.", timeout=30.0)
+    async def slow_lookup() -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()
+            return {"answer": "slow"}
+        return {"answer": "quick"}
+
+    return tools
+
+
+@pytest.mark.parametrize(
+    ("model_id", "order"),
+    [
+        ("amazon.nova-2-sonic-v1:0", ["quick", "slow"]),
+        ("amazon.nova-sonic-v1:0", ["slow", "quick"]),
+    ],
+)
+async def test_slow_tool_and_the_conversation_going_on(
+    clean_aws_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    bedrock_transport: str,
+    model_id: str,
+    order: list[str],
+) -> None:
+    release = asyncio.Event()
+    async with StandIn("scripted", cert_dir=tmp_path / "certs") as s:
+        for name, value in s.client_env().items():
+            monkeypatch.setenv(name, value)
+        backend = BedrockBackend(BedrockSettings(transport=bedrock_transport, model_id=model_id))
+        listener = Listener()
+        settings = ConversationSettings(system_prompt="scenario:tool:slow_lookup:greet")
+        conv = Conversation(backend, settings, _slow_tools(release), listener)
+        try:
+            await conv.start()
+            started = lambda: len([e for e in listener.events if isinstance(e, ToolCallStarted)])  # noqa: E731
+            await listener.until(lambda: started() >= 1)
+            # A second question while the first lookup still runs.
+            rate = 16000
+            for chunk in split_chunks(speech_like(rate, 0.5) + bytes(rate), rate):
+                conv.send_audio(chunk)
+            if order[0] == "quick":
+                # Nova 2 answers the second question while the first tool is still running
+                # (Nova 1 asks for the second tool only after the first result).
+                await listener.until(lambda: started() >= 2)
+                await listener.until(lambda: any('"quick"' in t for t in listener.finals()))
+                assert not any('"slow"' in t for t in listener.finals())
+            release.set()
+            await listener.until(lambda: len([t for t in listener.finals() if "answer" in t]) == 2)
+            spoken = [
+                ("quick" if '"quick"' in t else "slow") for t in listener.finals() if "answer" in t
+            ]
+            assert spoken == order
+            assert not [e for e in listener.events if isinstance(e, ConversationError)]
+        finally:
+            release.set()
+            await conv.close()
+            await backend.aclose()
