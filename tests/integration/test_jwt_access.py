@@ -68,7 +68,7 @@ async def _status(http: aiohttp.ClientSession, url: str, token: str) -> tuple[in
 
 
 async def test_hs256_jwt_from_pyjwt_starts_a_call() -> None:
-    token = jwt.encode(_claims(agent="sales"), SECRET, algorithm="HS256")
+    token = jwt.encode(_claims(agent="default"), SECRET, algorithm="HS256")
     async with running_server(EchoBackend(), auth_secret=SECRET) as (url, app):
         async with aiohttp.ClientSession() as http:
             assert await _status(http, url, token) == (200, None)
