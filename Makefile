@@ -28,7 +28,14 @@ setup: $(PY)
 	  $(PY) -m pip install --quiet -e '.[default]' && rm -f $(VENV)/.installed-default-* && \
 	  touch "$(call STAMP,default)"; fi
 
-setup-test: $(PY)
+# Pipecat's JavaScript client for the browser test that drives it (tests/browser/pipecat):
+# installed from the committed lock file, bundled by the test itself with the pinned esbuild.
+PIPECAT_JS := tests/browser/pipecat
+$(PIPECAT_JS)/node_modules/.installed: $(PIPECAT_JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing (install Node.js 20+ with npm)"; exit 1; }
+	npm ci --prefix $(PIPECAT_JS) --no-audit --no-fund --loglevel=error && touch $@
+
+setup-test: $(PY) $(PIPECAT_JS)/node_modules/.installed
 	@if [ ! -f "$(call STAMP,test)" ]; then \
 	  $(PY) -m pip install --quiet -e '.[default,dev]' && rm -f $(VENV)/.installed-* && \
 	  touch "$(call STAMP,test)" "$(call STAMP,default)"; fi

@@ -19,8 +19,10 @@ from aiortc.rtcdatachannel import RTCDataChannel
 
 from voicegate.call.outqueue import ChannelQueue
 from voicegate.conversation import (
+    BotAudioStarted,
     BotInterrupted,
     BotText,
+    BotTurnDone,
     ConversationError,
     ConversationEvent,
     SessionContinued,
@@ -35,8 +37,16 @@ __all__ = [
     "LABEL",
     "MAX_PENDING_MESSAGES",
     "MAX_TEXT_CHARS",
+    "MAX_CLIENT_MESSAGE_CHARS",
     "Outbox",
     "PROTOCOL_VERSION",
+    "LEGACY_VERSION",
+    "CLIENT_MESSAGE_TYPES",
+    "Speaker",
+    "error_response",
+    "negotiate",
+    "peer_left",
+    "server_response",
     "bot_ready",
     "conversation_message",
     "error",
@@ -47,11 +57,22 @@ __all__ = [
     "send_text_content",
     "server_message",
     "turn_latency",
+    "turn_metrics",
     "user_transcription",
 ]
 
 LABEL: Final = "rtvi-ai"
-PROTOCOL_VERSION: Final = "1.0.0"
+PROTOCOL_VERSION: Final = "2.1.0"
+"""The RTVI protocol voicegate speaks to a client whose ``client-ready`` says 2.x (Pipecat's
+client-js 1.13 sends 2.1.0 and warns about a bot older than 2)."""
+LEGACY_VERSION: Final = "1.0.0"
+"""What a client that says 1.x (or nothing) is answered: the messages it knew keep coming."""
+CLIENT_MESSAGE_TYPES: Final = ("about", "ping")
+"""The ``t`` of the ``client-message`` requests voicegate answers (``sendClientRequest``):
+``about`` (the backend, the call, the protocol) and ``ping`` (its ``d`` back)."""
+MAX_CLIENT_MESSAGE_CHARS: Final = 65536
+"""Longest data-channel message read from the client (the SCTP message size Chromium offers);
+anything longer is ignored, like other junk."""
 MAX_TEXT_CHARS: Final = 2000
 """Longest typed text (``send-text`` content) passed on; Nova Sonic takes ~1 KB per text event
 and the conversation splits longer ones, so this bounds what one message can ask of it."""
@@ -66,11 +87,41 @@ def message(type_: str, data: dict[str, Any] | None = None, id_: str | None = No
     )
 
 
-def bot_ready(request_id: str | None, backend: str) -> str:
+def negotiate(msg: dict[str, Any]) -> str:
+    """The protocol version to speak after this ``client-ready``: 2.x for a client that says its
+    major version is 2 or more, 1.0 for an older one or one that says nothing."""
+    data = msg.get("data")
+    version = data.get("version") if isinstance(data, dict) else None
+    if isinstance(version, str) and len(version) <= 32:
+        major = version.split(".", 1)[0]
+        if major.isdigit() and int(major) >= 2:
+            return PROTOCOL_VERSION
+    return LEGACY_VERSION
+
+
+def bot_ready(request_id: str | None, backend: str, version: str = LEGACY_VERSION) -> str:
     return message(
         "bot-ready",
-        {"version": PROTOCOL_VERSION, "about": {"library": "voicegate", "backend": backend}},
+        {"version": version, "about": {"library": "voicegate", "backend": backend}},
         request_id,
+    )
+
+
+def server_response(request_id: str | None, t: str, d: Any) -> str:
+    """The answer to a ``client-message`` (client-js ``sendClientRequest`` resolves with ``d``)."""
+    return message("server-response", {"t": t, "d": d}, request_id)
+
+
+def error_response(request_id: str | None, text: str) -> str:
+    """The refusal of a client request (client-js rejects the request's promise with it)."""
+    return message("error-response", {"error": text}, request_id)
+
+
+def peer_left() -> str:
+    """SmallWebRTC's signalling message that the bot has left: small-webrtc-transport then calls
+    ``onBotDisconnected`` and client-js disconnects (its ``disconnectOnBotDisconnect``)."""
+    return json.dumps(
+        {"type": "signalling", "message": {"type": "peerLeft"}}, separators=(",", ":")
     )
 
 
@@ -87,7 +138,8 @@ def user_transcription(text: str, final: bool, user_id: str) -> str:
 
 
 def error(text: str, fatal: bool, kind: str = "error", id_: str | None = None) -> str:
-    return message("error", {"message": text, "fatal": fatal, "kind": kind}, id_)
+    """``error`` is what client-js reads; ``message`` and ``kind`` are voicegate's own."""
+    return message("error", {"error": text, "message": text, "fatal": fatal, "kind": kind}, id_)
 
 
 def server_message(kind: str, **fields: Any) -> str:
@@ -101,7 +153,7 @@ def parse(raw: str | bytes) -> dict[str, Any] | None:
             raw = raw.decode()
         except UnicodeDecodeError:
             return None
-    if len(raw) > 65536:
+    if len(raw) > MAX_CLIENT_MESSAGE_CHARS:
         return None
     try:
         obj = json.loads(raw)
@@ -188,7 +240,20 @@ def conversation_message(event: ConversationEvent, user_id: str) -> str | None:
                         "input_text_tokens": event.split.input_text,
                         "output_speech_tokens": event.split.output_speech,
                         "output_text_tokens": event.split.output_text,
-                    }
+                    },
+                    # Pipecat's shape: what this model event added.
+                    "tokens": [
+                        {
+                            "processor": "model",
+                            "prompt_tokens": event.delta.input_speech + event.delta.input_text,
+                            "completion_tokens": event.delta.output_speech
+                            + event.delta.output_text,
+                            "total_tokens": event.delta.input_speech
+                            + event.delta.input_text
+                            + event.delta.output_speech
+                            + event.delta.output_text,
+                        }
+                    ],
                 },
             )
         case ConversationError():
@@ -218,6 +283,20 @@ def turn_latency(total_ms: float, model_ms: float | None) -> str:
     )
 
 
+def turn_metrics(processor: str, total_ms: float, model_ms: float | None) -> str:
+    """A turn's latency in Pipecat's ``metrics`` shape (seconds): ``ttfb`` is the model's time
+    from the end of the user's turn to its first audio, ``processing`` the whole way to the
+    bot's audio playing; ``turn_latency`` keeps voicegate's milliseconds alongside."""
+    data: dict[str, Any] = {
+        "processing": [{"processor": "voicegate", "value": round(total_ms / 1000, 4)}],
+        "turn_latency": {"total_ms": round(total_ms, 1)},
+    }
+    if model_ms is not None:
+        data["ttfb"] = [{"processor": processor, "value": round(model_ms / 1000, 4)}]
+        data["turn_latency"]["model_ms"] = round(model_ms, 1)
+    return message("metrics", data)
+
+
 def rtp_stats(sample: RtpSample) -> str:
     return server_message("rtp-stats", **sample.as_dict())
 
@@ -227,6 +306,124 @@ def _json_or_text(text: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, TypeError):
         return text
+
+
+class Speaker:
+    """One call's side of the protocol: the version negotiated by ``client-ready`` and the
+    bot's LLM and TTS phases of the current turn (each ``*-started`` gets its ``*-stopped``).
+    A 1.x client gets exactly the messages it always got; a 2.x client gets Pipecat's current
+    ones (``bot-output``, ``bot-llm-*``, ``bot-tts-*``, the ``llm-function-call-*`` triple) as
+    well as the ones voicegate's page reads.
+
+    A turn ends when the bot stops speaking (the model's turn is done and its audio has played
+    out) or is interrupted: the model's final text of a block often comes after it reports the
+    turn done, so ``BotTurnDone`` alone closes only a turn that had no audio."""
+
+    def __init__(self, processor: str) -> None:
+        self.processor = processor  # the backend, named in metrics
+        self.version: str = LEGACY_VERSION
+        self._llm = False
+        self._tts = False
+        self._speaking = False
+
+    @property
+    def current(self) -> bool:
+        return self.version != LEGACY_VERSION
+
+    def bot_started(self) -> None:
+        self._speaking = True
+
+    def bot_stopped(self) -> list[str]:
+        """The bot's audio stopped (played out or interrupted): the turn's closing messages."""
+        self._speaking = False
+        out: list[str] = []
+        if self.current:
+            self._close(out)
+        return out
+
+    def messages(self, event: ConversationEvent, user_id: str) -> list[str]:
+        legacy = conversation_message(event, user_id)
+        if not self.current:
+            return [] if legacy is None else [legacy]
+        out: list[str] = []
+        match event:
+            case BotText():
+                # A final text with no turn open (it came after the audio played out) is
+                # wrapped in a phase of its own.
+                late = event.final and not self._llm and not self._speaking
+                self._open_llm(out)
+                if event.final:
+                    self._open_tts(out)
+                    out.append(message("bot-tts-text", {"text": event.text}))
+                    out.append(
+                        message(
+                            "bot-output",
+                            {"text": event.text, "spoken": True, "aggregated_by": "sentence"},
+                        )
+                    )
+                out.append(legacy or "")
+                if event.final:
+                    spoken = [{"processor": self.processor, "value": len(event.text)}]
+                    out.append(message("metrics", {"characters": spoken}))
+                    if late:
+                        self._close(out)
+            case BotAudioStarted():
+                self._open_llm(out)
+                self._open_tts(out)
+            case BotTurnDone():
+                if not self._tts:  # no audio to play out: nothing else will close the turn
+                    self._close(out)
+            case BotInterrupted():
+                self._close(out)
+                out.append(legacy or "")
+            case ToolCallStarted():
+                self._open_llm(out)
+                out.append(message("llm-function-call-started", {"function_name": event.name}))
+                out.append(
+                    message(
+                        "llm-function-call-in-progress",
+                        {
+                            "function_name": event.name,
+                            "tool_call_id": event.tool_use_id,
+                            "arguments": _json_or_text(event.arguments),
+                        },
+                    )
+                )
+            case ToolCallFinished():
+                out.append(
+                    message(
+                        "llm-function-call-stopped",
+                        {
+                            "function_name": event.name,
+                            "tool_call_id": event.tool_use_id,
+                            "cancelled": False,
+                            "result": _json_or_text(event.result),
+                        },
+                    )
+                )
+                out.append(legacy or "")
+            case _:
+                if legacy is not None:
+                    out.append(legacy)
+        return [m for m in out if m]
+
+    def _open_llm(self, out: list[str]) -> None:
+        if not self._llm:
+            self._llm = True
+            out.append(message("bot-llm-started"))
+
+    def _open_tts(self, out: list[str]) -> None:
+        if not self._tts:
+            self._tts = True
+            out.append(message("bot-tts-started"))
+
+    def _close(self, out: list[str]) -> None:
+        if self._tts:
+            self._tts = False
+            out.append(message("bot-tts-stopped"))
+        if self._llm:
+            self._llm = False
+            out.append(message("bot-llm-stopped"))
 
 
 # -- the outbox --------------------------------------------------------------------------------

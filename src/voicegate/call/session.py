@@ -133,6 +133,7 @@ class PeerSession:
             self.observers.add(observer)
         self.rtp: RtpSample | None = None  # the latest getStats() sample
         self._outbox = rtvi.Outbox(self._message_dropped, self._channel_overflow)
+        self._rtvi = rtvi.Speaker(backend.name)
         self._typed = TypedText(self.conversation, self._text_refused, self._text_limited)
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = TurnClock()
@@ -205,6 +206,7 @@ class PeerSession:
 
     def _bot_started(self, at: float) -> None:
         self.send_message(rtvi.message("bot-started-speaking"))
+        self._rtvi.bot_started()
         measured = self._turns.bot_started(at)
         if measured is None:
             return
@@ -212,9 +214,12 @@ class PeerSession:
         self.turn_latencies_ms.append(total)
         self.observers.publish(TurnLatency(total / 1000, None if model is None else model / 1000))
         self.send_message(rtvi.turn_latency(total, model))
+        self.send_message(rtvi.turn_metrics(self.backend_name, total, model))
 
     def _bot_stopped(self, interrupted: bool) -> None:
         self.send_message(rtvi.message("bot-stopped-speaking", {"interrupted": interrupted}))
+        for text in self._rtvi.bot_stopped():
+            self.send_message(text)
 
     # -- ConversationListener --------------------------------------------------------------
 
@@ -236,8 +241,7 @@ class PeerSession:
                 role = "user" if isinstance(event, UserTranscript) else "assistant"
                 self._log.info("transcript", role=role, text=event.text)
         self.observers.publish(event)
-        text = rtvi.conversation_message(event, self.pc_id)
-        if text is not None:
+        for text in self._rtvi.messages(event, self.pc_id):
             self.send_message(text)
 
     # -- data channel ----------------------------------------------------------------------
@@ -252,15 +256,81 @@ class PeerSession:
         msg = rtvi.parse(raw)
         if msg is None:
             return
-        if msg["type"] == "client-ready":
-            self.send_message(rtvi.bot_ready(rtvi.request_id(msg), self.backend_name))
-        elif msg["type"] == "disconnect-bot":
-            self._spawn(self.close("client-disconnect"))
-        elif msg["type"] == "send-text" and not self._closing:
+        kind, rid = msg["type"], rtvi.request_id(msg)
+        if kind == "signalling":
+            # small-webrtc-transport's trackStatus (a local track muted or not): voicegate keeps
+            # reading the receiver either way, and the transport expects no answer.
+            return
+        if kind == "client-ready":
+            self._rtvi.version = rtvi.negotiate(msg)
+            self.send_message(rtvi.bot_ready(rid, self.backend_name, self._rtvi.version))
+        elif kind == "disconnect-bot":
+            self._spawn(self._disconnect_bot())
+        elif self._closing:
+            return
+        elif kind == "send-text":
             try:
-                self._typed.put(rtvi.send_text_content(msg), rtvi.request_id(msg))
+                self._typed.put(rtvi.send_text_content(msg), rid)
             except ValueError as exc:
-                self._text_refused(str(exc), rtvi.request_id(msg))
+                self._text_refused(str(exc), rid)
+        elif kind == "append-to-context":
+            self._append_to_context(msg, rid)
+        elif kind == "client-message":
+            self._client_message(msg, rid)
+        else:
+            self.send_message(rtvi.error_response(rid, f"unsupported message type {kind[:64]!r}"))
+
+    async def _disconnect_bot(self) -> None:
+        """Pipecat's server answers ``disconnect-bot`` by leaving: SmallWebRTC's ``peerLeft``
+        makes the client disconnect itself, and then the call ends and frees its slot."""
+        if self._closing:
+            return
+        self.send_message(rtvi.peer_left())
+        await asyncio.sleep(0.2)  # let the message leave before the transport closes
+        await self.close("client-disconnect")
+
+    def _append_to_context(self, msg: dict[str, Any], rid: str | None) -> None:
+        """``append-to-context``: user text is a typed turn (answered at once, as
+        ``run_immediately`` asks); assistant text joins the history the model is given."""
+        data = msg.get("data")
+        role = data.get("role") if isinstance(data, dict) else None
+        content = data.get("content") if isinstance(data, dict) else None
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            why = 'append-to-context needs data {"role": "user"|"assistant", "content": "<text>"}'
+            self.send_message(rtvi.error_response(rid, why))
+            return
+        if not content.strip() or len(content) > rtvi.MAX_TEXT_CHARS:
+            why = f"append-to-context content must be 1 to {rtvi.MAX_TEXT_CHARS} characters"
+            self.send_message(rtvi.error_response(rid, why))
+            return
+        if role == "user":
+            self._typed.put(content.strip(), rid)
+        else:
+            self.conversation.memory.remember("ASSISTANT", " ".join(content.split()))
+        self.send_message(rtvi.message("append-to-context-result", {"ok": True}, rid))
+
+    def _client_message(self, msg: dict[str, Any], rid: str | None) -> None:
+        """A ``client-message`` request (client-js ``sendClientRequest``) always gets an answer:
+        ``server-response`` for the ones of ``rtvi.CLIENT_MESSAGE_TYPES``, else
+        ``error-response``."""
+        data = msg.get("data")
+        t = data.get("t") if isinstance(data, dict) else None
+        d = data.get("d") if isinstance(data, dict) else None
+        if t == "about":
+            about = {
+                "library": "voicegate",
+                "backend": self.backend_name,
+                "pc_id": self.pc_id,
+                "version": self._rtvi.version,
+                "client_messages": list(rtvi.CLIENT_MESSAGE_TYPES),
+            }
+            self.send_message(rtvi.server_response(rid, t, about))
+        elif t == "ping":
+            self.send_message(rtvi.server_response(rid, t, d))
+        else:
+            shown = t[:64] if isinstance(t, str) else t
+            why = f"unknown client-message {shown!r}; known: {', '.join(rtvi.CLIENT_MESSAGE_TYPES)}"
+            self.send_message(rtvi.error_response(rid, why))
 
     def _text_limited(self) -> None:
         self.conversation.stats.user_texts_rate_limited += 1

@@ -16,6 +16,7 @@ bounded).
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,9 +62,16 @@ class CallStore(Protocol):
 CandidateKey = tuple[str, int, str]
 
 
+MAX_ENDED_REMEMBERED = 4096
+"""Ended calls whose pc_id a restart offer is refused for (the most recent ones)."""
+
+
 class CallRegistry(Mapping[str, PeerSession]):
     def __init__(self) -> None:
         self._calls: dict[str, PeerSession] = {}
+        # pc_id -> why it ended: a client that re-offers an ended call (small-webrtc-transport
+        # retries with its old pc_id) is told so instead of getting a new, silent call.
+        self._ended: OrderedDict[str, str] = OrderedDict()
         self.store: CallStore | None = None
         self._subjects: dict[str, str] = {}
         self._candidates: dict[str, set[CandidateKey]] = {}
@@ -100,6 +108,10 @@ class CallRegistry(Mapping[str, PeerSession]):
         else:
             self._pending_keys.pop(session.pc_id, None)
         self._candidates[session.pc_id] = set(candidates)
+
+    def ended(self, pc_id: str) -> str | None:
+        """Why the call ``pc_id`` ended on this node (None: live, never seen, or long ago)."""
+        return None if pc_id in self._calls else self._ended.get(pc_id)
 
     def subject(self, pc_id: str) -> str | None:
         return self._subjects.get(pc_id)
@@ -145,8 +157,12 @@ class CallRegistry(Mapping[str, PeerSession]):
         place. (The call's end is counted by the metrics observer, from the call's events.)"""
         if self._calls.get(session.pc_id) is session:
             del self._calls[session.pc_id]
-            if self.store is not None and session.close_reason != "restart":
-                self.store.call_ended(session)
+            if session.close_reason != "restart":
+                if self.store is not None:
+                    self.store.call_ended(session)
+                self._ended[session.pc_id] = session.close_reason
+                while len(self._ended) > MAX_ENDED_REMEMBERED:
+                    self._ended.popitem(last=False)
             self._subjects.pop(session.pc_id, None)
             self._candidates.pop(session.pc_id, None)
             self._pending_keys.pop(session.pc_id, None)

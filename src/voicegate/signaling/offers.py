@@ -314,6 +314,13 @@ async def post_offer(request: web.Request) -> web.Response:
         else None
     )
     _check_still_live(request, offer, adoptable=stored is not None)
+    ended = calls.ended(pc_id) if pc_id is not None and offer.restart and stored is None else None
+    if ended is not None:
+        raise ApiError(
+            410,
+            f"the call {pc_id} has ended ({ended}); start a new call with an offer without pc_id",
+            reason="call_ended",
+        )
     if live_restart and not offer.restart:
         raise ApiError(
             409,

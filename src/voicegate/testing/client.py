@@ -147,6 +147,7 @@ class OfferRefused(RuntimeError):
         super().__init__(f"offer refused: {status} {body if body is not None else reason}")
         self.status = status
         self.reason = reason
+        self.body = body  # the JSON answer (its "reason" names the refusal), None if not JSON
 
 
 FrameSink = Callable[[np.ndarray, int, float], None]
@@ -196,6 +197,7 @@ class CallClient:
         self.messages: list[dict[str, Any]] = []
         self.pc_id = ""
         self.offer_fields: dict[str, Any] = {}  # extra offer body fields, e.g. {"record": True}
+        self.rtvi_version = "1.0.0"  # what client-ready says (Pipecat's client-js says 2.1.0)
         self._message_event = asyncio.Event()
         self._frame_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -227,7 +229,10 @@ class CallClient:
                     "label": "rtvi-ai",
                     "type": "client-ready",
                     "id": uuid.uuid4().hex[:8],
-                    "data": {"version": "1.0.0", "about": {"library": "voicegate-client"}},
+                    "data": {
+                        "version": self.rtvi_version,
+                        "about": {"library": "voicegate-client"},
+                    },
                 }
             )
         )
