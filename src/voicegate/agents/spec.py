@@ -71,6 +71,7 @@ class KnowledgeDef:
     region: str = ""
     endpoint_url: str = ""
     max_results: int = 3
+    ca_bundle: str = ""  # a CA file for endpoint_url's TLS (a private endpoint, the stand-in)
 
 
 @dataclass(frozen=True, slots=True)
