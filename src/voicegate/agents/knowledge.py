@@ -17,6 +17,7 @@ import structlog
 
 from voicegate.agents.knowledge_local import LocalIndex, Passage
 from voicegate.agents.spec import KnowledgeDef
+from voicegate.backends.speech.policy import KNOWLEDGE_TOOL
 from voicegate.conversation.tools import Tool
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-SEARCH_KNOWLEDGE: Final = "search_knowledge"
+SEARCH_KNOWLEDGE: Final = KNOWLEDGE_TOOL
 MAX_QUERY_CHARS: Final = 1000
 
 

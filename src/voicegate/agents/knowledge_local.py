@@ -133,7 +133,11 @@ class LocalIndex:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
-        self._db.execute("CREATE VIRTUAL TABLE passages USING fts5(text, source UNINDEXED)")
+        # porter: "take" finds "takes", as a spoken question rarely uses the document's form.
+        self._db.execute(
+            "CREATE VIRTUAL TABLE passages USING fts5("
+            "text, source UNINDEXED, tokenize='porter unicode61')"
+        )
         self._lock = threading.Lock()
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self.skipped = 0  # files over the bounds, counted (and left out)
