@@ -127,9 +127,7 @@ async def test_down_server_answers_errors_and_start_is_bounded() -> None:
         await hub.close()
 
 
-@pytest.fixture
-def http_server() -> Iterator[str]:
-    port = free_port()
+def _start_http(port: int) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}", MCP_TEST_TOKEN="s3cret")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.mcp_servers", "http", str(port)],
@@ -145,11 +143,50 @@ def http_server() -> Iterator[str]:
             break
         if proc.poll() is not None:
             pytest.fail("the MCP HTTP server did not start")
+    return proc
+
+
+@pytest.fixture
+def http_port() -> Iterator[tuple[int, list[subprocess.Popen[str]]]]:
+    port = free_port()
+    procs = [_start_http(port)]
     try:
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield port, procs
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def http_server(http_port: tuple[int, list[subprocess.Popen[str]]]) -> str:
+    return f"http://127.0.0.1:{http_port[0]}/mcp"
+
+
+async def test_streamable_http_server_restart_reconnects(
+    http_port: tuple[int, list[subprocess.Popen[str]]],
+) -> None:
+    port, procs = http_port
+    spec = McpServerDef(
+        name="remote",
+        url=f"http://127.0.0.1:{port}/mcp",
+        headers=(("Authorization", "Bearer s3cret"),),
+    )
+    hub = McpHub({"remote": spec}, start_timeout=30, backoff_initial=0.05, backoff_max=0.5)
+    await hub.start()
+    try:
+        registry = _registry(hub, "remote")
+        generation = hub.generation("remote")
+        procs[0].kill()
+        procs[0].wait(10)
+        down = await _run(registry, "lookupticket", {"ticket_id": "T-100"})
+        assert "error" in down, down
+        procs.append(await asyncio.to_thread(_start_http, port))
+        await asyncio.wait_for(hub.wait_connected("remote", after_generation=generation), 60)
+        back = await _run(registry, "lookupticket", {"ticket_id": "T-100"})
+        assert back["status"] == "open: printer on fire"
+    finally:
+        await hub.close()
 
 
 async def test_streamable_http_server_with_headers(http_server: str) -> None:

@@ -42,6 +42,11 @@ _STDERR_LINE_BYTES: Final = 2048
 # Lines of a server's stderr logged per connection; the rest are counted, not logged, so a
 # chatty server cannot flood voicegate's log.
 _STDERR_LINES_PER_RUN: Final = 1000
+_CLOSE_TIMEOUT_S: Final = 5.0
+# JSON-RPC errors a live server answers with (bad arguments, unknown tool): no reconnect.
+_LIVE_PEER_ERRORS: Final = frozenset(
+    {mcp_types.INVALID_PARAMS, mcp_types.METHOD_NOT_FOUND, mcp_types.INVALID_REQUEST}
+)
 _VALID: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -159,7 +164,12 @@ class McpHub:
                 await self._run_once(server)
                 reason = "connection lost"
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    raise
+                # A cancellation from inside the SDK's own task groups (its transport ending),
+                # not close(): a lost connection like any other.
+                reason = "connection cancelled"
             except BaseException as exc:  # noqa: BLE001 - a server must never stop the supervisor
                 reason = _describe(exc)
             server.last_error = reason
@@ -236,10 +246,19 @@ class McpHub:
                 for task in watchers:
                     if task is not stderr_task:
                         task.cancel()
+                for task in watchers:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        log.info(
+                            "mcp_watch_ended",
+                            server=spec.name,
+                            error=_describe(task.exception() or RuntimeError()),
+                        )
         finally:
             await self._set_client(server, None)
+            # Bounded: a transport winding down against a dead peer must not stall the restart.
             with contextlib.suppress(Exception):
-                await client_cm.__aexit__(None, None, None)
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await client_cm.__aexit__(None, None, None)
             if stderr_task is not None:
                 stderr_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -330,8 +349,8 @@ class McpHub:
             except TimeoutError:
                 return {"error": f"{remote_name} did not answer within {server.spec.timeout_s:g} s"}
             except MCPError as exc:
-                if exc.code == mcp_types.CONNECTION_CLOSED:
-                    server.lost.set()
+                if exc.code not in _LIVE_PEER_ERRORS:
+                    server.lost.set()  # the transport, not the tool: reconnect
                 return {"error": f"{remote_name} failed: {exc}"}
             except Exception as exc:
                 server.lost.set()
