@@ -12,21 +12,23 @@ from aiohttp import web
 from voicegate import media
 from voicegate.backends.base import Backend
 from voicegate.config import media_setup, resolve
+from voicegate.conversation.tools import ToolRegistry
 from voicegate.signaling.app import create_app
 from voicegate.signaling.listener import serve
 
 
 @contextlib.asynccontextmanager
 async def running_server(
-    backend: Backend, **overrides: Any
+    backend: Backend, *, tools: ToolRegistry | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[str, web.Application]]:
-    """The served base URL and the app, for the defaults with ``overrides`` applied."""
+    """The served base URL and the app, for the defaults with ``overrides`` applied (and
+    ``tools`` instead of the default registry)."""
     # Load shedding by event-loop lag is tested on its own (test_loadguard.py); elsewhere a
     # busy test machine must not turn into refused calls, so it is off unless a test asks.
     settings: dict[str, Any] = {"max_loop_lag_ms": 0.0, **overrides, "port": 0}
     config = dataclasses.replace(resolve(None, env={}), **settings)
     media.configure(media_setup(config))
-    app = create_app(config, backend)
+    app = create_app(config, backend, tools)
     listener = await serve(app, config, host="127.0.0.1", port=0)
     try:
         yield listener.url, app

@@ -46,7 +46,8 @@ class ToolDef:
 @dataclass(frozen=True, slots=True)
 class McpServerDef:
     """One ``[mcp_servers.NAME]``: a stdio ``command`` voicegate starts, or a Streamable HTTP
-    ``url``. ``tools`` is an allow-list of the server's tool names (empty: every tool)."""
+    ``url``. ``tools`` is an allow-list of the server's tool names (empty: every tool).
+    ``timeout_s`` bounds each tool call, ``connect_timeout_s`` each (re)connection."""
 
     name: str
     command: tuple[str, ...] = ()
@@ -56,6 +57,7 @@ class McpServerDef:
     headers: tuple[tuple[str, str], ...] = ()
     tools: tuple[str, ...] = ()
     timeout_s: float = 10.0
+    connect_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class KnowledgeDef:
     region: str = ""
     endpoint_url: str = ""
     max_results: int = 3
+    ca_bundle: str = ""  # a CA file for endpoint_url's TLS (a private endpoint, the stand-in)
 
 
 @dataclass(frozen=True, slots=True)

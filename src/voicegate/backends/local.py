@@ -50,7 +50,15 @@ from voicegate.backends.speech.models import (
     load_models,
     run_gated,
 )
-from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.policy import (
+    KNOWLEDGE_TOOL,
+    REPLIES,
+    intent,
+    is_question,
+    knowledge_reply,
+    quote_reply,
+    time_reply,
+)
 from voicegate.backends.speech.speculate import Decoded, Speculator
 from voicegate.backends.speech.vad import (
     SAMPLE_RATE,
@@ -299,21 +307,31 @@ class LocalStream(InProcessStream):
             return await self._ask_clock()
         if kind in REPLIES:
             return REPLIES[kind]
+        if KNOWLEDGE_TOOL in self.tools and is_question(transcript):
+            found = await self._ask_tool(KNOWLEDGE_TOOL, {"query": transcript})
+            answer = None if found is None else knowledge_reply(found)
+            if answer is not None:
+                return answer
         return quote_reply(transcript)
 
     async def _ask_clock(self) -> str:
+        result = await self._ask_tool(TIME_TOOL, {})
+        return REPLIES["tool_timeout"] if result is None else time_reply(result)
+
+    async def _ask_tool(self, name: str, arguments: dict[str, str]) -> str | None:
+        """Issue a toolUse and wait for its result (None when it does not come in time)."""
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        tool_use_id = await self.emit_tool_use(TIME_TOOL, {})
+        tool_use_id = await self.emit_tool_use(name, arguments)
         early = self._unclaimed.pop(tool_use_id, None)
         if early is not None:
-            return time_reply(early)
+            return early
         self._tool_waits[tool_use_id] = waiter
         try:
             async with asyncio.timeout(self._tool_timeout):
-                return time_reply(await waiter)
+                return await waiter
         except TimeoutError:
-            log.warning("tool_result_timeout", tool=TIME_TOOL, timeout=self._tool_timeout)
-            return REPLIES["tool_timeout"]
+            log.warning("tool_result_timeout", tool=name, timeout=self._tool_timeout)
+            return None
         finally:
             self._tool_waits.pop(tool_use_id, None)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import re
 import signal
 import sys
 from typing import Any
@@ -124,8 +126,29 @@ def add_parser(subparsers: Any) -> None:
         help="comma-separated irregular behaviours Bedrock shows (audio-contents, partial-turn, "
         "usage-mid-turn, one-completion, transient-errors, goaway, throttle-opens) or 'all'",
     )
+    p.add_argument(
+        "--knowledge-dir",
+        metavar="KBID=DIR",
+        action="append",
+        default=[],
+        help="serve the Knowledge Bases Retrieve API for knowledge base KBID from the .md/.txt "
+        "files of DIR (repeatable), on its own HTTPS/1.1 port (logged at start)",
+    )
     p.add_argument("--log-level", default="info", help="log level (stderr)")
     p.set_defaults(func=run)
+
+
+def _knowledge_dirs(values: list[str]) -> dict[str, str]:
+    """``KBID=DIR`` pairs; a malformed one, a bad id or a missing folder is a ValueError."""
+    dirs: dict[str, str] = {}
+    for value in values:
+        kb, sep, folder = value.partition("=")
+        if not sep or not re.fullmatch(r"[0-9a-zA-Z]{1,10}", kb):
+            raise ValueError(f"{value!r}: expected KBID=DIR with KBID of 1-10 letters/digits")
+        if not os.path.isdir(folder):
+            raise ValueError(f"{value!r}: {folder!r} is not a folder")
+        dirs[kb] = folder
+    return dirs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"voicegate standin: --credentials-file: {exc}", file=sys.stderr)
             return 2
+    try:
+        args.knowledge = _knowledge_dirs(args.knowledge_dir)
+    except ValueError as exc:
+        print(f"voicegate standin: --knowledge-dir: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_main(args))
     except BrainUnavailable as exc:
@@ -184,6 +212,7 @@ async def _main(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         accepted=getattr(args, "accepted", ()),
         quirks=args.quirks,
+        knowledge=getattr(args, "knowledge", None),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,20 +30,23 @@ import os
 import re
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 from urllib.parse import unquote
 
 import structlog
+from aiohttp import web
 
+from voicegate.agents.knowledge_local import LocalIndex
 from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model, model_of
 from voicegate.standin.certs import ensure_certs, server_context
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
 from voicegate.standin.quirks import OPENS_PER_MINUTE
 from voicegate.standin.records import MAX_SESSION_RECORDS, Rejection, SessionRecord
+from voicegate.standin.retrieve import http1_context, retrieve_app
 from voicegate.standin.session import Session
 from voicegate.standin.sigv4 import (
     Credentials,
@@ -130,11 +133,14 @@ class StandIn:
         factory: BrainFactory | None = None,
         accepted: Sequence[Credentials] = (),
         quirks: Iterable[str] | None = None,
+        knowledge: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> None:
         """``accepted``: more key pairs a request may be signed with (rotating credentials);
         a stream's events must still be signed with the key its request was. ``quirks``: the
         irregular behaviours of ``--quirks`` (None: ``DEFAULT_QUIRKS``, which the test suite's
-        ``--standin-quirks`` sets)."""
+        ``--standin-quirks`` sets). ``knowledge``: knowledge base ids and the folders their
+        Retrieve answers come from (served on ``retrieve_endpoint``, its own HTTPS/1.1
+        listener)."""
         self.brain = brain
         self.cert_dir = Path(cert_dir)
         self.host = host
@@ -158,6 +164,9 @@ class StandIn:
         self._accepted = asyncio.Event()
         self.ca_file = Path()
         self._server: asyncio.Server | None = None
+        self.knowledge = {kb: LocalIndex(folder) for kb, folder in (knowledge or {}).items()}
+        self.retrieve_port = 0
+        self._retrieve_runner: web.AppRunner | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -171,6 +180,11 @@ class StandIn:
     @property
     def endpoint(self) -> str:
         return f"https://{self.host}:{self.port}"
+
+    @property
+    def retrieve_endpoint(self) -> str:
+        """The Knowledge Bases Retrieve endpoint (``bedrock-agent-runtime``), when served."""
+        return f"https://{self.host}:{self.retrieve_port}" if self.retrieve_port else ""
 
     async def session(self, index: int = 0) -> SessionRecord:
         """The record of the ``index``-th accepted stream, once it is accepted (a caller that
@@ -194,6 +208,9 @@ class StandIn:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": region,
         }
+        if self.retrieve_port:
+            # botocore's service-specific endpoint variable for bedrock-agent-runtime.
+            env["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"] = self.retrieve_endpoint
         if self.credentials.session_token:
             env["AWS_SESSION_TOKEN"] = self.credentials.session_token
         return env
@@ -212,8 +229,26 @@ class StandIn:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("standin_listening", endpoint=self.endpoint, brain=self.factory.name)
+        if self.knowledge:
+            app = retrieve_app(self.knowledge, self._credentials_for, self.region)
+            self._retrieve_runner = web.AppRunner(app, access_log=None)
+            await self._retrieve_runner.setup()
+            site = web.TCPSite(
+                self._retrieve_runner,
+                self.host,
+                0,
+                ssl_context=http1_context(server_context(paths)),
+            )
+            await site.start()
+            server = site._server
+            assert isinstance(server, asyncio.Server)
+            self.retrieve_port = server.sockets[0].getsockname()[1]
+            log.info("standin_retrieve_listening", endpoint=self.retrieve_endpoint)
 
     async def stop(self) -> None:
+        if self._retrieve_runner is not None:
+            await self._retrieve_runner.cleanup()
+            self._retrieve_runner = None
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
@@ -330,7 +365,7 @@ class StandIn:
         self.opens.append(now)
         return False
 
-    def _credentials_for(self, headers: dict[str, str]) -> Credentials:
+    def _credentials_for(self, headers: Mapping[str, str]) -> Credentials:
         """The key pair of the access key the request names (unknown: the main pair, which
         ``verify_request`` then refuses as AWS does)."""
         try:

@@ -239,8 +239,10 @@ def verify_request(
     now: datetime | None = None,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
     region: str | None = None,
+    body: bytes | None = None,
 ) -> SeedVerified:
-    """Check the seed signature of a bidirectional-stream request.
+    """Check the seed signature of a bidirectional-stream request (or, with ``body``, of a
+    plain request whose payload is signed by its SHA-256, as botocore signs Retrieve).
 
     ``headers`` are lower case, with ``host`` filled in from ``:authority`` for HTTP/2.
     ``credentials.session_token``, when set, must match; when None any token is accepted (the
@@ -265,7 +267,12 @@ def verify_request(
             "InvalidSignatureException",
             f"Credential should be scoped to a valid region, not '{auth.region}'.",
         )
-    required = {"host", "x-amz-date", "x-amz-content-sha256"}
+    payload_hash = STREAMING_PAYLOAD if body is None else hashlib.sha256(body).hexdigest()
+    required = (
+        {"host", "x-amz-date"}
+        if body is not None
+        else {"host", "x-amz-date"} | {"x-amz-content-sha256"}
+    )
     token = headers.get("x-amz-security-token")
     if token is not None:
         required.add("x-amz-security-token")
@@ -284,11 +291,13 @@ def verify_request(
     absent = [h for h in auth.signed_headers if h not in headers]
     if absent:
         raise SignatureError("InvalidSignatureException", f"Signed headers {absent} are missing.")
-    if headers["x-amz-content-sha256"] != STREAMING_PAYLOAD:
+    if body is None and headers["x-amz-content-sha256"] != STREAMING_PAYLOAD:
         raise SignatureError(
             "InvalidSignatureException",
             f"This operation requires x-amz-content-sha256: {STREAMING_PAYLOAD}",
         )
+    if body is not None and headers.get("x-amz-content-sha256", payload_hash) != payload_hash:
+        raise SignatureError("InvalidSignatureException", "x-amz-content-sha256 does not match")
     amz_date = headers["x-amz-date"]
     try:
         when = datetime.strptime(amz_date, TIME_FORMAT).replace(tzinfo=UTC)
@@ -305,9 +314,7 @@ def verify_request(
             f"Signature expired: {amz_date} is now earlier than the allowed window "
             f"(server time {now.strftime(TIME_FORMAT)}).",
         )
-    canonical = canonical_request(
-        method, path, query, headers, auth.signed_headers, STREAMING_PAYLOAD
-    )
+    canonical = canonical_request(method, path, query, headers, auth.signed_headers, payload_hash)
     key = signing_key(credentials.secret_key, auth.date, auth.region, auth.service)
     expected = hmac.new(
         key, string_to_sign(amz_date, auth.scope, canonical).encode(), hashlib.sha256

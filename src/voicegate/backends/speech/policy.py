@@ -1,7 +1,9 @@
 """What the offline brain answers: a small rule-based reply policy over a user transcript.
 
-A greeting, the time (through a real ``get_current_time`` tool call), a goodbye, or a quote of
-what it heard. Rules, not a language model: the brain is there to exercise the whole call path
+A greeting, the time (through a real ``get_current_time`` tool call), a goodbye, an answer from
+the agent's knowledge (through a real ``search_knowledge`` call, for a question no rule answers,
+when the session offers that tool), or a quote of what it heard. Rules, not a language model:
+the brain is there to exercise the whole call path
 (turns, tools, barge-in) offline, and its answers must be predictable enough to test.
 """
 
@@ -12,6 +14,9 @@ import re
 from typing import Final
 
 MAX_QUOTE_WORDS: Final = 40
+KNOWLEDGE_TOOL: Final = "search_knowledge"
+"""The knowledge tool's name: agents/knowledge.py builds it under this name."""
+MAX_ANSWER_CHARS: Final = 400
 
 
 _TIME = re.compile(
@@ -20,6 +25,37 @@ _TIME = re.compile(
 )
 _GREETING = re.compile(r"\b(?:hello|hi|hey|greet\w*|good (?:morning|afternoon|evening))\b")
 _GOODBYE = re.compile(r"\b(?:good ?bye|bye|see you|farewell)\b")
+_QUESTION_START = re.compile(
+    r"^(?:what|whats|what's|when|where|which|who|whom|whose|why|how|is|are|am|can|could|do|"
+    r"does|did|will|would|should|shall|may|might|have|has|tell me|explain|i want to know)\b"
+)
+
+
+def is_question(transcript: str) -> bool:
+    """A question by its mark or by how it starts (Whisper does not always add the mark)."""
+    text = transcript.strip().lower()
+    if text.endswith("?"):
+        return True
+    words = re.sub(r"[^a-z' ]+", " ", text).strip()
+    return bool(_QUESTION_START.match(words))
+
+
+def knowledge_reply(result_json: str) -> str | None:
+    """The best passage of a search_knowledge result, to be spoken; None when nothing matched."""
+    try:
+        result = json.loads(result_json)
+    except json.JSONDecodeError:
+        return None
+    passages = result.get("passages") if isinstance(result, dict) else None
+    if not isinstance(passages, list) or not passages or not isinstance(passages[0], dict):
+        return None
+    text = passages[0].get("text")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = text.strip()
+    if len(text) > MAX_ANSWER_CHARS:
+        text = text[:MAX_ANSWER_CHARS].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def intent(transcript: str) -> str:
@@ -66,4 +102,12 @@ REPLIES: Final = {
 }
 
 
-__all__ = ["REPLIES", "intent", "quote_reply", "time_reply"]
+__all__ = [
+    "KNOWLEDGE_TOOL",
+    "REPLIES",
+    "intent",
+    "is_question",
+    "knowledge_reply",
+    "quote_reply",
+    "time_reply",
+]
