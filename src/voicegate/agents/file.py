@@ -57,9 +57,11 @@ _AGENT: Final = frozenset(
 )
 _TOOL: Final = frozenset({"description", "parameters", "http", "python", "timeout_s"})
 _HTTP: Final = frozenset({"url", "timeout_s", "headers", "secret_file", "max_response_bytes"})
-_MCP: Final = frozenset({"command", "url", "env", "cwd", "headers", "tools", "timeout_s"})
+_MCP: Final = frozenset(
+    {"command", "url", "env", "cwd", "headers", "tools", "timeout_s", "connect_timeout_s"}
+)
 _KNOWLEDGE: Final = frozenset(
-    {"path", "knowledge_base_id", "region", "endpoint_url", "max_results"}
+    {"path", "knowledge_base_id", "region", "endpoint_url", "max_results", "ca_bundle"}
 )
 
 
@@ -318,7 +320,19 @@ def _mcp(p: _Problems, name: str, table: dict[str, Any], base: Path) -> McpServe
         headers=p.pairs(table, "headers", where),
         tools=p.names(table, "tools", where),
         timeout_s=p.number(table, "timeout_s", where, 10.0, 0.1, 300),
+        connect_timeout_s=p.number(table, "connect_timeout_s", where, 30.0, 0.1, 300),
     )
+
+
+def _ca_bundle(p: _Problems, table: dict[str, Any], where: str, base: Path) -> str:
+    """A private CA for a Knowledge Base endpoint (relative to the file's folder); must exist."""
+    text = p.text(table, "ca_bundle", where)
+    if not text:
+        return ""
+    path = (base / text).resolve()
+    if not path.is_file():
+        p.add(f"{where}.ca_bundle {text!r} is not a readable file")
+    return str(path)
 
 
 def _knowledge(p: _Problems, name: str, table: dict[str, Any], base: Path) -> KnowledgeDef | None:
@@ -342,6 +356,7 @@ def _knowledge(p: _Problems, name: str, table: dict[str, Any], base: Path) -> Kn
         region=p.text(table, "region", where),
         endpoint_url=endpoint,
         max_results=int(p.number(table, "max_results", where, 3, 1, 20)),
+        ca_bundle=_ca_bundle(p, table, where, base),
     )
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from voicegate import __version__
 from voicegate.agents.catalog import AgentCatalog
 from voicegate.agents.file import load_agents
+from voicegate.agents.services import AgentServices
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
@@ -39,6 +40,7 @@ from voicegate.signaling.calls import CallRegistry
 from voicegate.signaling.keys import (
     ADMIN_TOKEN,
     ADMISSION,
+    AGENT_SERVICES,
     AGENTS,
     BACKEND,
     CALL_HISTORY,
@@ -224,6 +226,9 @@ def _call_records(app: web.Application, config: ServeConfig, recording: Recordin
 
 async def _start(app: web.Application) -> None:
     app[ADMISSION].monitor.start()
+    services = AgentServices(app[AGENTS])
+    app[AGENT_SERVICES] = services
+    await services.start()
     writer = app.get(HISTORY_WRITER)
     if writer is not None:
         writer.start()
@@ -236,6 +241,9 @@ async def _shutdown(app: web.Application) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     await app[ADMISSION].monitor.stop()
+    services = app.get(AGENT_SERVICES)
+    if services is not None:
+        await services.close()
     recorder = app.get(RECORDER)
     if recorder is not None:
         await recorder.aclose()

@@ -10,6 +10,7 @@ from typing import Final
 from aiohttp import web
 
 from voicegate.agents.catalog import AgentCatalog
+from voicegate.agents.services import AgentServices
 from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import ConversationSettings
@@ -29,6 +30,8 @@ from voicegate.store import CallHistory, HistoryWriter
 __all__ = [
     "ADMIN_TOKEN",
     "ADMISSION",
+    "AGENTS",
+    "AGENT_SERVICES",
     "BACKEND",
     "CALL_HISTORY",
     "CALL_LOG",
@@ -75,6 +78,7 @@ SESSIONS: Final = web.AppKey("sessions", CallRegistry)
 BACKEND: Final = web.AppKey("backend", Backend)
 TOOLS: Final = web.AppKey("tools", ToolRegistry)
 AGENTS: Final = web.AppKey("agents", AgentCatalog)
+AGENT_SERVICES: Final = web.AppKey("agent_services", AgentServices)
 """The server's agents (from --agents, or the one the flags make); per call: settings, tools."""
 SETTINGS: Final = web.AppKey("settings", ConversationSettings)
 STARTED: Final = web.AppKey("started", float)
