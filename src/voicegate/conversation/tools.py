@@ -82,6 +82,9 @@ class Tool:
     timeout: float = DEFAULT_TIMEOUT
     wants_context: bool = False
     """Call ``func(context, **arguments)`` with the registry's ``ToolContext``."""
+    filler_after: float = 0.0
+    """Seconds a call may run before the caller hears ``filler`` (0: never)."""
+    filler: str = ""
 
     @property
     def spec(self) -> ToolSpec:
