@@ -23,7 +23,7 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 FILLER = "Hold on, I am checking your order."
 
 
-def agents_file(tmp_path: Path, tool_url: str, filler_after_s: float) -> str:
+def agents_file(tmp_path: Path, tool_url: str, filler_after_s: float, timeout_s: float = 30) -> str:
     (tmp_path / "tool.secret").write_text(SECRET + "\n")
     path = tmp_path / "agents.toml"
     path.write_text(
@@ -42,7 +42,7 @@ filler = "{FILLER}"
 
 [tools.order_status.http]
 url = "{tool_url}"
-timeout_s = 30
+timeout_s = {timeout_s}
 secret_file = "tool.secret"
 """
     )
@@ -132,6 +132,36 @@ async def test_a_tool_that_answers_in_time_gets_no_filler(
             assert not [
                 m for m in client.of_type("server-message") if m["data"]["kind"] == "tool-filler"
             ]
+            assert app[SESSIONS][client.pc_id].conversation.stats.tool_fillers == 0
+            assert await client.hangup() == 204
+        finally:
+            await client.close()
+
+
+async def test_filler_after_s_zero_means_never(
+    standin: StandIn, speech_wav: Callable[[str], Path], bedrock_transport: str, tmp_path: Path
+) -> None:
+    """The tool never answers and times out after 1 s: any positive delay below that would
+    have brought a filler; 0 brings none, only the timeout's error."""
+    speech = load_wav(speech_wav("where is my order"))
+    tools = ToolServer(SECRET)
+    async with (
+        tool_server(tools) as base,
+        running_server(
+            _bedrock(bedrock_transport),
+            agents=agents_file(tmp_path, f"{base}/slow", 0, timeout_s=1),
+        ) as (url, app),
+    ):
+        client = CallClient(url)
+        try:
+            async with asyncio.timeout(60):
+                await client.connect()
+                await client.wait_for("bot-ready", 10)
+                client.mic.play(speech)
+                await client.wait_for(
+                    "bot-transcription", 30, lambda m: "did not answer" in m["data"]["text"]
+                )
+            assert not any(FILLER in t for t in _said(client))
             assert app[SESSIONS][client.pc_id].conversation.stats.tool_fillers == 0
             assert await client.hangup() == 204
         finally:
