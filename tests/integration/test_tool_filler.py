@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from tests.integration.test_bedrock_async_tools import Listener
 from tests.support.server import running_server
 from tests.support.tool_server import ToolServer, tool_server
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
+from voicegate.conversation import (
+    Conversation,
+    ConversationSettings,
+    ToolCallFinished,
+    ToolFiller,
+    ToolRegistry,
+)
+from voicegate.conversation.tools import Tool
 from voicegate.signaling.keys import SESSIONS
+from voicegate.sonic import FILLER_PREFIX
 from voicegate.standin import StandIn
 from voicegate.testing.client import CallClient, load_wav
 
@@ -166,3 +179,57 @@ async def test_filler_after_s_zero_means_never(
             assert await client.hangup() == 204
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize("model_id", ["amazon.nova-2-sonic-v1:0", "amazon.nova-sonic-v1:0"])
+async def test_only_nova_2_streams_get_the_filler_instruction(
+    clean_aws_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    bedrock_transport: str,
+    model_id: str,
+) -> None:
+    """Nova 2 takes interactive text while a tool runs and says the filler; Nova Sonic v1 waits
+    for the result, so its stream never carries the instruction (the event is still there)."""
+    release = asyncio.Event()
+
+    async def lookup() -> dict[str, str]:
+        await release.wait()
+        return {"answer": "found"}
+
+    tools = ToolRegistry()
+    tools.add(
+        Tool(
+            "slow_lookup",
+            "Looks something up slowly.",
+            {"type": "object", "properties": {}},
+            lookup,
+            timeout=30.0,
+            filler_after=0.1,
+            filler=FILLER,
+        )
+    )
+    async with StandIn("scripted", cert_dir=tmp_path / "certs") as standin:
+        for name, value in standin.client_env().items():
+            monkeypatch.setenv(name, value)
+        backend = BedrockBackend(BedrockSettings(transport=bedrock_transport, model_id=model_id))
+        listener = Listener()
+        settings = ConversationSettings(system_prompt="scenario:tool:slow_lookup:greet")
+        conv = Conversation(backend, settings, tools, listener)
+        try:
+            await conv.start()
+            await listener.until(lambda: any(isinstance(e, ToolFiller) for e in listener.events))
+            nova2 = "nova-2" in model_id
+            if nova2:
+                await listener.until(lambda: any(FILLER in t for t in listener.finals()))
+            release.set()
+            await listener.until(lambda: any("found" in t for t in listener.finals()))
+            assert any(isinstance(e, ToolCallFinished) for e in listener.events)
+            assert conv.stats.tool_fillers == 1
+            sent = json.dumps(standin.sessions[-1].events)
+            assert (json.dumps(FILLER_PREFIX)[1:-1] in sent) is nova2
+            assert any(FILLER in t for t in listener.finals()) is nova2
+        finally:
+            release.set()
+            await conv.close()
+            await backend.aclose()
