@@ -17,7 +17,8 @@ from standardwebhooks.webhooks import Webhook
 class ToolServer:
     """``/ok`` answers ``{"status": "shipped", ...}``; ``/slow`` never answers in time; ``/500``,
     ``/text``, ``/list`` and ``/huge`` answer an error status, non-JSON, a JSON array and a body
-    larger than any tool accepts. ``verified`` counts requests whose signature checked out."""
+    larger than any tool accepts; ``/slow-clock`` answers like ``get_current_time`` once
+    ``release`` is set. ``verified`` counts requests whose signature checked out."""
 
     def __init__(self, secret: str | None = None) -> None:
         self.webhook = Webhook(secret) if secret else None
@@ -36,8 +37,10 @@ class ToolServer:
             self.requests.append(payload)
             self.arrived.notify_all()
         kind = request.match_info["kind"]
-        if kind == "slow":
+        if kind in ("slow", "slow-clock"):
             await self.release.wait()
+        if kind == "slow-clock":  # a get_current_time service, answering once released
+            return web.json_response({"spoken": "twelve noon", "timezone": "Etc/UTC"})
         if kind == "500":
             return web.json_response({"oops": True}, status=500)
         if kind == "text":

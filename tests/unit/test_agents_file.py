@@ -187,3 +187,33 @@ def test_python_tools_next_to_the_file_import(tmp_path: Path) -> None:
         'python = "team_tools_here:lookup"\n'
     )
     assert problems_of(tmp_path, text) == []
+
+
+def test_a_tool_may_say_when_and_what_the_caller_hears_while_it_runs(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'python = "voicegate.conversation.tools:get_current_time"\n',
+        'python = "voicegate.conversation.tools:get_current_time"\n'
+        'filler_after_s = 0.5\nfiller = "  Hold on,   checking the clock. "\n',
+    )
+    text = text.replace("[tools.order_status]\n", "[tools.order_status]\nfiller_after_s = 0\n")
+    spec = load_agents(write(tmp_path, text))
+    clock, order = spec.tools["clock"], spec.tools["order_status"]
+    assert (clock.filler_after_s, clock.filler) == (0.5, "Hold on, checking the clock.")
+    assert order.filler_after_s == 0  # never
+    untouched = load_agents(write(tmp_path, GOOD)).tools["clock"]
+    assert (untouched.filler_after_s, untouched.filler) == (2.0, "One moment, I'm looking that up.")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("filler_after_s = -1\n", "filler_after_s -1 must be between 0 and 300"),
+        ('filler_after_s = "soon"\n', "filler_after_s must be a number"),
+        ('filler = "   "\n', "filler must not be blank"),
+        ("filler = 3\n", "filler must be a string"),
+        (f'filler = "{"x" * 201}"\n', "filler is longer than 200 bytes"),
+    ],
+)
+def test_bad_filler_settings_are_reported(tmp_path: Path, extra: str, expected: str) -> None:
+    text = '[agents.a]\n[tools.t]\ndescription = "d"\nhttp = { url = "http://h" }\n' + extra
+    assert any(expected in problem for problem in problems_of(tmp_path, text))

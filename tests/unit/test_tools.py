@@ -9,6 +9,7 @@ import time
 import pytest
 
 from voicegate.conversation.tools import Tool, ToolRegistry, calculate, default_tools
+from voicegate.sonic import filler_instruction, filler_of
 
 
 async def test_example_tools() -> None:
@@ -128,3 +129,19 @@ async def test_a_tool_may_receive_its_call_context() -> None:
     # Tools that do not ask for the context are called as before.
     text, ok = await default_tools().run("calculate", '{"expression": "1 + 1"}')
     assert ok and json.loads(text)["result"] == 2
+
+
+def test_a_tool_gets_a_filler_only_with_a_positive_delay_and_a_text() -> None:
+    def noop() -> dict[str, str]:
+        return {}
+
+    tools = ToolRegistry()
+    empty = {"type": "object", "properties": {}}
+    tools.add(Tool("slow", "d", empty, noop, filler_after=1.5, filler="Hold on."))
+    tools.add(Tool("never", "d", empty, noop, filler_after=0, filler="Hold on."))
+    tools.add(Tool("plain", "d", empty, noop))
+    assert tools.filler("slow") == (1.5, "Hold on.")
+    assert tools.filler("never") is None and tools.filler("plain") is None
+    assert tools.filler("unknown") is None
+    assert filler_of(filler_instruction("Hold on.")) == "Hold on."
+    assert filler_of("Hold on.") is None and filler_of(filler_instruction("  ")) is None

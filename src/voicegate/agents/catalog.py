@@ -122,6 +122,8 @@ class AgentCatalog:
             tool.parameters,
             load_function(tool.python, base),
             timeout=tool.timeout_s,
+            filler_after=tool.filler_after_s,
+            filler=tool.filler,
         )
 
     # -- the seam for MCP servers and knowledge ------------------------------------------------

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from voicegate.agents.python_tool import load_function
 from voicegate.agents.spec import (
+    DEFAULT_FILLER,
+    DEFAULT_FILLER_AFTER_S,
     AgentDef,
     AgentsSpec,
     HttpToolDef,
@@ -55,7 +57,10 @@ _AGENT: Final = frozenset(
         "webhook_url",
     }
 )
-_TOOL: Final = frozenset({"description", "parameters", "http", "python", "timeout_s"})
+_TOOL: Final = frozenset(
+    {"description", "parameters", "http", "python", "timeout_s", "filler_after_s", "filler"}
+)
+MAX_FILLER_BYTES: Final = 200
 _HTTP: Final = frozenset({"url", "timeout_s", "headers", "secret_file", "max_response_bytes"})
 _MCP: Final = frozenset(
     {"command", "url", "env", "cwd", "headers", "tools", "timeout_s", "connect_timeout_s"}
@@ -232,6 +237,12 @@ def _tool(p: _Problems, name: str, table: dict[str, Any], base: Path) -> ToolDef
     elif "properties" in parameters and not isinstance(parameters["properties"], dict):
         p.add(f"{where}: parameters.properties must be a table")
     timeout = p.number(table, "timeout_s", where, 10.0, 0.1, 300)
+    filler_after = p.number(table, "filler_after_s", where, DEFAULT_FILLER_AFTER_S, 0, 300)
+    filler = p.text(table, "filler", where, MAX_FILLER_BYTES) if "filler" in table else ""
+    filler = " ".join(filler.split())
+    if "filler" in table and not filler:
+        p.add(f"{where}: filler must not be blank (set filler_after_s = 0 for none)")
+    filler = filler or DEFAULT_FILLER
     http, python = table.get("http"), table.get("python")
     if (http is None) == (python is None):
         p.add(f'{where}: give exactly one of http = {{ url = ... }} or python = "module:function"')
@@ -244,12 +255,26 @@ def _tool(p: _Problems, name: str, table: dict[str, Any], base: Path) -> ToolDef
             load_function(python, base)
         except ValueError as exc:
             p.add(f"{where}: {exc}")
-        return ToolDef(name, description, parameters, python=python, timeout_s=timeout)
+        return ToolDef(
+            name,
+            description,
+            parameters,
+            python=python,
+            timeout_s=timeout,
+            filler_after_s=filler_after,
+            filler=filler,
+        )
     if not isinstance(http, dict):
         p.add(f"{where}: http must be a table with a url")
         return None
     return ToolDef(
-        name, description, parameters, http=_http(p, where, http, base), timeout_s=timeout
+        name,
+        description,
+        parameters,
+        http=_http(p, where, http, base),
+        timeout_s=timeout,
+        filler_after_s=filler_after,
+        filler=filler,
     )
 
 

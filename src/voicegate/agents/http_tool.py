@@ -135,4 +135,6 @@ def http_tool(tool: ToolDef, session: SessionSource) -> Tool:
         call,
         timeout=max(tool.timeout_s, tool.http.timeout_s + TIMEOUT_MARGIN_S),
         wants_context=True,
+        filler_after=tool.filler_after_s,
+        filler=tool.filler,
     )

@@ -8,7 +8,7 @@ knowledge indexes can each be written and tested against one agreed shape. Names
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "AgentDef",
@@ -16,8 +16,13 @@ __all__ = [
     "HttpToolDef",
     "KnowledgeDef",
     "McpServerDef",
+    "DEFAULT_FILLER",
+    "DEFAULT_FILLER_AFTER_S",
     "ToolDef",
 ]
+
+DEFAULT_FILLER_AFTER_S: Final = 2.0
+DEFAULT_FILLER: Final = "One moment, I'm looking that up."
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,9 @@ class ToolDef:
     http: HttpToolDef | None = None
     python: str = ""
     timeout_s: float = 10.0
+    filler_after_s: float = DEFAULT_FILLER_AFTER_S
+    """Seconds a call may run before the caller hears ``filler`` (0: never)."""
+    filler: str = DEFAULT_FILLER
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ from voicegate.backends.speech.vad import (
     VadConfig,
     VadStream,
 )
-from voicegate.sonic import Role, UsageEvent
+from voicegate.sonic import Role, StopReason, UsageEvent, filler_of
 
 __all__ = [
     "CHUNK_MS",
@@ -133,6 +133,7 @@ class _Turn:
     task: asyncio.Task[None] | None = None
     replying: bool = False  # the USER transcript is out: a barge-in now interrupts
     audio_cid: str | None = None  # the open AUDIO content, if any
+    filler: asyncio.Task[None] | None = None  # a slow tool's filler being said (one a turn)
 
     @property
     def running(self) -> bool:
@@ -186,6 +187,13 @@ class LocalStream(InProcessStream):
         text = text.strip()
         if role != "USER" or not interactive or not self.audio_started or not text:
             return
+        filler = filler_of(text)
+        if filler is not None:
+            # A slow tool's filler: said while the turn waits for the tool, not a new turn.
+            turn = self._turn
+            if turn is not None and turn.running and turn.filler is None and self._tool_waits:
+                turn.filler = self.spawn(self._speak(turn, filler, "PARTIAL_TURN"))
+            return
         turn = self._turn
         if turn is not None and turn.running:
             self._cancel_turn()
@@ -225,6 +233,8 @@ class LocalStream(InProcessStream):
         turn, self._turn = self._turn, None
         if turn is not None and turn.task is not None:
             turn.task.cancel()
+        if turn is not None and turn.filler is not None:
+            turn.filler.cancel()
         return turn
 
     async def _speech_started(self) -> None:
@@ -288,6 +298,8 @@ class LocalStream(InProcessStream):
         if typed is None:  # typed text is the client's own; only speech gets a transcript
             await self.emit_text("USER", text, "FINAL")
         reply = await self._decide(text)
+        if turn.filler is not None:
+            await turn.filler  # one audio content at a time: the filler first
         stats.reply = reply
         await self._speak(turn, reply)
         await self.emit(self._usage(text, reply))
@@ -335,7 +347,7 @@ class LocalStream(InProcessStream):
         finally:
             self._tool_waits.pop(tool_use_id, None)
 
-    async def _speak(self, turn: _Turn, text: str) -> None:
+    async def _speak(self, turn: _Turn, text: str, stop_reason: StopReason = "END_TURN") -> None:
         stats = turn.stats
         tts = self._models.tts
         rate = self.output_rate
@@ -354,7 +366,7 @@ class LocalStream(InProcessStream):
                 stats.audio_seconds += len(chunk) / 2 / rate
                 # The browser plays it in real time from the first chunk on.
                 self._playing_until = first_at + stats.audio_seconds
-        await self.end_audio(turn.audio_cid)
+        await self.end_audio(turn.audio_cid, stop_reason)
         turn.audio_cid = None
         await self.emit_text("ASSISTANT", text, "FINAL")
 

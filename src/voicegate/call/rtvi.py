@@ -28,6 +28,7 @@ from voicegate.conversation import (
     SessionContinued,
     ToolCallFinished,
     ToolCallStarted,
+    ToolFiller,
     Usage,
     UserTranscript,
 )
@@ -218,6 +219,13 @@ def conversation_message(event: ConversationEvent, user_id: str) -> str | None:
                     "tool_call_id": event.tool_use_id,
                     "args": _json_or_text(event.arguments),
                 },
+            )
+        case ToolFiller():
+            return server_message(
+                "tool-filler",
+                function_name=event.name,
+                tool_call_id=event.tool_use_id,
+                text=event.text,
             )
         case ToolCallFinished():
             return server_message(

@@ -23,6 +23,7 @@ from voicegate.conversation.events import (
     Tokens,
     ToolCallFinished,
     ToolCallStarted,
+    ToolFiller,
     Usage,
     UserTranscript,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "Tokens",
     "Tool",
     "ToolCallFinished",
+    "ToolFiller",
     "ToolCallStarted",
     "ToolRegistry",
     "Usage",

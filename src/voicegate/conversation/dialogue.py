@@ -49,6 +49,7 @@ from voicegate.conversation.events import (
     Tokens,
     ToolCallFinished,
     ToolCallStarted,
+    ToolFiller,
     Usage,
     UserTranscript,
 )
@@ -82,6 +83,7 @@ from voicegate.sonic import (
     ToolResultContentStart,
     ToolUse,
     UsageEvent,
+    filler_instruction,
     is_interruption_marker,
 )
 from voicegate.sonic.events import INPUT_SAMPLE_RATE
@@ -542,7 +544,17 @@ class Conversation:
     async def _run_tool(self, leg: Leg, use: ToolUse) -> None:
         try:
             async with self._tool_sem:
-                result, ok = await self.tools.run(use.tool_name, use.content)
+                running = asyncio.ensure_future(self.tools.run(use.tool_name, use.content))
+                try:
+                    filler = self.tools.filler(use.tool_name)
+                    if filler is not None:
+                        # A timer on the call itself: a tool done in time gets no filler.
+                        done, _ = await asyncio.wait({running}, timeout=filler[0])
+                        if not done:
+                            await self._say_filler(leg, use, filler[1])
+                    result, ok = await running
+                finally:
+                    running.cancel()  # only matters when this task itself is cancelled
         finally:
             leg.running_tools -= 1
         self.stats.tool_calls += 1
@@ -560,6 +572,23 @@ class Conversation:
         ]
         try:
             await self.legs.send(leg, *block)
+        except BackendError as exc:
+            self.recovery.leg_failed(leg, exc)
+
+    async def _say_filler(self, leg: Leg, use: ToolUse, filler: str) -> None:
+        """Once per slow tool call: ask the stream that called it to tell the caller to wait
+        (an interactive instruction, see ``sonic.filler``), unless the call is ending or that
+        stream is gone. Not the user's words, so neither reported nor kept in the history."""
+        if self.life.closing or self.life.ended.is_set():
+            return
+        if leg.dead or leg.retired or leg is not self.legs.live:
+            return
+        self.stats.tool_fillers += 1
+        self.listener.on_event(ToolFiller(use.tool_name, use.tool_use_id, filler))
+        instruction = filler_instruction(filler)
+        self._typed.append(_normalized(instruction))  # drop the model's echo of it
+        try:
+            await self.legs.send(leg, *self.legs.user_text_block(instruction))
         except BackendError as exc:
             self.recovery.leg_failed(leg, exc)
 

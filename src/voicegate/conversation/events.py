@@ -87,6 +87,15 @@ class ToolCallStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolFiller:
+    """A tool ran past its ``filler_after``: the caller is being told to wait (``text``)."""
+
+    name: str
+    tool_use_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallFinished:
     name: str
     tool_use_id: str
@@ -176,6 +185,7 @@ ConversationEvent = (
     | BotTurnDone
     | ToolCallStarted
     | ToolCallFinished
+    | ToolFiller
     | Usage
     | ConversationError
     | ConversationEnded
@@ -203,6 +213,8 @@ class ConversationStats:
     silence_chunks_sent: int = 0
     audio_chunks_dropped: int = 0
     tool_calls: int = 0
+    tool_fillers: int = 0
+    """Tool calls slow enough that the caller heard a filler (at most one per call)."""
     barge_ins: int = 0
     turns: int = 0
     history: list[tuple[Role, str]] = field(default_factory=list)

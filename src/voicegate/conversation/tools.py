@@ -82,6 +82,9 @@ class Tool:
     timeout: float = DEFAULT_TIMEOUT
     wants_context: bool = False
     """Call ``func(context, **arguments)`` with the registry's ``ToolContext``."""
+    filler_after: float = 0.0
+    """Seconds a call may run before the caller hears ``filler`` (0: never)."""
+    filler: str = ""
 
     @property
     def spec(self) -> ToolSpec:
@@ -132,6 +135,13 @@ class ToolRegistry:
 
     def names(self) -> list[str]:
         return list(self._tools)
+
+    def filler(self, name: str) -> tuple[float, str] | None:
+        """(seconds, sentence) after which a call of ``name`` gets a filler; None: never."""
+        tool = self._tools.get(name)
+        if tool is None or tool.filler_after <= 0 or not tool.filler:
+            return None
+        return tool.filler_after, tool.filler
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools

@@ -37,6 +37,7 @@ from voicegate.conversation import (
     SessionContinued,
     ToolCallFinished,
     ToolCallStarted,
+    ToolFiller,
     Usage,
     UserTranscript,
 )
@@ -144,6 +145,10 @@ class CallLog:
                 }
                 if record.append(record.tool_calls, entry):
                     live.tools[event.tool_use_id] = entry
+            case ToolFiller():
+                running = live.tools.get(event.tool_use_id)
+                if running is not None:
+                    running["filler"] = self._text(event.text)
             case ToolCallFinished():
                 started = live.tools.pop(event.tool_use_id, None)
                 if started is not None:

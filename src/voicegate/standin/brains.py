@@ -28,7 +28,9 @@ from voicegate.sonic import (
     AudioContentStart,
     ContentEnd,
     InputEvent,
+    Role,
     UsageEvent,
+    filler_of,
 )
 from voicegate.standin.errors import EXCEPTIONS, ResetStream
 from voicegate.standin.reply_audio import speech_like, split_chunks
@@ -124,6 +126,13 @@ class ScriptedBrain(InProcessStream):
         if self._quiet_s >= TURN_END_SILENCE_S:
             self._in_turn = False
             self._queue_turn(self._turn_s - self._quiet_s)
+
+    async def on_text(self, role: Role, text: str, interactive: bool) -> None:
+        """Nova 2 says what a slow tool's filler instruction asks, in its own turn, while the
+        tool runs; other typed text is not part of any scenario."""
+        filler = filler_of(text) if role == "USER" and interactive else None
+        if filler is not None and self.async_tools:
+            self.spawn(self._speak(filler))
 
     async def on_tool_result(self, tool_use_id: str, content: str) -> None:
         future = self._tool_results.pop(tool_use_id, None)

@@ -205,6 +205,11 @@ class BedrockStream:
             if isinstance(event, sonic.TextContentStart) and event.role == "SYSTEM_SPEECH":
                 self._dropped_contents.add(event.content_name)
                 log.info("bedrock_system_speech_dropped", model=self._settings.model_id)
+            elif isinstance(event, sonic.TextContentStart) and _is_filler(event, events):
+                # Nova Sonic v1 waits for a tool's result and takes no text mid-turn: a slow
+                # tool's filler instruction is for Nova 2 only.
+                self._dropped_contents.add(event.content_name)
+                log.info("bedrock_tool_filler_dropped", model=self._settings.model_id)
             elif isinstance(event, (sonic.TextInput, sonic.ContentEnd)) and (
                 event.content_name in self._dropped_contents
             ):
@@ -437,3 +442,16 @@ def _input_chunk(payload: bytes) -> Any:
 
 
 __all__ = ["MAX_QUEUED_OUTPUT", "TIMED_EVERY", "BedrockStream", "StreamStats"]
+
+
+def _is_filler(start: sonic.TextContentStart, events: Sequence[sonic.InputEvent]) -> bool:
+    """A USER text content of this batch that is a slow tool's filler instruction (the
+    conversation sends a content's events in one batch)."""
+    if start.role != "USER":
+        return False
+    return any(
+        isinstance(e, sonic.TextInput)
+        and e.content_name == start.content_name
+        and sonic.filler_of(e.content) is not None
+        for e in events
+    )
