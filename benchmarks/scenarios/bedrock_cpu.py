@@ -182,7 +182,7 @@ def _steps(streams: list[Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def _run_worker(standin: dict[str, str], transport: str, loop: str, calls: int, args: Any) -> Any:
+def run_worker(standin: dict[str, str], transport: str, loop: str, calls: int, args: Any) -> Any:
     cmd = [sys.executable, "-m", "benchmarks.bedrock_cpu", "--worker", "--transport", transport]
     cmd += ["--loop", loop, "--calls", str(calls), "--seconds", str(args.seconds)]
     cmd += ["--chunk-ms", str(args.chunk_ms)]
@@ -203,7 +203,7 @@ def _run_one(transport: str, loop: str, calls: int, args: Any) -> Any:
         tempfile.TemporaryDirectory() as workdir,
         cli_standin(Path(workdir), ("--brain", "echo")) as env,
     ):
-        return _run_worker(env, transport, loop, calls, args)
+        return run_worker(env, transport, loop, calls, args)
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -322,4 +322,4 @@ def main() -> None:
         replace_block(BENCH_README, report.NAME, text)
 
 
-__all__ = ["main", "measure", "summarise"]
+__all__ = ["main", "measure", "run_worker", "summarise"]

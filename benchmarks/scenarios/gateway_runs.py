@@ -118,6 +118,7 @@ def one_run(
     seconds: float,
     brain: str = "echo",
     workload: str = "markers",
+    gateway_args: tuple[str, ...] = (),
     **impair: float,
 ) -> dict[str, Any]:
     """A fresh stand-in and gateway, one loadtest; the run's summary, gateway CPU/RSS over the
@@ -126,7 +127,8 @@ def one_run(
     The stock gateways have no model hop: on the turns workload they answer with the stand-in's
     turns rules run in their own process, at the same defaults as the stand-in's turns brain (one
     owner: voicegate.standin.scripted_turns), so the think time subtracted is the same."""
-    extra = ["--brain", "turns"] if kind in STOCK_KINDS and brain == "turns" else None
+    extra = ["--brain", "turns"] if kind in STOCK_KINDS and brain == "turns" else []
+    extra += gateway_args
     with tempfile.TemporaryDirectory(prefix=f"vgbench-{kind}-") as name:
         tmp = Path(name)
         with (

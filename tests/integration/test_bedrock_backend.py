@@ -806,3 +806,32 @@ async def test_temporary_credentials_from_botocore_sign_the_stream(
         (record,) = s.sessions
         assert record.session_token and record.access_key == "ASIATEMPORARY"
         assert record.signatures_verified == record.envelopes
+
+
+async def test_many_streams_sending_flat_out_share_one_connection(
+    cert_dir: Path, clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, bedrock_transport: str
+) -> None:
+    """Twenty calls sending 32 ms chunks (``--model-chunk-ms 32``) as fast as flow control lets
+    them, on one shared connection: sending is held back only by the stand-in's pace (its
+    WINDOW_UPDATEs and the socket), never stalled, and every chunk is echoed."""
+    calls, chunks = 20, 150
+    async with StandIn(brain="echo", cert_dir=cert_dir) as s:
+        _point_at(s, monkeypatch)
+        backend = BedrockBackend(_settings(transport=bedrock_transport))
+        try:
+            opened = [await _open(backend) for _ in range(calls)]
+
+            async def talk(call: Call) -> None:
+                await call.start("echo")
+                await call.audio([SILENCE] * chunks)
+                await call.finish()
+                await call.wait_end()
+
+            async with asyncio.timeout(4 * HANG_GUARD):
+                await asyncio.gather(*(talk(c) for c in opened))
+        finally:
+            await backend.aclose()
+    for call in opened:
+        assert call.error is None
+        assert call.audio_out() == chunks * CHUNK * 3 // 2  # 16 kHz in, 24 kHz echoed
+    assert all(r.audio_chunks == chunks for r in s.sessions)
