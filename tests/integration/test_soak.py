@@ -19,7 +19,15 @@ one call's media state (decoder, buffers, ~1 MB) would blow it many times over."
 async def test_hundreds_of_calls_leave_nothing_behind() -> None:
     # No offer rate limit and no load shedding: this is about leaks, on a machine that may be
     # busy with other work (the load guard would rightly refuse calls then).
-    limits = {"max_sessions": BATCH_SIZE, "offer_rate": 0, "max_loop_lag_ms": 0}
+    limits = {
+        "max_sessions": BATCH_SIZE,
+        "offer_rate": 0,
+        "max_loop_lag_ms": 0,
+        # One load client makes every offer: the per-caller pending bound is off, as the
+        # offer rate is.
+        "max_pending_per_subject": 0,
+        "max_pending_offers": 0,
+    }
     async with echo_server(**limits) as (url, app):
         report = await soak(url, app, SEQUENTIAL, BATCHES, BATCH_SIZE)
     print({k: v for k, v in report.as_dict().items() if k != "failures"})
