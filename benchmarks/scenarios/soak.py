@@ -213,7 +213,13 @@ async def soak(
 
 async def _main(args: argparse.Namespace) -> SoakReport:
     ice.configure_host_addresses(["127.0.0.1"])
-    limits = {"max_sessions": max(20, args.batch_size), "offer_rate": 0, "max_loop_lag_ms": 0}
+    limits = {
+        "max_sessions": max(20, args.batch_size),
+        "offer_rate": 0,
+        "max_loop_lag_ms": 0,
+        "max_pending_per_subject": 0,  # one load client makes every offer
+        "max_pending_offers": 0,
+    }
     async with echo_server(**limits) as (url, app):
         return await soak(url, app, args.sequential, args.batches, args.batch_size)
 
