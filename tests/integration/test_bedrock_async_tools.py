@@ -7,47 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.support.conversation import Listener
 from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
 from voicegate.conversation import (
-    BotText,
     Conversation,
     ConversationError,
-    ConversationEvent,
     ConversationSettings,
     ToolCallStarted,
     ToolRegistry,
 )
 from voicegate.standin import StandIn
 from voicegate.standin.reply_audio import speech_like, split_chunks
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[ConversationEvent] = []
-        self.changed = asyncio.Event()
-
-    def on_audio(self, pcm: bytes) -> None:
-        pass
-
-    def on_flush(self) -> int:
-        return 0
-
-    def on_event(self, event: ConversationEvent) -> None:
-        self.events.append(event)
-        self.changed.set()
-
-    def finals(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, BotText) and e.final]
-
-    async def until(self, done: Any, timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not done():
-                self.changed.clear()
-                await self.changed.wait()
 
 
 def _slow_tools(release: asyncio.Event) -> ToolRegistry:
@@ -92,7 +65,7 @@ async def test_slow_tool_and_the_conversation_going_on(
         try:
             await conv.start()
             started = lambda: len([e for e in listener.events if isinstance(e, ToolCallStarted)])  # noqa: E731
-            await listener.until(lambda: started() >= 1)
+            await listener.until(lambda _: started() >= 1, 20.0)
             # A second question while the first lookup still runs.
             rate = 16000
             for chunk in split_chunks(speech_like(rate, 0.5) + bytes(rate), rate):
@@ -100,11 +73,13 @@ async def test_slow_tool_and_the_conversation_going_on(
             if order[0] == "quick":
                 # Nova 2 answers the second question while the first tool is still running
                 # (Nova 1 asks for the second tool only after the first result).
-                await listener.until(lambda: started() >= 2)
-                await listener.until(lambda: any('"quick"' in t for t in listener.finals()))
+                await listener.until(lambda _: started() >= 2, 20.0)
+                await listener.until(lambda _: any('"quick"' in t for t in listener.finals()), 20.0)
                 assert not any('"slow"' in t for t in listener.finals())
             release.set()
-            await listener.until(lambda: len([t for t in listener.finals() if "answer" in t]) == 2)
+            await listener.until(
+                lambda _: len([t for t in listener.finals() if "answer" in t]) == 2, 20.0
+            )
             spoken = [
                 ("quick" if '"quick"' in t else "slow") for t in listener.finals() if "answer" in t
             ]

@@ -4,48 +4,22 @@ role (the stand-in refuses it there, as Bedrock would); real SDK against the sta
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.conversation import Listener
 from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
 from voicegate.conversation import (
     BotTurnDone,
     Conversation,
     ConversationError,
-    ConversationEvent,
     ConversationSettings,
     default_tools,
 )
 from voicegate.sonic.models import NOVA1, NOVA2, model_of
 from voicegate.standin import StandIn
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[ConversationEvent] = []
-        self.changed = asyncio.Event()
-
-    def on_audio(self, pcm: bytes) -> None:
-        pass
-
-    def on_flush(self) -> int:
-        return 0
-
-    def on_event(self, event: ConversationEvent) -> None:
-        self.events.append(event)
-        self.changed.set()
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def until(self, done: Any, timeout: float = 15.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not done():
-                self.changed.clear()
-                await self.changed.wait()
 
 
 # First in the module: it also imports boto3 (BedrockSettings' region), off the event loop.
@@ -88,7 +62,9 @@ async def test_speech_prompt_by_model(
         conv = Conversation(backend, settings, default_tools(), listener)
         try:
             await conv.start()
-            await listener.until(lambda: listener.of(BotTurnDone) or listener.of(ConversationError))
+            await listener.until(
+                lambda _: listener.of(BotTurnDone) or listener.of(ConversationError), 15.0
+            )
             assert not listener.of(ConversationError)
         finally:
             await conv.close()
@@ -119,7 +95,9 @@ async def test_tool_choice_reaches_the_model(
         conv = Conversation(backend, settings, default_tools(), listener)
         try:
             await conv.start()
-            await listener.until(lambda: listener.of(BotTurnDone) or listener.of(ConversationError))
+            await listener.until(
+                lambda _: listener.of(BotTurnDone) or listener.of(ConversationError), 15.0
+            )
             assert not listener.of(ConversationError)
         finally:
             await conv.close()

@@ -8,48 +8,22 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.support.conversation import Listener
 from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
 from voicegate.conversation import (
     BotAudioStarted,
     BotTurnDone,
     Conversation,
     ConversationError,
-    ConversationEvent,
     ConversationSettings,
     Usage,
     default_tools,
 )
 from voicegate.standin import StandIn
 from voicegate.standin.quirks import QUIRKS, parse_quirks
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[ConversationEvent] = []
-        self.changed = asyncio.Event()
-
-    def on_audio(self, pcm: bytes) -> None:
-        pass
-
-    def on_flush(self) -> int:
-        return 0
-
-    def on_event(self, event: ConversationEvent) -> None:
-        self.events.append(event)
-        self.changed.set()
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def until(self, done: Any, timeout: float = 15.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not done():
-                self.changed.clear()
-                await self.changed.wait()
 
 
 def test_quirks_parse() -> None:
@@ -93,7 +67,7 @@ async def test_irregular_output_makes_one_turn_and_summed_usage(
         conv = Conversation(backend, settings, default_tools(), listener)
         try:
             await conv.start()
-            await listener.until(lambda: listener.of(BotTurnDone))
+            await listener.until(lambda _: listener.of(BotTurnDone), 15.0)
             await asyncio.sleep(0.3)  # anything else of that turn arrives meanwhile
             assert len(listener.of(BotAudioStarted)) == 1 and len(listener.of(BotTurnDone)) == 1
             usage = listener.of(Usage)

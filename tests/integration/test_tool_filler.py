@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_bedrock_async_tools import Listener
+from tests.support.conversation import Listener
 from tests.support.server import running_server
 from tests.support.tool_server import ToolServer, tool_server
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
@@ -218,12 +218,14 @@ async def test_only_nova_2_streams_get_the_filler_instruction(
         conv = Conversation(backend, settings, tools, listener)
         try:
             await conv.start()
-            await listener.until(lambda: any(isinstance(e, ToolFiller) for e in listener.events))
+            await listener.until(
+                lambda _: any(isinstance(e, ToolFiller) for e in listener.events), 20.0
+            )
             nova2 = "nova-2" in model_id
             if nova2:
-                await listener.until(lambda: any(FILLER in t for t in listener.finals()))
+                await listener.until(lambda _: any(FILLER in t for t in listener.finals()), 20.0)
             release.set()
-            await listener.until(lambda: any("found" in t for t in listener.finals()))
+            await listener.until(lambda _: any("found" in t for t in listener.finals()), 20.0)
             assert any(isinstance(e, ToolCallFinished) for e in listener.events)
             assert conv.stats.tool_fillers == 1
             sent = json.dumps(standin.sessions[-1].events)

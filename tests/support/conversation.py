@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
-from voicegate.conversation import ConversationEvent
+from voicegate.conversation import BotText, ConversationEvent
 from voicegate.sonic import InputEvent
 
 
@@ -34,6 +34,14 @@ class Listener:
     def on_event(self, event: ConversationEvent) -> None:
         self.events.append(event)
         self.changed.set()
+
+    def of(self, kind: type) -> list[Any]:
+        """The events of one kind so far, in order."""
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def finals(self) -> list[str]:
+        """The assistant's final texts so far."""
+        return [e.text for e in self.of(BotText) if e.final]
 
     async def wait(self, kind: type, timeout: float = 5.0) -> ConversationEvent:
         async with asyncio.timeout(timeout):
