@@ -11,13 +11,15 @@ from typing import Any
 import aiohttp
 from aiortc import RTCPeerConnection
 
-from tests.integration.test_security_access import SECRET, bearer, refusal
+from tests.support.refusals import bearer, refusal
 from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.signaling import auth
 from voicegate.signaling.app import SESSIONS
 from voicegate.signaling.keys import COUNTERS
 from voicegate.testing.client import CallClient
+
+SECRET = "pending-offers-secret-0123456789abcd"
 
 
 async def unreachable_offer() -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.refusals import bearer, refusal
 from tests.support.server import running_server
 from voicegate.backends.echo import EchoBackend
 from voicegate.cli import main
@@ -25,19 +26,6 @@ from voicegate.testing.client import CallClient
 
 SECRET = "security-secret-0123456789abcdef"
 OFFER = {"sdp": "v=0\r\n", "type": "offer"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def refusal(resp: aiohttp.ClientResponse, status: int, reason: str) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    body: dict[str, Any] = await resp.json()
-    assert body["reason"] == reason, body
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 # -- finding 1: a session token restarts or ends its own live call, nothing else -----------------

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_send_text import Entry, _send, _text
 from tests.support.server import running_server
+from tests.support.typed_text import Entry, send_rtvi, text_data
 from voicegate.backends.echo import EchoBackend
 from voicegate.call import inbound
 from voicegate.call.inbound import TYPED_TEXT_BURST, TYPED_TEXT_PER_MINUTE
@@ -25,7 +25,7 @@ from voicegate.testing.client import CallClient
 async def _one(client: CallClient, entry: Entry, content: str) -> bool:
     """Send a text and wait for its fate: True if the conversation got it, False if refused."""
     before = len(entry.texts)
-    id_ = _send(client, "send-text", _text(content))
+    id_ = send_rtvi(client, "send-text", text_data(content))
     arrived = asyncio.ensure_future(entry.count(before + 1))
     refused = asyncio.ensure_future(client.wait_for("error", 10, lambda m: m.get("id") == id_))
     done, pending = await asyncio.wait({arrived, refused}, return_when=asyncio.FIRST_COMPLETED)
@@ -73,7 +73,7 @@ async def test_a_typed_text_flood_is_refused_past_the_rate(
                     if ln.startswith("voicegate_conversation_user_texts_rate_limited_total")
                 ]
                 assert float(line.rsplit(" ", 1)[1]) == 7
-                ready = _send(client, "client-ready", {"version": "1.0.0"})
+                ready = send_rtvi(client, "client-ready", {"version": "1.0.0"})
                 await client.wait_for("bot-ready", 10, lambda m: m.get("id") == ready)
                 assert not session.closed.is_set()
                 assert await client.hangup() == 204
