@@ -37,11 +37,11 @@ from voicegate import sonic
 from voicegate.audio.resample import LinearResampler
 from voicegate.backends.inprocess import MAX_QUEUED_OUTPUT
 from voicegate.standin import StandIn
+from voicegate.standin.event_chain import EventSigner
 from voicegate.standin.eventstream import Message, MessageDecoder, encode_message
 from voicegate.standin.sigv4 import (
     STREAMING_PAYLOAD,
     Credentials,
-    EventSigner,
     parse_authorization,
     sign_request,
 )

@@ -38,6 +38,10 @@ async def test_two_workers_spread_calls_and_survive_one_worker_death(tmp_path: P
             async with asyncio.timeout(120):
                 for _ in range(4):
                     clients.append(await start_call(node.url))
+                    # Counted once as soon as it is answered, whenever the supervisor's last
+                    # poll of that worker happened.
+                    health = await node.json("/healthz")
+                    assert health["sessions"] == len(clients), health
                 health = await settled(node, 4)
                 per_worker = [w["sessions"] for w in health["workers"]]
                 assert health["sessions"] == 4 and sorted(per_worker) == [2, 2], health

@@ -14,17 +14,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from voicegate.standin.event_chain import EventSigner, EventVerifier, event_signature
 from voicegate.standin.eventstream import Message, decode_message, encode_message
 from voicegate.standin.sigv4 import (
     STREAMING_PAYLOAD,
     Credentials,
-    EventSigner,
-    EventVerifier,
     SeedVerified,
     SignatureError,
     canonical_request,
     canonical_uri,
-    event_signature,
     parse_authorization,
     sign_request,
     signing_key,

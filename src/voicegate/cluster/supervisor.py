@@ -34,6 +34,7 @@ from voicegate.cluster.workers import Worker, WorkerPool
 from voicegate.config import ServeConfig
 from voicegate.observability.exposition import CONTENT_TYPE
 from voicegate.signaling.admission import RETRY_AFTER_S
+from voicegate.signaling.calls import CALL_SEQ_HEADER
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.health import METRICS_HANDLER, check_metrics_token, metrics_elsewhere
 from voicegate.signaling.keys import CONFIG, Gate
@@ -230,11 +231,12 @@ class Supervisor:
                 answer = json.loads(bytes(response.body))  # type: ignore[arg-type]
                 pc_id = answer.get("pc_id")
                 if isinstance(pc_id, str):
-                    # A new call counts at once (until the next poll says otherwise); a restart
-                    # on the worker that already holds the call replaces it, it adds none.
+                    # A new call counts at once; a restart on the worker that already holds the
+                    # call replaces it, it adds none.
                     if self.owner(pc_id) is not w:
-                        w.sessions += 1
+                        w.call_answered(_call_seq(response))
                     self._remember(pc_id, w)
+        response.headers.popall(CALL_SEQ_HEADER, None)  # between worker and supervisor only
         return response
 
     # -- health of the whole node ------------------------------------------------------------
@@ -364,3 +366,8 @@ async def run_supervisor(config: ServeConfig, count: int) -> int:
     await sup.pool.aclose()
     log.info("drained")
     return 0
+
+
+def _call_seq(response: web.StreamResponse) -> int | None:
+    value = response.headers.get(CALL_SEQ_HEADER, "")
+    return int(value) if value.isdigit() else None

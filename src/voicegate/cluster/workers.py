@@ -108,6 +108,13 @@ class Worker:
     ready: bool = False
     draining: bool = False
     sessions: int = 0
+    """Live calls: the last poll's count plus the calls answered since that it had not seen."""
+    polled_sessions: int = 0
+    registered: int = 0
+    """The worker's ``calls_registered`` as of the last poll."""
+    unseen: list[int] = field(default_factory=list)
+    """Registration numbers (``CALL_SEQ_HEADER``) of calls answered after the last poll
+    began: the ones above ``registered`` are not in ``polled_sessions`` yet."""
     subjects: dict[str, int] = field(default_factory=dict)
     """Live calls per subject digest (``signaling.subjects``), as of ``polled_at``."""
     polled_at: float = 0.0
@@ -124,6 +131,33 @@ class Worker:
     started_at: float = 0.0
     failures: int = 0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def call_answered(self, seq: int | None) -> None:
+        """A new call this worker answered (through the supervisor), counted at once and once
+        only: a poll that raced the answer may or may not have counted it already; its
+        registration number says which. Without one, it counts until the next poll."""
+        if seq is None:
+            self.sessions += 1
+            return
+        if seq > self.registered:
+            self.unseen.append(seq)
+        self._recount()
+
+    def polled(self, sessions: int, registered: int | None) -> None:
+        self.polled_sessions = sessions
+        if registered is not None:
+            self.registered = registered
+        self.unseen = [s for s in self.unseen if s > self.registered]
+        self._recount()
+
+    def forget_calls(self) -> None:
+        """The process is gone, and its calls with it."""
+        self.polled_sessions = self.registered = 0
+        self.unseen.clear()
+        self.sessions = 0
+
+    def _recount(self) -> None:
+        self.sessions = self.polled_sessions + len(self.unseen)
 
     def load(self) -> tuple[int, float]:
         """Sort key for placing a new call: active calls and offers in flight, then event-loop
@@ -222,7 +256,7 @@ class WorkerPool:
         w.alive = True
         w.ready = True
         w.draining = False
-        w.sessions = 0
+        w.forget_calls()  # a new process numbers its calls from 0 again
         w.started_at = time.monotonic()
         log.info("worker_started", worker=w.index, pid=proc.pid, url=w.url)
         asyncio.create_task(self._relay(w, proc))  # noqa: RUF006 - ends with the pipe
@@ -246,7 +280,7 @@ class WorkerPool:
             code = w.proc.returncode if w.proc is not None else None
             lost = w.sessions
             w.alive = w.ready = False
-            w.sessions = 0
+            w.forget_calls()
             if self.stopping:
                 log.info("worker_exited", worker=w.index, code=code)
                 return
@@ -278,7 +312,11 @@ class WorkerPool:
             return  # a worker too busy to answer keeps its last figures
         if not isinstance(data, dict):
             return
-        w.sessions = int(data.get("sessions", w.sessions))
+        registered = data.get("calls_registered")
+        w.polled(
+            int(data.get("sessions", w.polled_sessions)),
+            registered if isinstance(registered, int) else None,
+        )
         w.max_sessions = int(data.get("max_sessions", w.max_sessions))
         w.lag_ms = float(data.get("loop_lag_ms", w.lag_ms))
         w.calls_total = int(data.get("calls_total", w.calls_total))

@@ -19,7 +19,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
@@ -27,7 +27,7 @@ from voicegate.call import PeerSession
 from voicegate.conversation import Conversation
 from voicegate.sonic import Role
 
-__all__ = ["CallRegistry", "CallStore", "CandidateKey", "StoredCall"]
+__all__ = ["CALL_SEQ_HEADER", "CallRegistry", "CallStore", "CandidateKey", "StoredCall"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +61,11 @@ class CallStore(Protocol):
 
 CandidateKey = tuple[str, int, str]
 
+CALL_SEQ_HEADER: Final = "Voicegate-Call-Seq"
+"""Header of an offer's answer: the registry's ``registered`` count once this call was added.
+A supervisor that polls its workers' /healthz (``calls_registered``) knows from it whether the
+poll already counted the call, instead of counting it twice or not at all until the next poll."""
+
 
 MAX_ENDED_REMEMBERED = 4096
 """Ended calls whose pc_id a restart offer is refused for (the most recent ones)."""
@@ -76,6 +81,10 @@ class CallRegistry(Mapping[str, PeerSession]):
         self._subjects: dict[str, str] = {}
         self._candidates: dict[str, set[CandidateKey]] = {}
         self._pending_keys: dict[str, str] = {}
+        self.registered = 0
+        """Calls ever added (a restarted connection replacing its call adds none): with the
+        ``CALL_SEQ_HEADER`` of an answer, it tells a supervisor whether a poll of this process
+        already counted the call that answer started."""
 
     # -- the read-only mapping ----------------------------------------------------------------
 
@@ -96,10 +105,13 @@ class CallRegistry(Mapping[str, PeerSession]):
         subject: str | None = None,
         candidates: frozenset[CandidateKey] = frozenset(),
         pending_key: str | None = None,
-    ) -> None:
+    ) -> int:
         """Count ``session`` as a live call from now on (it replaces a restarted connection),
         held by token ``subject`` (None: open dev mode), its offer naming ``candidates``, and
-        counted as a pending offer of ``pending_key`` until its media connects."""
+        counted as a pending offer of ``pending_key`` until its media connects. Returns
+        ``registered`` as of this call."""
+        if session.pc_id not in self._calls:
+            self.registered += 1
         self._calls[session.pc_id] = session
         if subject is not None:
             self._subjects[session.pc_id] = subject
@@ -108,6 +120,7 @@ class CallRegistry(Mapping[str, PeerSession]):
         else:
             self._pending_keys.pop(session.pc_id, None)
         self._candidates[session.pc_id] = set(candidates)
+        return self.registered
 
     def ended(self, pc_id: str) -> str | None:
         """Why the call ``pc_id`` ended on this node (None: live, never seen, or long ago)."""

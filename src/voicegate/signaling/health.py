@@ -56,6 +56,7 @@ async def healthz(request: web.Request) -> web.Response:
             "max_sessions": app[CONFIG].max_sessions,
             "uptime_s": round(time.monotonic() - app[STARTED], 1),
             "calls_total": app[COUNTERS]["calls_total"],
+            "calls_registered": app[SESSIONS].registered,
             "loop_lag_ms": round(app[ADMISSION].monitor.lag_ms, 1),
             "ready": _ready(app) is None,
             "draining": app[GATE].draining,

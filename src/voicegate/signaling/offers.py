@@ -26,7 +26,7 @@ from voicegate.config import ServeConfig
 from voicegate.media import ice
 from voicegate.signaling import access, auth
 from voicegate.signaling.admission import RETRY_AFTER_S
-from voicegate.signaling.calls import StoredCall
+from voicegate.signaling.calls import CALL_SEQ_HEADER, StoredCall
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.keys import (
     ADMISSION,
@@ -388,7 +388,7 @@ async def post_offer(request: web.Request) -> web.Response:
     )
     if stored is not None:
         session.conversation.seed(stored.history)
-    calls.add(session, subject, filtered.keys, pending_key)  # counted against the limits now
+    seq = calls.add(session, subject, filtered.keys, pending_key)  # counted against limits now
     answer = await _accept(app, session, filtered.sdp, agent.name)
     if calls.store is not None:
         calls.store.call_started(session, claims.sub if claims is not None else None)
@@ -425,7 +425,7 @@ async def post_offer(request: web.Request) -> web.Response:
     result["iceServers"] = turn.browser_servers(
         new_id, subject=claims.sub if claims is not None else None, not_after=session_exp
     )
-    return web.json_response(result)
+    return web.json_response(result, headers={CALL_SEQ_HEADER: str(seq)})
 
 
 def _observers(app: web.Application, recording: CallObserver | None) -> tuple[CallObserver, ...]:

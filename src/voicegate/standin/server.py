@@ -3,9 +3,10 @@
 Bedrock cannot be reached from tests or from a user without AWS, yet the production path (the
 real SDK, its CRT HTTP/2 transport, SigV4 event signing, event-stream framing, base64-in-JSON)
 is exactly what must be exercised. So the stand-in speaks that protocol for real: HTTP/2 over TLS
-(ALPN ``h2``, ``h2.py``), the seed and chained event signatures verified (``sigv4.py``), every
-event decoded down to Nova Sonic JSON and checked (``session.py``), and answers produced by a
-*brain* (``brains.py``). This module owns the TLS listener and the routing of each request.
+(ALPN ``h2``, ``h2.py``), the seed and chained event signatures verified (``sigv4.py``,
+``event_chain.py``), every event decoded down to Nova Sonic JSON and checked (``session.py``),
+and answers produced by a *brain* (``brains.py``). This module owns the TLS listener and the
+routing of each request.
 
 What it refuses, and how (chosen to look like Bedrock to the SDK):
 
@@ -42,6 +43,7 @@ from aiohttp import web
 from voicegate.agents.knowledge_local import LocalIndex
 from voicegate.sonic.models import MODELS, STREAM_LIMIT_S, known_model, model_of
 from voicegate.standin.certs import ensure_certs, server_context
+from voicegate.standin.event_chain import EventVerifier
 from voicegate.standin.factories import BrainFactory, make_factory
 from voicegate.standin.h2 import EVENTSTREAM, Connection
 from voicegate.standin.quirks import OPENS_PER_MINUTE
@@ -50,7 +52,6 @@ from voicegate.standin.retrieve import http1_context, retrieve_app
 from voicegate.standin.session import Session
 from voicegate.standin.sigv4 import (
     Credentials,
-    EventVerifier,
     SignatureError,
     parse_authorization,
     verify_request,

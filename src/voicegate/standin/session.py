@@ -48,6 +48,7 @@ from voicegate.standin.errors import (
     exception_message,
     exception_type,
 )
+from voicegate.standin.event_chain import EventVerifier
 from voicegate.standin.eventstream import (
     EventStreamError,
     MessageDecoder,
@@ -57,7 +58,7 @@ from voicegate.standin.eventstream import (
 from voicegate.standin.quirks import TRANSIENT_AFTER_S, TRANSIENT_EVERY, TRANSIENT_MESSAGES
 from voicegate.standin.records import SessionRecord
 from voicegate.standin.schema import SchemaError, decode
-from voicegate.standin.sigv4 import EventVerifier, SignatureError
+from voicegate.standin.sigv4 import SignatureError
 
 if TYPE_CHECKING:
     from voicegate.standin.h2 import Connection
