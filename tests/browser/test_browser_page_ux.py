@@ -1,5 +1,5 @@
 """The page explains itself, in real Debian Chromium at phone (390 px) and desktop (1280 px)
-width, under the strict policy of test_browser_page.py. Screenshots of each state go to the
+width, under the strict policy of tests/support/strict_page.py. Screenshots of each state go to the
 test's directory, and also to ``$VOICEGATE_TEST_ARTIFACTS`` when set (CI keeps that folder).
 
 Checked: who answers (backend, agent, abilities) is on the page; the "Press Connect" hint goes
@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.browser.test_browser_page import connected, hang_up, strict_page, wait_js
 from tests.support.browser import (
     Server,
     chromium,
@@ -34,6 +33,7 @@ from tests.support.browser import (
     require_browser,
     running_server,
 )
+from tests.support.strict_page import connected, hang_up, strict_page, wait_js
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 

@@ -14,9 +14,7 @@ import json
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aredis
 
@@ -30,33 +28,8 @@ from tests.support.cluster import (
     start_call,
     two_nodes,
 )
+from tests.support.cluster_records import ECHO, record_where, redis_client
 from voicegate.testing.client import CallClient
-
-ECHO = ("--backend", "echo")
-
-
-@contextlib.asynccontextmanager
-async def redis_client(url: str) -> AsyncIterator[aredis.Redis]:
-    r = aredis.Redis.from_url(url, decode_responses=True)
-    try:
-        yield r
-    finally:
-        await r.aclose()
-
-
-async def record_where(r: aredis.Redis, pc_id: str, node: str, epoch: int) -> dict[str, Any]:
-    """The call's record once it names ``node`` as owner at ``epoch`` (Redis has no event to
-    wait on: ask until it does)."""
-    while True:
-        rec = await r.hgetall(f"vg:call:{pc_id}")
-        if (
-            rec.get("owner")
-            and json.loads(rec["owner"])["node"] == node
-            and rec.get("epoch") == str(epoch)
-            and rec.get("state")
-        ):
-            return dict(rec)
-        await asyncio.sleep(0.05)
 
 
 async def until_gone(r: aredis.Redis, key: str) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 import redis.asyncio as aredis
 
 from tests.support.cluster import start_call, token, two_nodes
-from tests.system.test_cluster_fencing import ECHO, record_where, redis_client
+from tests.support.cluster_records import ECHO, record_where, redis_client
 from voicegate.testing.client import CallClient
 
 
