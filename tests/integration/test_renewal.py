@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from voicegate.conversation import (
 )
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.conversation.tools import default_tools
+from voicegate.media.playout import MAX_LATE
 from voicegate.signaling.app import SESSIONS
 from voicegate.sonic import AudioInput, TextContentStart
 from voicegate.standin import StandIn, server
@@ -136,35 +138,43 @@ async def test_a_call_outlives_four_model_streams_without_losing_a_word(
             ), [r.outcome for r in standin.sessions]
             assert len(standin.sessions) >= stats.renewals + 1
 
-            # The outbound track kept its pace across every handover: within 0.5 s of each
-            # one, no frame came later than one frame beyond the 20 ms pacing.
             # The outbound track kept its pace across every handover: within 0.5 s of each one
             # it handed out a frame for every 20 ms slot (no stall, no re-anchored clock), and no
-            # frame came later than one frame beyond pacing, or than the worst the loaded test
-            # machine showed anywhere else in the call.
+            # frame came later than one frame beyond pacing. A loaded test machine stalls the
+            # loop now and then wherever the call is, so each handover window is held to the
+            # worst 1 s window away from any handover (a quiet machine: the strict bound).
             def gaps(lo: float, hi: float) -> list[float]:
                 times = [t for t, _ in frames if lo <= t <= hi]
                 return [b - a for a, b in zip(times, times[1:], strict=False)]
 
+            def missing(near: list[float]) -> float:
+                return sum(near) / 0.020 - len(near)  # 20 ms slots without a frame
+
             windows = [(at - 0.5, at + 0.5) for at in handovers]
-            elsewhere = [
-                g
-                for (a, _), (b, _) in zip(frames, frames[1:], strict=False)
-                if not any(lo <= a <= hi for lo, hi in windows)
-                for g in [b - a]
+            quiet_windows = [
+                (lo, lo + 1.0)
+                for lo in itertools.takewhile(
+                    lambda t: t + 1.0 <= frames[-1][0],
+                    itertools.count(frames[0][0], 1.0),
+                )
+                if not any(lo <= hi2 and lo + 1.0 >= lo2 for lo2, hi2 in windows)
             ]
-            allowed = max(0.040 + 0.005, max(elsewhere))
+            assert quiet_windows, "the call had no second away from a handover"
+            worst = [gaps(lo, hi) for lo, hi in quiet_windows]
+            allowed_gap = max(0.040 + 0.005, *(max(g) for g in worst if g))
+            allowed_missing = max(0.0, *(missing(g) for g in worst)) + 2
             for lo, hi in windows:
                 near = gaps(lo, hi)
-                span = sum(near)  # the window may run past the end of the recording
-                assert len(near) >= span / 0.020 - 2, (len(near), span)
-                assert max(near) <= allowed, (max(near), allowed)
-            assert session.playout.resyncs == 0
+                assert missing(near) <= allowed_missing, (missing(near), allowed_missing)
+                assert max(near) <= allowed_gap, (max(near), allowed_gap)
+            if max(max(g) for g in worst if g) < MAX_LATE:
+                # No stall away from the handovers, so none may have re-anchored the clock.
+                assert session.playout.resyncs == 0
             print(
                 f"renewals={stats.renewals} forced={stats.renewals_forced} "
                 f"gaps_ms={list(stats.handover_gaps_ms)} prepare_ms={list(stats.prepare_ms)} "
                 f"max_frame_gap_near={max(max(gaps(lo, hi)) for lo, hi in windows):.3f} "
-                f"elsewhere={max(elsewhere):.3f}"
+                f"allowed={allowed_gap:.3f} resyncs={session.playout.resyncs}"
             )
             assert await client.hangup() == 204
         finally:
