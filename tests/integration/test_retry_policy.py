@@ -30,7 +30,8 @@ from voicegate.conversation import (
     default_tools,
 )
 from voicegate.conversation.recovery import BUSY_MESSAGE, RetryPolicy
-from voicegate.standin import StandIn
+from voicegate.standin import StandIn, server
+from voicegate.standin.quirks import FAILURE_QUIRKS
 
 
 class Listener:
@@ -179,7 +180,11 @@ async def test_a_first_stream_the_standin_throttles_is_retried_through_the_sdk(
 ) -> None:
     """The stand-in's 429 ThrottlingException at capacity: the second call waits (told the
     assistant is busy) and gets its stream once the first call hangs up."""
-    async with StandIn("scripted", cert_dir=tmp_path / "certs", max_sessions=1) as s:
+    # Irregular output yes; injected stream failures (--standin-quirks) no: a GOAWAY or a
+    # transient error on the first call's stream would free the one slot for the second call
+    # and leave the first one throttled instead, which is not what this test is about.
+    quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
+    async with StandIn("scripted", cert_dir=tmp_path / "certs", max_sessions=1, quirks=quirks) as s:
         for name, value in s.client_env().items():
             monkeypatch.setenv(name, value)
         backend = BedrockBackend(
@@ -194,6 +199,12 @@ async def test_a_first_stream_the_standin_throttles_is_retried_through_the_sdk(
         second = Conversation(backend, patient, default_tools(), listener)
         try:
             await first.start()
+            # With the CRT transport start() returns once the request is sent, before the
+            # stand-in has taken the stream: the second call must not race the first for the
+            # one slot.
+            async with asyncio.timeout(10):
+                await s.session(0)
+            assert s.active_sessions == 1
             starting = asyncio.ensure_future(second.start())
             await listener.until(lambda: listener.of(ConversationError))
             (busy,) = listener.of(ConversationError)
