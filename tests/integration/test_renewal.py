@@ -161,7 +161,8 @@ async def test_a_call_outlives_four_model_streams_without_losing_a_word(
             ]
             assert quiet_windows, "the call had no second away from a handover"
             worst = [gaps(lo, hi) for lo, hi in quiet_windows]
-            allowed_gap = max(0.040 + 0.005, *(max(g) for g in worst if g))
+            # (plus one frame: on a loaded machine the worst stall may fall in either window)
+            allowed_gap = max(0.040 + 0.005, *(max(g) for g in worst if g)) + 0.020
             allowed_missing = max(0.0, *(missing(g) for g in worst)) + 2
             for lo, hi in windows:
                 near = gaps(lo, hi)
