@@ -92,8 +92,10 @@ bench: setup-test debs
 	PYTHONPATH=src $(PY) -m benchmarks.chaos
 	PYTHONPATH=src $(PY) -m benchmarks.page_failover
 
-# Faults against live calls (kill -9, SIGSTOP, Redis restart and freeze, drain), 3 runs each;
-# writes benchmarks/results/chaos.json and the table in docs/cluster.md (about 4 minutes).
+# Faults against live calls (kill -9, SIGSTOP, Redis restart and freeze, drain, worker kill,
+# rolling restart, offer bursts, partitions in network namespaces: root), 3 runs each; writes
+# benchmarks/results/chaos.json and the table in docs/cluster.md (about 8 minutes); exits 1 when
+# a call was lost or a record wrong.
 chaos: setup-test debs
 	PYTHONPATH=src $(PY) -m benchmarks.chaos
 

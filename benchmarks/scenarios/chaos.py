@@ -1,6 +1,6 @@
 """The chaos run: faults against live calls, each several times, and what happened to the calls.
 
-    PYTHONPATH=src .venv/bin/python -m benchmarks.chaos [--runs 3] [--calls 2] [--only F]
+    PYTHONPATH=src .venv/bin/python -m benchmarks.chaos [--runs 3] [--calls 2] [--only F]  # ~8 min
     make chaos
 
 Two nodes (``serve`` processes, echo brain) share a real ``redis-server``; each run has a fresh
