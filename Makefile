@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 BACKEND ?= auto
 PYTEST_ARGS ?=
-DEBS := espeak-ng sox chromium coturn iproute2 redis-server nghttp2-server postgresql
+DEBS := espeak-ng sox chromium coturn iproute2 nftables redis-server nghttp2-server postgresql
 STAMP = $(VENV)/.installed-$(1)-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test setup setup-test debs lint typecheck pytest pytest-quirks bench bench-full chaos standin clean \
@@ -45,9 +45,9 @@ setup-test: $(PY) $(PIPECAT_JS)/node_modules/.installed
 	  npm ci --prefix examples --no-audit --no-fund --silent
 
 # Debian packages the tests drive for real: espeak-ng and sox make speech, chromium is the browser,
-# coturn the TURN relay, iproute2 the network namespaces, redis-server the cluster directory,
-# nghttp2-server (nghttpd) an independent HTTP/2 server for the Bedrock transport's interop tests,
-# postgresql the call history's cluster store.
+# coturn the TURN relay, iproute2 the network namespaces, nftables the links cut inside them,
+# redis-server the cluster directory, nghttp2-server (nghttpd) an independent HTTP/2 server for
+# the Bedrock transport's interop tests, postgresql the call history's cluster store.
 debs:
 	@missing=""; \
 	for pkg in $(DEBS); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
@@ -92,8 +92,10 @@ bench: setup-test debs
 	PYTHONPATH=src $(PY) -m benchmarks.chaos
 	PYTHONPATH=src $(PY) -m benchmarks.page_failover
 
-# Faults against live calls (kill -9, SIGSTOP, Redis restart and freeze, drain), 3 runs each;
-# writes benchmarks/results/chaos.json and the table in docs/cluster.md (about 4 minutes).
+# Faults against live calls (kill -9, SIGSTOP, Redis restart and freeze, drain, worker kill,
+# rolling restart, offer bursts, partitions in network namespaces: root), 3 runs each; writes
+# benchmarks/results/chaos.json and the table in docs/cluster.md (about 8 minutes); exits 1 when
+# a call was lost or a record wrong.
 chaos: setup-test debs
 	PYTHONPATH=src $(PY) -m benchmarks.chaos
 

@@ -323,11 +323,23 @@ export async function hangup() {
   c.abort.abort();
   // Tell the server first; the peer connection closes once it answered (or after
   // HANGUP_CLOSE_WAIT_MS). Closing the connection alone also ends the call on the server, so a
-  // lost DELETE leaks nothing. Microphone, meters and buttons stop at once.
-  const deleted = c.pcId ? deleteSession(c.pcId, false, c.sessionToken) : Promise.resolve(null);
+  // lost DELETE leaks nothing; but a DELETE refused retryably (the node reached cannot find the
+  // call's owner for now) is retried, and the connection kept until the retries end (bounded,
+  // http.js), so that the hang-up reaches the call's owner as a hang-up. Microphone, meters and
+  // buttons stop at once.
+  let retrying = false;
+  const onRetry = () => {
+    retrying = true;
+    vg.hangupRetries += 1;
+  };
+  const deleted = c.pcId
+    ? deleteSession(c.pcId, false, c.sessionToken, onRetry)
+    : Promise.resolve(null);
   for (const t of c.timers) clearTimeout(t); // clearTimeout also clears intervals
   const { pc, dc } = c;
-  const waited = new Promise((resolve) => setTimeout(resolve, HANGUP_CLOSE_WAIT_MS));
+  const waited = new Promise((resolve) => setTimeout(resolve, HANGUP_CLOSE_WAIT_MS)).then(() =>
+    retrying ? deleted : undefined,
+  );
   Promise.race([deleted, waited]).then(() => {
     if (dc) dc.close();
     if (pc) pc.close();

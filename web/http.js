@@ -42,18 +42,44 @@ export async function requestJson(method, url, body, signal, token = TOKEN) {
   return payload;
 }
 
+// A hang-up refused with a retryable status (503 with Retry-After: the node reached is cut off
+// from the cluster directory, or busy) is sent again, at most DELETE_RETRIES times, waiting what
+// the server asked for and at least twice as long as the previous time (capped): the call's
+// owner would otherwise see the hang-up only as a closed connection, or not at all.
+export const DELETE_RETRIES = 4;
+const DELETE_RETRY_MIN_MS = 500;
+const DELETE_RETRY_MAX_MS = 5000;
+
+function retryDelayMs(res, previousMs) {
+  if (res.status !== 503) return null;
+  const seconds = Number(res.headers.get("Retry-After"));
+  if (!Number.isFinite(seconds) || seconds < 0) return null;
+  const wanted = Math.max(seconds * 1000, DELETE_RETRY_MIN_MS, 2 * previousMs);
+  return Math.min(wanted, DELETE_RETRY_MAX_MS);
+}
+
 // Hangs the call up on the server; the HTTP status, or null when the request failed.
-export async function deleteSession(pcId, keepalive, token) {
-  try {
-    const res = await fetch(`/api/sessions/${encodeURIComponent(pcId)}`, {
-      method: "DELETE",
-      keepalive,
-      headers: authHeaders(token),
-      signal: timeoutSignal(null),
-    });
-    return res.status;
-  } catch {
-    return null;
+// ``onRetry(status, delayMs)`` is told of each retry before its wait (never with ``keepalive``:
+// a closing tab sends once).
+export async function deleteSession(pcId, keepalive, token, onRetry) {
+  let delayMs = 0;
+  for (let attempt = 0; ; attempt++) {
+    let res;
+    try {
+      res = await fetch(`/api/sessions/${encodeURIComponent(pcId)}`, {
+        method: "DELETE",
+        keepalive,
+        headers: authHeaders(token),
+        signal: timeoutSignal(null),
+      });
+    } catch {
+      return null;
+    }
+    const next = keepalive || attempt >= DELETE_RETRIES ? null : retryDelayMs(res, delayMs);
+    if (next === null) return res.status;
+    delayMs = next;
+    if (onRetry) onRetry(res.status, delayMs);
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
   }
 }
 

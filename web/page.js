@@ -64,6 +64,7 @@ export const vg = {
   micPeak: 0,
   botPeak: 0,
   lastHangupStatus: null,
+  hangupRetries: 0, // DELETEs sent again after a retryable refusal (503 with Retry-After)
   lastTurnLatencyMs: null,
   reconnects: 0, // successful automatic reconnects of this page
   moveRequests: 0, // server-messages asking the page to reconnect (e.g. the server drains)

@@ -13,22 +13,39 @@ with a looping fake microphone talks to the echo brain, so the bot answers every
    ``server-message`` and moves again; the draining node exits 0.
 
 Each time the page keeps its pc_id, comes back to ``listening`` and hears the bot again (its
-WebAudio analyser's peak). Needs Chromium, Playwright, espeak-ng and redis-server: missing in CI
-fails, elsewhere skips.
+WebAudio analyser's peak).
+
+A hang-up during a Redis cut: the page's call is on B (A was full), the page hangs up through A
+while Redis is frozen; A cannot know the owner and refuses 503 with Retry-After, the page keeps
+its connection and sends the DELETE again (web/http.js), and once Redis answers the hang-up
+reaches B as a hang-up (204, the call's record marked ended).
+
+Needs Chromium, Playwright, espeak-ng and redis-server: missing in CI fails, elsewhere skips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aredis
 
 from tests.support.browser import chromium, make_speech_wav, require_browser
-from tests.support.cluster import Node, balancer, free_port, redis_server, serve_node, token
+from tests.support.cluster import (
+    Node,
+    balancer,
+    free_port,
+    redis_server,
+    serve_node,
+    start_call,
+    token,
+    two_nodes,
+)
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 
@@ -134,3 +151,63 @@ async def test_page_keeps_its_call_through_node_death_and_drain(tmp_path: Path) 
                 await hears_bot(page, logs())
                 assert (await nodes["a"].json("/healthz"))["sessions"] == 1
                 assert errors == [], errors
+
+
+async def marked_ended(r: aredis.Redis, pc_id: str) -> None:
+    while True:  # a record's tombstone has no event to wait on
+        if await r.hget(f"vg:call:{pc_id}", "ended"):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_a_hang_up_refused_during_a_redis_cut_is_retried_until_it_reaches_the_call(
+    tmp_path: Path,
+) -> None:
+    require_browser()
+    wav = make_speech_wav(tmp_path, "hello there, one two three", lead_s=1.0, tail_s=1.5)
+    full = ("--backend", "echo", "--max-sessions", "1")
+    async with two_nodes(tmp_path, full, ("--backend", "echo")) as (redis_url, a, b):
+        r = aredis.Redis.from_url(redis_url, decode_responses=True)
+        filler = await start_call(a.url)  # A is full: the page's offer goes on to B
+        stopped: int | None = None
+        try:
+            async with chromium(wav, loop_mic=True) as ctx:
+                page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+                async with asyncio.timeout(30):
+                    await page.goto(f"{a.url}/?raw=1#token={token()}", timeout=30_000)
+                    await page.click("#connect", timeout=10_000)
+                await wait_js(page, "vg.connected && vg.botReady", 30_000, "connect", [a, b])
+                async with asyncio.timeout(10):
+                    pc_id = await page.evaluate("vg.pcId")
+                assert (await b.json("/healthz"))["sessions"] == 1
+                stopped = int((await r.info("server"))["process_id"])
+                os.kill(stopped, signal.SIGSTOP)
+                async with asyncio.timeout(10):
+                    await page.evaluate("() => { vg.hangup(); }")
+                await wait_js(page, "vg.hangupRetries >= 1", 15_000, "a retried DELETE", [a, b])
+                async with asyncio.timeout(10):
+                    assert await page.evaluate("vg.lastHangupStatus") is None
+                # The page keeps its connection while it retries: B still holds the call.
+                assert (await b.json("/healthz"))["sessions"] == 1
+                os.kill(stopped, signal.SIGCONT)
+                stopped = None
+                await wait_js(page, "vg.lastHangupStatus !== null", 30_000, "the DELETE", [a, b])
+                async with asyncio.timeout(10):
+                    status = await page.evaluate("vg.lastHangupStatus")
+                    errors = await page.evaluate("vg.errors")
+                assert status == 204, status
+                assert errors == [], errors
+                async with asyncio.timeout(15):
+                    await marked_ended(r, pc_id)
+            assert '"call_request_unroutable"' in a.log.read_text()  # A did refuse it first
+            closing = [
+                line for line in b.log.read_text().splitlines()
+                if '"call_closing"' in line and pc_id in line
+            ]  # fmt: skip
+            assert closing and '"reason": "hangup"' in closing[0], closing
+        finally:
+            if stopped is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signal.SIGCONT)
+            await filler.close()
+            await r.aclose()

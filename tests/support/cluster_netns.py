@@ -33,7 +33,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +205,50 @@ async def forward(
                 await server.wait_closed()
 
 
+# -- Partitions: packets dropped inside a node's namespace ----------------------------------
+
+CUT_TABLE = "vgcut"
+
+
+def partition(topo: Topology, node: str, peers: Sequence[str] | None) -> None:
+    """Drop every packet between ``node``'s namespace and ``peers`` (addresses), or all its
+    traffic on the cluster network when ``peers`` is None. Dropped, not refused: connections
+    hang as on a cut link. ``heal`` removes it. Needs nftables: missing in CI fails."""
+    if shutil.which("nft") is None:
+        missing("nftables is not installed (apt-get install nftables)")
+    if peers is None:
+        into, out = ['iifname "eth0" drop'], ['oifname "eth0" drop']
+    else:
+        into, out = [f"ip saddr {p} drop" for p in peers], [f"ip daddr {p} drop" for p in peers]
+    script = "\n".join(
+        [
+            f"table inet {CUT_TABLE} {{",
+            "  chain cut_in { type filter hook input priority 0; policy accept; }",
+            "  chain cut_out { type filter hook output priority 0; policy accept; }",
+            "}",
+            *(f"add rule inet {CUT_TABLE} cut_in {r}" for r in into),
+            *(f"add rule inet {CUT_TABLE} cut_out {r}" for r in out),
+        ]
+    )
+    subprocess.run(
+        [*exec_in(topo.ns(node)), "nft", "-f", "-"],
+        input=script,
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=15,
+    )
+
+
+def heal(topo: Topology, node: str) -> None:
+    subprocess.run(
+        [*exec_in(topo.ns(node)), "nft", "delete", "table", "inet", CUT_TABLE],
+        check=False,
+        capture_output=True,
+        timeout=15,
+    )
+
+
 # -- Redis on the cluster network --------------------------------------------------------------
 
 
@@ -343,6 +387,28 @@ async def cluster(
             )
         await wait_registered(topo, "node-a", "node-b")
         yield nodes
+
+
+@contextlib.asynccontextmanager
+async def echo_cluster(workdir: Path) -> AsyncIterator[tuple[Topology, dict[str, Node]]]:
+    """The topology, Redis and the two nodes (echo brain, no relay): for callers on the
+    cluster network (the ``edge`` namespace, host candidates) and links cut with
+    ``partition``."""
+    with topology() as topo:
+        async with redis_in(topo, workdir), contextlib.AsyncExitStack() as stack:
+            nodes: dict[str, Node] = {}
+            for name, address in NODE_IPS.items():
+                args = (
+                    "--host", address, "--port", str(NODE_PORT),
+                    "--cluster-redis", topo.redis_url, "--node-id", f"node-{name}",
+                    "--node-url", f"http://{address}:{NODE_PORT}", "--workers", "1",
+                    "--backend", "echo",
+                )  # fmt: skip
+                nodes[name] = await stack.enter_async_context(
+                    serve_node(workdir, *args, name=name, prefix=exec_in(topo.ns(name)))
+                )
+            await wait_registered(topo, "node-a", "node-b")
+            yield topo, nodes
 
 
 async def history_saved(topo: Topology, pc_id: str, messages: int) -> list[Any]:

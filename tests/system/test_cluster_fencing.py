@@ -175,8 +175,9 @@ async def test_a_restart_forwarded_to_a_stalled_owner_is_adopted_before_the_page
     tmp_path: Path,
 ) -> None:
     # A is stalled but its heartbeat has not expired: B forwards the restart to A, gives up on
-    # it in time, adopts the call itself; when A wakes (and acts on the forwarded request still
-    # in its socket buffer, or drops it when past its deadline), A's copy stands down.
+    # it as soon as A misses its heartbeats, adopts the call itself; when A wakes (and acts on
+    # the forwarded request still in its socket buffer, or drops it when past its deadline),
+    # A's copy stands down.
     async with two_nodes(tmp_path, ECHO, ECHO) as (redis_url, a, b), redis_client(redis_url) as r:
         old = await start_call(a.url)
         moved: CallClient | None = None
@@ -199,7 +200,8 @@ async def test_a_restart_forwarded_to_a_stalled_owner_is_adopted_before_the_page
                 assert await receiving(moved), "the adopted call stopped"
                 await record_where(r, old.pc_id, "node-b", 2)
                 assert (await b.json("/healthz"))["sessions"] == 1
-            assert '"forward_failed"' in b.log.read_text()
+            # B stopped waiting when A's heartbeats stopped, before its forward timeout.
+            assert '"forward_abandoned_owner_stalled"' in b.log.read_text()
         finally:
             if stopped:
                 os.kill(a.proc.pid, signal.SIGCONT)

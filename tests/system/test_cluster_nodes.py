@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio as aredis
 
 from tests.support.cluster import (
+    SECRET,
     Node,
     history_saved,
     node_args,
@@ -32,6 +33,7 @@ from tests.support.cluster import (
     token,
     two_nodes,
 )
+from voicegate.signaling import auth
 from voicegate.testing.client import CallClient, load_wav
 
 
@@ -71,6 +73,30 @@ async def test_offer_to_a_full_node_lands_on_the_other_and_requests_follow_the_c
             await first.close()
             if second is not None:
                 await second.close()
+
+
+async def test_a_burst_of_offers_fills_one_node_to_its_limit_and_the_rest_goes_to_the_other(
+    tmp_path: Path,
+) -> None:
+    # Offers arriving while others still negotiate on A count against A from the moment A
+    # takes them: A neither exceeds its limit nor refuses what B has room for.
+    room = ("--backend", "echo", "--max-sessions", "2")
+    async with two_nodes(tmp_path, room, room) as (_, a, b):
+        calls: list[Any] = []
+        try:
+            async with asyncio.timeout(90):
+                tokens = [auth.mint(SECRET, 600, subject=f"burst-{i}") for i in range(4)]
+                started = await asyncio.gather(
+                    *(start_call(a.url, t) for t in tokens), return_exceptions=True
+                )
+                calls = [c for c in started if isinstance(c, CallClient)]
+                assert len(calls) == 4, started
+                held = [await active_calls(a), await active_calls(b)]
+                assert held == [2, 2], held
+                assert all([await receiving(c) for c in calls])
+        finally:
+            for c in calls:
+                await c.close()
 
 
 @pytest.mark.bedrock

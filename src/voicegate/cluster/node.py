@@ -23,7 +23,7 @@ from voicegate.cluster.directory import HEARTBEAT_S, Directory
 from voicegate.cluster.redis_conn import RedisOptions
 from voicegate.cluster.router import NodeRouter, Placement, late_forward, peek_call
 from voicegate.config import ServeConfig
-from voicegate.signaling.calls import StoredCall
+from voicegate.signaling.calls import CALL_COUNTED, StoredCall
 from voicegate.signaling.errors import Handler
 from voicegate.signaling.keys import ADMISSION, CALL_LOG, CONFIG, GATE, SESSIONS
 from voicegate.signaling.subjects import digest
@@ -58,6 +58,8 @@ class ClusterNode:
         self._saving: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.placing: dict[int, web.Request] = {}
+        """Offers this node took that its registry does not count yet (``CALL_COUNTED``)."""
         self._epochs: dict[str, int] = {}
         """pc_id -> the epoch this process holds the call at (1 for a call started here)."""
         self._fence: asyncio.Task[None] | None = None
@@ -213,7 +215,8 @@ class ClusterNode:
 
     def placement(self) -> Placement:
         app = self.app
-        calls = len(app[SESSIONS])
+        arriving = sum(1 for r in self.placing.values() if not r.get(CALL_COUNTED))
+        calls = len(app[SESSIONS]) + arriving
         draining = app[GATE].draining
         return Placement(
             calls=calls,
@@ -266,7 +269,15 @@ async def route_calls(request: web.Request, handler: Handler) -> web.StreamRespo
     can_take = request.method == "POST" and p.ready
     url = await node.router.route(request, pc_id, restart, owned=owned, can_take=can_take)
     if url is None:
-        return await handler(request)
+        if not (request.method == "POST" and can_take and not owned):
+            return await handler(request)
+        # Counted from the moment it is placed here: offers arriving while it negotiates see
+        # this node as loaded and may go to another one.
+        node.placing[id(request)] = request
+        try:
+            return await handler(request)
+        finally:
+            del node.placing[id(request)]
     response = await node.router.forward(request, body, url)
     if response.status == 503 and restart and not owned and not p.draining:
         # The owner did not answer: it is dead even if its heartbeat has not expired yet.

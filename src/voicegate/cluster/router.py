@@ -26,9 +26,9 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -56,6 +56,14 @@ CLOCK_SKEW_S: Final = 1.0
 KNOWN_OWNERS: Final = 4096
 """Calls whose owner's URL a node remembers from its last directory look-ups (oldest dropped):
 what it routes a call's requests by while Redis is out of reach."""
+STALL_S: Final = 1.5 * HEARTBEAT_S
+"""A node that published no new heartbeat for this long while this node waited on a restart
+forwarded to it is stalled (stopped, or cut off from Redis and so most likely from everyone):
+this node stops waiting and adopts the call (fenced) instead of waiting ``FORWARD_TIMEOUT``.
+A live node beats every ``HEARTBEAT_S``; one merely slow loses the call it would have kept,
+which moves, nothing worse."""
+_OWNER: Final = "voicegate.cluster.restart_owner"
+"""Request key: the node id a restart is forwarded to as its call's owner (watched meanwhile)."""
 _PLACED: Final = "voicegate.cluster.placed"
 """Request key: the node this request's offer was counted against when it was picked."""
 
@@ -191,6 +199,8 @@ class NodeRouter:
                 if node is not None:
                     self._remember(pc_id, node.url)
                 if node is not None and not (restart and node.draining):
+                    if restart:
+                        request[_OWNER] = node.id
                     return node.url
             if not restart and request.method != "POST":
                 if owner is None and not self.directory.up:
@@ -231,7 +241,7 @@ class NodeRouter:
         answered = False
         await prepare(request, self.config)  # the hop checks the token: JWKS keys first
         try:
-            response = await forward(
+            sending = forward(
                 self._client,
                 url,
                 request,
@@ -242,6 +252,8 @@ class NodeRouter:
                     FORWARD_DEADLINE: f"{time.time() + FORWARD_TIMEOUT:.3f}",
                 },
             )
+            owner = request.get(_OWNER)
+            response = await (sending if owner is None else self._unless_stalled(sending, owner))
             answered = response.status == 200
             return response
         except ForwardError:
@@ -255,6 +267,42 @@ class NodeRouter:
         finally:
             if placed is not None:
                 self._settle(placed, answered)
+
+    async def _unless_stalled(
+        self, sending: Coroutine[Any, Any, web.StreamResponse], node_id: str
+    ) -> web.StreamResponse:
+        """The owner's answer, or ``ForwardError`` as soon as the owner misses its heartbeats
+        (a stalled node answers nothing until its forward timeout)."""
+        task = asyncio.ensure_future(sending)
+        watch = asyncio.ensure_future(self._stalled(node_id))
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            log.warning("forward_abandoned_owner_stalled", node=node_id, stall_s=STALL_S)
+            raise ForwardError(f"{node_id} published no heartbeat for {STALL_S} s")
+        finally:
+            for t in (task, watch):
+                t.cancel()
+            await asyncio.gather(task, watch, return_exceptions=True)
+
+    async def _stalled(self, node_id: str) -> None:
+        """Returns once ``node_id`` published no new heartbeat for ``STALL_S`` (or its heartbeat
+        expired); never while Redis itself is out of reach (then nothing is known)."""
+        seen_at: float | None = None
+        since = time.monotonic()
+        while True:
+            info = await self.directory.node(node_id)
+            now = time.monotonic()
+            if info is None and self.directory.up:
+                return
+            if info is not None and info.at != seen_at:
+                seen_at, since = info.at, now
+            elif now - since > STALL_S:
+                if self.directory.up:
+                    return
+                since = now
+            await asyncio.sleep(HEARTBEAT_S / 4)  # Redis has no event for a missed heartbeat
 
     def _settle(self, node_id: str, answered: bool) -> None:
         """An offer sent to ``node_id`` finished: a refused one stops counting at once, an

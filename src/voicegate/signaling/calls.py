@@ -27,7 +27,14 @@ from voicegate.call import PeerSession
 from voicegate.conversation import Conversation
 from voicegate.sonic import Role
 
-__all__ = ["CALL_SEQ_HEADER", "CallRegistry", "CallStore", "CandidateKey", "StoredCall"]
+__all__ = [
+    "CALL_COUNTED",
+    "CALL_SEQ_HEADER",
+    "CallRegistry",
+    "CallStore",
+    "CandidateKey",
+    "StoredCall",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +73,10 @@ CALL_SEQ_HEADER: Final = "Voicegate-Call-Seq"
 A supervisor that polls its workers' /healthz (``calls_registered``) knows from it whether the
 poll already counted the call, instead of counting it twice or not at all until the next poll."""
 
+CALL_COUNTED: Final = "voicegate.call_counted"
+"""Request key the offer handler sets once its call is in the registry: until then a front that
+is still waiting for that request counts it itself (``cluster.node``), so that a burst of offers
+is not all placed on a node whose registry has not caught up."""
 
 MAX_ENDED_REMEMBERED = 4096
 """Ended calls whose pc_id a restart offer is refused for (the most recent ones)."""

@@ -26,7 +26,7 @@ from voicegate.config import ServeConfig
 from voicegate.media import ice
 from voicegate.signaling import access, auth
 from voicegate.signaling.admission import RETRY_AFTER_S
-from voicegate.signaling.calls import CALL_SEQ_HEADER, StoredCall
+from voicegate.signaling.calls import CALL_COUNTED, CALL_SEQ_HEADER, StoredCall
 from voicegate.signaling.errors import ApiError
 from voicegate.signaling.keys import (
     ADMISSION,
@@ -237,7 +237,7 @@ def _check_capacity(request: web.Request, live_restart: bool) -> str | None:
     return subject
 
 
-async def _check_subject_in_cluster(request: web.Request, subject: str | None) -> None:
+async def _check_subject_in_cluster(request: web.Request) -> None:
     """``--max-calls-per-subject`` over the whole cluster, not just this process: the calls the
     subject holds on every node (the directory's count; unknown while Redis is down, when the
     local count above is all there is)."""
@@ -247,7 +247,7 @@ async def _check_subject_in_cluster(request: web.Request, subject: str | None) -
     claims = request.get(CLAIMS)
     # The store knows calls by the token's ``sub`` (a token without one is its own subject,
     # and such a token's calls are few: the local count holds them).
-    if subject is None or not limit or store is None or claims is None or claims.sub is None:
+    if not limit or store is None or claims is None or claims.sub is None:
         return
     held = await store.subject_calls(claims.sub)
     if held is not None and held >= limit:
@@ -333,9 +333,11 @@ async def post_offer(request: web.Request) -> web.Response:
         else (stored.agent if stored is not None else None)
     )
     agent = choose_agent(app[AGENTS], offer.agent, request.get(CLAIMS), current or None)
+    if not offer.restart:  # an adoption is a call the subject holds (the directory counts it)
+        # The one check that waits (on Redis) comes first: nothing may wait between the
+        # capacity check and ``calls.add``, or a burst of offers all pass it before any counts.
+        await _check_subject_in_cluster(request)
     subject = _check_capacity(request, live_restart)
-    # An adoption is a call the subject already holds (the directory counts it still).
-    await _check_subject_in_cluster(request, None if offer.restart else subject)
     pending_key = _check_pending(request, subject) if not offer.restart else None
     new_id = pc_id if pc_id is not None and offer.restart else f"pc-{uuid.uuid4().hex}"
     if live_restart:
@@ -389,6 +391,7 @@ async def post_offer(request: web.Request) -> web.Response:
     if stored is not None:
         session.conversation.seed(stored.history)
     seq = calls.add(session, subject, filtered.keys, pending_key)  # counted against limits now
+    request[CALL_COUNTED] = True
     answer = await _accept(app, session, filtered.sdp, agent.name)
     if calls.store is not None:
         calls.store.call_started(session, claims.sub if claims is not None else None)
