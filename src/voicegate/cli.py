@@ -62,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
             conf.bedrock_transport,
             conf.bedrock_calls_per_connection,
             conf.model_family,
+            conf.model_input_rate,
         )
     except BackendUnavailable as exc:
         print(f"voicegate: {exc}", file=sys.stderr)

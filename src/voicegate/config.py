@@ -19,6 +19,7 @@ from voicegate.config_checks import validate
 from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool, parse_port_range
 from voicegate.conversation.continuation import RENEW_AFTER_S
 from voicegate.media import MediaSetup
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE
 
 __all__ = [
@@ -142,6 +143,7 @@ class ServeConfig:
     announced_address: str = ""
     max_loop_lag_ms: float = 25.0
     model_chunk_ms: int = DEFAULT_CHUNK_MS
+    model_input_rate: int = INPUT_SAMPLE_RATE
     # many cores, many machines (docs/cluster.md)
     workers: str = "auto"
     cluster_redis: str = field(default="", repr=False)

@@ -76,6 +76,7 @@ class Recorder(InProcessStream):
 
 class Backend:
     name = "test"
+    input_rate = 16000
 
     def __init__(self, expiration: dt.datetime | None = None) -> None:
         self.opened: list[Recorder] = []
@@ -176,6 +177,8 @@ async def test_legs_open_set_up_go_live_and_close_in_order() -> None:
     assert hooks.opened == [leg] and legs.live is None
     await legs.go_live(leg, [("USER", "hi"), ("ASSISTANT", "hello")], [bytes(5000)])
     assert legs.live is leg and hooks.live == [leg] and leg.ready_at is not None
+    async with asyncio.timeout(5):
+        await leg.caught_up.wait()  # the replay is paced in the background
     inputs = backend.opened[0].inputs
     kinds = [type(e) for e in inputs]
     assert kinds[:2] == [SessionStart, PromptStart]
