@@ -111,7 +111,7 @@ async def _run_server(
     from voicegate.signaling.listener import serve
 
     log = structlog.get_logger("voicegate")
-    media.configure(media_setup(conf))
+    media.configure(media_setup(conf, backend.input_rate))
     warm = getattr(backend, "warm", None)
     if warm is not None:
         from voicegate.backends.base import BackendError

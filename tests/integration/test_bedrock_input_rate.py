@@ -21,6 +21,7 @@ from tests.support.server import running_server
 from voicegate.audio.chunks import model_chunk_seconds
 from voicegate.audio.levels import rms
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
+from voicegate.media import patch as rtcpatch
 from voicegate.signaling.app import SESSIONS
 from voicegate.standin import StandIn, server
 from voicegate.standin.brains import SPEECH_RMS
@@ -80,6 +81,8 @@ async def test_a_call_streams_caller_audio_at_the_configured_rate(
                 session = app[SESSIONS][client.pc_id]
                 conv = session.conversation
                 assert conv.input_rate == rate
+                # Opus is decoded natively at 24 kHz for a 24 kHz model, else at 16 kHz.
+                assert rtcpatch.settings().decode_rate == max(16000, rate)
                 client.mic.play(speech)
                 user = await client.wait_for("user-transcription", 15)
                 await client.wait_for("bot-started-speaking", 5)

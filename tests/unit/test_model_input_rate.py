@@ -66,3 +66,30 @@ def test_an_unknown_model_gets_a_warning_not_an_error() -> None:
     # The operator says it is a Nova 2 model: Nova 2's rates, no doubt left.
     assert input_rate_warning(later, "nova2", 24000) is None
     assert input_rate_warning(later, "", 16000) is None
+
+
+@pytest.mark.parametrize(("decoded", "model"), [(24000, 24000), (16000, 8000), (16000, 24000)])
+def test_the_inbound_resampler_gives_the_call_16_khz_and_the_model_its_rate(
+    decoded: int, model: int
+) -> None:
+    import av
+    import numpy as np
+
+    from voicegate.audio.resample import InboundResampler
+
+    resampler = InboundResampler(16000, model)
+    step = decoded // 50  # 20 ms frames
+    call = sent = 0
+    for n in range(50):
+        if n == 20:
+            continue  # a lost frame: its time is filled with silence on both sides
+        tone = (8000 * np.sin(np.arange(step) / 7)).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        frame.sample_rate = decoded
+        frame.pts = n * step
+        ours, theirs = resampler.split(frame)
+        call += ours.size
+        sent += theirs.size
+    # One second of audio at each rate, less the filter delay of a resampled side.
+    assert 16000 - 64 <= call <= 16000 and model - 64 <= sent <= model
+    assert resampler.gap_samples == 320
