@@ -75,7 +75,7 @@ pytest: setup-test
 BEDROCK_SUITE = $(addprefix tests/integration/,test_bedrock_backend.py test_call_bedrock.py \
 	test_reconnect.py test_renewal.py test_typed_text.py test_credential_rotation.py \
 	test_retry_policy.py test_standin_quirks.py test_bedrock_async_tools.py test_bedrock_nova2.py \
-	test_bedrock_fanout.py)
+	test_bedrock_fanout.py test_bedrock_input_rate.py test_replay_pacing.py)
 pytest-quirks: setup-test
 	AWS_EC2_METADATA_DISABLED=true $(VENV)/bin/pytest $(BEDROCK_SUITE) --standin-quirks all \
 		$(PYTEST_ARGS)

@@ -62,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
             conf.bedrock_transport,
             conf.bedrock_calls_per_connection,
             conf.model_family,
+            conf.model_input_rate,
         )
     except BackendUnavailable as exc:
         print(f"voicegate: {exc}", file=sys.stderr)
@@ -110,7 +111,7 @@ async def _run_server(
     from voicegate.signaling.listener import serve
 
     log = structlog.get_logger("voicegate")
-    media.configure(media_setup(conf))
+    media.configure(media_setup(conf, backend.input_rate))
     warm = getattr(backend, "warm", None)
     if warm is not None:
         from voicegate.backends.base import BackendError

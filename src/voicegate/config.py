@@ -19,6 +19,7 @@ from voicegate.config_checks import validate
 from voicegate.config_options import BACKENDS, OPTIONS, Option, parse_bool, parse_port_range
 from voicegate.conversation.continuation import RENEW_AFTER_S
 from voicegate.media import MediaSetup
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 from voicegate.sonic.models import DEFAULT_MODEL_ID, DEFAULT_VOICE
 
 __all__ = [
@@ -142,6 +143,7 @@ class ServeConfig:
     announced_address: str = ""
     max_loop_lag_ms: float = 25.0
     model_chunk_ms: int = DEFAULT_CHUNK_MS
+    model_input_rate: int = INPUT_SAMPLE_RATE
     # many cores, many machines (docs/cluster.md)
     workers: str = "auto"
     cluster_redis: str = field(default="", repr=False)
@@ -255,8 +257,9 @@ def _read_secret_files(config: ServeConfig, problems: list[str]) -> ServeConfig:
     return replace(config, **changes) if changes else config
 
 
-def media_setup(c: ServeConfig) -> MediaSetup:
-    """The process-wide media choices of this configuration (``voicegate.media.configure``)."""
+def media_setup(c: ServeConfig, input_rate: int = INPUT_SAMPLE_RATE) -> MediaSetup:
+    """The process-wide media choices of this configuration (``voicegate.media.configure``);
+    ``input_rate``: the chosen backend's (``Backend.input_rate``), which sets the decode rate."""
     # Here, not at the top: the ICE module loads aioice and aiortc (~0.4 s), which `voicegate
     # token` and `--help` never need.
     from voicegate.media.ice import default_host_addresses
@@ -267,4 +270,5 @@ def media_setup(c: ServeConfig) -> MediaSetup:
         port_range=parse_port_range(c.rtc_ports),
         announced_address=c.announced_address or None,
         model_chunk_ms=c.model_chunk_ms,
+        decode_rate=max(INPUT_SAMPLE_RATE, input_rate),
     )

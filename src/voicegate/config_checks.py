@@ -21,7 +21,12 @@ from voicegate.jwtkeys import keys_from_pem
 from voicegate.netaddr import is_loopback_host
 from voicegate.sonic import ENDPOINTING
 from voicegate.sonic.events import tool_choice_problem
-from voicegate.sonic.models import DEFAULT_MODEL_ID, STREAM_LIMIT_S, voice_problem
+from voicegate.sonic.models import (
+    DEFAULT_MODEL_ID,
+    STREAM_LIMIT_S,
+    input_rate_problem,
+    voice_problem,
+)
 
 if TYPE_CHECKING:
     from voicegate.config import ServeConfig
@@ -61,6 +66,9 @@ def validate(c: ServeConfig) -> list[str]:
         problems.append(f"voice {c.voice!r} is not a valid voice id")
     elif problem := voice_problem(c.model_id or DEFAULT_MODEL_ID, c.voice):
         problems.append(problem)
+    rate = input_rate_problem(c.model_id or DEFAULT_MODEL_ID, c.model_family, c.model_input_rate)
+    if rate:
+        problems.append(rate)
     for address in c.ice_addresses:
         try:
             ipaddress.ip_address(address)

@@ -391,6 +391,14 @@ OPTIONS: Final = (
         "(default 20: lowest latency; 40 halves the Bedrock events per call)",
         int,
     ),
+    Option(
+        "model_input_rate",
+        "sample rate in Hz of the caller audio streamed to Bedrock: 8000, 16000 (default) or "
+        "24000, one the model documents (Nova 2 Sonic: all three; v1: 16000); the echo and "
+        "local backends take 16000 whatever this says",
+        int,
+        metavar="HZ",
+    ),
     # many cores, many machines (docs/cluster.md)
     Option(
         "workers",

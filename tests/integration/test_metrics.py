@@ -228,6 +228,7 @@ class _BargeThenFail(InProcessStream):
 
 class _ScriptedBackend:
     name = "scripted"
+    input_rate = 16000
 
     def __init__(self, fail_open: bool = False) -> None:
         self.fail_open = fail_open

@@ -204,6 +204,7 @@ class Counting(Recorder):
 
 class Streams:
     name = "test"
+    input_rate = 16000
 
     def __init__(self) -> None:
         self.opened: list[Recorder] = []
@@ -275,6 +276,7 @@ class Busy(InProcessStream):
 async def test_without_a_natural_point_the_renewal_is_forced() -> None:
     class Backend:
         name = "test"
+        input_rate = 16000
 
         async def open(self) -> BackendStream:
             return Busy()

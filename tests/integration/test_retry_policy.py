@@ -97,6 +97,8 @@ class Busy:
 
     name = "test"
 
+    input_rate = 16000
+
     def __init__(self, refusals: int, error: Any = None) -> None:
         self.refusals = refusals
         self.error = error or Throttled("Too many requests, please wait before trying again.")

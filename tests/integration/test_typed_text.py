@@ -272,6 +272,8 @@ class Streams:
 
     name = "test"
 
+    input_rate = 16000
+
     def __init__(self, answer: bool = False) -> None:
         self.answer = answer
         self.opened: list[Recorder] = []

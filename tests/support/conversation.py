@@ -101,6 +101,7 @@ class Recorder(InProcessStream):
 
 class OneBackend:
     name = "test"
+    input_rate = 16000
 
     def __init__(self, stream: InProcessStream) -> None:
         self.stream = stream

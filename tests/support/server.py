@@ -27,7 +27,7 @@ async def running_server(
     # busy test machine must not turn into refused calls, so it is off unless a test asks.
     settings: dict[str, Any] = {"max_loop_lag_ms": 0.0, **overrides, "port": 0}
     config = dataclasses.replace(resolve(None, env={}), **settings)
-    media.configure(media_setup(config))
+    media.configure(media_setup(config, backend.input_rate))
     app = create_app(config, backend, tools)
     listener = await serve(app, config, host="127.0.0.1", port=0)
     try:

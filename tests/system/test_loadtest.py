@@ -42,6 +42,8 @@ class EchoBrainBackend:
 
     name = "echo-brain"
 
+    input_rate = 16000
+
     async def open(self) -> BackendStream:
         return EchoBrain()
 
@@ -51,6 +53,7 @@ class EchoBrainBackend:
 
 class TurnsBackend:
     name = "turns"
+    input_rate = 16000
 
     async def open(self) -> BackendStream:
         return TurnsBrain(end_silence_s=0.3, think_s=0.2)

@@ -19,7 +19,15 @@ from voicegate.conversation import (
     ConversationStats,
     SessionContinued,
 )
-from voicegate.conversation.legs import Leg, Legs, Lifecycle, TurnState
+from voicegate.conversation.legs import (
+    REPLAY_MAX_DELAY_S,
+    REPLAY_PACE,
+    Leg,
+    Legs,
+    Lifecycle,
+    TurnState,
+    replay_pace,
+)
 from voicegate.conversation.memory import CallMemory
 from voicegate.conversation.recovery import Recovery
 from voicegate.conversation.renewal import Renewal
@@ -76,6 +84,7 @@ class Recorder(InProcessStream):
 
 class Backend:
     name = "test"
+    input_rate = 16000
 
     def __init__(self, expiration: dt.datetime | None = None) -> None:
         self.opened: list[Recorder] = []
@@ -176,6 +185,8 @@ async def test_legs_open_set_up_go_live_and_close_in_order() -> None:
     assert hooks.opened == [leg] and legs.live is None
     await legs.go_live(leg, [("USER", "hi"), ("ASSISTANT", "hello")], [bytes(5000)])
     assert legs.live is leg and hooks.live == [leg] and leg.ready_at is not None
+    async with asyncio.timeout(5):
+        await leg.caught_up.wait()  # the replay is paced in the background
     inputs = backend.opened[0].inputs
     kinds = [type(e) for e in inputs]
     assert kinds[:2] == [SessionStart, PromptStart]
@@ -184,6 +195,29 @@ async def test_legs_open_set_up_go_live_and_close_in_order() -> None:
     await legs.close(leg)
     assert [type(e) for e in inputs[-3:]] == [ContentEnd, PromptEnd, SessionEnd]
     assert leg.dead and not legs.open_legs
+
+
+def test_the_replay_pace_bounds_what_it_holds_back() -> None:
+    assert replay_pace(0.3) == REPLAY_PACE
+    for seconds in (0.3, 1.0, 2.0, 8.0):
+        assert seconds / replay_pace(seconds) <= REPLAY_MAX_DELAY_S + 1e-9
+
+
+async def test_audio_spoken_during_a_paced_replay_follows_it_in_order() -> None:
+    backend = Backend()
+    legs, *_ = _parts(backend)
+    leg = await legs.open()
+    replay = [bytes([n]) * 640 for n in range(1, 21)]  # 0.4 s, in 20 ms chunks
+    await legs.go_live(leg, [], replay)
+    assert legs.live is leg and not leg.caught_up.is_set()
+    live = [bytes([100 + n]) * 640 for n in range(5)]
+    for pcm in live:
+        assert legs.take_audio(leg, pcm)  # queued behind the replay, not sent past it
+    async with asyncio.timeout(5):
+        await leg.caught_up.wait()
+    assert not legs.take_audio(leg, b"\x00" * 640)  # caught up: audio goes out as it comes
+    sent = b"".join(e.content for e in backend.opened[0].inputs if isinstance(e, AudioInput))
+    assert sent == b"".join(replay + live)
 
 
 async def test_a_block_is_never_split_by_a_concurrent_sender() -> None:

@@ -63,6 +63,7 @@ class Picky(InProcessStream):
 
 class Backend:
     name = "test"
+    input_rate = 16000
 
     def __init__(self, limit: int = 1000) -> None:
         self.limit = limit

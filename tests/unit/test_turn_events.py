@@ -77,6 +77,7 @@ class Irregular(InProcessStream):
 
 class Backend:
     name = "test"
+    input_rate = 16000
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs

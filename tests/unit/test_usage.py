@@ -53,6 +53,7 @@ class Counting(InProcessStream):
 
 class Backend:
     name = "test"
+    input_rate = 16000
 
     def __init__(self, with_delta: bool) -> None:
         self.with_delta = with_delta

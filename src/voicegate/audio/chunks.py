@@ -3,8 +3,9 @@
 The chunk length is process-wide (``--model-chunk-ms``, set once at start through
 ``configure_chunks``): the inbound pump cuts caller audio with a ``Chunker`` of that size and
 the conversation reads the same length (``model_chunk_seconds``) to pace silence and replay.
-The rate is the model input's, the Sonic protocol's 16 kHz, for every brain. Runs once per
-20 ms frame per call, so it avoids per-sample Python loops.
+The length is a duration; its size in samples follows the rate the backend takes
+(``chunk_samples``: Bedrock's ``--model-input-rate``, 16 kHz for the in-process brains). Runs
+once per 20 ms frame per call, so it avoids per-sample Python loops.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_CHUNK_MS",
     "MODEL_CHUNK_MS_CHOICES",
     "Chunker",
+    "chunk_samples",
     "configure_chunks",
     "model_chunk_seconds",
 ]
@@ -31,12 +33,17 @@ CHUNK_SAMPLES: Final = INPUT_SAMPLE_RATE * DEFAULT_CHUNK_MS // 1000
 to the model the moment it is decoded. Larger chunks cost fewer model events per second (each
 costs ~0.3-0.6 ms of CPU on the Bedrock path) but add up to their length on the way in;
 ``configure_chunks`` (``--model-chunk-ms``) chooses. See benchmarks/README.md."""
-_chunk_samples = CHUNK_SAMPLES
+_chunk_ms = DEFAULT_CHUNK_MS
 
 
 def model_chunk_seconds() -> float:
     """Length of the caller-audio chunks the inbound pump hands the conversation."""
-    return _chunk_samples / INPUT_SAMPLE_RATE
+    return _chunk_ms / 1000
+
+
+def chunk_samples(rate: int = INPUT_SAMPLE_RATE) -> int:
+    """Samples in one model chunk at ``rate`` (every choice is whole at 8, 16 and 24 kHz)."""
+    return rate * _chunk_ms // 1000
 
 
 def configure_chunks(ms: int) -> None:
@@ -44,17 +51,17 @@ def configure_chunks(ms: int) -> None:
 
     A length that is not a multiple of the 20 ms frame (32 ms, AWS's samples' 512 samples) is
     cut from the running sample stream: a frame completes at most one chunk, the rest waits."""
-    global _chunk_samples
+    global _chunk_ms
     if ms not in MODEL_CHUNK_MS_CHOICES:
         raise ValueError(f"chunk length {ms} ms must be one of {MODEL_CHUNK_MS_CHOICES}")
-    _chunk_samples = INPUT_SAMPLE_RATE * ms // 1000
+    _chunk_ms = ms
 
 
 class Chunker:
     """Re-frames a stream of samples into fixed-size chunks (bytes), keeping the remainder."""
 
     def __init__(self, samples: int | None = None) -> None:
-        samples = _chunk_samples if samples is None else samples
+        samples = chunk_samples() if samples is None else samples
         self.samples = samples
         self._nbytes = samples * 2
         self._buf = bytearray()

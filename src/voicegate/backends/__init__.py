@@ -17,6 +17,7 @@ def make_backend(
     transport: str = "",
     calls_per_connection: int = 0,
     model_family: str = "",
+    input_rate: int = 0,
 ) -> tuple[Backend, str]:
     """The backend for ``--backend NAME`` and a sentence saying why it was chosen."""
     bedrock: dict[str, Any] = {
@@ -26,6 +27,7 @@ def make_backend(
         "transport": transport,
         "calls_per_connection": calls_per_connection,
         "model_family": model_family,
+        "input_rate": input_rate,
     }
     if name == "echo":
         from voicegate.backends.echo import EchoBackend
@@ -70,6 +72,7 @@ def _bedrock(
     transport: str,
     calls_per_connection: int,
     model_family: str,
+    input_rate: int,
 ) -> Backend:
     try:
         from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
@@ -79,6 +82,8 @@ def _bedrock(
             f"{exc}"
         ) from exc
     overrides: dict[str, Any] = {}
+    if input_rate:
+        overrides["input_rate"] = input_rate
     if model_family:
         overrides["model_family"] = model_family
     if calls_per_connection:

@@ -149,6 +149,9 @@ class Backend(Protocol):
     """A factory of streams; one instance per process, shared by all calls."""
 
     name: str
+    input_rate: int
+    """Sample rate of the caller audio its streams take (audioInputConfiguration): Bedrock's is
+    configured (``--model-input-rate``), the in-process brains take 16 kHz."""
 
     async def open(self) -> BackendStream:
         """Open a new session stream. Raises BackendError when that is impossible."""

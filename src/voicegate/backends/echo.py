@@ -23,6 +23,7 @@ from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.base import BackendStream
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.sonic import Role
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 __all__ = [
     "BEEP_GAP_S",
@@ -166,6 +167,7 @@ def beeps(count: int, rate: int) -> np.ndarray:
 
 class EchoBackend:
     name = "echo"
+    input_rate = INPUT_SAMPLE_RATE  # its own, whatever --model-input-rate says
 
     async def open(self) -> BackendStream:
         return EchoStream()

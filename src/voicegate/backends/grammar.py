@@ -87,6 +87,8 @@ class SessionGrammar:
     history_over: bool = False
     speech_prompt: bool = False
     audio_started: bool = False
+    audio_rate: int = 0
+    """The audio content's sampleRateHertz (0 before it opens)."""
     audio_ended: bool = False
     prompt_ended: bool = False
     session_ended: bool = False
@@ -165,6 +167,7 @@ class SessionGrammar:
             if event.role != "USER":
                 raise invalid(f"the AUDIO content must have role USER, not {event.role}")
             self.audio_started = True
+            self.audio_rate = event.sample_rate
             self.history_over = True
             content = OpenContent(name, "AUDIO", "USER", interactive=True)
         else:

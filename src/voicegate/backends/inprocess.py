@@ -111,6 +111,11 @@ class InProcessStream:
         return self.grammar.audio_started
 
     @property
+    def input_rate(self) -> int:
+        """Sample rate of the user audio ``on_audio`` gets (the audio content's; 0 before)."""
+        return self.grammar.audio_rate
+
+    @property
     def ended_in_order(self) -> bool:
         """The client closed the session in order (sessionEnd after promptEnd)."""
         return self.grammar.session_ended

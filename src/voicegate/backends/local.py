@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
+from voicegate.audio.resample import PcmResampler
 from voicegate.backends.base import BackendError
 from voicegate.backends.inprocess import InProcessStream
 from voicegate.backends.speech import SpeechModelError, check_installed
@@ -69,6 +70,7 @@ from voicegate.backends.speech.vad import (
     VadStream,
 )
 from voicegate.sonic import Role, StopReason, UsageEvent, filler_of
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 __all__ = [
     "CHUNK_MS",
@@ -156,6 +158,7 @@ class LocalStream(InProcessStream):
         self._models = models
         self._gate = gate
         self._vad = VadStream(models.vad, vad_config)
+        self._to_16k: PcmResampler | None = None
         self.speculation = Speculator(gate, models.asr.transcribe)
         self._clock = clock
         self._tool_timeout = tool_timeout
@@ -174,6 +177,12 @@ class LocalStream(InProcessStream):
     # -- hooks ----------------------------------------------------------------------------
 
     async def on_audio(self, pcm: bytes) -> None:
+        if self.input_rate != INPUT_SAMPLE_RATE:
+            # A client streaming 8 or 24 kHz (the stand-in's local brain behind
+            # --model-input-rate): the VAD and ASR take 16 kHz.
+            if self._to_16k is None or self._to_16k.src != self.input_rate:
+                self._to_16k = PcmResampler(self.input_rate, INPUT_SAMPLE_RATE)
+            pcm = self._to_16k.process(pcm)
         for event in self._vad.feed(pcm):
             if isinstance(event, SpeechStart):
                 await self._speech_started()
@@ -399,6 +408,7 @@ class LocalBackend:
     """Factory of :class:`LocalStream`; one per process, models shared by every call."""
 
     name = "local"
+    input_rate = INPUT_SAMPLE_RATE  # what its VAD and ASR take, whatever --model-input-rate says
 
     def __init__(
         self,

@@ -1,11 +1,12 @@
 """The user's side of a call: the inbound audio pump, the gateway's speaking detector, turn timing.
 
 The pump consumes the browser's track at once (aiortc queues received frames without bound),
-resamples to 16 kHz and hands model-sized chunks to the conversation. Beside it, webrtcvad marks
-where the user starts and stops speaking: only for the page (``user-started-speaking``) and for
-turn timing, because the model decides turns itself. A track that goes quiet (no frames at all,
-not silence: browsers send frames continuously) is reported as stalled, since aiortc only
-notices a dead path after ~30 s of ICE consent.
+resamples to the backend's input rate (16 kHz, or Bedrock's ``--model-input-rate``) and hands
+model-sized chunks to the conversation; the speaking detector and the recording keep 16 kHz.
+Beside it, webrtcvad marks where the user starts and stops speaking: only for the page
+(``user-started-speaking``) and for turn timing, because the model decides turns itself. A track
+that goes quiet (no frames at all, not silence: browsers send frames continuously) is reported
+as stalled, since aiortc only notices a dead path after ~30 s of ICE consent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import structlog
 import webrtcvad
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicegate.audio.chunks import Chunker
+from voicegate.audio.chunks import Chunker, chunk_samples
 from voicegate.audio.pcm import Int16Array
 from voicegate.audio.resample import InboundResampler
 
@@ -37,6 +38,7 @@ __all__ = [
     "TurnTiming",
     "TypedText",
     "VAD_FRAME",
+    "VAD_RATE",
     "VAD_START_FRAMES",
     "VAD_STOP_FRAMES",
     "drain",
@@ -44,6 +46,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+VAD_RATE: Final = 16000
+"""The call's own rate: the speaking detector (webrtcvad takes 8/16/32/48 kHz, not 24) and the
+recording, whatever rate the model takes."""
 VAD_FRAME: Final = 320  # 20 ms at 16 kHz, what webrtcvad accepts
 VAD_START_FRAMES: Final = 3
 VAD_STOP_FRAMES: Final = 25  # 500 ms of non-speech
@@ -106,7 +111,7 @@ class InboundListener(Protocol):
         """A frame arrived (the path works, whatever was said about it before)."""
 
     def inbound_audio(self, pcm: Int16Array) -> None:
-        """The user's audio as the model receives it (16 kHz mono int16), before chunking."""
+        """The user's audio at 16 kHz mono int16 (what is recorded), before chunking."""
 
     def user_speech(self) -> None:
         """A 20 ms frame the speaking detector counts as speech."""
@@ -126,8 +131,12 @@ class InboundPump:
         clock: TurnClock,
         stall_after: float,
         stats: dict[str, int],
+        rate: int = VAD_RATE,
     ) -> None:
+        """``rate``: the sample rate the conversation's backend takes (``Backend.input_rate``);
+        the chunks sent are ``--model-chunk-ms`` long at that rate."""
         self._send = send
+        self.rate = rate
         self._listener = listener
         self._clock = clock
         self._stall_after = stall_after
@@ -135,8 +144,8 @@ class InboundPump:
         self.user_speaking = False
 
     async def run(self, track: MediaStreamTrack) -> None:
-        resampler = InboundResampler()
-        chunker = Chunker()
+        resampler = InboundResampler(VAD_RATE, self.rate)
+        chunker = Chunker(chunk_samples(self.rate))
         vad_chunker = Chunker(VAD_FRAME)
         vad = webrtcvad.Vad(3)
         speech_run = 0
@@ -157,13 +166,13 @@ class InboundPump:
             if not isinstance(frame, av.AudioFrame):
                 continue
             self.stats["frames_in"] += 1
-            pcm = resampler.process(frame)
+            pcm, model_pcm = resampler.split(frame)
             listener.inbound_audio(pcm)
-            for chunk in chunker.push(pcm):
+            for chunk in chunker.push(model_pcm):
                 send(chunk)
                 self.stats["chunks_out"] += 1
             for vframe in vad_chunker.push(pcm):
-                if vad.is_speech(vframe, 16000):
+                if vad.is_speech(vframe, VAD_RATE):
                     listener.user_speech()
                     speech_run += 1
                     quiet_run = 0

@@ -177,7 +177,9 @@ class PeerSession:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             send, stall_after = self.conversation.send_audio, self.options.stall_after
-            self._spawn(InboundPump(send, self, self._turns, stall_after, self.stats).run(track))
+            rate = self.conversation.input_rate
+            pump = InboundPump(send, self, self._turns, stall_after, self.stats, rate)
+            self._spawn(pump.run(track))
         else:
             # Always consume: aiortc queues received frames without bound (pipecat PR #2682).
             self._spawn(drain(track))

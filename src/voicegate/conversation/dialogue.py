@@ -86,7 +86,6 @@ from voicegate.sonic import (
     filler_instruction,
     is_interruption_marker,
 )
-from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 __all__ = [
     "Conversation",
@@ -129,8 +128,10 @@ class Conversation:
         self.listener = listener
         self.stats = ConversationStats()
         c = settings.continuation
+        self.input_rate = backend.input_rate
+        """Sample rate of the user audio ``send_audio`` takes: the backend's."""
         self.life = Lifecycle(listener)
-        self.memory = CallMemory(c, self.stats)
+        self.memory = CallMemory(c, self.stats, self.input_rate)
         self.legs = Legs(backend, settings, tools, self.stats, self.life, self)
         self.recovery = Recovery(
             self.legs, self.memory, c, self.stats, self.life, self._answer_lost_tools
@@ -319,6 +320,9 @@ class Conversation:
     def leg_went_live(self, leg: Leg) -> None:
         self.turn.reset()
 
+    def leg_failed(self, leg: Leg, exc: BackendError) -> None:
+        self.recovery.leg_failed(leg, exc)
+
     def _answer_lost_tools(self, leg: Leg, why: str) -> None:
         """Tool calls the old leg asked for and can no longer take a result for: the browser
         gets an error result, the history notes it, nothing stays open."""
@@ -335,7 +339,7 @@ class Conversation:
     async def _sender_loop(self) -> None:
         """Forward caller audio to the live leg; fill silence on our own clock when the caller
         goes quiet; hand over to a prepared leg between two chunks."""
-        silence = bytes(round(self._chunk_s * INPUT_SAMPLE_RATE) * 2)
+        silence = bytes(round(self._chunk_s * self.input_rate) * 2)
         fill = max(1, round(SILENCE_AFTER / self._chunk_s))
         while True:
             try:
@@ -349,6 +353,9 @@ class Conversation:
                 leg = self.legs.live
                 if leg is None or leg.dead:
                     continue  # recovering: the replay buffer keeps it for the next leg
+                if self.legs.take_audio(leg, pcm):  # behind a replay still being paced
+                    self._count_sent(filled)
+                    continue
                 new = self.legs.next
                 if (
                     self.renewal.wanted
@@ -363,10 +370,13 @@ class Conversation:
                 except BackendError as exc:
                     self.recovery.leg_failed(leg, exc)
                     continue
-                if filled:
-                    self.stats.silence_chunks_sent += 1
-                else:
-                    self.stats.audio_chunks_sent += 1
+                self._count_sent(filled)
+
+    def _count_sent(self, filled: bool) -> None:
+        if filled:
+            self.stats.silence_chunks_sent += 1
+        else:
+            self.stats.audio_chunks_sent += 1
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -49,7 +50,6 @@ from voicegate.sonic import (
     TextInput,
     ToolUse,
 )
-from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -58,7 +58,10 @@ __all__ = [
     "LegHooks",
     "Legs",
     "Lifecycle",
-    "REPLAY_EVENT_BYTES",
+    "REPLAY_EVENT_S",
+    "REPLAY_MAX_DELAY_S",
+    "REPLAY_PACE",
+    "replay_pace",
     "SETUP_TIMEOUT",
     "TEXT_PART_BYTES",
     "TurnState",
@@ -70,8 +73,13 @@ log = structlog.get_logger(__name__)
 
 SETUP_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
-REPLAY_EVENT_BYTES: Final = 4096
+REPLAY_EVENT_S: Final = 0.128
 """Replayed user audio goes in 128 ms events (see ``Legs.go_live``)."""
+REPLAY_PACE: Final = 4.0
+"""Replayed audio is sent at most this many times faster than real time (``replay_pace``)."""
+REPLAY_MAX_DELAY_S: Final = 0.5
+"""The most a paced replay may hold back the audio the caller speaks meanwhile: a longer replay
+is sent proportionally faster (``replay_pace``)."""
 TEXT_PART_BYTES: Final = 1000
 """Nova Sonic takes at most ~1 KB per textInput; longer interactive text is split."""
 USER_TEXT_MAX_BYTES: Final = 4000
@@ -127,6 +135,17 @@ class TurnState:
         self.ended = False
 
 
+def replay_pace(seconds: float) -> float:
+    """How many times faster than real time ``seconds`` of replayed audio are sent.
+
+    AWS's input guidance is real-time streaming, but at exactly real time the caller's live
+    audio would stay ``seconds`` behind for the rest of the stream. At ``pace`` P the replay
+    holds live audio back by at most ``seconds / P`` (the backlog then drains at P - 1 seconds
+    of audio per second): at least ``REPLAY_PACE``, faster for a replay that would otherwise
+    hold it back more than ``REPLAY_MAX_DELAY_S``."""
+    return max(REPLAY_PACE, seconds / REPLAY_MAX_DELAY_S)
+
+
 class Leg:
     """One model stream of the call, with the state that belongs to that stream only."""
 
@@ -153,6 +172,12 @@ class Leg:
         self.output_seen = False
         self.usage_totals = Tokens()
         """The stream's running token totals as last reported (they restart on every stream)."""
+        self.backlog: deque[bytes] = deque()
+        """User audio waiting for its paced turn: the replay, then what the caller said while
+        it was being sent (``Legs.pace_replay``). Empty when audio goes out as it comes."""
+        self.caught_up = asyncio.Event()
+        """Set while no paced replay is under way (the backlog sent, or there was none)."""
+        self.caught_up.set()
         self.preload: asyncio.Task[None] | None = None
         self.preloaded: tuple[int, list[tuple[Role, str]]] | None = None
         """(history version, history) already sent to this prepared leg."""
@@ -202,6 +227,9 @@ class LegHooks(Protocol):
     def leg_went_live(self, leg: Leg) -> None:
         """``leg`` carries the conversation now: reset per-turn state."""
 
+    def leg_failed(self, leg: Leg, exc: BackendError) -> None:
+        """A send to ``leg`` that nobody awaits (the paced replay) raised."""
+
 
 class Legs:
     """The model streams of one call: the live one, a prepared next one, and those closing."""
@@ -221,6 +249,8 @@ class Legs:
         self.stats = stats
         self.life = life
         self.hooks = hooks
+        self.input_rate = backend.input_rate
+        """audioInputConfiguration's sampleRateHertz: the rate the backend takes."""
         self.prompt_name = str(uuid.uuid4())
         self.audio_content = str(uuid.uuid4())
         self.live: Leg | None = None
@@ -272,19 +302,63 @@ class Legs:
         live."""
         await self.send_history(leg, history)
         await self.send(
-            leg, AudioContentStart(self.prompt_name, self.audio_content, INPUT_SAMPLE_RATE)
+            leg, AudioContentStart(self.prompt_name, self.audio_content, self.input_rate)
         )
         if user_text:
             await self.send(leg, *self.user_text_block(user_text))
         # Replayed audio goes in 128 ms events: fewer events (each one signed and queued
-        # through the SDK's small buffer) than caller chunks make the switch shorter.
+        # through the SDK's small buffer) than caller chunks. It is paced, not sent in one
+        # burst: AWS asks for audio "streamed in real-time as they're captured"; see
+        # ``replay_pace`` for why not at exactly real time.
         replay = b"".join(audio)
-        for i in range(0, len(replay), REPLAY_EVENT_BYTES):
-            await self.send(leg, self.audio(replay[i : i + REPLAY_EVENT_BYTES]))
+        step = round(REPLAY_EVENT_S * self.input_rate) * 2
+        leg.backlog.extend(replay[i : i + step] for i in range(0, len(replay), step))
         leg.ready_at = asyncio.get_running_loop().time()
         self.live = leg
         self.hooks.leg_went_live(leg)
         self.life.changed.set()
+        if leg.backlog:
+            leg.caught_up.clear()
+            pace = replay_pace(len(replay) / 2 / self.input_rate)
+            self.life.spawn(self.pace_replay(leg, pace), name="replay")
+
+    async def pace_replay(self, leg: Leg, pace: float) -> None:
+        """Send ``leg``'s backlog ``pace`` times faster than real time; the caller's new audio
+        joins the backlog meanwhile (``take_audio``), so everything stays in order.
+
+        Each event is due when the audio before it has had its share of time at the pace, on a
+        clock started with the replay: a loop running late (or a slow send) never slows the
+        pace below ``pace``, so the backlog always drains; what a stall held back then goes
+        out at once (bounded by the stall), the rest at the pace."""
+        loop = asyncio.get_running_loop()
+        rate = self.input_rate
+        log.debug("replay_paced", leg=leg.number, events=len(leg.backlog), pace=round(pace, 1))
+        started = loop.time()
+        sent_s = 0.0
+        try:
+            while leg.backlog and not (leg.dead or leg.retired):
+                pcm = leg.backlog.popleft()
+                try:
+                    await self.send(leg, self.audio(pcm))
+                except BackendError as exc:
+                    leg.backlog.clear()
+                    self.hooks.leg_failed(leg, exc)
+                    return
+                sent_s += len(pcm) / 2 / rate
+                wait = started + sent_s / pace - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+        finally:
+            leg.backlog.clear()
+            leg.caught_up.set()
+
+    def take_audio(self, leg: Leg, pcm: bytes) -> bool:
+        """Queue ``pcm`` behind a replay still being paced to ``leg``; False when there is none
+        and the audio is to be sent now."""
+        if not leg.backlog:
+            return False
+        leg.backlog.append(pcm)
+        return True
 
     def retire(self, leg: Leg) -> None:
         """Close a leg that is no longer live in order, in the background."""
@@ -293,6 +367,7 @@ class Legs:
 
     async def close(self, leg: Leg) -> None:
         """End the leg's session in order (bounded), then release it."""
+        leg.backlog.clear()  # no paced audio after the audio content's end
         if not leg.dead:
             with contextlib.suppress(BackendError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):

@@ -31,12 +31,16 @@ class CallMemory:
     """The history (in ``stats.history``, read by /metrics and the recorder), its version, the
     replay buffer and the unanswered-turn flag of one call."""
 
-    def __init__(self, continuation: ContinuationSettings, stats: ConversationStats) -> None:
+    def __init__(
+        self,
+        continuation: ContinuationSettings,
+        stats: ConversationStats,
+        rate: int = INPUT_SAMPLE_RATE,
+    ) -> None:
+        """``rate``: of the user audio kept (the backend's input rate)."""
         self.settings = continuation
         self.stats = stats
-        self.replay = ReplayBuffer(
-            continuation.replay_max_s, continuation.replay_preroll_s, INPUT_SAMPLE_RATE
-        )
+        self.replay = ReplayBuffer(continuation.replay_max_s, continuation.replay_preroll_s, rate)
         self.version = 0
         """Bumped on every change of the history: a history preloaded to a prepared stream is
         usable only while the version it was taken at is current."""
@@ -112,4 +116,4 @@ class CallMemory:
         self.stats.history_bytes_replayed += size
         self.stats.history_messages_replayed += len(history)
         self.stats.audio_chunks_replayed += len(audio)
-        return size, sum(len(a) for a in audio) / 2 / INPUT_SAMPLE_RATE * 1000
+        return size, sum(len(a) for a in audio) / 2 / self.replay.rate * 1000

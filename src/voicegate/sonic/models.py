@@ -65,9 +65,12 @@ NOVA1_VOICES: Final = frozenset(
 )
 """Nova Sonic v1's 11 documented voices (v1 user guide, available voices)."""
 OUTPUT_RATES: Final = (8000, 16000, 24000)
+INPUT_RATES: Final = (8000, 16000, 24000)
+"""Every audio input rate any Nova Sonic page names (``--model-input-rate`` chooses one)."""
 NOVA2_INPUT_RATES: Final = (8000, 16000, 24000)
 """Nova 2 Sonic's input-events page documents 8, 16 and 24 kHz audio input."""
 NOVA1_INPUT_RATES: Final = (16000,)
+"""Nova Sonic v1's user guide documents 16 kHz audio input only."""
 NOVA2_REGIONS: Final = frozenset({"us-east-1", "us-west-2", "ap-northeast-1"})
 """Where Nova 2 Sonic is offered (AWS's model availability table; a newer region warns only)."""
 NOVA1_REGIONS: Final = frozenset({"us-east-1", "ap-northeast-1"})
@@ -126,6 +129,35 @@ def model_of(model_id: str, family: str = "") -> Model:
     return NOVA2 if family == "nova2" else NOVA1
 
 
+def input_rate_problem(model_id: str, family: str, rate: int) -> str | None:
+    """Why audio input at ``rate`` Hz would be refused (None: documented for this model, or a
+    model the table does not name, whose rates ``input_rate_warning`` can only doubt)."""
+    if rate not in INPUT_RATES:
+        return f"model_input_rate {rate} must be one of {', '.join(map(str, INPUT_RATES))}"
+    model = documented_model(model_id)
+    if model is None and family == "nova2":
+        model = NOVA2
+    if model is None or rate in model.input_rates:
+        return None
+    return (
+        f"model_input_rate {rate} is not a documented input rate of {model.name} ({model_id}); "
+        f"use one of: {', '.join(map(str, model.input_rates))}"
+    )
+
+
+def input_rate_warning(model_id: str, family: str, rate: int) -> str | None:
+    """A doubt, not an error: a model id the table does not name (and no ``nova2`` family)
+    with an input rate other than the 16 kHz both generations document."""
+    if rate in NOVA1_INPUT_RATES or rate not in INPUT_RATES:
+        return None
+    if documented_model(model_id) is not None or family == "nova2":
+        return None
+    return (
+        f"model_input_rate {rate}: model id {model_id!r} is not in the capability table, so "
+        f"whether it takes {rate} Hz input is not documented (16000 is always documented)"
+    )
+
+
 def voice_problem(model_id: str, voice: str) -> str | None:
     """Why ``voice`` would be refused by a known model (None: fine, or a model we do not know,
     whose voices we cannot judge)."""
@@ -144,6 +176,7 @@ __all__ = [
     "CAPABILITIES",
     "DEFAULT_MODEL_ID",
     "FAMILIES",
+    "INPUT_RATES",
     "NOVA1",
     "NOVA2",
     "DEFAULT_VOICE",
@@ -157,6 +190,8 @@ __all__ = [
     "STREAM_LIMIT_S",
     "Model",
     "documented_model",
+    "input_rate_problem",
+    "input_rate_warning",
     "known_model",
     "model_of",
     "voice_problem",

@@ -344,4 +344,4 @@ class EchoBrain(InProcessStream):
             await self.end_completion()
 
 
-__all__ = ["EchoBrain", "ScriptedBrain"]
+__all__ = ["SPEECH_RMS", "EchoBrain", "ScriptedBrain"]

@@ -9,7 +9,7 @@ server keeps only the latest records.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -17,6 +17,8 @@ from typing import Any, Final
 MAX_LOGGED_EVENTS: Final = 2000
 MAX_LOGGED_STRING: Final = 1024
 MAX_SESSION_RECORDS: Final = 1000
+MAX_AUDIO_ARRIVALS: Final = 6000
+"""Audio chunks whose arrival is kept per session (two minutes of 20 ms chunks)."""
 
 
 @dataclass(slots=True)
@@ -40,6 +42,13 @@ class SessionRecord:
     event_counts: Counter[str] = field(default_factory=Counter)
     audio_chunks: int = 0
     audio_bytes: int = 0
+    audio_rate: int = 0
+    """The audio content's sampleRateHertz, as the client declared it (0: none opened)."""
+    audio_arrivals: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=MAX_AUDIO_ARRIVALS)
+    )
+    """(loop time, bytes) of each audioInput as it arrived, newest last: how the client paced
+    its audio (AWS asks for real time)."""
     output_counts: Counter[str] = field(default_factory=Counter)
     output_audio_bytes: int = 0
     outcome: str = "open"
@@ -54,6 +63,11 @@ class SessionRecord:
     """Set when both sides are over (the client's input ended too, or the stream died)."""
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     """Set as each input event arrives, so a waiter (``until``) need not poll."""
+
+    @property
+    def audio_seconds(self) -> float:
+        """Audio received, in seconds at the declared rate."""
+        return self.audio_bytes / 2 / self.audio_rate if self.audio_rate else 0.0
 
     def input_names(self) -> list[str]:
         return [next(iter(e)) for e in self.events]
@@ -116,4 +130,4 @@ class Rejection:
     path: str
 
 
-__all__ = ["MAX_SESSION_RECORDS", "Rejection", "SessionRecord"]
+__all__ = ["MAX_AUDIO_ARRIVALS", "MAX_SESSION_RECORDS", "Rejection", "SessionRecord"]

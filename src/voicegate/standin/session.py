@@ -254,6 +254,10 @@ class Session:
         if isinstance(event, AudioInput):
             self.record.audio_chunks += 1
             self.record.audio_bytes += len(event.content)
+            arrived = asyncio.get_running_loop().time()
+            self.record.audio_arrivals.append((arrived, len(event.content)))
+        elif isinstance(event, AudioContentStart):
+            self.record.audio_rate = event.sample_rate
         return event
 
     async def _refuse(self, error: BackendError) -> None:

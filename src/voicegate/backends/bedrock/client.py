@@ -68,6 +68,8 @@ class BedrockBackend:
         errors = self.settings.validate()
         if errors:
             raise ValueError("invalid Bedrock settings: " + "; ".join(errors))
+        self.input_rate = self.settings.input_rate
+        """The rate the conversation streams caller audio at (``--model-input-rate``)."""
         self.settings.announce()
         self._credentials = credentials
         self._resolver: BotocoreIdentityResolver | None = None

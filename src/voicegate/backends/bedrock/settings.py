@@ -17,11 +17,14 @@ from typing import Final
 import structlog
 
 from voicegate.backends.bedrock.transport import DEFAULT_TRANSPORT, transport_problem
+from voicegate.sonic.events import INPUT_SAMPLE_RATE
 from voicegate.sonic.models import (
     DEFAULT_MODEL_ID,
     FAMILIES,
     NOVA_SONIC_V1_MODEL_ID,
     documented_model,
+    input_rate_problem,
+    input_rate_warning,
     known_model,
     model_of,
 )
@@ -83,6 +86,9 @@ class BedrockSettings:
     model_family: str = ""
     """For a model id the capability table does not name: ``nova2`` gives it Nova 2's features
     (endpointing, SYSTEM_SPEECH, toolChoice); otherwise it gets Nova 1's, with a warning."""
+    input_rate: int = INPUT_SAMPLE_RATE
+    """Sample rate of the caller audio streamed to the model (audioInputConfiguration's
+    sampleRateHertz): 8000, 16000 or 24000, as the model documents (``input_rate_problem``)."""
     calls_per_connection: int = DEFAULT_CALLS_PER_CONNECTION
     """Most model streams (calls) on one HTTP/2 connection of the ``asyncio`` transport; more
     calls open more connections. CRT pools on its own terms (one connection per concurrent
@@ -111,6 +117,10 @@ class BedrockSettings:
             errors.append(transport)
         if self.model_family not in FAMILIES:
             errors.append(f"model_family {self.model_family!r} must be nova1 or nova2")
+        if isinstance(self.input_rate, bool) or not isinstance(self.input_rate, int):
+            errors.append(f"input_rate {self.input_rate!r} must be a whole number of Hz")
+        elif rate := input_rate_problem(self.model_id, self.model_family, self.input_rate):
+            errors.append(rate)
         per = self.calls_per_connection
         if (
             isinstance(per, bool)
@@ -200,7 +210,9 @@ class BedrockSettings:
                 f"model id {self.model_id!r} is not in the capability table: it gets {family} "
                 "behaviour" + ("" if self.model_family else " (model_family nova2 to change)")
             )
-        elif known_model(self.model_id):
+        if rate := input_rate_warning(self.model_id, self.model_family, self.input_rate):
+            found.append(rate)
+        if documented_model(self.model_id) is not None and known_model(self.model_id):
             model = model_of(self.model_id)
             if self.region not in model.regions:
                 found.append(
