@@ -37,6 +37,7 @@ BLOCKS = {
     "offline-turn",
     "cluster-failover",
     "bedrock-cpu",
+    "chunk-sizes",
 }
 
 
