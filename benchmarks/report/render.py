@@ -22,6 +22,7 @@ from benchmarks.report import (
     long_calls,
     mouth_to_ear,
     offline_turn,
+    paired_cpu,
     suite,
 )
 from benchmarks.report.blocks import BENCH_README, read_block, replace_block
@@ -68,7 +69,7 @@ def long_call_blocks(results_dir: Path = RESULTS, root: Path = ROOT) -> list[Blo
 def all_blocks(results_dir: Path = RESULTS, root: Path = ROOT) -> list[Block]:
     docs: dict[str, dict[str, Any]] = {
         name: load(results_dir / f"{name}.json")
-        for name in ("mouth-to-ear", "cluster-failover", "bedrock_cpu", "chunk-sizes")
+        for name in ("mouth-to-ear", "cluster-failover", "bedrock_cpu", "chunk-sizes", "paired-cpu")
     }
     return [
         *suite_blocks(results_dir),
@@ -78,6 +79,7 @@ def all_blocks(results_dir: Path = RESULTS, root: Path = ROOT) -> list[Block]:
         (BENCH_README, cluster.NAME, cluster.block(docs["cluster-failover"])),
         (BENCH_README, bedrock_cpu.NAME, bedrock_cpu.table(docs["bedrock_cpu"])),
         (BENCH_README, chunk_sizes.NAME, chunk_sizes.table(docs["chunk-sizes"])),
+        (BENCH_README, paired_cpu.NAME, paired_cpu.table(docs["paired-cpu"])),
     ]
 
 

@@ -38,6 +38,7 @@ BLOCKS = {
     "cluster-failover",
     "bedrock-cpu",
     "chunk-sizes",
+    "paired-cpu",
 }
 
 
