@@ -15,7 +15,16 @@ from typing import Any
 
 from benchmarks.harness.provenance import ROOT, read
 from benchmarks.harness.results import RESULTS, load
-from benchmarks.report import bedrock_cpu, cluster, long_calls, mouth_to_ear, offline_turn, suite
+from benchmarks.report import (
+    bedrock_cpu,
+    chunk_sizes,
+    cluster,
+    long_calls,
+    mouth_to_ear,
+    offline_turn,
+    paired_cpu,
+    suite,
+)
 from benchmarks.report.blocks import BENCH_README, read_block, replace_block
 
 Block = tuple[Path, str, str]
@@ -60,7 +69,7 @@ def long_call_blocks(results_dir: Path = RESULTS, root: Path = ROOT) -> list[Blo
 def all_blocks(results_dir: Path = RESULTS, root: Path = ROOT) -> list[Block]:
     docs: dict[str, dict[str, Any]] = {
         name: load(results_dir / f"{name}.json")
-        for name in ("mouth-to-ear", "cluster-failover", "bedrock_cpu")
+        for name in ("mouth-to-ear", "cluster-failover", "bedrock_cpu", "chunk-sizes", "paired-cpu")
     }
     return [
         *suite_blocks(results_dir),
@@ -69,6 +78,8 @@ def all_blocks(results_dir: Path = RESULTS, root: Path = ROOT) -> list[Block]:
         offline_turn_block(results_dir),
         (BENCH_README, cluster.NAME, cluster.block(docs["cluster-failover"])),
         (BENCH_README, bedrock_cpu.NAME, bedrock_cpu.table(docs["bedrock_cpu"])),
+        (BENCH_README, chunk_sizes.NAME, chunk_sizes.table(docs["chunk-sizes"])),
+        (BENCH_README, paired_cpu.NAME, paired_cpu.table(docs["paired-cpu"])),
     ]
 
 

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import provenance, results
+from benchmarks.harness import loop_handles, provenance, results
 from benchmarks.harness.provenance import ROOT
 from benchmarks.harness.results import RESULTS
 from benchmarks.harness.standin import cli_standin
@@ -124,6 +124,7 @@ async def measure(transport: str, calls: int, seconds: float, chunk_s: float) ->
         await _one_call(backend, 0.5, chunk_s, loop.time())
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start_at = loop.time() + 0.2
+        handles0 = loop_handles.snapshot()
         cpu0, threads0, wall0 = time.process_time(), _thread_cpu(), time.perf_counter()
         streams = await asyncio.gather(
             *(
@@ -133,6 +134,7 @@ async def measure(transport: str, calls: int, seconds: float, chunk_s: float) ->
         )
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         threads = {k: v - threads0.get(k, 0.0) for k, v in _thread_cpu().items()}
+        handles = loop_handles.snapshot()
     finally:
         await backend.aclose()
     call_s = calls * seconds
@@ -150,11 +152,19 @@ async def measure(transport: str, calls: int, seconds: float, chunk_s: float) ->
         "step_us_per_event": _steps(streams),
         "rss_before_mb": rss_before / 1024,
         "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # Empty unless the worker counts (--count-handles): the loop's callbacks per event.
+        "loop_handles_per_received_event": loop_handles.per_event(
+            handles0, handles, sum(s.stats.events_received for s in streams)
+        )
+        if sum(handles.values())
+        else {},
     }
 
 
 def _worker(args: argparse.Namespace) -> None:
     """One (transport, N) in this process, pointed at the stand-in by its environment."""
+    if args.count_handles:
+        loop_handles.install()
     coro = measure(args.transport, args.calls[0], args.seconds, args.chunk_ms / 1000)
     if args.loop == "uvloop":  # an optional extra: imported only when asked for
         uvloop = importlib.import_module("uvloop")
@@ -186,6 +196,8 @@ def run_worker(standin: dict[str, str], transport: str, loop: str, calls: int, a
     cmd = [sys.executable, "-m", "benchmarks.bedrock_cpu", "--worker", "--transport", transport]
     cmd += ["--loop", loop, "--calls", str(calls), "--seconds", str(args.seconds)]
     cmd += ["--chunk-ms", str(args.chunk_ms)]
+    if getattr(args, "count_handles", False):
+        cmd += ["--count-handles"]
     env = {k: v for k, v in os.environ.items() if k != "AWS_SESSION_TOKEN"} | standin
     src = str(args.src) if getattr(args, "src", None) else str(ROOT / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, str(ROOT), env.get("PYTHONPATH", "")])
@@ -244,6 +256,14 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"table": table, "rss_mb_per_added_call": slopes, "paired_cpu_ratios": ratios}
 
 
+def _handles_note(run: dict[str, Any]) -> str:
+    handles = run.get("loop_handles_per_received_event") or {}
+    if not handles:
+        return ""
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in handles["by_callback"].items())
+    return f"; loop callbacks per received event {handles['all']:.2f} ({kinds})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="audio seconds per call")
@@ -263,6 +283,11 @@ def main() -> None:
     )  # the saved file is only read
     parser.add_argument(
         "--src", type=Path, help="the voicegate tree measured (default this checkout's src)"
+    )
+    parser.add_argument(
+        "--count-handles",
+        action="store_true",
+        help="count the event loop's callbacks per received event (costs CPU: a diagnostic)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
@@ -305,7 +330,8 @@ def main() -> None:
                         f"run {run} {transport:7s} {loop:7s} N={calls:2d}: "
                         f"{r['cpu_ms_per_call_s']:6.1f} CPU ms/call-s, "
                         f"peak RSS {r['rss_peak_mb']:.0f} MB; us/event "
-                        + ", ".join(f"{k} {v:.1f}" for k, v in r["step_us_per_event"].items()),
+                        + ", ".join(f"{k} {v:.1f}" for k, v in r["step_us_per_event"].items())
+                        + _handles_note(r),
                         flush=True,
                     )
     result = {

@@ -41,9 +41,9 @@ def gateway(
     kind: str, standin_env: dict[str, Any], tmp: Path, extra: list[str] | None = None
 ) -> Iterator[tuple[str, Sampler]]:
     """A fresh gateway on CPU 0 (its URL and CPU/RSS sampler). voicegate runs with the offer
-    rate limit, the per-address connection cap and loop-lag shedding off: one load client makes
-    every offer, and capacity is measured against the latency budget, not against a shedding
-    threshold."""
+    rate limit, the per-address connection cap, the pending-offer caps and loop-lag shedding
+    off: one load client makes every offer, and capacity is measured against the latency
+    budget, not against a shedding threshold."""
     port = free_port()
     full = {k: str(v) for k, v in standin_env.items() if k != "think_ms"}
     full = {**env(), **full}
@@ -53,6 +53,9 @@ def gateway(
         VOICEGATE_OFFER_RATE="0",
         VOICEGATE_MAX_LOOP_LAG_MS="0",
         VOICEGATE_MAX_CONNECTIONS_PER_IP="0",
+        # The calls still connecting: the load client ramps up to 20 a second from one address.
+        VOICEGATE_MAX_PENDING_OFFERS="0",
+        VOICEGATE_MAX_PENDING_PER_SUBJECT="0",
     )
     if kind == "pipecat":
         full.pop("PYTHONPATH", None)

@@ -37,6 +37,8 @@ BLOCKS = {
     "offline-turn",
     "cluster-failover",
     "bedrock-cpu",
+    "chunk-sizes",
+    "paired-cpu",
 }
 
 
