@@ -4,7 +4,8 @@
 // Content-Security-Policy). This entry module wires the buttons and publishes window.vg; the
 // server contract is docs/protocol.md, the page's own notes (URL parameters, test hooks)
 // docs/web.md. Modules: params (URL), page (DOM, vg), http, agents (who answers), call, mute,
-// watch (the server coming back), rtvi (data channel), transcript, meters, stats.
+// watch (the server coming back), liveness (a dead server heard), resumed (a reconnect's
+// answer), rtvi (data channel), transcript, meters, stats.
 
 import { loadAgents } from "./agents.js";
 import {

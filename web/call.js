@@ -17,7 +17,6 @@ import {
   setState,
   showError,
   showHint,
-  showNotice,
   ui,
   vg,
 } from "./page.js";
@@ -26,6 +25,7 @@ import { iceGatheringDone, openMicrophone } from "./rtc.js";
 import { clientReady, handleServerMessage, sendTextMessage } from "./rtvi.js";
 import { updateStats } from "./stats.js";
 import { resetMute, setMuted } from "./mute.js";
+import { showResumed } from "./resumed.js";
 import { BACKOFF_MS, serverAway, stopWatching, watchServer } from "./watch.js";
 import { transcriptSeparator, transcriptTyped } from "./transcript.js";
 
@@ -251,7 +251,7 @@ async function reconnect(c, asked = false) {
       await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
       vg.reconnects += 1;
       clearError(); // the server is back
-      landed(answer);
+      showResumed(answer);
       c.reconnecting = false;
       setState("listening");
       return;
@@ -278,21 +278,6 @@ async function reconnect(c, asked = false) {
     return;
   }
   serverGone("The connection to the server was lost and could not be restored.");
-}
-
-// What a reconnect's answer says of the conversation: carried on, or started afresh because
-// the server no longer had it (a restarted server); the user must know the history is gone.
-function landed(answer) {
-  if (answer.resumed === false) {
-    vg.resumed = false;
-    transcriptSeparator("New conversation");
-    showNotice(
-      "The server lost the earlier conversation (it restarted): this is a new conversation, " +
-        "and the assistant does not remember what was said before.",
-    );
-  } else if (answer.resumed === true) {
-    vg.resumed = true;
-  }
 }
 
 // Ends the call with an error that lasts only while the server is away.

@@ -143,6 +143,7 @@ async def test_turn_credentials_carry_the_subject_and_expire_with_the_token() ->
 
 class _Refusing:
     name = "refusing"
+    input_rate = 16000
     TEXT = (
         "User: arn:aws:iam::123456789012:user/voicegate is not authorized to perform: "
         "bedrock:InvokeModelWithBidirectionalStream on resource: arn:aws:bedrock:us-east-1::"
