@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from tests.support.server import running_server
+from tests.support.standin import scripted_without_failures
 from voicegate.audio.chunks import model_chunk_seconds
 from voicegate.audio.levels import rms
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.media import patch as rtcpatch
 from voicegate.signaling.app import SESSIONS
-from voicegate.standin import StandIn, server
+from voicegate.standin import StandIn
 from voicegate.standin.brains import SPEECH_RMS
-from voicegate.standin.quirks import FAILURE_QUIRKS
 from voicegate.testing.client import RATE, CallClient, load_wav
 
 HEARD = re.compile(r"stand-in heard ([0-9.]+) s of speech")
@@ -50,10 +50,7 @@ async def standin(
 ) -> AsyncIterator[StandIn]:
     # Irregular output (--standin-quirks) yes; injected stream failures no: one stream per
     # call, so the record's audio is exactly what the conversation sent.
-    quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
-    async with StandIn("scripted", cert_dir=tmp_path / "certs", quirks=quirks) as s:
-        for name, value in s.client_env().items():
-            monkeypatch.setenv(name, value)
+    async with scripted_without_failures(tmp_path / "certs", monkeypatch) as s:
         yield s
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from tests.support.server import running_server
+from tests.support.standin import scripted_without_failures
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.conversation.legs import REPLAY_EVENT_S, replay_pace
 from voicegate.signaling.app import SESSIONS
-from voicegate.standin import StandIn, server
-from voicegate.standin.quirks import FAILURE_QUIRKS
+from voicegate.standin import StandIn
 from voicegate.testing.client import CallClient, load_wav
 
 FAIL_AFTER_CHUNKS = 110
@@ -36,10 +36,7 @@ async def standin(
     clean_aws_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bedrock_transport: str
 ) -> AsyncIterator[StandIn]:
     # No injected failures beyond the scenario's: the second session is the recovered one.
-    quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
-    async with StandIn("scripted", cert_dir=tmp_path / "certs", quirks=quirks) as s:
-        for name, value in s.client_env().items():
-            monkeypatch.setenv(name, value)
+    async with scripted_without_failures(tmp_path / "certs", monkeypatch) as s:
         yield s
 
 

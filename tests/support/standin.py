@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+from voicegate.standin import StandIn, server
+from voicegate.standin.quirks import FAILURE_QUIRKS
 
 
 def client_texts(record: Any) -> list[tuple[str, bool, str, bool]]:
@@ -24,3 +32,17 @@ def client_texts(record: Any) -> list[tuple[str, bool, str, bool]]:
             role, interactive, text, after = opened.pop(content)
             out.append((role, interactive, text, after))
     return out
+
+
+@contextlib.asynccontextmanager
+async def scripted_without_failures(
+    cert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[StandIn]:
+    """The scripted stand-in with the run's irregular output (--standin-quirks) but none of its
+    injected stream failures, the SDK's environment pointed at it: one stream per call, so its
+    records hold exactly what the conversation sent."""
+    quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
+    async with StandIn("scripted", cert_dir=cert_dir, quirks=quirks) as s:
+        for name, value in s.client_env().items():
+            monkeypatch.setenv(name, value)
+        yield s
