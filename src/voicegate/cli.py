@@ -105,7 +105,7 @@ async def _run_server(
 ) -> int:
     """One process serving calls: the whole node (``--workers 1``) or worker ``worker`` of a
     supervised node, which listens on a private loopback port."""
-    from voicegate import media
+    from voicegate import gcpolicy, media
     from voicegate.config import media_setup
     from voicegate.signaling.app import create_app
     from voicegate.signaling.listener import serve
@@ -145,7 +145,16 @@ async def _run_server(
         from voicegate.cluster.node import start_cluster
 
         await start_cluster(app, conf.node_url or listener.url)
-    log.info("listening", url=listener.url, backend=backend.name, metrics=listener.metrics_url)
+    # Start-up is over (imports, warm-up, the app's own start): out of every later collection
+    # with it, so no full collection stops the calls' audio for 100 ms and more.
+    frozen = gcpolicy.freeze()
+    log.info(
+        "listening",
+        url=listener.url,
+        backend=backend.name,
+        metrics=listener.metrics_url,
+        gc_frozen_objects=frozen,
+    )
     print(f"voicegate {__version__} listening on {listener.url}", flush=True)
     # The first SIGTERM/SIGINT drains (no new calls, running ones may finish up to
     # --drain-timeout, then end with a message); a second one cuts the drain short.

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from voicegate import media
+from voicegate import gcpolicy, media
 from voicegate.backends.base import Backend
 from voicegate.config import media_setup, resolve
 from voicegate.conversation.tools import ToolRegistry
@@ -30,7 +30,9 @@ async def running_server(
     media.configure(media_setup(config, backend.input_rate))
     app = create_app(config, backend, tools)
     listener = await serve(app, config, host="127.0.0.1", port=0)
+    gcpolicy.freeze()  # as the CLI does once its start-up is over
     try:
         yield listener.url, app
     finally:
         await listener.close()
+        gcpolicy.thaw()

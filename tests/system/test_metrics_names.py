@@ -31,8 +31,13 @@ from tests.support.metrics_names import (
 )
 from voicegate.testing.client import load_wav
 
-CONTINUOUS = {"voicegate_process_cpu_seconds_total", "voicegate_event_loop_lag_seconds"}
-"""Counters and histograms that move with no call at all (CPU time, the event-loop probe)."""
+CONTINUOUS = {
+    "voicegate_process_cpu_seconds_total",
+    "voicegate_event_loop_lag_seconds",
+    "voicegate_gc_pause_seconds",
+}
+"""Counters and histograms that move with no call at all (CPU time, the event-loop probe,
+garbage collections)."""
 SET_BY_PROMETHEUS = {"job", "instance", "namespace", "pod"}
 
 

@@ -57,6 +57,7 @@ JITTER_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 
 RTT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 LOSS_BUCKETS: Final = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 LAG_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+GC_GENERATIONS: Final = ("0", "1", "2")
 _NAME_OK: Final = re.compile(r"[^a-zA-Z0-9_]")
 
 # The label values declared at zero (docs/observability.md lists them); others still appear
@@ -247,6 +248,15 @@ class GatewayMetrics:
             "how late a short sleep on the event loop wakes up (admission control's probe)",
             LAG_BUCKETS,
         )
+        self.gc_pause = Histogram(
+            reg,
+            "voicegate_gc_pause_seconds",
+            "how long each cyclic garbage collection stopped the process, by generation "
+            "(2 is a full one; start-up objects are frozen out of them)",
+            LAG_BUCKETS,
+            ["generation"],
+            [(g,) for g in GC_GENERATIONS],
+        )
         self.loop_lag_last = Gauge(
             "voicegate_event_loop_lag_last_seconds",
             "the most recent event-loop lag probe",
@@ -402,6 +412,10 @@ class GatewayMetrics:
         for field_name, kind in (("handover_gaps_ms", "renewal"), ("recovery_gaps_ms", "recovery")):
             for gap_ms in _floats(getattr(stats, field_name, ())):
                 self.handover_gap.observe(gap_ms / 1000.0, kind=kind)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        """One garbage collection (``gcpolicy.PauseWatch`` times them)."""
+        self.gc_pause.observe(seconds, generation=str(generation))
 
     def observe_loop_lag(self, lag_s: float) -> None:
         """One event-loop lag probe (signaling's admission monitor runs the probe)."""

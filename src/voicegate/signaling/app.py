@@ -27,6 +27,7 @@ from voicegate.config import ServeConfig
 from voicegate.conversation import DEFAULT_SYSTEM_PROMPT, ConversationSettings
 from voicegate.conversation.continuation import ContinuationSettings
 from voicegate.conversation.tools import ToolRegistry, default_tools
+from voicegate.gcpolicy import PauseWatch
 from voicegate.media import ice
 from voicegate.observability.calllog import CallLog, CallSink
 from voicegate.observability.metrics import GatewayMetrics
@@ -49,6 +50,7 @@ from voicegate.signaling.keys import (
     CONFIG,
     COUNTERS,
     GATE,
+    GC_WATCH,
     HISTORY_WRITER,
     METRICS,
     RECORDER,
@@ -126,6 +128,7 @@ def create_app(
     metrics.agents(app[AGENTS].agents)
     app[SESSIONS] = calls
     app[METRICS] = metrics
+    app[GC_WATCH] = PauseWatch(metrics.observe_gc_pause)
     recording = RecordingOptions(
         config.record_dir, config.record_s3_bucket, config.record_s3_prefix
     )
@@ -226,6 +229,7 @@ def _call_records(app: web.Application, config: ServeConfig, recording: Recordin
 
 async def _start(app: web.Application) -> None:
     app[ADMISSION].monitor.start()
+    app[GC_WATCH].start()
     services = AgentServices(app[AGENTS])
     app[AGENT_SERVICES] = services
     await services.start()
@@ -241,6 +245,7 @@ async def _shutdown(app: web.Application) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     await app[ADMISSION].monitor.stop()
+    app[GC_WATCH].stop()
     services = app.get(AGENT_SERVICES)
     if services is not None:
         await services.close()

@@ -15,6 +15,7 @@ from voicegate.backends.base import Backend
 from voicegate.config import ServeConfig
 from voicegate.conversation import ConversationSettings
 from voicegate.conversation.tools import ToolRegistry
+from voicegate.gcpolicy import PauseWatch
 from voicegate.media.ice import CandidatePolicy
 from voicegate.observability.calllog import CallLog
 from voicegate.observability.metrics import GatewayMetrics
@@ -84,6 +85,8 @@ SETTINGS: Final = web.AppKey("settings", ConversationSettings)
 STARTED: Final = web.AppKey("started", float)
 COUNTERS: Final = web.AppKey("counters", dict[str, int])
 METRICS: Final = web.AppKey("metrics", GatewayMetrics)
+GC_WATCH: Final = web.AppKey("gc_watch", PauseWatch)
+"""Times every garbage collection for ``voicegate_gc_pause_seconds`` while the app runs."""
 RECORDER: Final = web.AppKey("recorder", Recorder)
 """Absent unless a recording destination is configured."""
 ADMISSION: Final = web.AppKey("admission", Admission)
