@@ -147,7 +147,8 @@ def _validate_cluster(c: ServeConfig) -> list[str]:
         scheme = urlsplit(c.cluster_redis).scheme
         if scheme not in ("redis", "rediss", "unix"):
             problems.append(
-                f"cluster_redis {c.cluster_redis!r} must be a redis://, rediss:// or unix:// URL"
+                f"cluster_redis {_shown_url(c.cluster_redis)!r} must be a redis://, rediss:// "
+                "or unix:// URL"
             )
     if c.cluster_redis_password_file:
         problems += _password_file_problems(c.cluster_redis_password_file)
@@ -379,6 +380,17 @@ def _read_text(path: str, name: str, problems: list[str]) -> str | None:
         problems.append(f"{name} {path!r} is empty")
         return None
     return text
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``: a refused URL is printed, and the
+    cluster URL may carry the Redis password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def _password_file_problems(path: str) -> list[str]:

@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 
 from tests.support.conversation import Listener
+from tests.support.standin import client_texts, scripted_without_failures
 from voicegate.backends.bedrock import BedrockBackend, BedrockSettings
 from voicegate.conversation import (
     Conversation,
     ConversationError,
     ConversationSettings,
+    ToolCallFinished,
     ToolCallStarted,
     ToolRegistry,
+    UserTranscript,
 )
+from voicegate.sonic import LATE_RESULT_PREFIX, late_result_of
 from voicegate.standin import StandIn
 from voicegate.standin.reply_audio import speech_like, split_chunks
 
@@ -84,6 +88,52 @@ async def test_slow_tool_and_the_conversation_going_on(
                 ("quick" if '"quick"' in t else "slow") for t in listener.finals() if "answer" in t
             ]
             assert spoken == order
+            assert not [e for e in listener.events if isinstance(e, ConversationError)]
+        finally:
+            release.set()
+            await conv.close()
+            await backend.aclose()
+
+
+@pytest.mark.parametrize("model_id", ["amazon.nova-2-sonic-v1:0", "amazon.nova-sonic-v1:0"])
+async def test_a_slow_result_after_a_forced_renewal_is_said_on_the_new_stream(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bedrock_transport: str, model_id: str
+) -> None:
+    """A renewal forced while a slow tool runs moves the call to a stream that never saw the
+    toolUse (Bedrock refuses a toolResult for it): the result goes to that stream as an
+    instruction to tell the caller, so the caller hears it without asking again."""
+    release = asyncio.Event()
+    async with scripted_without_failures(tmp_path / "certs", monkeypatch) as s:
+        backend = BedrockBackend(BedrockSettings(transport=bedrock_transport, model_id=model_id))
+        listener = Listener()
+        settings = ConversationSettings(system_prompt="scenario:tool:slow_lookup")
+        conv = Conversation(backend, settings, _slow_tools(release), listener)
+        try:
+            await conv.start()
+            rate = 16000
+            for chunk in split_chunks(speech_like(rate, 0.5) + bytes(rate), rate):
+                conv.send_audio(chunk)
+            await listener.until(lambda _: bool(listener.of(ToolCallStarted)), 20.0)
+            await conv.renew(force=True)
+            assert conv.stats.renewals_forced == 1
+            release.set()
+            await listener.until(
+                lambda _: any("slow_lookup tool returned" in t for t in listener.finals()), 20.0
+            )
+            (said,) = [t for t in listener.finals() if "tool returned" in t]
+            assert '"slow"' in said
+            (finished,) = listener.of(ToolCallFinished)
+            assert finished.ok and '"slow"' in finished.result
+            assert conv.stats.tool_results_late == 1
+            # Told to the second stream, once, as interactive USER text; never to the first.
+            assert len(s.sessions) == 2
+            told = [t for t in client_texts(s.sessions[1]) if t[2].startswith(LATE_RESULT_PREFIX)]
+            assert [(role, interactive) for role, interactive, _, _ in told] == [("USER", True)]
+            assert late_result_of(told[0][2]) == ("slow_lookup", finished.result)
+            assert not any(t[2].startswith(LATE_RESULT_PREFIX) for t in client_texts(s.sessions[0]))
+            # The instruction is not the caller's words; the history keeps the result itself.
+            assert not [e for e in listener.of(UserTranscript) if LATE_RESULT_PREFIX in e.text]
+            assert any("slow_lookup tool returned" in text for _, text in conv.stats.history)
             assert not [e for e in listener.events if isinstance(e, ConversationError)]
         finally:
             release.set()

@@ -25,7 +25,13 @@ from voicegate.audio.levels import rms
 from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.local import LocalBackend, LocalStream
 from voicegate.backends.speech.models import SpeechModels, load_models
-from voicegate.backends.speech.policy import REPLIES, intent, quote_reply, time_reply
+from voicegate.backends.speech.policy import (
+    REPLIES,
+    intent,
+    late_result_reply,
+    quote_reply,
+    time_reply,
+)
 from voicegate.backends.speech.tts import LEAD_IN_MS, SILENT_SAMPLE
 from voicegate.backends.speech.vad import VadConfig
 from voicegate.conversation.tools import default_tools
@@ -51,6 +57,7 @@ from voicegate.sonic import (
     ToolUse,
     UsageEvent,
     is_interruption_marker,
+    late_result_instruction,
 )
 
 pytestmark = pytest.mark.local
@@ -258,6 +265,34 @@ async def test_typed_text_is_answered_by_voice_without_a_transcript(
     assert len(reply_audio(events)) / 2 / 24000 > 0.5 and rms(reply_audio(events)) > 500
     assert call.stream.user_texts == deque(["What time is it?"])
     assert await call.hang_up() == []
+
+
+async def test_a_late_tool_result_is_said_without_asking_the_tool_again(
+    models: SpeechModels,
+) -> None:
+    """The result of a tool the previous stream asked for, given as the conversation gives it
+    after a renewal: said as a reply, and no new toolUse."""
+    call = await Call.start(LocalBackend())
+    await call.feed(silence(0.3))
+    result = {"spoken": "3:04 p.m.", "timezone": "Europe/Berlin"}
+    await call.type(late_result_instruction("get_current_time", json.dumps(result)))
+    events = await call.turn()
+    assert not [e for e in events if isinstance(e, ToolUse)]
+    blocks = text_blocks(events)
+    assert [(role, stage) for role, stage, _, _ in blocks] == [
+        ("ASSISTANT", "SPECULATIVE"),
+        ("ASSISTANT", "FINAL"),
+    ]
+    assert blocks[-1][2] == "It is 3:04 p.m. in Berlin."
+    assert len(reply_audio(events)) / 2 / 24000 > 0.5
+    assert await call.hang_up() == []
+
+
+def test_late_result_replies() -> None:
+    passages = {"passages": [{"text": "Opening hours are nine to five.", "score": 0.9}]}
+    assert "nine to five" in late_result_reply("search_knowledge", json.dumps(passages))
+    assert late_result_reply("search_knowledge", "{}") == "Sorry, I found nothing on that."
+    assert late_result_reply("order_status", "{}") == "The order_status tool has finished."
 
 
 async def test_a_greeting_instruction_makes_the_assistant_speak_first(

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.conversation import Listener, OneBackend, Recorder
 from tests.support.server import running_server
+from tests.support.standin import scripted_without_failures
 from voicegate.backends.base import BackendStream
 from voicegate.backends.bedrock.client import BedrockBackend, BedrockSettings
 from voicegate.backends.inprocess import InProcessStream
@@ -33,8 +34,7 @@ from voicegate.conversation.tools import default_tools
 from voicegate.media.playout import MAX_LATE
 from voicegate.signaling.app import SESSIONS
 from voicegate.sonic import AudioInput, TextContentStart
-from voicegate.standin import StandIn, server
-from voicegate.standin.quirks import FAILURE_QUIRKS
+from voicegate.standin import StandIn
 from voicegate.testing.client import CallClient, load_wav
 
 HEARD = re.compile(r"stand-in heard ([0-9.]+) s of speech")
@@ -46,12 +46,7 @@ async def standin(
 ) -> AsyncIterator[StandIn]:
     # Irregular output (--standin-quirks) yes; injected stream failures no: this module
     # measures renewals' own seamlessness (zero recoveries), recovery is test_reconnect's.
-    quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
-    async with StandIn(
-        "scripted", cert_dir=tmp_path / "certs", session_limit=15, quirks=quirks
-    ) as s:
-        for name, value in s.client_env().items():
-            monkeypatch.setenv(name, value)
+    async with scripted_without_failures(tmp_path / "certs", monkeypatch, session_limit=15) as s:
         yield s
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.standin import scripted_without_failures
 from voicegate.backends.base import (
     BackendStream,
     QuotaExceeded,
@@ -30,8 +31,6 @@ from voicegate.conversation import (
     default_tools,
 )
 from voicegate.conversation.recovery import BUSY_MESSAGE, RetryPolicy
-from voicegate.standin import StandIn, server
-from voicegate.standin.quirks import FAILURE_QUIRKS
 
 
 class Listener:
@@ -185,10 +184,7 @@ async def test_a_first_stream_the_standin_throttles_is_retried_through_the_sdk(
     # Irregular output yes; injected stream failures (--standin-quirks) no: a GOAWAY or a
     # transient error on the first call's stream would free the one slot for the second call
     # and leave the first one throttled instead, which is not what this test is about.
-    quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
-    async with StandIn("scripted", cert_dir=tmp_path / "certs", max_sessions=1, quirks=quirks) as s:
-        for name, value in s.client_env().items():
-            monkeypatch.setenv(name, value)
+    async with scripted_without_failures(tmp_path / "certs", monkeypatch, max_sessions=1) as s:
         backend = BedrockBackend(
             BedrockSettings(region="us-east-1", transport=bedrock_transport, send_timeout=3.0)
         )

@@ -36,13 +36,14 @@ def client_texts(record: Any) -> list[tuple[str, bool, str, bool]]:
 
 @contextlib.asynccontextmanager
 async def scripted_without_failures(
-    cert_dir: Path, monkeypatch: pytest.MonkeyPatch
+    cert_dir: Path, monkeypatch: pytest.MonkeyPatch, **options: Any
 ) -> AsyncIterator[StandIn]:
     """The scripted stand-in with the run's irregular output (--standin-quirks) but none of its
-    injected stream failures, the SDK's environment pointed at it: one stream per call, so its
+    injected stream failures, the SDK's environment pointed at it: a stream ends only when the
+    call or ``options`` (``StandIn``'s own: a session limit, a stream bound) end it, so its
     records hold exactly what the conversation sent."""
     quirks = server.DEFAULT_QUIRKS - FAILURE_QUIRKS
-    async with StandIn("scripted", cert_dir=cert_dir, quirks=quirks) as s:
+    async with StandIn("scripted", cert_dir=cert_dir, quirks=quirks, **options) as s:
         for name, value in s.client_env().items():
             monkeypatch.setenv(name, value)
         yield s

@@ -22,11 +22,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import kubernetes_validate
 import pytest
 
+from tests.support.cluster import redis_server
 from tests.support.deploy import (
     DEPLOY,
     KUBE,
@@ -38,6 +40,7 @@ from tests.support.deploy import (
     dashboard_exprs,
     families,
     family_of,
+    interpolate,
     manifests,
     objects,
     one,
@@ -45,6 +48,7 @@ from tests.support.deploy import (
     start_serve,
     stop,
 )
+from voicegate.cluster.directory import Directory, NodeInfo
 from voicegate.config import OPTIONS, env_name
 from voicegate.testing.client import CallClient, load_wav
 
@@ -232,11 +236,39 @@ def test_compose_node_environment_passes_check_config(name: str) -> None:
     assert "cluster: redis directory, node " + name in result.stdout
 
 
+async def test_compose_redis_asks_for_the_password_its_nodes_use(tmp_path: Path) -> None:
+    """The compose Redis, run with its own arguments, refuses a client without the password
+    and takes the nodes' directory (the URL of their environment, pointed at this server)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    command = [interpolate(str(a)) for a in compose()["services"]["redis"]["command"]]
+    assert command[0] == "redis-server" and "--requirepass" in command
+    node_url = urlsplit(compose_env(voicegate_services()["node-a"])["VOICEGATE_CLUSTER_REDIS"])
+    assert node_url.password
+    async with redis_server(tmp_path, extra=command[1:]) as url:
+        port = urlsplit(url).port
+        anonymous = Redis(host="127.0.0.1", port=port)
+        try:
+            with pytest.raises((AuthenticationError, ResponseError), match="NOAUTH|[Aa]uth"):
+                await anonymous.set("k", "v")
+        finally:
+            await anonymous.aclose()
+        served = node_url._replace(netloc=f":{node_url.password}@127.0.0.1:{port}").geturl()
+        directory = Directory(served, "node-a")
+        try:
+            await directory.heartbeat(NodeInfo("node-a", "http://node-a:8080", capacity=8))
+            assert [n.id for n in await directory.nodes()] == ["node-a"]
+            assert directory.up
+        finally:
+            await directory.aclose()
+
+
 def test_wrong_environment_is_refused_with_every_problem() -> None:
     env = compose_env(voicegate_services()["node-a"])
     del env["VOICEGATE_AUTH_SECRET"]
     env |= {
-        "VOICEGATE_CLUSTER_REDIS": "http://redis:6379",
+        "VOICEGATE_CLUSTER_REDIS": "http://:hunter2-redis@redis:6379",
         "VOICEGATE_WORKERS": "zero",
         "VOICEGATE_MAX_SESION": "9",
     }
@@ -245,6 +277,9 @@ def test_wrong_environment_is_refused_with_every_problem() -> None:
     assert "VOICEGATE_WORKERS: 'zero' is not a valid worker count" in result.stderr
     assert "set --auth-secret" in result.stderr
     assert "must be a redis://" in result.stderr
+    # The refused URL is shown without its password.
+    assert "'http://:***@redis:6379'" in result.stderr
+    assert "hunter2-redis" not in result.stderr
     assert "VOICEGATE_MAX_SESION is not a voicegate serve option" in result.stderr
     assert result.stdout == ""
 

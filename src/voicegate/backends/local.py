@@ -54,9 +54,11 @@ from voicegate.backends.speech.models import (
 from voicegate.backends.speech.policy import (
     KNOWLEDGE_TOOL,
     REPLIES,
+    TIME_TOOL,
     intent,
     is_question,
     knowledge_reply,
+    late_result_reply,
     quote_reply,
     time_reply,
 )
@@ -69,7 +71,7 @@ from voicegate.backends.speech.vad import (
     VadConfig,
     VadStream,
 )
-from voicegate.sonic import Role, StopReason, UsageEvent, filler_of
+from voicegate.sonic import Role, StopReason, UsageEvent, filler_of, late_result_of
 from voicegate.sonic.events import INPUT_SAMPLE_RATE
 
 __all__ = [
@@ -90,7 +92,6 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 
-TIME_TOOL: Final = "get_current_time"
 CHUNK_MS: Final = 160
 """Audio is emitted in 160 ms pieces: small enough to stop promptly, few enough to be cheap."""
 TOOL_RESULT_TIMEOUT: Final = 15.0
@@ -321,6 +322,9 @@ class LocalStream(InProcessStream):
         )
 
     async def _decide(self, transcript: str) -> str:
+        late = late_result_of(transcript)
+        if late is not None:
+            return late_result_reply(*late)
         kind = intent(transcript)
         if kind == "time":
             if TIME_TOOL not in self.tools:

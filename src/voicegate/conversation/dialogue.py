@@ -85,6 +85,7 @@ from voicegate.sonic import (
     UsageEvent,
     filler_instruction,
     is_interruption_marker,
+    late_result_instruction,
 )
 
 __all__ = [
@@ -262,21 +263,26 @@ class Conversation:
         self.memory.unanswered = True
         self.turn.reply_expected_at = asyncio.get_running_loop().time()
         self._typed.append(_normalized(text))
-        leg = self.legs.live
-        if leg is not None and leg.retired and not leg.dead:
-            # A renewal is switching streams this moment: the new one is to answer it.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HANDOVER_WAIT_S):
-                    while self.legs.live is leg and leg.retired:
-                        self.life.changed.clear()
-                        await self.life.changed.wait()
-            leg = self.legs.live
+        leg = await self._live_after_handover()
         if leg is None or leg.dead:
             return  # recovering: the new stream gets it re-sent as an unanswered turn
         try:
             await self.legs.send(leg, *self.legs.user_text_block(text))
         except BackendError as exc:
             self.recovery.leg_failed(leg, exc)
+
+    async def _live_after_handover(self) -> Leg | None:
+        """The live leg, once a renewal switching streams this moment is done (bounded): text
+        for the model goes to the stream that will answer it, not the one being retired."""
+        leg = self.legs.live
+        if leg is not None and leg.retired and not leg.dead:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HANDOVER_WAIT_S):
+                    while self.legs.live is leg and leg.retired:
+                        self.life.changed.clear()
+                        await self.life.changed.wait()
+            leg = self.legs.live
+        return leg
 
     async def close(self, reason: str = "hangup") -> None:
         """End the session in order (audio contentEnd, promptEnd, sessionEnd), then release
@@ -573,6 +579,11 @@ class Conversation:
             # The stream that asked is gone; its successor never saw the toolUse. Keep the
             # outcome in the history so the model knows it on the next stream.
             self.memory.remember("ASSISTANT", f"(The {use.tool_name} tool returned: {result})")
+            if leg.error is None:
+                # Renewed away, not failed: nobody asks the new stream the question again (a
+                # recovery re-sends the unanswered turn, and the tool is asked for anew), so
+                # it is told the result and says it.
+                await self._tell_late_result(use, result)
             return
         name = str(uuid.uuid4())
         block: list[InputEvent] = [
@@ -582,6 +593,21 @@ class Conversation:
         ]
         try:
             await self.legs.send(leg, *block)
+        except BackendError as exc:
+            self.recovery.leg_failed(leg, exc)
+
+    async def _tell_late_result(self, use: ToolUse, result: str) -> None:
+        """Give a result whose stream a renewal replaced to the live stream, as an interactive
+        instruction (``sonic.late_result_instruction``); not the user's words, so neither
+        reported nor kept in the history (which has the result already)."""
+        leg = await self._live_after_handover()
+        if leg is None or leg.dead or self.life.closing or self.life.ended.is_set():
+            return  # recovering, or ending: the history has it for whatever comes next
+        self.stats.tool_results_late += 1
+        instruction = late_result_instruction(use.tool_name, result)
+        self._typed.append(_normalized(instruction))  # drop the model's echo of it
+        try:
+            await self.legs.send(leg, *self.legs.user_text_block(instruction))
         except BackendError as exc:
             self.recovery.leg_failed(leg, exc)
 

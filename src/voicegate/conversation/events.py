@@ -215,6 +215,8 @@ class ConversationStats:
     tool_calls: int = 0
     tool_fillers: int = 0
     """Tool calls slow enough that the caller heard a filler (at most one per call)."""
+    tool_results_late: int = 0
+    """Tool results whose stream a renewal replaced, told to the new stream to say."""
     barge_ins: int = 0
     turns: int = 0
     history: list[tuple[Role, str]] = field(default_factory=list)

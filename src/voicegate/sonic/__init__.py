@@ -48,14 +48,24 @@ from voicegate.sonic.events import (
     UsageEvent,
     is_interruption_marker,
 )
-from voicegate.sonic.filler import FILLER_PREFIX, filler_instruction, filler_of
+from voicegate.sonic.filler import (
+    FILLER_PREFIX,
+    LATE_RESULT_PREFIX,
+    filler_instruction,
+    filler_of,
+    late_result_instruction,
+    late_result_of,
+)
 from voicegate.sonic.model_codec import decode_input, encode_output
 from voicegate.sonic.models import OUTPUT_RATES
 
 __all__ = [
     "FILLER_PREFIX",
+    "LATE_RESULT_PREFIX",
     "filler_instruction",
     "filler_of",
+    "late_result_instruction",
+    "late_result_of",
     "ENDPOINTING",
     "INPUT_SAMPLE_RATE",
     "INTERRUPTED_MARKER",

@@ -31,6 +31,7 @@ from voicegate.sonic import (
     Role,
     UsageEvent,
     filler_of,
+    late_result_of,
 )
 from voicegate.standin.errors import EXCEPTIONS, ResetStream
 from voicegate.standin.reply_audio import speech_like, split_chunks
@@ -129,10 +130,16 @@ class ScriptedBrain(InProcessStream):
 
     async def on_text(self, role: Role, text: str, interactive: bool) -> None:
         """Nova 2 says what a slow tool's filler instruction asks, in its own turn, while the
-        tool runs; other typed text is not part of any scenario."""
-        filler = filler_of(text) if role == "USER" and interactive else None
+        tool runs; a result given late (its stream replaced) is said as if it had come in time;
+        other typed text is not part of any scenario."""
+        if role != "USER" or not interactive:
+            return
+        filler = filler_of(text)
         if filler is not None and self.async_tools:
             self.spawn(self._speak(filler))
+        late = late_result_of(text)
+        if late is not None:
+            self.spawn(self._speak(f"The {late[0]} tool returned {late[1]}"))
 
     async def on_tool_result(self, tool_use_id: str, content: str) -> None:
         future = self._tool_results.pop(tool_use_id, None)

@@ -14,6 +14,8 @@ import re
 from typing import Final
 
 MAX_QUOTE_WORDS: Final = 40
+TIME_TOOL: Final = "get_current_time"
+"""The clock tool's name (conversation/tools.py's default tool)."""
 KNOWLEDGE_TOOL: Final = "search_knowledge"
 """The knowledge tool's name: agents/knowledge.py builds it under this name."""
 MAX_ANSWER_CHARS: Final = 400
@@ -94,6 +96,17 @@ def time_reply(result_json: str) -> str:
     return "Sorry, I could not get the time."
 
 
+def late_result_reply(tool: str, result_json: str) -> str:
+    """What to say about a result that came in after the stream that asked for it was
+    replaced (``sonic.late_result_instruction``): the clock and the knowledge search as when
+    they answer in time, any other tool by name."""
+    if tool == TIME_TOOL:
+        return time_reply(result_json)
+    if tool == KNOWLEDGE_TOOL:
+        return knowledge_reply(result_json) or "Sorry, I found nothing on that."
+    return f"The {tool} tool has finished."
+
+
 REPLIES: Final = {
     "greeting": "Hello! I am the offline voicegate assistant. How can I help you?",
     "goodbye": "Goodbye! Talk to you soon.",
@@ -105,9 +118,11 @@ REPLIES: Final = {
 __all__ = [
     "KNOWLEDGE_TOOL",
     "REPLIES",
+    "TIME_TOOL",
     "intent",
     "is_question",
     "knowledge_reply",
+    "late_result_reply",
     "quote_reply",
     "time_reply",
 ]
