@@ -176,6 +176,57 @@ async def test_sigterm_moves_every_call_to_the_other_node_and_exits_0(tmp_path: 
                 await c.close()
 
 
+async def test_a_rolling_restart_moves_a_call_off_each_node_in_turn_and_keeps_its_history(
+    tmp_path: Path,
+) -> None:
+    """A, then B, drained with SIGTERM and started again (what a Deployment's rolling update
+    does): the call moves to the other node each time, ends up on the restarted A, and the
+    conversation it had is still in its record."""
+    echo = ("--backend", "echo", "--drain-timeout", "20")
+    async with redis_server(tmp_path) as redis_url, contextlib.AsyncExitStack() as stack:
+        args = {n: node_args(redis_url, f"node-{n}", *echo) for n in ("a", "b")}
+        nodes = {n: await stack.enter_async_context(serve_node(tmp_path, *args[n], name=n))
+                 for n in ("a", "b")}  # fmt: skip
+        clients = [await start_call(nodes["a"].url)]
+        try:
+            async with asyncio.timeout(120):
+                pc_id = clients[0].pc_id
+                before = (await history_saved(redis_url, pc_id, 2))["history"]
+                for name, other in (("a", "b"), ("b", "a")):
+                    call = clients[-1]
+                    nodes[name].proc.send_signal(signal.SIGTERM)
+                    msg = await call.wait_for(
+                        "server-message", 10, lambda m: m["data"].get("type") == "reconnect"
+                    )
+                    assert msg["data"] == {"type": "reconnect", "reason": "drain"}
+                    # The balancer sends the page's new connection to the node still serving.
+                    new = CallClient(nodes[other].url, token=call.session_token)
+                    clients.append(new)
+                    await new.connect(restart_of=pc_id)
+                    await call.pc.close()
+                    assert await nodes[name].proc.wait() == 0
+                    await new.wait_for("bot-ready", 10)
+                    new.mic.play(load_tone())
+                    assert await receiving(new), f"the call stopped when {name} was drained"
+                    assert (await nodes[other].json("/healthz"))["sessions"] == 1
+                    assert '"drain_moving_calls"' in nodes[name].log.read_text()
+                    # Started again, on the same address and node id.
+                    nodes[name] = await stack.enter_async_context(
+                        serve_node(tmp_path, *args[name], name=f"{name}-2")
+                    )
+                    await history_saved(redis_url, pc_id, len(before))
+                assert clients[-1].pc_id == pc_id and not clients[-1].of_type("error")
+                state = await history_saved(redis_url, pc_id, len(before))
+                assert state["history"][: len(before)] == before
+                assert (await nodes["a"].json("/healthz"))["sessions"] == 1
+                assert (await nodes["b"].json("/healthz"))["sessions"] == 0
+            for name in ("a", "b", "a-2", "b-2"):
+                assert '"status": 500' not in (tmp_path / f"{name}.log").read_text(), name
+        finally:
+            for c in clients:
+                await c.close()
+
+
 def load_tone() -> Any:
     from tests.support.cluster import tone
 
