@@ -4,8 +4,8 @@
 cluster network, the echo brain.
 
 1. A cut from B while A's caller moves to B (A still reaches its caller and Redis, so its
-   heartbeat is alive): B stops waiting for A within its forward timeout, well before the page
-   gives up, adopts the call (fenced), and A, learning it from Redis, closes its copy.
+   heartbeat is alive): B, unable to open a connection to A, stops waiting for it well before
+   the page gives up, adopts the call (fenced), and A, learning it from Redis, closes its copy.
 2. A cut from everything while its caller moves to B: B sees A's heartbeats stop and adopts;
    healed, A closes its superseded copy at once and leaves the record alone.
 3. A cut from Redis alone for 5 s while its caller stays: the call's audio never stops, B
@@ -97,6 +97,9 @@ async def move_across(topo: Topology, nodes: dict[str, Node], cut: Sequence[str]
             assert await receiving(moved), "the adopted call stopped"
             await owned_by(r, old.pc_id, "node-b")  # A left the record alone
             assert (await b.json("/healthz"))["sessions"] == 1
+        if cut is not None:
+            # A's heartbeat went on: B gave up on the forward because it could not connect.
+            assert '"forward_abandoned_owner_unreachable"' in b.log.read_text()
         for node in (a, b):
             assert '"status": 500' not in node.log.read_text()
     finally:

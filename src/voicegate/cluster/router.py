@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -62,6 +63,13 @@ forwarded to it is stalled (stopped, or cut off from Redis and so most likely fr
 this node stops waiting and adopts the call (fenced) instead of waiting ``FORWARD_TIMEOUT``.
 A live node beats every ``HEARTBEAT_S``; one merely slow loses the call it would have kept,
 which moves, nothing worse."""
+PROBE_S: Final = 1.5
+"""How long a new TCP connection to the owner a restart is forwarded to may take: past it, the
+path to the owner is cut (or the owner's host is gone), whatever its heartbeat says, and this
+node adopts the call (fenced) instead of waiting ``FORWARD_TIMEOUT``. A live owner's kernel
+answers a connection at once even while its process is busy or stopped, so only the network
+fails this; 1.5 s leaves room for one lost SYN (Linux resends it after 1 s). The heartbeat
+cannot tell this case: an owner cut off from this node alone still reaches Redis."""
 _OWNER: Final = "voicegate.cluster.restart_owner"
 """Request key: the node id a restart is forwarded to as its call's owner (watched meanwhile)."""
 _PLACED: Final = "voicegate.cluster.placed"
@@ -92,6 +100,23 @@ def peek_call(body: bytes) -> tuple[str | None, bool]:
     if not isinstance(pc_id, str) or not 0 < len(pc_id) <= 128:
         return None, False
     return pc_id, data.get("restart_pc") is True
+
+
+async def _unreachable(url: str) -> None:
+    """Returns when a new TCP connection to the node at ``url`` is not made within
+    ``PROBE_S`` (refused or unanswered); never returns when it is (the owner is reachable, so
+    only its answer or its heartbeat decides)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(PROBE_S):
+            _, writer = await asyncio.open_connection(parts.hostname, port)
+    except (OSError, TimeoutError):
+        return
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    await asyncio.Event().wait()
 
 
 def late_forward() -> web.Response:
@@ -253,7 +278,9 @@ class NodeRouter:
                 },
             )
             owner = request.get(_OWNER)
-            response = await (sending if owner is None else self._unless_stalled(sending, owner))
+            response = await (
+                sending if owner is None else self._unless_stalled(sending, owner, url)
+            )
             answered = response.status == 200
             return response
         except ForwardError:
@@ -269,22 +296,27 @@ class NodeRouter:
                 self._settle(placed, answered)
 
     async def _unless_stalled(
-        self, sending: Coroutine[Any, Any, web.StreamResponse], node_id: str
+        self, sending: Coroutine[Any, Any, web.StreamResponse], node_id: str, url: str
     ) -> web.StreamResponse:
         """The owner's answer, or ``ForwardError`` as soon as the owner misses its heartbeats
-        (a stalled node answers nothing until its forward timeout)."""
+        (a stalled node answers nothing until its forward timeout) or cannot be connected to
+        (the path to it is cut: its heartbeat may go on)."""
         task = asyncio.ensure_future(sending)
-        watch = asyncio.ensure_future(self._stalled(node_id))
+        stalled = asyncio.ensure_future(self._stalled(node_id))
+        cut = asyncio.ensure_future(_unreachable(url))
         try:
-            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stalled, cut}, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 return task.result()
+            if cut.done():
+                log.warning("forward_abandoned_owner_unreachable", node=node_id, probe_s=PROBE_S)
+                raise ForwardError(f"no connection to {node_id} within {PROBE_S} s")
             log.warning("forward_abandoned_owner_stalled", node=node_id, stall_s=STALL_S)
             raise ForwardError(f"{node_id} published no heartbeat for {STALL_S} s")
         finally:
-            for t in (task, watch):
+            for t in (task, stalled, cut):
                 t.cancel()
-            await asyncio.gather(task, watch, return_exceptions=True)
+            await asyncio.gather(task, stalled, cut, return_exceptions=True)
 
     async def _stalled(self, node_id: str) -> None:
         """Returns once ``node_id`` published no new heartbeat for ``STALL_S`` (or its heartbeat
