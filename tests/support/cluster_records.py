@@ -12,6 +12,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from tests.support.cluster import open_state
+
 __all__ = ["ECHO", "record_where", "redis_client"]
 
 ECHO = ("--backend", "echo")
@@ -26,16 +28,25 @@ async def redis_client(url: str) -> AsyncIterator[aredis.Redis]:
         await r.aclose()
 
 
-async def record_where(r: aredis.Redis, pc_id: str, node: str, epoch: int) -> dict[str, Any]:
-    """The call's record once it names ``node`` as owner at ``epoch`` (Redis has no event to
-    wait on: ask until it does)."""
+async def record_where(
+    r: aredis.Redis, pc_id: str, node: str, epoch: int | None = None, messages: int = 0
+) -> dict[str, Any]:
+    """The call's record once it names ``node`` as owner (at ``epoch``, unless None) with a
+    conversation state of at least ``messages`` history messages (Redis has no event to wait
+    on: ask until it does)."""
     while True:
         rec = await r.hgetall(f"vg:call:{pc_id}")
         if (
             rec.get("owner")
             and json.loads(rec["owner"])["node"] == node
-            and rec.get("epoch") == str(epoch)
+            and (epoch is None or rec.get("epoch") == str(epoch))
             and rec.get("state")
+            and _messages(pc_id, rec["state"]) >= messages
         ):
             return dict(rec)
         await asyncio.sleep(0.05)
+
+
+def _messages(pc_id: str, sealed: str) -> int:
+    text = open_state(pc_id, sealed)
+    return -1 if text is None else len(json.loads(text)["history"])

@@ -17,7 +17,6 @@ Needs root, iproute2, nftables and redis-server: missing in CI fails, elsewhere 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aredis
 
-from tests.support.cluster import Node, open_state, receiving, start_call
+from tests.support.cluster import Node, receiving, start_call
 from tests.support.cluster_netns import (
     BRIDGE_IP,
     EDGE_CLUSTER_IP,
@@ -36,6 +35,7 @@ from tests.support.cluster_netns import (
     heal,
     partition,
 )
+from tests.support.cluster_records import record_where
 from voicegate.media import ice
 from voicegate.testing.client import CallClient
 
@@ -54,16 +54,9 @@ def page_request_timeout_s() -> float:
     return int(match.group(1)) / 1000
 
 
-async def owned_by(r: aredis.Redis, pc_id: str, node: str, messages: int = 2) -> None:
-    """Until the call's record names ``node`` and holds ``messages`` history messages (Redis
-    has no event to wait on: ask until it does)."""
-    while True:
-        rec = await r.hgetall(f"vg:call:{pc_id}")
-        if rec.get("owner") and json.loads(rec["owner"])["node"] == node and rec.get("state"):
-            text = open_state(pc_id, rec["state"])
-            if text is not None and len(json.loads(text)["history"]) >= messages:
-                return
-        await asyncio.sleep(0.05)
+async def owned_by(r: aredis.Redis, pc_id: str, node: str) -> None:
+    """Until the call's record names ``node`` with the conversation's first exchange in it."""
+    await record_where(r, pc_id, node, messages=2)
 
 
 async def sessions_of(node: Node, count: int) -> None:
