@@ -1,10 +1,10 @@
 """A turn-taking brain with a fixed think time, for voice-to-voice latency measurements.
 
 It answers the way a speech model answers, not the way an echo does: once per user turn, after
-the turn ends, with a finite reply. A turn starts with the first voiced chunk (RMS at or above
-``SPEECH_RMS``) and ends after ``end_silence_s`` of quiet, counted in audio time (samples
+the turn ends, with a finite reply. A turn starts with the first voiced 10 ms frame (RMS at or
+above ``SPEECH_RMS``) and ends after ``end_silence_s`` of quiet, counted in audio time (samples
 received), like a model's endpointing; ``think_s`` later the brain answers with the user's own
-speech played back once (from its first voiced chunk to its last, at the output rate), written
+speech played back once (from its first voiced frame to its last, at the output rate), written
 out as fast as the stream takes it, as a model's audio arrives. Like Nova Sonic it first sends a
 final USER transcript for the turn, so a gateway knows the turn was heard (and does not replay
 its audio to a renewed stream), then the assistant's speculative text, audio and final text.
@@ -25,6 +25,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Final
 
+from voicegate.audio.chunks import Chunker
 from voicegate.audio.levels import rms
 from voicegate.audio.resample import resample_pcm16
 from voicegate.backends.inprocess import InProcessStream
@@ -33,6 +34,7 @@ from voicegate.standin.reply_audio import split_chunks
 
 __all__ = [
     "END_SILENCE_S",
+    "FRAME_S",
     "HeardTurn",
     "MAX_PENDING_TURNS",
     "MAX_TURN_S",
@@ -44,7 +46,13 @@ __all__ = [
 ]
 
 SPEECH_RMS: Final = 300.0
-"""RMS (16-bit scale, about -40 dBFS) at or above which a chunk is speech."""
+"""RMS (16-bit scale, about -40 dBFS) at or above which a frame is speech."""
+FRAME_S: Final = 0.010
+"""What the rules judge, whatever the length of the chunks the client sends: a model's
+endpointing does not wait for a client's chunk boundaries, and a rule judging whole chunks
+would make a longer ``--model-chunk-ms`` look slower than it is (a chunk with the last few
+milliseconds of speech in it counted as speech, the end of the quiet found only at a chunk's
+end, the reply starting with a chunk's worth of the silence before the speech)."""
 END_SILENCE_S: Final = 0.3
 THINK_S: Final = 0.2
 MAX_TURN_S: Final = 10.0
@@ -89,9 +97,10 @@ class TurnTaking:
         self.turns = 0
         """Turns answered so far (counted when the think time is over)."""
         self._turn: list[bytes] = []
-        self._voiced_len = 0  # chunks of the turn up to and including its last voiced one
+        self._voiced_len = 0  # frames of the turn up to and including its last voiced one
         self._quiet_s = 0.0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_PENDING_TURNS)
+        self._frames: Chunker | None = None
 
     @property
     def think_ms(self) -> float:
@@ -99,7 +108,15 @@ class TurnTaking:
         return (self.end_silence_s + self.think_s) * 1000
 
     def hear(self, pcm: bytes) -> None:
-        """One chunk of the user's audio at ``in_rate``; a turn that it ends is queued."""
+        """One chunk of the user's audio at ``in_rate``, judged in ``FRAME_S`` frames (a
+        partial frame waits for the next chunk); a turn that it ends is queued."""
+        frame = round(self.in_rate * FRAME_S)
+        if self._frames is None or self._frames.samples != frame:
+            self._frames = Chunker(frame)
+        for part in self._frames.push(pcm):
+            self._hear_frame(part)
+
+    def _hear_frame(self, pcm: bytes) -> None:
         voiced = rms(pcm) >= SPEECH_RMS
         if not self._turn:
             if voiced:
@@ -110,7 +127,7 @@ class TurnTaking:
             self._voiced_len, self._quiet_s = len(self._turn), 0.0
         else:
             self._quiet_s += len(pcm) / 2 / self.in_rate
-        turn_s = sum(len(p) for p in self._turn) / 2 / self.in_rate
+        turn_s = len(self._turn) * len(pcm) / 2 / self.in_rate  # frames are all one length
         if self._quiet_s >= self.end_silence_s or turn_s >= MAX_TURN_S:
             speech = b"".join(self._turn[: self._voiced_len])
             self._turn = []
