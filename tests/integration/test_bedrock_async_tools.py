@@ -70,10 +70,7 @@ async def test_slow_tool_and_the_conversation_going_on(
             await conv.start()
             started = lambda: len([e for e in listener.events if isinstance(e, ToolCallStarted)])  # noqa: E731
             await listener.until(lambda _: started() >= 1, 20.0)
-            # A second question while the first lookup still runs.
-            rate = 16000
-            for chunk in split_chunks(speech_like(rate, 0.5) + bytes(rate), rate):
-                conv.send_audio(chunk)
+            _ask(conv)  # a second question while the first lookup still runs
             if order[0] == "quick":
                 # Nova 2 answers the second question while the first tool is still running
                 # (Nova 1 asks for the second tool only after the first result).
@@ -93,6 +90,13 @@ async def test_slow_tool_and_the_conversation_going_on(
             release.set()
             await conv.close()
             await backend.aclose()
+
+
+def _ask(conv: Conversation) -> None:
+    """Half a second of speech, then a second of quiet: a question, for the scripted brain."""
+    rate = 16000
+    for chunk in split_chunks(speech_like(rate, 0.5) + bytes(rate), rate):
+        conv.send_audio(chunk)
 
 
 def _said(listener: Listener) -> str:
@@ -115,9 +119,7 @@ async def test_a_slow_result_after_a_forced_renewal_is_said_on_the_new_stream(
         conv = Conversation(backend, settings, _slow_tools(release), listener)
         try:
             await conv.start()
-            rate = 16000
-            for chunk in split_chunks(speech_like(rate, 0.5) + bytes(rate), rate):
-                conv.send_audio(chunk)
+            _ask(conv)
             await listener.until(lambda _: bool(listener.of(ToolCallStarted)), 20.0)
             await conv.renew(force=True)
             assert conv.stats.renewals_forced == 1

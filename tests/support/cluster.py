@@ -184,6 +184,21 @@ async def start_call(url: str, tok: str | None = None) -> CallClient:
     return client
 
 
+async def follow_drain(call: CallClient, url: str) -> CallClient:
+    """What the page does when its node drains: on the node's ``reconnect`` message (reason
+    ``drain``), a new connection for the same call to ``url``, then the old one closes."""
+    msg = await call.wait_for("server-message", 10, lambda m: m["data"].get("type") == "reconnect")
+    assert msg["data"] == {"type": "reconnect", "reason": "drain"}
+    new = CallClient(url, token=call.session_token)
+    try:
+        await new.connect(restart_of=call.pc_id)
+    except BaseException:
+        await new.close()
+        raise
+    await call.pc.close()
+    return new
+
+
 async def receiving(client: CallClient, frames: int = 25, timeout: float = 5.0) -> bool:
     """Whether the call still delivers audio frames (the gateway paces them continuously)."""
     try:

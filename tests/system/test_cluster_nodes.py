@@ -24,6 +24,7 @@ import redis.asyncio as aredis
 from tests.support.cluster import (
     SECRET,
     Node,
+    follow_drain,
     history_saved,
     node_args,
     receiving,
@@ -153,16 +154,8 @@ async def test_sigterm_moves_every_call_to_the_other_node_and_exits_0(tmp_path: 
             async with asyncio.timeout(90):
                 a.proc.send_signal(signal.SIGTERM)
                 for c in clients:
-                    msg = await c.wait_for(
-                        "server-message", 10, lambda m: m["data"].get("type") == "reconnect"
-                    )
-                    assert msg["data"] == {"type": "reconnect", "reason": "drain"}
-                    # What the page does: a new connection for the same call, to the same
-                    # address (node A forwards it), then the old connection closes.
-                    new = CallClient(a.url, token=c.session_token)
-                    await new.connect(restart_of=c.pc_id)
-                    moved.append(new)
-                    await c.pc.close()
+                    # To the same address: node A forwards it.
+                    moved.append(await follow_drain(c, a.url))
                 assert await a.proc.wait() == 0
                 for new in moved:
                     await new.wait_for("bot-ready", 10)
@@ -193,17 +186,10 @@ async def test_a_rolling_restart_moves_a_call_off_each_node_in_turn_and_keeps_it
                 pc_id = clients[0].pc_id
                 before = (await history_saved(redis_url, pc_id, 2))["history"]
                 for name, other in (("a", "b"), ("b", "a")):
-                    call = clients[-1]
                     nodes[name].proc.send_signal(signal.SIGTERM)
-                    msg = await call.wait_for(
-                        "server-message", 10, lambda m: m["data"].get("type") == "reconnect"
-                    )
-                    assert msg["data"] == {"type": "reconnect", "reason": "drain"}
                     # The balancer sends the page's new connection to the node still serving.
-                    new = CallClient(nodes[other].url, token=call.session_token)
+                    new = await follow_drain(clients[-1], nodes[other].url)
                     clients.append(new)
-                    await new.connect(restart_of=pc_id)
-                    await call.pc.close()
                     assert await nodes[name].proc.wait() == 0
                     await new.wait_for("bot-ready", 10)
                     new.mic.play(load_tone())

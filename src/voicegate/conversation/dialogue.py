@@ -266,6 +266,11 @@ class Conversation:
         leg = await self._live_after_handover()
         if leg is None or leg.dead:
             return  # recovering: the new stream gets it re-sent as an unanswered turn
+        await self._send_user_text(leg, text)
+
+    async def _send_user_text(self, leg: Leg, text: str) -> None:
+        """``text`` to ``leg`` as interactive USER text (typed text, a filler, a late result);
+        a send that fails is that leg's failure, for recovery to handle."""
         try:
             await self.legs.send(leg, *self.legs.user_text_block(text))
         except BackendError as exc:
@@ -606,10 +611,7 @@ class Conversation:
         self.stats.tool_results_late += 1
         instruction = late_result_instruction(use.tool_name, result)
         self._typed.append(_normalized(instruction))  # drop the model's echo of it
-        try:
-            await self.legs.send(leg, *self.legs.user_text_block(instruction))
-        except BackendError as exc:
-            self.recovery.leg_failed(leg, exc)
+        await self._send_user_text(leg, instruction)
 
     async def _say_filler(self, leg: Leg, use: ToolUse, filler: str) -> None:
         """Once per slow tool call: ask the stream that called it to tell the caller to wait
@@ -623,10 +625,7 @@ class Conversation:
         self.listener.on_event(ToolFiller(use.tool_name, use.tool_use_id, filler))
         instruction = filler_instruction(filler)
         self._typed.append(_normalized(instruction))  # drop the model's echo of it
-        try:
-            await self.legs.send(leg, *self.legs.user_text_block(instruction))
-        except BackendError as exc:
-            self.recovery.leg_failed(leg, exc)
+        await self._send_user_text(leg, instruction)
 
 
 def _tokens(part: object) -> Tokens | None:

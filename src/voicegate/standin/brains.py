@@ -139,7 +139,7 @@ class ScriptedBrain(InProcessStream):
             self.spawn(self._speak(filler))
         late = late_result_of(text)
         if late is not None:
-            self.spawn(self._speak(f"The {late[0]} tool returned {late[1]}"))
+            self.spawn(self._speak(_tool_returned(*late)))
 
     async def on_tool_result(self, tool_use_id: str, content: str) -> None:
         future = self._tool_results.pop(tool_use_id, None)
@@ -211,7 +211,7 @@ class ScriptedBrain(InProcessStream):
             raise ValidationFailed("Timed out waiting for the tool result.") from exc
         finally:
             self._tool_results.pop(tool_use_id, None)
-        await self._speak(f"The {name} tool returned {result}")
+        await self._speak(_tool_returned(name, result))
 
     async def _speak(self, text: str) -> None:
         async with self._voice:
@@ -349,6 +349,11 @@ class EchoBrain(InProcessStream):
             await self.end_audio(self._audio_id)
             self._audio_id = None
             await self.end_completion()
+
+
+def _tool_returned(name: str, result: str) -> str:
+    """What the scripted brain says of a tool's result, in time or given late."""
+    return f"The {name} tool returned {result}"
 
 
 __all__ = ["SPEECH_RMS", "EchoBrain", "ScriptedBrain"]
